@@ -1,0 +1,418 @@
+//! The `croco` command line: argument parsing and one function per command.
+//! `main.rs` only turns the result into output and an exit code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use clap::{Parser, Subcommand, ValueEnum};
+use datafusion::prelude::SessionContext;
+
+use crate::pipeline::manifest;
+use crate::pipeline::runner::{self, RunOptions};
+use crate::pipeline::spec::PipelineSpec;
+use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, StageState, validate};
+use crate::stages::StageName;
+use crate::store::session::{new_context, run_statements};
+use crate::store::tables::register_version;
+use crate::store::{StoreError, Table};
+
+/// Exit code of a run that failed (a stage, storage, an input file).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of bad usage or an invalid pipeline file.
+pub const EXIT_USAGE: u8 = 2;
+
+/// croco: cross-lingual contrastive preference tuning as a Parquet dataflow.
+#[derive(Debug, Parser)]
+#[command(name = "croco", version, about)]
+pub struct Cli {
+    /// Log more (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a pipeline file and report every problem with file:line:column.
+    Validate {
+        /// Pipeline file.
+        file: PathBuf,
+        /// Print problems as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a JSON Schema of the pipeline format, or the schema of a table.
+    Schema {
+        /// `pipeline`, or a table name (prompts, generations, scores, pairs, train_log, eval_results).
+        what: String,
+    },
+    /// Run the stages that are not current, in dependency order.
+    Run {
+        /// Pipeline file.
+        file: PathBuf,
+        /// Rerun only this stage (its inputs must be current).
+        #[arg(long, value_enum)]
+        stage: Option<StageName>,
+        /// Rerun stages even when current.
+        #[arg(long)]
+        force: bool,
+        /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every stage as current, stale or missing, with row counts and keys.
+    Status {
+        /// Pipeline file.
+        file: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Query the pipeline's tables with SQL (current versions by name, any version as "table@key").
+    Sql {
+        /// Pipeline file.
+        file: PathBuf,
+        /// The query (or use -f).
+        query: Option<String>,
+        /// Read the query from a file.
+        #[arg(short = 'f', long = "file", conflicts_with = "query")]
+        sql_file: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Write the result to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Allow statements that write (COPY, INSERT, CREATE ...).
+        #[arg(long)]
+        allow_writes: bool,
+    },
+}
+
+/// Result formats of `croco sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned text table.
+    Table,
+    /// CSV with a header.
+    Csv,
+    /// JSON lines.
+    Json,
+    /// Parquet (needs --output).
+    Parquet,
+}
+
+/// Errors of a command, each mapped to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The pipeline file is unreadable or invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Planning failed (storage root, input files).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A stage or the runner failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Storage or query failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing output failed.
+    #[error("{}: {source}", path.display())]
+    Output {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The arguments do not make sense together.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Spec(_) | CliError::Usage(_) => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Validate { file, json } => validate_command(&file, json),
+        Command::Schema { what } => schema_command(&what),
+        Command::Run {
+            file,
+            stage,
+            force,
+            json,
+        } => run_command(&file, stage, force, json).await,
+        Command::Status { file, json } => status_command(&file, json).await,
+        Command::Sql {
+            file,
+            query,
+            sql_file,
+            format,
+            output,
+            allow_writes,
+        } => {
+            let sql = match (query, sql_file) {
+                (Some(query), None) => query,
+                (None, Some(path)) => {
+                    std::fs::read_to_string(&path).map_err(|e| CliError::Output {
+                        path,
+                        source: e.into(),
+                    })?
+                }
+                _ => return Err(CliError::Usage("give a query or -f FILE".into())),
+            };
+            sql_command(&file, &sql, format, output.as_deref(), allow_writes).await
+        }
+    }
+}
+
+fn validate_command(file: &Path, json: bool) -> Result<(), CliError> {
+    match (validate::load(file), json) {
+        (Ok(_), true) => {
+            print_json(&serde_json::json!({ "file": file, "valid": true, "problems": [] }))
+        }
+        (Ok(_), false) => println!("{}: ok", file.display()),
+        (Err(SpecError::Invalid { path, problems }), true) => {
+            print_json(&serde_json::json!({ "file": path, "valid": false, "problems": problems }));
+            return Err(CliError::Spec(SpecError::Invalid { path, problems }));
+        }
+        (Err(e), _) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn schema_command(what: &str) -> Result<(), CliError> {
+    if what == "pipeline" {
+        print_json(&schemars::schema_for!(PipelineSpec));
+        return Ok(());
+    }
+    let table = Table::from_name(what).ok_or_else(|| {
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        CliError::Usage(format!(
+            "unknown schema `{what}`: use `pipeline` or one of {}",
+            names.join(", ")
+        ))
+    })?;
+    let schema = table.schema();
+    let columns: Vec<_> = schema
+        .columns
+        .iter()
+        .map(|c| serde_json::json!({"name": c.name, "type": format!("{:?}", c.column_type).to_lowercase(), "nullable": c.nullable, "description": c.description}))
+        .collect();
+    print_json(
+        &serde_json::json!({"table": schema.table, "version": schema.version, "description": schema.description, "columns": columns}),
+    );
+    Ok(())
+}
+
+async fn load_plan(file: &Path) -> Result<Plan, CliError> {
+    let loaded: LoadedSpec = validate::load(file)?;
+    Ok(Plan::build(loaded).await?)
+}
+
+async fn run_command(
+    file: &Path,
+    stage: Option<StageName>,
+    force: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let plan = load_plan(file).await?;
+    let options = RunOptions {
+        only: stage,
+        force,
+        progress: !json,
+    };
+    let reports = runner::run(&plan, options).await?;
+    if json {
+        print_json(
+            &serde_json::json!({ "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": reports }),
+        );
+        return Ok(());
+    }
+    for report in &reports {
+        println!(
+            "{:<9} {:<7} {:>9} rows {:>8.2}s  {}  {}",
+            report.stage.name(),
+            report.status,
+            report.rows,
+            report.seconds,
+            report.key,
+            serde_json::Value::Object(report.stats.clone())
+        );
+    }
+    Ok(())
+}
+
+async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
+    let plan = load_plan(file).await?;
+    let mut rows = Vec::new();
+    for stage in &plan.stages {
+        let (state, current) = plan.state(stage).await?;
+        rows.push(serde_json::json!({
+            "stage": stage.stage,
+            "table": stage.stage.writes().name(),
+            "state": state,
+            "key": stage.key,
+            "rows": current.as_ref().map(|m| m.rows),
+            "committed_at": current.as_ref().map(|m| m.committed_at.clone()),
+        }));
+    }
+    if json {
+        print_json(
+            &serde_json::json!({ "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": rows }),
+        );
+        return Ok(());
+    }
+    println!("root: {}", plan.storage.display());
+    for (stage, row) in plan.stages.iter().zip(&rows) {
+        let state = match row["state"].as_str() {
+            Some("current") => StageState::Current,
+            Some("stale") => StageState::Stale,
+            _ => StageState::Missing,
+        };
+        let rows = row["rows"]
+            .as_u64()
+            .map_or("-".to_string(), |r| r.to_string());
+        println!(
+            "{:<9} {:<8} {:>9} rows  {}",
+            stage.stage.name(),
+            format!("{state:?}").to_lowercase(),
+            rows,
+            stage.key
+        );
+    }
+    Ok(())
+}
+
+/// A session with every table of the pipeline registered: the current
+/// version under the table's name, every committed version as `table@key`.
+pub async fn pipeline_session(plan: &Plan) -> Result<SessionContext, CliError> {
+    let ctx = new_context();
+    plan.storage.register(&ctx);
+    for table in Table::ALL {
+        for version in manifest::list_versions(&plan.storage, table).await? {
+            let name = format!("{}@{}", table.name(), version.key);
+            register_version(
+                &ctx,
+                &plan.storage,
+                table,
+                &version.key,
+                &version.parts,
+                &name,
+            )
+            .await?;
+        }
+    }
+    for stage in &plan.stages {
+        if let Some(current) = plan.current(stage).await? {
+            let table = stage.stage.writes();
+            register_version(
+                &ctx,
+                &plan.storage,
+                table,
+                &stage.key,
+                &current.parts,
+                table.name(),
+            )
+            .await?;
+        }
+    }
+    Ok(ctx)
+}
+
+async fn sql_command(
+    file: &Path,
+    sql: &str,
+    format: OutputFormat,
+    output: Option<&Path>,
+    allow_writes: bool,
+) -> Result<(), CliError> {
+    if format == OutputFormat::Parquet && output.is_none() {
+        return Err(CliError::Usage(
+            "--format parquet needs --output PATH".into(),
+        ));
+    }
+    let plan = load_plan(file).await?;
+    let ctx = pipeline_session(&plan).await?;
+    let mut batches = Vec::new();
+    for frame in run_statements(&ctx, sql, allow_writes).await? {
+        batches = frame.collect().await.map_err(|source| StoreError::Query {
+            context: "SQL".into(),
+            source,
+        })?;
+    }
+    write_batches(&batches, format, output)
+}
+
+fn write_batches(
+    batches: &[RecordBatch],
+    format: OutputFormat,
+    output: Option<&Path>,
+) -> Result<(), CliError> {
+    let path = output.map_or_else(|| PathBuf::from("<stdout>"), Path::to_path_buf);
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| CliError::Output {
+        path: path.clone(),
+        source,
+    };
+    let mut sink: Box<dyn Write + Send> = match output {
+        Some(path) => Box::new(std::fs::File::create(path).map_err(|e| error(e.into()))?),
+        None => Box::new(std::io::stdout()),
+    };
+    match format {
+        OutputFormat::Table => {
+            let text =
+                arrow::util::pretty::pretty_format_batches(batches).map_err(|e| error(e.into()))?;
+            writeln!(sink, "{text}").map_err(|e| error(e.into()))?;
+        }
+        OutputFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(sink);
+            batches
+                .iter()
+                .try_for_each(|b| writer.write(b))
+                .map_err(|e| error(e.into()))?;
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(sink);
+            batches
+                .iter()
+                .try_for_each(|b| writer.write(b))
+                .map_err(|e| error(e.into()))?;
+            writer.finish().map_err(|e| error(e.into()))?;
+        }
+        OutputFormat::Parquet => {
+            let schema = batches.first().map_or_else(
+                || Arc::new(arrow::datatypes::Schema::empty()),
+                |b| b.schema(),
+            );
+            let mut writer = parquet::arrow::ArrowWriter::try_new(sink, schema, None)
+                .map_err(|e| error(e.into()))?;
+            batches
+                .iter()
+                .try_for_each(|b| writer.write(b))
+                .map_err(|e| error(e.into()))?;
+            writer.close().map_err(|e| error(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}

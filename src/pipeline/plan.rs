@@ -1,0 +1,210 @@
+//! The stage graph with content keys.
+//!
+//! A stage's output key is the hash of everything that determines its output:
+//! the stage name, its resolved parameters, the keys of the table versions it
+//! reads, fingerprints of the files it reads from outside the root, and the
+//! schema version of its table. Keys chain through the graph, so changing one
+//! parameter changes the keys of that stage and everything downstream, and
+//! nothing else. A version whose manifest exists is current; old versions
+//! stay, so two settings of one stage can be compared side by side in SQL.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::manifest::{self, ExternalInput, Manifest};
+use super::validate::LoadedSpec;
+use crate::ids::{sha256_hex, stable_id};
+use crate::stages::StageName;
+use crate::store::storage::resolve_input;
+use crate::store::{Storage, StoreError, Table};
+
+/// Bumped when the way keys are derived changes, so old versions are not
+/// mistaken for current ones.
+const KEY_DERIVATION_VERSION: &str = "croco-key-1";
+
+/// One stage of a plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStage {
+    /// Which stage.
+    pub stage: StageName,
+    /// Content key of its output.
+    pub key: String,
+    /// Resolved parameters.
+    pub params: serde_json::Value,
+    /// Keys of the table versions it reads.
+    pub inputs: BTreeMap<String, String>,
+    /// Files it reads from outside the root.
+    pub external: Vec<ExternalInput>,
+}
+
+/// Whether a stage's output is up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    /// A version with the current key is committed.
+    Current,
+    /// Versions exist, none with the current key.
+    Stale,
+    /// No version of the table exists.
+    Missing,
+}
+
+/// A pipeline resolved against its storage root.
+#[derive(Debug)]
+pub struct Plan {
+    /// The pipeline.
+    pub loaded: LoadedSpec,
+    /// Its storage root.
+    pub storage: Storage,
+    /// Configured stages in dependency order.
+    pub stages: Vec<PlannedStage>,
+}
+
+/// Errors while planning.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Storage could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An input file named in the pipeline cannot be read.
+    #[error("{file}: `{key}`: cannot read `{location}`: {reason}")]
+    MissingInput {
+        file: String,
+        key: String,
+        location: String,
+        reason: String,
+    },
+}
+
+impl Plan {
+    /// Opens the storage root of `loaded` and derives every stage's key.
+    pub async fn build(loaded: LoadedSpec) -> Result<Plan, PlanError> {
+        let storage = Storage::open(&loaded.spec.run.root, &loaded.base_dir)?;
+        let mut stages: Vec<PlannedStage> = Vec::new();
+        for stage in StageName::ALL {
+            let Some(params) = stage.params(&loaded.spec) else {
+                continue;
+            };
+            let inputs: BTreeMap<String, String> = stage
+                .reads()
+                .iter()
+                .filter_map(|table| {
+                    let writer = StageName::writer_of(*table)?;
+                    stages
+                        .iter()
+                        .find(|s| s.stage == writer)
+                        .map(|s| (table.name().to_string(), s.key.clone()))
+                })
+                .collect();
+            let mut external = Vec::new();
+            for (key, location) in stage.external_inputs(&loaded.spec) {
+                external.push(fingerprint(&loaded, &key, &location).await?);
+            }
+            let key = content_key(stage, &params, &inputs, &external);
+            stages.push(PlannedStage {
+                stage,
+                key,
+                params,
+                inputs,
+                external,
+            });
+        }
+        Ok(Plan {
+            loaded,
+            storage,
+            stages,
+        })
+    }
+
+    /// The planned stage `stage`, if the pipeline configures it.
+    pub fn stage(&self, stage: StageName) -> Option<&PlannedStage> {
+        self.stages.iter().find(|s| s.stage == stage)
+    }
+
+    /// The manifest of `stage`'s current version, if committed.
+    pub async fn current(&self, stage: &PlannedStage) -> Result<Option<Manifest>, StoreError> {
+        manifest::read(&self.storage, stage.stage.writes(), &stage.key).await
+    }
+
+    /// The state of `stage` and, when current, its manifest.
+    pub async fn state(
+        &self,
+        stage: &PlannedStage,
+    ) -> Result<(StageState, Option<Manifest>), StoreError> {
+        if let Some(current) = self.current(stage).await? {
+            return Ok((StageState::Current, Some(current)));
+        }
+        let versions = manifest::list_versions(&self.storage, stage.stage.writes()).await?;
+        Ok((
+            if versions.is_empty() {
+                StageState::Missing
+            } else {
+                StageState::Stale
+            },
+            None,
+        ))
+    }
+}
+
+fn content_key(
+    stage: StageName,
+    params: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+    external: &[ExternalInput],
+) -> String {
+    let table: Table = stage.writes();
+    let fingerprints: Vec<&str> = external.iter().map(|e| e.fingerprint.as_str()).collect();
+    let material = serde_json::json!({
+        "derivation": KEY_DERIVATION_VERSION,
+        "stage": stage.name(),
+        "params": params,
+        "inputs": inputs,
+        "external": fingerprints,
+        "table": table.name(),
+        "schema_version": table.schema().version,
+    });
+    stable_id(&[&material.to_string()])
+}
+
+/// Fingerprints an input file: the sha256 of a local file's content, the
+/// ETag (or size and modification time) of a remote object, so that editing
+/// the file makes the stage stale and merely touching it does not.
+async fn fingerprint(
+    loaded: &LoadedSpec,
+    key: &str,
+    location: &str,
+) -> Result<ExternalInput, PlanError> {
+    let missing = |reason: String| PlanError::MissingInput {
+        file: loaded.file.display().to_string(),
+        key: key.to_string(),
+        location: location.to_string(),
+        reason,
+    };
+    let (storage, path) =
+        resolve_input(location, &loaded.base_dir).map_err(|e| missing(e.to_string()))?;
+    let url = storage.url_of(&path);
+    let fingerprint = if url.starts_with("file://") {
+        let local = Path::new("/").join(path.as_ref());
+        let bytes =
+            std::fs::read(&local).map_err(|e| missing(format!("{}: {e}", local.display())))?;
+        format!("sha256:{}", sha256_hex(&bytes))
+    } else {
+        use object_store::ObjectStoreExt;
+        let meta = storage
+            .store()
+            .head(&path)
+            .await
+            .map_err(|e| missing(e.to_string()))?;
+        match meta.e_tag {
+            Some(tag) => format!("etag:{tag}"),
+            None => format!("meta:{}:{}", meta.size, meta.last_modified.to_rfc3339()),
+        }
+    };
+    Ok(ExternalInput {
+        key: key.to_string(),
+        url,
+        fingerprint,
+    })
+}

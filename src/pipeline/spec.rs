@@ -1,0 +1,502 @@
+//! The pipeline file format (`pipelines/*.toml`): typed sections, their
+//! defaults, and the value checks serde cannot express.
+//!
+//! Parsing with positions lives in [`super::validate`]; this module only says
+//! what a valid pipeline is.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Run identity, storage root and languages.
+    pub run: RunSpec,
+    /// Model bundles by role.
+    #[serde(default)]
+    pub models: ModelsSpec,
+    /// One section per stage; a stage without a section is not part of the pipeline.
+    pub stages: StagesSpec,
+}
+
+/// `[run]`: what the pipeline is called, where its tables live, which languages it covers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Name of the run (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Storage root: `file://…`, a path relative to the pipeline file, `memory://NAME`,
+    /// `s3://bucket/prefix`, `gs://bucket/prefix` or `az://container/prefix`.
+    pub root: String,
+    /// ISO 639-1 codes of the languages the pipeline covers; prompts in other languages are dropped (and counted).
+    pub languages: Vec<String>,
+}
+
+/// `[models]`: model bundle directories by role (paths relative to the pipeline file, or URLs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSpec {
+    /// The policy that generates and is tuned.
+    pub policy: Option<String>,
+    /// The reward model that scores responses.
+    pub reward: Option<String>,
+    /// The reference policy of DPO (defaults to the policy).
+    pub reference: Option<String>,
+    /// A second policy whose responses are the off-policy source.
+    pub off_policy: Option<String>,
+}
+
+/// `[stages.*]`: the parameters of each stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StagesSpec {
+    /// Prompt ingestion.
+    pub prompts: Option<PromptsParams>,
+    /// Response generation (or import).
+    pub generate: Option<GenerateParams>,
+    /// Reward scoring (or import).
+    pub score: Option<ScoreParams>,
+    /// Preference pairs.
+    pub pairs: Option<PairsParams>,
+}
+
+/// A tabular input file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// Newline-delimited JSON objects.
+    Jsonl,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl FileFormat {
+    /// The format implied by a file name's extension.
+    pub fn from_extension(location: &str) -> Option<FileFormat> {
+        let lower = location.to_ascii_lowercase();
+        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+            Some(FileFormat::Jsonl)
+        } else if lower.ends_with(".csv") {
+            Some(FileFormat::Csv)
+        } else if lower.ends_with(".parquet") {
+            Some(FileFormat::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+/// `[stages.prompts]`: where prompts come from and how to read them.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsParams {
+    /// Input file: a path relative to the pipeline file, or an object-store URL.
+    pub source: String,
+    /// Input format; inferred from the extension when absent.
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// Which input columns hold the fields.
+    #[serde(default)]
+    pub columns: PromptColumns,
+    /// Share of source prompts held out for evaluation, in [0, 1).
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+    /// Seed of the train/eval split.
+    #[serde(default)]
+    pub split_seed: u64,
+}
+
+fn default_eval_fraction() -> f64 {
+    0.1
+}
+
+/// Column mapping of the prompt input.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptColumns {
+    /// Column holding the prompt text.
+    pub text: String,
+    /// Column holding the ISO 639-1 language code.
+    pub language: String,
+    /// Column linking translations of one source prompt; without it each prompt is its own source.
+    pub source_id: Option<String>,
+}
+
+impl Default for PromptColumns {
+    fn default() -> Self {
+        PromptColumns {
+            text: "text".into(),
+            language: "language".into(),
+            source_id: Some("source_id".into()),
+        }
+    }
+}
+
+/// Where a set of responses came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseSource {
+    /// Sampled from the policy being tuned.
+    #[default]
+    OnPolicy,
+    /// From another model or dataset.
+    OffPolicy,
+}
+
+impl ResponseSource {
+    /// The value stored in the `source` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseSource::OnPolicy => "on_policy",
+            ResponseSource::OffPolicy => "off_policy",
+        }
+    }
+}
+
+/// `[stages.generate]`: sampling parameters, or an import of existing responses.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    /// Import responses from a file instead of sampling the policy.
+    #[serde(default)]
+    pub import: Option<GenerationsImport>,
+    /// Responses per prompt (the recipe: 64).
+    #[serde(default = "default_samples")]
+    pub samples: u32,
+    /// Sampling temperature (the recipe: 1.0).
+    #[serde(default = "one")]
+    pub temperature: f64,
+    /// Nucleus mass (the recipe: 1.0).
+    #[serde(default = "one")]
+    pub top_p: f64,
+    /// Top-k cut-off (the recipe: none).
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// New-token limit (the recipe: 4096).
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: u32,
+    /// Base seed; each (prompt, sample) derives its own.
+    #[serde(default)]
+    pub seed: u64,
+    /// Prompts per batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+}
+
+fn default_samples() -> u32 {
+    64
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_max_new_tokens() -> u32 {
+    4096
+}
+fn default_batch_size() -> u32 {
+    8
+}
+
+/// `[stages.generate.import]`: responses made elsewhere.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationsImport {
+    /// Input file: a path relative to the pipeline file, or an object-store URL.
+    pub path: String,
+    /// Input format; inferred from the extension when absent.
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// Which input columns hold the fields.
+    #[serde(default)]
+    pub columns: GenerationColumns,
+    /// Whether these responses count as the policy's own.
+    #[serde(default)]
+    pub source: ResponseSource,
+    /// Identity recorded in `policy_id` (default: `import:` + the file name).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// Column mapping of a generations import.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationColumns {
+    /// Column holding the prompt id (as computed by the prompts stage).
+    pub prompt_id: String,
+    /// Column holding the response text.
+    pub text: String,
+    /// Column holding the sample index.
+    pub sample_idx: String,
+}
+
+impl Default for GenerationColumns {
+    fn default() -> Self {
+        GenerationColumns {
+            prompt_id: "prompt_id".into(),
+            text: "text".into(),
+            sample_idx: "sample_idx".into(),
+        }
+    }
+}
+
+/// `[stages.score]`: reward scoring, or an import of existing rewards.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreParams {
+    /// Import rewards from a file instead of running the reward model.
+    #[serde(default)]
+    pub import: Option<ScoresImport>,
+    /// Sequences per batch.
+    #[serde(default = "default_score_batch_size")]
+    pub batch_size: u32,
+}
+
+fn default_score_batch_size() -> u32 {
+    16
+}
+
+/// `[stages.score.import]`: rewards computed elsewhere, matched to generations
+/// by (prompt_id, sample_idx).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoresImport {
+    /// Input file: a path relative to the pipeline file, or an object-store URL.
+    pub path: String,
+    /// Input format; inferred from the extension when absent.
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// Which input columns hold the fields.
+    #[serde(default)]
+    pub columns: ScoreColumns,
+    /// Identity recorded in `reward_model` (default: `import:` + the file name).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// Column mapping of a scores import.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreColumns {
+    /// Column holding the prompt id.
+    pub prompt_id: String,
+    /// Column holding the sample index.
+    pub sample_idx: String,
+    /// Column holding the reward.
+    pub reward: String,
+}
+
+impl Default for ScoreColumns {
+    fn default() -> Self {
+        ScoreColumns {
+            prompt_id: "prompt_id".into(),
+            sample_idx: "sample_idx".into(),
+            reward: "reward".into(),
+        }
+    }
+}
+
+/// Which responses form one pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolScope {
+    /// One pool per (prompt, language).
+    #[default]
+    InLang,
+    /// One pool per source prompt across all its languages.
+    AllLang,
+}
+
+/// The reward the rejected response should be closest to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectedTarget {
+    /// mean − 2·std (population std) of the pool: the recipe's rule.
+    #[default]
+    #[serde(rename = "mean_minus_2std")]
+    MeanMinus2std,
+    /// First quartile of the pool (linear interpolation, as numpy's default).
+    Q1,
+    /// The pool's minimum.
+    Min,
+}
+
+/// `[stages.pairs]`: the pair rule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairsParams {
+    /// Pool scope.
+    #[serde(default)]
+    pub pool: PoolScope,
+    /// Target of the rejected response.
+    #[serde(default)]
+    pub rejected: RejectedTarget,
+    /// Pairs whose reward gap is below this are dropped (and counted).
+    #[serde(default)]
+    pub min_margin: f64,
+}
+
+/// A value problem found after the types were read: the dotted key and what is wrong.
+pub type ValueProblem = (String, String);
+
+impl PipelineSpec {
+    /// Checks the values serde cannot: ranges, codes, names, stage dependencies.
+    pub fn value_problems(&self) -> Vec<ValueProblem> {
+        let mut problems = Vec::new();
+        self.run.check(&mut problems);
+        self.stages.check(&mut problems);
+        problems
+    }
+}
+
+impl RunSpec {
+    fn check(&self, problems: &mut Vec<ValueProblem>) {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            problems.push((
+                "run.name".into(),
+                format!(
+                    "`{}` must be non-empty letters, digits, `-`, `_` or `.`",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(reason) = crate::store::storage::root_problem(&self.root) {
+            problems.push(("run.root".into(), reason));
+        }
+        if self.languages.is_empty() {
+            problems.push((
+                "run.languages".into(),
+                "at least one language is needed".into(),
+            ));
+        }
+        for (i, code) in self.languages.iter().enumerate() {
+            if !crate::langs::is_iso_639_1(code) {
+                problems.push((
+                    format!("run.languages[{i}]"),
+                    format!("`{code}` is not an ISO 639-1 language code"),
+                ));
+            } else if self.languages[..i].contains(code) {
+                problems.push((
+                    format!("run.languages[{i}]"),
+                    format!("`{code}` is listed twice"),
+                ));
+            }
+        }
+    }
+}
+
+impl StagesSpec {
+    fn check(&self, problems: &mut Vec<ValueProblem>) {
+        if let Some(prompts) = &self.prompts {
+            if !(0.0..1.0).contains(&prompts.eval_fraction) {
+                problems.push((
+                    "stages.prompts.eval_fraction".into(),
+                    "must be in [0, 1)".into(),
+                ));
+            }
+            check_format("stages.prompts", &prompts.source, prompts.format, problems);
+        }
+        if let Some(generate) = &self.generate {
+            generate.check(problems);
+            self.require(
+                "stages.generate",
+                "prompts",
+                self.prompts.is_some(),
+                problems,
+            );
+        }
+        if let Some(score) = &self.score {
+            if let Some(import) = &score.import {
+                check_format("stages.score.import", &import.path, import.format, problems);
+            }
+            positive("stages.score.batch_size", score.batch_size, problems);
+            self.require(
+                "stages.score",
+                "generate",
+                self.generate.is_some(),
+                problems,
+            );
+        }
+        if let Some(pairs) = &self.pairs {
+            if !pairs.min_margin.is_finite() || pairs.min_margin < 0.0 {
+                problems.push((
+                    "stages.pairs.min_margin".into(),
+                    "must be a finite number >= 0".into(),
+                ));
+            }
+            for (needed, present) in [
+                ("prompts", self.prompts.is_some()),
+                ("score", self.score.is_some()),
+            ] {
+                self.require("stages.pairs", needed, present, problems);
+            }
+        }
+    }
+
+    fn require(&self, stage: &str, needed: &str, present: bool, problems: &mut Vec<ValueProblem>) {
+        if !present {
+            problems.push((
+                stage.into(),
+                format!("needs the `{needed}` stage: add a [stages.{needed}] section"),
+            ));
+        }
+    }
+}
+
+impl GenerateParams {
+    fn check(&self, problems: &mut Vec<ValueProblem>) {
+        if let Some(import) = &self.import {
+            check_format(
+                "stages.generate.import",
+                &import.path,
+                import.format,
+                problems,
+            );
+        }
+        positive("stages.generate.samples", self.samples, problems);
+        positive(
+            "stages.generate.max_new_tokens",
+            self.max_new_tokens,
+            problems,
+        );
+        positive("stages.generate.batch_size", self.batch_size, problems);
+        if let Some(top_k) = self.top_k {
+            positive("stages.generate.top_k", top_k, problems);
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            problems.push((
+                "stages.generate.temperature".into(),
+                "must be a finite number >= 0 (0 = greedy)".into(),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            problems.push(("stages.generate.top_p".into(), "must be in (0, 1]".into()));
+        }
+    }
+}
+
+fn positive(key: &str, value: u32, problems: &mut Vec<ValueProblem>) {
+    if value == 0 {
+        problems.push((key.into(), "must be at least 1".into()));
+    }
+}
+
+fn check_format(
+    section: &str,
+    location: &str,
+    format: Option<FileFormat>,
+    problems: &mut Vec<ValueProblem>,
+) {
+    if format.is_none() && FileFormat::from_extension(location).is_none() {
+        problems.push((
+            format!("{section}.format"),
+            format!("cannot infer the format of `{location}` from its extension: set format = \"jsonl\", \"csv\" or \"parquet\""),
+        ));
+    }
+}

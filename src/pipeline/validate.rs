@@ -1,0 +1,351 @@
+//! Reading a pipeline file with positions: every problem is reported with
+//! `file:line:column` and the dotted key it concerns, and as many problems as
+//! possible are found in one pass.
+//!
+//! serde stops at the first error, so the document is first parsed into a
+//! spanned tree (toml's `DeTable`), then each section is deserialized on its
+//! own: one mistake per section is reported, not one per file. Value checks
+//! ([`PipelineSpec::value_problems`]) then run on the typed result and are
+//! located by looking their key up in the spanned tree.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::spec::{ModelsSpec, PipelineSpec, RunSpec, StagesSpec};
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SpecProblem {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// Dotted key the problem concerns (`stages.pairs.min_margin`), or `` for the file.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Errors at the pipeline-file boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid pipeline.
+    #[error("{}", ProblemList { file: path, problems })]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<SpecProblem>,
+    },
+}
+
+struct ProblemList<'a> {
+    file: &'a Path,
+    problems: &'a [SpecProblem],
+}
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        writeln!(
+            f,
+            "{}: {count} problem{} in pipeline file",
+            self.file.display(),
+            if count == 1 { "" } else { "s" }
+        )?;
+        for (i, p) in self.problems.iter().enumerate() {
+            let key = if p.key.is_empty() {
+                String::new()
+            } else {
+                format!("`{}`: ", p.key)
+            };
+            write!(
+                f,
+                "{}:{}:{}: {key}{}",
+                self.file.display(),
+                p.line,
+                p.column,
+                p.message
+            )?;
+            if i + 1 < count {
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A pipeline file that passed validation, with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    /// The typed pipeline.
+    pub spec: PipelineSpec,
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The directory relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+}
+
+/// Reads and validates the pipeline file at `path`.
+pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
+    let source = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let spec = parse(&source, path)?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+    Ok(LoadedSpec {
+        spec,
+        file: path.to_path_buf(),
+        base_dir,
+    })
+}
+
+/// Parses and validates pipeline text; `path` is only used in messages.
+pub fn parse(source: &str, path: &Path) -> Result<PipelineSpec, SpecError> {
+    let mut problems = Problems {
+        source,
+        list: Vec::new(),
+    };
+    let (document, syntax_errors) = DeTable::parse_recoverable(source);
+    for error in syntax_errors {
+        problems.toml_error("", &error);
+    }
+    let spec = if problems.list.is_empty() {
+        read_sections(document.get_ref(), &mut problems)
+    } else {
+        None
+    };
+    if let Some(spec) = &spec {
+        for (key, message) in spec.value_problems() {
+            let span = locate(document.get_ref(), &key);
+            problems.push(span, &key, message);
+        }
+    }
+    match spec {
+        Some(spec) if problems.list.is_empty() => Ok(spec),
+        _ => {
+            problems.list.sort_by_key(|p| (p.line, p.column));
+            Err(SpecError::Invalid {
+                path: path.to_path_buf(),
+                problems: problems.list,
+            })
+        }
+    }
+}
+
+/// Collected problems plus the text they point into.
+struct Problems<'a> {
+    source: &'a str,
+    list: Vec<SpecProblem>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let (line, column) = line_column(self.source, span.map_or(0, |s| s.start));
+        self.list.push(SpecProblem {
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn toml_error(&mut self, key: &str, error: &toml::de::Error) {
+        self.push(error.span(), key, error.message().trim().to_string());
+    }
+}
+
+/// 1-based line and character column of byte `offset` in `source`.
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+const TOP_LEVEL: [&str; 3] = ["run", "models", "stages"];
+const STAGES: [&str; 4] = ["prompts", "generate", "score", "pairs"];
+
+fn read_sections(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<PipelineSpec> {
+    for (key, _) in document.iter() {
+        if !TOP_LEVEL.contains(&key.get_ref().as_ref()) {
+            let message = format!(
+                "unknown section `{}`, expected one of: {}",
+                key.get_ref(),
+                TOP_LEVEL.join(", ")
+            );
+            problems.push(Some(key.span()), key.get_ref(), message);
+        }
+    }
+    let run: Option<RunSpec> = required_section(document, "run", problems);
+    let models: Option<ModelsSpec> = match entry(document, "models") {
+        Some(value) => section(value, "models", problems),
+        None => Some(ModelsSpec::default()),
+    };
+    let stages = read_stages(document, problems);
+    Some(PipelineSpec {
+        run: run?,
+        models: models?,
+        stages: stages?,
+    })
+}
+
+fn read_stages(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<StagesSpec> {
+    let Some(value) = entry(document, "stages") else {
+        problems.push(
+            None,
+            "stages",
+            "missing section [stages]: a pipeline needs at least one stage",
+        );
+        return None;
+    };
+    let Some(table) = value.get_ref().as_table() else {
+        problems.push(
+            Some(value.span()),
+            "stages",
+            "must be a table of stage sections",
+        );
+        return None;
+    };
+    for (key, _) in table.iter() {
+        if !STAGES.contains(&key.get_ref().as_ref()) {
+            let message = format!(
+                "unknown stage `{}`, expected one of: {}",
+                key.get_ref(),
+                STAGES.join(", ")
+            );
+            problems.push(
+                Some(key.span()),
+                &format!("stages.{}", key.get_ref()),
+                message,
+            );
+        }
+    }
+    let before = problems.list.len();
+    let stages = StagesSpec {
+        prompts: optional_section(table, "stages.prompts", problems),
+        generate: optional_section(table, "stages.generate", problems),
+        score: optional_section(table, "stages.score", problems),
+        pairs: optional_section(table, "stages.pairs", problems),
+    };
+    (problems.list.len() == before).then_some(stages)
+}
+
+fn entry<'a, 'i>(table: &'a DeTable<'i>, name: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    table
+        .iter()
+        .find(|(key, _)| key.get_ref().as_ref() == name)
+        .map(|(_, value)| value)
+}
+
+fn required_section<T: DeserializeOwned>(
+    document: &DeTable<'_>,
+    name: &str,
+    problems: &mut Problems<'_>,
+) -> Option<T> {
+    match entry(document, name) {
+        Some(value) => section(value, name, problems),
+        None => {
+            problems.push(None, name, format!("missing section [{name}]"));
+            None
+        }
+    }
+}
+
+/// A stage section that may be absent: `Some(None)` when absent, `None` on error.
+fn optional_section<T: DeserializeOwned>(
+    table: &DeTable<'_>,
+    key: &str,
+    problems: &mut Problems<'_>,
+) -> Option<T> {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    entry(table, name).and_then(|value| section(value, key, problems))
+}
+
+fn section<T: DeserializeOwned>(
+    value: &Spanned<DeValue<'_>>,
+    key: &str,
+    problems: &mut Problems<'_>,
+) -> Option<T> {
+    let deserializer = ValueDeserializer::from(value.clone());
+    match T::deserialize(deserializer) {
+        Ok(typed) => Some(typed),
+        Err(error) => {
+            problems.toml_error(key, &error);
+            None
+        }
+    }
+}
+
+/// The span of the value at dotted `key` (`a.b[2].c`), or of its nearest
+/// existing ancestor, so a problem about an absent key points at its section.
+fn locate(document: &DeTable<'_>, key: &str) -> Option<Range<usize>> {
+    let mut span = None;
+    let mut table = document;
+    let mut current: Option<&Spanned<DeValue<'_>>> = None;
+    for segment in key.split('.') {
+        let (name, index) = split_index(segment);
+        if let Some(value) = current {
+            match value.get_ref().as_table() {
+                Some(inner) => table = inner,
+                None => break,
+            }
+        }
+        let Some(mut value) = entry(table, name) else {
+            break;
+        };
+        if let Some(i) = index {
+            match value.get_ref().as_array().and_then(|items| items.get(i)) {
+                Some(item) => value = item,
+                None => break,
+            }
+        }
+        span = Some(value.span());
+        current = Some(value);
+    }
+    span
+}
+
+fn split_index(segment: &str) -> (&str, Option<usize>) {
+    match segment.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse().ok()),
+        None => (segment, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_counts_characters_not_bytes() {
+        assert_eq!(line_column("a\nbé c", 5), (2, 4));
+        assert_eq!(line_column("", 0), (1, 1));
+    }
+
+    #[test]
+    fn locate_walks_tables_and_array_items() {
+        let source = "[run]\nlanguages = [\"en\", \"xx\"]\n";
+        let (document, errors) = DeTable::parse_recoverable(source);
+        assert!(errors.is_empty());
+        let span = locate(document.get_ref(), "run.languages[1]").unwrap();
+        assert_eq!(&source[span], "\"xx\"");
+        let fallback = locate(document.get_ref(), "run.root").unwrap();
+        assert!(source[fallback].contains("languages"));
+    }
+}

@@ -1,0 +1,177 @@
+//! Reading the files a pipeline names (prompt sets, imported responses and
+//! rewards): JSONL, CSV or Parquet, local or on object storage, with a column
+//! mapping from the file's names to croco's.
+
+use std::path::Path;
+
+use arrow::datatypes::DataType;
+use datafusion::dataframe::DataFrame;
+use datafusion::prelude::{
+    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext, cast, ident,
+};
+
+use super::StageError;
+use crate::pipeline::spec::FileFormat;
+use crate::store::StoreError;
+use crate::store::storage::resolve_input;
+
+/// What kind of values a mapped column must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// Strings.
+    Text,
+    /// Strings or integers (identifiers), read as strings.
+    Key,
+    /// Integers, read as Int32.
+    Integer,
+    /// Integers or floats, read as Float64.
+    Number,
+}
+
+impl ColumnKind {
+    fn accepts(self, data_type: &DataType) -> bool {
+        let text = matches!(
+            data_type,
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+        );
+        match self {
+            ColumnKind::Text => text,
+            ColumnKind::Key => text || data_type.is_integer(),
+            ColumnKind::Integer => data_type.is_integer() || data_type == &DataType::Null,
+            ColumnKind::Number => data_type.is_numeric() || data_type == &DataType::Null,
+        }
+    }
+
+    fn target(self) -> DataType {
+        match self {
+            ColumnKind::Text | ColumnKind::Key => DataType::Utf8,
+            ColumnKind::Integer => DataType::Int32,
+            ColumnKind::Number => DataType::Float64,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            ColumnKind::Text => "strings",
+            ColumnKind::Key => "strings or integers",
+            ColumnKind::Integer => "integers",
+            ColumnKind::Number => "numbers",
+        }
+    }
+}
+
+/// One mapped column: croco's name for it, the file's name, what it must hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapped<'a> {
+    /// croco's name (the alias in the result).
+    pub role: &'a str,
+    /// The column's name in the file.
+    pub column: &'a str,
+    /// What it must hold.
+    pub kind: ColumnKind,
+}
+
+/// An input file opened for reading.
+pub struct InputFile {
+    /// The mapped columns, renamed to their roles and cast to croco's types.
+    pub frame: DataFrame,
+    /// The file's URL, for messages.
+    pub url: String,
+}
+
+/// Opens `location` (resolved against `base_dir`) in `ctx` and selects the
+/// mapped columns, checking that each exists and holds the right kind of values.
+pub async fn read_mapped(
+    ctx: &SessionContext,
+    location: &str,
+    format: Option<FileFormat>,
+    base_dir: &Path,
+    columns: &[Mapped<'_>],
+) -> Result<InputFile, StageError> {
+    let (storage, path) = resolve_input(location, base_dir)?;
+    storage.register(ctx);
+    let url = storage.url_of(&path);
+    let format = format
+        .or_else(|| FileFormat::from_extension(location))
+        .ok_or_else(|| StageError::Input {
+            file: url.clone(),
+            problem: "cannot infer the format from the extension; set `format`".into(),
+        })?;
+    // Match the file's own extension so DataFusion does not filter it out.
+    let extension = location
+        .rsplit_once('.')
+        .map(|(_, ext)| format!(".{ext}"))
+        .unwrap_or_default();
+    let read_error = |source| {
+        StageError::Store(StoreError::Query {
+            context: format!("reading {url}"),
+            source,
+        })
+    };
+    let frame = match format {
+        FileFormat::Jsonl => {
+            ctx.read_json(
+                url.as_str(),
+                JsonReadOptions::default().file_extension(&extension),
+            )
+            .await
+        }
+        FileFormat::Csv => {
+            ctx.read_csv(
+                url.as_str(),
+                CsvReadOptions::new()
+                    .has_header(true)
+                    .file_extension(&extension),
+            )
+            .await
+        }
+        FileFormat::Parquet => {
+            let options = ParquetReadOptions {
+                file_extension: &extension,
+                ..Default::default()
+            };
+            ctx.read_parquet(url.as_str(), options).await
+        }
+    }
+    .map_err(read_error)?;
+    let exprs = columns
+        .iter()
+        .map(|m| check_column(&frame, &url, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let frame = frame.select(exprs).map_err(read_error)?;
+    Ok(InputFile { frame, url })
+}
+
+fn check_column(
+    frame: &DataFrame,
+    url: &str,
+    mapped: &Mapped<'_>,
+) -> Result<datafusion::prelude::Expr, StageError> {
+    let column_error = |problem: String| StageError::Column {
+        file: url.to_string(),
+        column: mapped.column.to_string(),
+        role: mapped.role.to_string(),
+        problem,
+    };
+    let schema = frame.schema();
+    let Some((_, field)) = schema.iter().find(|(_, f)| f.name() == mapped.column) else {
+        let present: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(column_error(format!(
+            "missing; the file has columns: {}",
+            present.join(", ")
+        )));
+    };
+    if !mapped.kind.accepts(field.data_type()) {
+        return Err(column_error(format!(
+            "holds {}, expected {}",
+            field.data_type(),
+            mapped.kind.describe()
+        )));
+    }
+    Ok(cast(ident(mapped.column), mapped.kind.target()).alias(mapped.role))
+}
+
+/// The file name of a location, for default import labels.
+pub fn file_name(location: &str) -> &str {
+    location.rsplit('/').next().unwrap_or(location)
+}

@@ -1,0 +1,314 @@
+//! The stages of the recipe, one file each. A stage reads the tables it
+//! declares (registered by the runner in a DataFusion session under their
+//! names) and writes its one output table through a [`TableWriter`]; it never
+//! reaches into another stage.
+
+pub mod generate;
+pub mod input;
+pub mod pairs;
+pub mod prompts;
+pub mod score;
+
+use std::path::Path;
+
+use datafusion::prelude::SessionContext;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::spec::PipelineSpec;
+use crate::store::tables::TableWriter;
+use crate::store::{StoreError, Table};
+
+/// The stages, in dependency order.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StageName {
+    /// Ingest prompts.
+    Prompts,
+    /// Generate (or import) responses.
+    Generate,
+    /// Score (or import rewards for) responses.
+    Score,
+    /// Build preference pairs.
+    Pairs,
+}
+
+impl StageName {
+    /// Every stage, in dependency order.
+    pub const ALL: [StageName; 4] = [
+        StageName::Prompts,
+        StageName::Generate,
+        StageName::Score,
+        StageName::Pairs,
+    ];
+
+    /// The stage's name in pipeline files and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageName::Prompts => "prompts",
+            StageName::Generate => "generate",
+            StageName::Score => "score",
+            StageName::Pairs => "pairs",
+        }
+    }
+
+    /// The table the stage writes.
+    pub fn writes(self) -> Table {
+        match self {
+            StageName::Prompts => Table::Prompts,
+            StageName::Generate => Table::Generations,
+            StageName::Score => Table::Scores,
+            StageName::Pairs => Table::Pairs,
+        }
+    }
+
+    /// The tables the stage reads, each written by an earlier stage.
+    pub fn reads(self) -> &'static [Table] {
+        match self {
+            StageName::Prompts => &[],
+            StageName::Generate => &[Table::Prompts],
+            StageName::Score => &[Table::Generations],
+            StageName::Pairs => &[Table::Prompts, Table::Generations, Table::Scores],
+        }
+    }
+
+    /// The stage that writes `table`.
+    pub fn writer_of(table: Table) -> Option<StageName> {
+        StageName::ALL
+            .into_iter()
+            .find(|stage| stage.writes() == table)
+    }
+
+    /// The stage's resolved parameters as JSON (for keys and manifests), or
+    /// `None` when the pipeline does not configure it.
+    pub fn params(self, spec: &PipelineSpec) -> Option<serde_json::Value> {
+        let stages = &spec.stages;
+        let value = match self {
+            StageName::Prompts => stages.prompts.as_ref().map(serde_json::to_value),
+            StageName::Generate => stages.generate.as_ref().map(serde_json::to_value),
+            StageName::Score => stages.score.as_ref().map(serde_json::to_value),
+            StageName::Pairs => stages.pairs.as_ref().map(serde_json::to_value),
+        };
+        let value = value.map(|v| v.expect("stage parameters serialize to JSON"));
+        // Prompts also depend on the run's language list, which filters them.
+        match (self, value) {
+            (StageName::Prompts, Some(serde_json::Value::Object(mut map))) => {
+                map.insert(
+                    "languages".into(),
+                    serde_json::to_value(&spec.run.languages).expect("strings"),
+                );
+                Some(serde_json::Value::Object(map))
+            }
+            (_, value) => value,
+        }
+    }
+
+    /// Locations of the files the stage reads from outside the storage root,
+    /// with the pipeline key that names each.
+    pub fn external_inputs(self, spec: &PipelineSpec) -> Vec<(String, String)> {
+        let stages = &spec.stages;
+        let found = match self {
+            StageName::Prompts => stages
+                .prompts
+                .as_ref()
+                .map(|p| ("stages.prompts.source", p.source.clone())),
+            StageName::Generate => stages
+                .generate
+                .as_ref()
+                .and_then(|g| g.import.as_ref())
+                .map(|i| ("stages.generate.import.path", i.path.clone())),
+            StageName::Score => stages
+                .score
+                .as_ref()
+                .and_then(|s| s.import.as_ref())
+                .map(|i| ("stages.score.import.path", i.path.clone())),
+            StageName::Pairs => None,
+        };
+        found
+            .into_iter()
+            .map(|(key, location)| (key.to_string(), location))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for StageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Stage-specific counts recorded in the manifest (dropped rows, pools, ...).
+pub type Stats = serde_json::Map<String, serde_json::Value>;
+
+/// What a stage gets to work with.
+pub struct StageInput<'a> {
+    /// A session with the stage's input tables registered under their names.
+    pub ctx: &'a SessionContext,
+    /// The pipeline.
+    pub spec: &'a PipelineSpec,
+    /// Directory that relative paths in the pipeline file are resolved against.
+    pub base_dir: &'a Path,
+    /// Progress of the stage (rows written); hidden when not on a terminal.
+    pub progress: &'a ProgressBar,
+}
+
+/// Errors inside a stage. Each names the file, column or row it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Storage or query failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A batch does not fit its table's schema.
+    #[error(transparent)]
+    Schema(#[from] crate::store::SchemaError),
+    /// An Arrow kernel failed.
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// An input file lacks a mapped column or has it with an unusable type.
+    #[error("{file}: column `{column}` ({role}): {problem}")]
+    Column {
+        file: String,
+        column: String,
+        role: String,
+        problem: String,
+    },
+    /// A row of an input file is unusable.
+    #[error("{file}: row {row}: {problem}")]
+    Row {
+        file: String,
+        row: String,
+        problem: String,
+    },
+    /// An input as a whole is unusable.
+    #[error("{file}: {problem}")]
+    Input { file: String, problem: String },
+    /// The pipeline asks the stage for something this build cannot do.
+    #[error("stage `{stage}`: {problem}")]
+    Unsupported { stage: StageName, problem: String },
+}
+
+/// Runs `stage`, writing its output into `sink`; returns its counts.
+pub async fn run(
+    stage: StageName,
+    input: &StageInput<'_>,
+    sink: &mut TableWriter,
+) -> Result<Stats, StageError> {
+    match stage {
+        StageName::Prompts => prompts::run(input, sink).await,
+        StageName::Generate => generate::run(input, sink).await,
+        StageName::Score => score::run(input, sink).await,
+        StageName::Pairs => pairs::run(input, sink).await,
+    }
+}
+
+/// Builds a [`Stats`] map from name/value pairs.
+pub fn stats<const N: usize>(entries: [(&str, u64); N]) -> Stats {
+    entries
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), serde_json::Value::from(value)))
+        .collect()
+}
+
+/// The first row of `sql`'s result as `column=value` text, or `None` when it
+/// is empty. Used to name offending rows in errors.
+pub async fn first_row(
+    ctx: &SessionContext,
+    sql: &str,
+    context: &str,
+) -> Result<Option<String>, StageError> {
+    let frame = crate::store::session::query(ctx, sql, context).await?;
+    let batches = frame
+        .limit(0, Some(1))?
+        .collect()
+        .await
+        .map_err(|source| StoreError::Query {
+            context: context.into(),
+            source,
+        })?;
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let cells = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            let value = arrow::util::display::array_value_to_string(column, 0).unwrap_or_default();
+            format!("{}={value}", field.name())
+        })
+        .collect::<Vec<_>>();
+    Ok(Some(cells.join(", ")))
+}
+
+/// The single integer `sql` returns (a `COUNT(*)`).
+pub async fn count(ctx: &SessionContext, sql: &str, context: &str) -> Result<u64, StageError> {
+    let frame = crate::store::session::query(ctx, sql, context).await?;
+    let batches = frame.collect().await.map_err(|source| StoreError::Query {
+        context: context.into(),
+        source,
+    })?;
+    let value = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0);
+    Ok(value.max(0) as u64)
+}
+
+/// Checks that the imported table `table` (read from `file`) has its key
+/// columns `prompt_id` and `sample_idx` filled and unique.
+pub async fn check_import_keys(
+    ctx: &SessionContext,
+    table: &str,
+    file: &str,
+) -> Result<(), StageError> {
+    let null_keys = format!(
+        "SELECT prompt_id, sample_idx FROM {table} WHERE prompt_id IS NULL OR sample_idx IS NULL"
+    );
+    if let Some(row) = first_row(ctx, &null_keys, file).await? {
+        return Err(StageError::Row {
+            file: file.into(),
+            row,
+            problem: "prompt_id and sample_idx must both be set".into(),
+        });
+    }
+    let duplicates = format!(
+        "SELECT prompt_id, sample_idx, COUNT(*) AS copies FROM {table} GROUP BY prompt_id, sample_idx \
+         HAVING COUNT(*) > 1 ORDER BY prompt_id, sample_idx"
+    );
+    if let Some(row) = first_row(ctx, &duplicates, file).await? {
+        return Err(StageError::Row {
+            file: file.into(),
+            row,
+            problem: "(prompt_id, sample_idx) occurs more than once".into(),
+        });
+    }
+    Ok(())
+}
+
+impl From<datafusion::error::DataFusionError> for StageError {
+    fn from(source: datafusion::error::DataFusionError) -> Self {
+        StageError::Store(StoreError::Query {
+            context: "query".into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! The prompts stage: ingest a prompt set, validate languages, drop empty and
+//! duplicate prompts (counted), assign stable ids and a train/eval split.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, StringBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use super::input::{ColumnKind, Mapped, read_mapped};
+use super::{StageError, StageInput, Stats};
+use crate::ids::{prompt_id, unit_interval};
+use crate::langs::is_iso_639_1;
+use crate::pipeline::spec::PromptsParams;
+use crate::store::StoreError;
+use crate::store::tables::TableWriter;
+
+/// Counts of what ingestion dropped.
+#[derive(Default)]
+struct Dropped {
+    empty: u64,
+    duplicate: u64,
+    other_language: BTreeMap<String, u64>,
+}
+
+/// Runs the stage.
+pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
+    let params = input
+        .spec
+        .stages
+        .prompts
+        .as_ref()
+        .expect("the plan only runs configured stages");
+    // One partition keeps file order, so row numbers in errors are exact and
+    // the output order is the input order.
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let file = read_mapped(
+        &ctx,
+        &params.source,
+        params.format,
+        input.base_dir,
+        &mapping(params),
+    )
+    .await?;
+    let mut stream = file
+        .frame
+        .execute_stream()
+        .await
+        .map_err(|source| StoreError::Query {
+            context: format!("reading {}", file.url),
+            source,
+        })?;
+    let mut ingest = Ingest {
+        params,
+        languages: &input.spec.run.languages,
+        url: &file.url,
+        seen: HashSet::new(),
+        rows: 0,
+        dropped: Dropped::default(),
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|source| StoreError::Query {
+            context: format!("reading {}", file.url),
+            source,
+        })?;
+        let out = ingest.batch(&batch)?;
+        sink.write(&out).await?;
+        input.progress.set_position(sink.rows());
+    }
+    Ok(ingest.stats(sink.rows()))
+}
+
+fn mapping(params: &PromptsParams) -> Vec<Mapped<'_>> {
+    let mut columns = vec![
+        Mapped {
+            role: "text",
+            column: &params.columns.text,
+            kind: ColumnKind::Text,
+        },
+        Mapped {
+            role: "language",
+            column: &params.columns.language,
+            kind: ColumnKind::Text,
+        },
+    ];
+    if let Some(source_id) = &params.columns.source_id {
+        columns.push(Mapped {
+            role: "source_id",
+            column: source_id,
+            kind: ColumnKind::Key,
+        });
+    }
+    columns
+}
+
+struct Ingest<'a> {
+    params: &'a PromptsParams,
+    languages: &'a [String],
+    url: &'a str,
+    seen: HashSet<String>,
+    rows: u64,
+    dropped: Dropped,
+}
+
+impl Ingest<'_> {
+    fn batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch, StageError> {
+        let text = string_column(batch, "text");
+        let language = string_column(batch, "language");
+        let source = batch.column_by_name("source_id").map(|c| {
+            c.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8")
+        });
+        let mut out = OutputColumns::default();
+        for i in 0..batch.num_rows() {
+            self.rows += 1;
+            let language = self.language(language, i)?;
+            let text = if text.is_null(i) {
+                ""
+            } else {
+                text.value(i).trim()
+            };
+            if text.is_empty() {
+                self.dropped.empty += 1;
+                continue;
+            }
+            if !self.languages.iter().any(|l| l == &language) {
+                *self.dropped.other_language.entry(language).or_default() += 1;
+                continue;
+            }
+            let id = prompt_id(&language, text);
+            if !self.seen.insert(id.clone()) {
+                self.dropped.duplicate += 1;
+                continue;
+            }
+            let source_id = source
+                .filter(|s| !s.is_null(i))
+                .map_or_else(|| id.clone(), |s| s.value(i).to_string());
+            let split =
+                if unit_interval(self.params.split_seed, &source_id) < self.params.eval_fraction {
+                    "eval"
+                } else {
+                    "train"
+                };
+            out.push(&id, &source_id, &language, text, split);
+        }
+        Ok(out.finish())
+    }
+
+    /// The row's language code, lower-cased; unknown codes are an error, since
+    /// a typo would otherwise silently drop a whole language.
+    fn language(&self, column: &StringArray, i: usize) -> Result<String, StageError> {
+        let row_error = |problem: String| StageError::Row {
+            file: self.url.to_string(),
+            row: self.rows.to_string(),
+            problem,
+        };
+        if column.is_null(i) {
+            return Err(row_error("the language is missing".into()));
+        }
+        let code = column.value(i).trim().to_ascii_lowercase();
+        if !is_iso_639_1(&code) {
+            return Err(row_error(format!(
+                "language `{}` is not an ISO 639-1 code",
+                column.value(i)
+            )));
+        }
+        Ok(code)
+    }
+
+    fn stats(&self, written: u64) -> Stats {
+        let mut stats = super::stats([
+            ("rows_read", self.rows),
+            ("prompts", written),
+            ("dropped_empty", self.dropped.empty),
+            ("dropped_duplicate", self.dropped.duplicate),
+            (
+                "dropped_other_language",
+                self.dropped.other_language.values().sum(),
+            ),
+        ]);
+        if !self.dropped.other_language.is_empty() {
+            stats.insert(
+                "dropped_languages".into(),
+                serde_json::to_value(&self.dropped.other_language).expect("counts"),
+            );
+        }
+        stats
+    }
+}
+
+fn string_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b StringArray {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .expect("mapped columns are cast to Utf8")
+}
+
+#[derive(Default)]
+struct OutputColumns {
+    prompt_id: StringBuilder,
+    source_id: StringBuilder,
+    language: StringBuilder,
+    text: StringBuilder,
+    split: StringBuilder,
+}
+
+impl OutputColumns {
+    fn push(&mut self, prompt_id: &str, source_id: &str, language: &str, text: &str, split: &str) {
+        self.prompt_id.append_value(prompt_id);
+        self.source_id.append_value(source_id);
+        self.language.append_value(language);
+        self.text.append_value(text);
+        self.split.append_value(split);
+    }
+
+    fn finish(mut self) -> RecordBatch {
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("prompt_id", Arc::new(self.prompt_id.finish())),
+            ("source_id", Arc::new(self.source_id.finish())),
+            ("language", Arc::new(self.language.finish())),
+            ("text", Arc::new(self.text.finish())),
+            ("split", Arc::new(self.split.finish())),
+        ];
+        RecordBatch::try_from_iter(columns).expect("columns of equal length")
+    }
+}

@@ -1,0 +1,302 @@
+//! The storage root of a pipeline: one object store per URL scheme.
+//!
+//! Everything croco persists goes through `object_store`, so local disk, memory
+//! and cloud buckets share one code path (and one set of tests). Following
+//! Lance, the URL scheme picks the provider; credentials and endpoints come from
+//! the standard environment of each provider (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+
+use std::collections::HashMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+use super::StoreError;
+
+/// A storage root: an object store plus the prefix under which a pipeline
+/// keeps its tables.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    /// `scheme://authority/`: the URL DataFusion resolves this store under.
+    store_url: Url,
+    /// The root inside the store.
+    prefix: Path,
+    /// The root as the user wrote it, resolved (for messages).
+    display: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("root", &self.display)
+            .finish()
+    }
+}
+
+/// In-memory stores live for the process, keyed by the URL's host, so that
+/// every `Storage::open("memory://name")` in one process sees the same data.
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("memory store registry");
+    stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(InMemory::new()))
+        .clone()
+}
+
+impl Storage {
+    /// Opens the root `root`: a URL (`file://`, `memory://`, `s3://`, `gs://`,
+    /// `az://`/`abfs://`) or a plain path, which is resolved against `base_dir`
+    /// (the directory of the pipeline file).
+    pub fn open(root: &str, base_dir: &FsPath) -> Result<Self, StoreError> {
+        match Url::parse(root) {
+            Ok(url) if url.scheme().len() > 1 => Self::open_url(url),
+            // No scheme, or a Windows drive letter: a filesystem path.
+            _ => Self::open_local(&base_dir.join(root)),
+        }
+    }
+
+    fn open_url(url: Url) -> Result<Self, StoreError> {
+        let build_error = |source| StoreError::Open {
+            root: url.to_string(),
+            source,
+        };
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => {
+                let path = url.to_file_path().map_err(|_| StoreError::BadRoot {
+                    root: url.to_string(),
+                    reason: "a file:// URL needs an absolute path".into(),
+                })?;
+                return Self::open_local(&path);
+            }
+            "memory" => memory_store(url.host_str().unwrap_or("")),
+            "s3" | "s3a" => Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(build_error)?,
+            ),
+            "gs" => Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(build_error)?,
+            ),
+            "az" | "abfs" | "abfss" | "azure" => Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(build_error)?,
+            ),
+            other => {
+                return Err(StoreError::BadRoot {
+                    root: url.to_string(),
+                    reason: format!(
+                        "unsupported scheme `{other}` (use file, memory, s3, gs or az)"
+                    ),
+                });
+            }
+        };
+        let store_url = Url::parse(&format!("{}://{}/", url.scheme(), url.authority()))
+            .expect("scheme and authority form a URL");
+        let prefix =
+            Path::parse(url.path().trim_matches('/')).map_err(|e| StoreError::BadRoot {
+                root: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Storage {
+            store,
+            store_url,
+            prefix,
+            display: url.to_string(),
+        })
+    }
+
+    fn open_local(path: &FsPath) -> Result<Self, StoreError> {
+        let absolute = absolute_lexical(path)?;
+        let display = absolute.display().to_string();
+        let prefix = Path::from_absolute_path(&absolute).map_err(|e| StoreError::BadRoot {
+            root: display.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Storage {
+            store: Arc::new(LocalFileSystem::new()),
+            store_url: Url::parse("file:///").expect("static URL"),
+            prefix,
+            display,
+        })
+    }
+
+    /// The root as a human reads it.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The underlying object store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The object path of `relative` (slash-separated) under the root.
+    pub fn path(&self, relative: &str) -> Path {
+        relative
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.prefix.clone(), |path, part| path.join(part))
+    }
+
+    /// The URL DataFusion reads `path` under.
+    pub fn url_of(&self, path: &Path) -> String {
+        format!("{}{}", self.store_url, path)
+    }
+
+    /// Makes this store readable by `ctx` under its URL.
+    pub fn register(&self, ctx: &SessionContext) {
+        ctx.register_object_store(&self.store_url, self.store.clone());
+    }
+
+    /// Writes `bytes` at `path` in one atomic put.
+    pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), StoreError> {
+        self.store
+            .put(path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(|source| self.error(path, source))?;
+        Ok(())
+    }
+
+    /// Reads the object at `path`; `Ok(None)` when it does not exist.
+    pub async fn get_if_exists(&self, path: &Path) -> Result<Option<Bytes>, StoreError> {
+        match self.store.get(path).await {
+            Ok(result) => Ok(Some(
+                result
+                    .bytes()
+                    .await
+                    .map_err(|source| self.error(path, source))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(self.error(path, source)),
+        }
+    }
+
+    /// Lists every object under `path` (recursively).
+    pub async fn list(&self, path: &Path) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.store
+            .list(Some(path))
+            .try_collect()
+            .await
+            .map_err(|source| self.error(path, source))
+    }
+
+    /// Deletes the object at `path` (missing objects are not an error).
+    pub async fn delete(&self, path: &Path) -> Result<(), StoreError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(self.error(path, source)),
+        }
+    }
+
+    /// Wraps an object-store error with the URL of the object it concerns.
+    pub fn error(&self, path: &Path, source: object_store::Error) -> StoreError {
+        StoreError::Object {
+            url: self.url_of(path),
+            source,
+        }
+    }
+}
+
+/// Where an input file named in a pipeline file lives: a URL, or a path that
+/// is resolved against the pipeline file's directory.
+pub fn resolve_input(location: &str, base_dir: &FsPath) -> Result<(Storage, Path), StoreError> {
+    match Url::parse(location) {
+        Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
+            let path =
+                Path::parse(url.path().trim_matches('/')).map_err(|e| StoreError::BadRoot {
+                    root: location.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let mut root = url.clone();
+            root.set_path("");
+            Ok((Storage::open_url(root)?, path))
+        }
+        Ok(url) if url.scheme() == "file" => {
+            let file = url.to_file_path().map_err(|_| StoreError::BadRoot {
+                root: location.to_string(),
+                reason: "a file:// URL needs an absolute path".into(),
+            })?;
+            local_input(&file)
+        }
+        _ => local_input(&base_dir.join(location)),
+    }
+}
+
+fn local_input(file: &FsPath) -> Result<(Storage, Path), StoreError> {
+    let storage = Storage::open_local(FsPath::new("/"))?;
+    let absolute = absolute_lexical(file)?;
+    let path = Path::from_absolute_path(&absolute).map_err(|e| StoreError::BadRoot {
+        root: absolute.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((storage, path))
+}
+
+/// `path` made absolute with `.` and `..` resolved by name (object-store paths
+/// have no such segments). Symbolic links are not followed, as a shell would not.
+fn absolute_lexical(path: &FsPath) -> Result<PathBuf, StoreError> {
+    let absolute = std::path::absolute(path).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    Ok(normal)
+}
+
+/// URL schemes a storage root may use.
+pub const SUPPORTED_SCHEMES: [&str; 9] = [
+    "file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss", "azure",
+];
+
+/// Why `root` cannot be a storage root, without opening it (for validation).
+pub fn root_problem(root: &str) -> Option<String> {
+    if root.trim().is_empty() {
+        return Some("the storage root is empty".into());
+    }
+    match Url::parse(root) {
+        Ok(url) if url.scheme().len() > 1 && !SUPPORTED_SCHEMES.contains(&url.scheme()) => {
+            Some(format!(
+                "unsupported scheme `{}` (use one of: {})",
+                url.scheme(),
+                SUPPORTED_SCHEMES.join(", ")
+            ))
+        }
+        Ok(url)
+            if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")
+                && url.host_str().is_none() =>
+        {
+            Some(format!("`{root}` names no bucket"))
+        }
+        _ => None,
+    }
+}
