@@ -124,10 +124,7 @@ pub enum CliError {
     Store(#[from] StoreError),
     /// Writing output failed.
     #[error("{}: {source}", path.display())]
-    Output {
-        path: PathBuf,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Output { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     /// The arguments do not make sense together.
     #[error("{0}")]
     Usage(String),
@@ -148,28 +145,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Validate { file, json } => validate_command(&file, json),
         Command::Schema { what } => schema_command(&what),
-        Command::Run {
-            file,
-            stage,
-            force,
-            json,
-        } => run_command(&file, stage, force, json).await,
+        Command::Run { file, stage, force, json } => run_command(&file, stage, force, json).await,
         Command::Status { file, json } => status_command(&file, json).await,
-        Command::Sql {
-            file,
-            query,
-            sql_file,
-            format,
-            output,
-            allow_writes,
-        } => {
+        Command::Sql { file, query, sql_file, format, output, allow_writes } => {
             let sql = match (query, sql_file) {
                 (Some(query), None) => query,
                 (None, Some(path)) => {
-                    std::fs::read_to_string(&path).map_err(|e| CliError::Output {
-                        path,
-                        source: e.into(),
-                    })?
+                    std::fs::read_to_string(&path).map_err(|e| CliError::Output { path, source: e.into() })?
                 }
                 _ => return Err(CliError::Usage("give a query or -f FILE".into())),
             };
@@ -180,9 +162,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 
 fn validate_command(file: &Path, json: bool) -> Result<(), CliError> {
     match (validate::load(file), json) {
-        (Ok(_), true) => {
-            print_json(&serde_json::json!({ "file": file, "valid": true, "problems": [] }))
-        }
+        (Ok(_), true) => print_json(&serde_json::json!({ "file": file, "valid": true, "problems": [] })),
         (Ok(_), false) => println!("{}: ok", file.display()),
         (Err(SpecError::Invalid { path, problems }), true) => {
             print_json(&serde_json::json!({ "file": path, "valid": false, "problems": problems }));
@@ -200,10 +180,7 @@ fn schema_command(what: &str) -> Result<(), CliError> {
     }
     let table = Table::from_name(what).ok_or_else(|| {
         let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
-        CliError::Usage(format!(
-            "unknown schema `{what}`: use `pipeline` or one of {}",
-            names.join(", ")
-        ))
+        CliError::Usage(format!("unknown schema `{what}`: use `pipeline` or one of {}", names.join(", ")))
     })?;
     let schema = table.schema();
     let columns: Vec<_> = schema
@@ -222,18 +199,9 @@ async fn load_plan(file: &Path) -> Result<Plan, CliError> {
     Ok(Plan::build(loaded).await?)
 }
 
-async fn run_command(
-    file: &Path,
-    stage: Option<StageName>,
-    force: bool,
-    json: bool,
-) -> Result<(), CliError> {
+async fn run_command(file: &Path, stage: Option<StageName>, force: bool, json: bool) -> Result<(), CliError> {
     let plan = load_plan(file).await?;
-    let options = RunOptions {
-        only: stage,
-        force,
-        progress: !json,
-    };
+    let options = RunOptions { only: stage, force, progress: !json };
     let reports = runner::run(&plan, options).await?;
     if json {
         print_json(
@@ -282,9 +250,7 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
             Some("stale") => StageState::Stale,
             _ => StageState::Missing,
         };
-        let rows = row["rows"]
-            .as_u64()
-            .map_or("-".to_string(), |r| r.to_string());
+        let rows = row["rows"].as_u64().map_or("-".to_string(), |r| r.to_string());
         println!(
             "{:<9} {:<8} {:>9} rows  {}",
             stage.stage.name(),
@@ -304,29 +270,13 @@ pub async fn pipeline_session(plan: &Plan) -> Result<SessionContext, CliError> {
     for table in Table::ALL {
         for version in manifest::list_versions(&plan.storage, table).await? {
             let name = format!("{}@{}", table.name(), version.key);
-            register_version(
-                &ctx,
-                &plan.storage,
-                table,
-                &version.key,
-                &version.parts,
-                &name,
-            )
-            .await?;
+            register_version(&ctx, &plan.storage, table, &version.key, &version.parts, &name).await?;
         }
     }
     for stage in &plan.stages {
         if let Some(current) = plan.current(stage).await? {
             let table = stage.stage.writes();
-            register_version(
-                &ctx,
-                &plan.storage,
-                table,
-                &stage.key,
-                &current.parts,
-                table.name(),
-            )
-            .await?;
+            register_version(&ctx, &plan.storage, table, &stage.key, &current.parts, table.name()).await?;
         }
     }
     Ok(ctx)
@@ -340,70 +290,42 @@ async fn sql_command(
     allow_writes: bool,
 ) -> Result<(), CliError> {
     if format == OutputFormat::Parquet && output.is_none() {
-        return Err(CliError::Usage(
-            "--format parquet needs --output PATH".into(),
-        ));
+        return Err(CliError::Usage("--format parquet needs --output PATH".into()));
     }
     let plan = load_plan(file).await?;
     let ctx = pipeline_session(&plan).await?;
     let mut batches = Vec::new();
     for frame in run_statements(&ctx, sql, allow_writes).await? {
-        batches = frame.collect().await.map_err(|source| StoreError::Query {
-            context: "SQL".into(),
-            source,
-        })?;
+        batches = frame.collect().await.map_err(|source| StoreError::Query { context: "SQL".into(), source })?;
     }
     write_batches(&batches, format, output)
 }
 
-fn write_batches(
-    batches: &[RecordBatch],
-    format: OutputFormat,
-    output: Option<&Path>,
-) -> Result<(), CliError> {
+fn write_batches(batches: &[RecordBatch], format: OutputFormat, output: Option<&Path>) -> Result<(), CliError> {
     let path = output.map_or_else(|| PathBuf::from("<stdout>"), Path::to_path_buf);
-    let error = |source: Box<dyn std::error::Error + Send + Sync>| CliError::Output {
-        path: path.clone(),
-        source,
-    };
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| CliError::Output { path: path.clone(), source };
     let mut sink: Box<dyn Write + Send> = match output {
         Some(path) => Box::new(std::fs::File::create(path).map_err(|e| error(e.into()))?),
         None => Box::new(std::io::stdout()),
     };
     match format {
         OutputFormat::Table => {
-            let text =
-                arrow::util::pretty::pretty_format_batches(batches).map_err(|e| error(e.into()))?;
+            let text = arrow::util::pretty::pretty_format_batches(batches).map_err(|e| error(e.into()))?;
             writeln!(sink, "{text}").map_err(|e| error(e.into()))?;
         }
         OutputFormat::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(sink);
-            batches
-                .iter()
-                .try_for_each(|b| writer.write(b))
-                .map_err(|e| error(e.into()))?;
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(sink);
+            batches.iter().try_for_each(|b| writer.write(b)).map_err(|e| error(e.into()))?;
         }
         OutputFormat::Json => {
             let mut writer = arrow::json::LineDelimitedWriter::new(sink);
-            batches
-                .iter()
-                .try_for_each(|b| writer.write(b))
-                .map_err(|e| error(e.into()))?;
+            batches.iter().try_for_each(|b| writer.write(b)).map_err(|e| error(e.into()))?;
             writer.finish().map_err(|e| error(e.into()))?;
         }
         OutputFormat::Parquet => {
-            let schema = batches.first().map_or_else(
-                || Arc::new(arrow::datatypes::Schema::empty()),
-                |b| b.schema(),
-            );
-            let mut writer = parquet::arrow::ArrowWriter::try_new(sink, schema, None)
-                .map_err(|e| error(e.into()))?;
-            batches
-                .iter()
-                .try_for_each(|b| writer.write(b))
-                .map_err(|e| error(e.into()))?;
+            let schema = batches.first().map_or_else(|| Arc::new(arrow::datatypes::Schema::empty()), |b| b.schema());
+            let mut writer = parquet::arrow::ArrowWriter::try_new(sink, schema, None).map_err(|e| error(e.into()))?;
+            batches.iter().try_for_each(|b| writer.write(b)).map_err(|e| error(e.into()))?;
             writer.close().map_err(|e| error(e.into()))?;
         }
     }
@@ -411,8 +333,5 @@ fn write_batches(
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialize")
-    );
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
 }

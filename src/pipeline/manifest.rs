@@ -66,51 +66,32 @@ fn manifest_path(storage: &Storage, table: Table, key: &str) -> object_store::pa
 }
 
 /// Reads the manifest of version `key` of `table`; `Ok(None)` if not committed.
-pub async fn read(
-    storage: &Storage,
-    table: Table,
-    key: &str,
-) -> Result<Option<Manifest>, StoreError> {
+pub async fn read(storage: &Storage, table: Table, key: &str) -> Result<Option<Manifest>, StoreError> {
     let path = manifest_path(storage, table, key);
     let Some(bytes) = storage.get_if_exists(&path).await? else {
         return Ok(None);
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| StoreError::Json {
-            url: storage.url_of(&path),
-            source,
-        })
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| StoreError::Json { url: storage.url_of(&path), source })
 }
 
 /// Commits `manifest`: one atomic put, after all its parts are written.
 pub async fn commit(storage: &Storage, manifest: &Manifest) -> Result<(), StoreError> {
     let table = Table::from_name(&manifest.table).expect("manifests are written for known tables");
     let path = manifest_path(storage, table, &manifest.key);
-    let json = serde_json::to_vec_pretty(manifest).map_err(|source| StoreError::Json {
-        url: storage.url_of(&path),
-        source,
-    })?;
+    let json = serde_json::to_vec_pretty(manifest)
+        .map_err(|source| StoreError::Json { url: storage.url_of(&path), source })?;
     storage.put(&path, Bytes::from(json)).await
 }
 
 /// Every committed version of `table`, oldest first.
 pub async fn list_versions(storage: &Storage, table: Table) -> Result<Vec<Manifest>, StoreError> {
-    let objects = storage
-        .list(&storage.path(&format!("tables/{}", table.name())))
-        .await?;
+    let objects = storage.list(&storage.path(&format!("tables/{}", table.name()))).await?;
     let mut manifests = Vec::new();
-    for object in objects
-        .iter()
-        .filter(|o| o.location.filename() == Some(MANIFEST_FILE))
-    {
+    for object in objects.iter().filter(|o| o.location.filename() == Some(MANIFEST_FILE)) {
         let bytes = storage.get_if_exists(&object.location).await?;
         if let Some(bytes) = bytes {
-            let manifest: Manifest =
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
-                    url: storage.url_of(&object.location),
-                    source,
-                })?;
+            let manifest: Manifest = serde_json::from_slice(&bytes)
+                .map_err(|source| StoreError::Json { url: storage.url_of(&object.location), source })?;
             manifests.push(manifest);
         }
     }

@@ -70,12 +70,7 @@ pub enum PlanError {
     Store(#[from] StoreError),
     /// An input file named in the pipeline cannot be read.
     #[error("{file}: `{key}`: cannot read `{location}`: {reason}")]
-    MissingInput {
-        file: String,
-        key: String,
-        location: String,
-        reason: String,
-    },
+    MissingInput { file: String, key: String, location: String, reason: String },
 }
 
 impl Plan {
@@ -92,10 +87,7 @@ impl Plan {
                 .iter()
                 .filter_map(|table| {
                     let writer = StageName::writer_of(*table)?;
-                    stages
-                        .iter()
-                        .find(|s| s.stage == writer)
-                        .map(|s| (table.name().to_string(), s.key.clone()))
+                    stages.iter().find(|s| s.stage == writer).map(|s| (table.name().to_string(), s.key.clone()))
                 })
                 .collect();
             let mut external = Vec::new();
@@ -103,19 +95,9 @@ impl Plan {
                 external.push(fingerprint(&loaded, &key, &location).await?);
             }
             let key = content_key(stage, &params, &inputs, &external);
-            stages.push(PlannedStage {
-                stage,
-                key,
-                params,
-                inputs,
-                external,
-            });
+            stages.push(PlannedStage { stage, key, params, inputs, external });
         }
-        Ok(Plan {
-            loaded,
-            storage,
-            stages,
-        })
+        Ok(Plan { loaded, storage, stages })
     }
 
     /// The planned stage `stage`, if the pipeline configures it.
@@ -129,22 +111,12 @@ impl Plan {
     }
 
     /// The state of `stage` and, when current, its manifest.
-    pub async fn state(
-        &self,
-        stage: &PlannedStage,
-    ) -> Result<(StageState, Option<Manifest>), StoreError> {
+    pub async fn state(&self, stage: &PlannedStage) -> Result<(StageState, Option<Manifest>), StoreError> {
         if let Some(current) = self.current(stage).await? {
             return Ok((StageState::Current, Some(current)));
         }
         let versions = manifest::list_versions(&self.storage, stage.stage.writes()).await?;
-        Ok((
-            if versions.is_empty() {
-                StageState::Missing
-            } else {
-                StageState::Stale
-            },
-            None,
-        ))
+        Ok((if versions.is_empty() { StageState::Missing } else { StageState::Stale }, None))
     }
 }
 
@@ -171,40 +143,26 @@ fn content_key(
 /// Fingerprints an input file: the sha256 of a local file's content, the
 /// ETag (or size and modification time) of a remote object, so that editing
 /// the file makes the stage stale and merely touching it does not.
-async fn fingerprint(
-    loaded: &LoadedSpec,
-    key: &str,
-    location: &str,
-) -> Result<ExternalInput, PlanError> {
+async fn fingerprint(loaded: &LoadedSpec, key: &str, location: &str) -> Result<ExternalInput, PlanError> {
     let missing = |reason: String| PlanError::MissingInput {
         file: loaded.file.display().to_string(),
         key: key.to_string(),
         location: location.to_string(),
         reason,
     };
-    let (storage, path) =
-        resolve_input(location, &loaded.base_dir).map_err(|e| missing(e.to_string()))?;
+    let (storage, path) = resolve_input(location, &loaded.base_dir).map_err(|e| missing(e.to_string()))?;
     let url = storage.url_of(&path);
     let fingerprint = if url.starts_with("file://") {
         let local = Path::new("/").join(path.as_ref());
-        let bytes =
-            std::fs::read(&local).map_err(|e| missing(format!("{}: {e}", local.display())))?;
+        let bytes = std::fs::read(&local).map_err(|e| missing(format!("{}: {e}", local.display())))?;
         format!("sha256:{}", sha256_hex(&bytes))
     } else {
         use object_store::ObjectStoreExt;
-        let meta = storage
-            .store()
-            .head(&path)
-            .await
-            .map_err(|e| missing(e.to_string()))?;
+        let meta = storage.store().head(&path).await.map_err(|e| missing(e.to_string()))?;
         match meta.e_tag {
             Some(tag) => format!("etag:{tag}"),
             None => format!("meta:{}:{}", meta.size, meta.last_modified.to_rfc3339()),
         }
     };
-    Ok(ExternalInput {
-        key: key.to_string(),
-        url,
-        fingerprint,
-    })
+    Ok(ExternalInput { key: key.to_string(), url, fingerprint })
 }

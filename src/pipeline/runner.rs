@@ -49,19 +49,12 @@ pub enum RunError {
     Store(#[from] StoreError),
     /// A stage failed; nothing of it was committed.
     #[error("stage `{stage}` failed, nothing committed: {source}")]
-    Stage {
-        stage: StageName,
-        source: Box<StageError>,
-    },
+    Stage { stage: StageName, source: Box<StageError> },
     /// `--stage` was given for a stage whose inputs are not current.
     #[error(
         "stage `{stage}` needs table `{table}` version {key}, which is not committed; run the pipeline without --stage first"
     )]
-    InputMissing {
-        stage: StageName,
-        table: Table,
-        key: String,
-    },
+    InputMissing { stage: StageName, table: Table, key: String },
     /// `--stage` names a stage the pipeline does not configure.
     #[error("the pipeline has no [stages.{0}] section")]
     NotConfigured(StageName),
@@ -95,11 +88,7 @@ fn skipped(stage: &PlannedStage, current: &Manifest) -> StageReport {
     }
 }
 
-async fn execute(
-    plan: &Plan,
-    stage: &PlannedStage,
-    options: RunOptions,
-) -> Result<StageReport, RunError> {
+async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Result<StageReport, RunError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339();
     tracing::info!(stage = %stage.stage, key = %stage.key, "running");
@@ -107,43 +96,28 @@ async fn execute(
     plan.storage.register(&ctx);
     for (table, key) in &stage.inputs {
         let table = Table::from_name(table).expect("plans name known tables");
-        let input = manifest::read(&plan.storage, table, key)
-            .await?
-            .ok_or_else(|| RunError::InputMissing {
-                stage: stage.stage,
-                table,
-                key: key.clone(),
-            })?;
+        let input = manifest::read(&plan.storage, table, key).await?.ok_or_else(|| RunError::InputMissing {
+            stage: stage.stage,
+            table,
+            key: key.clone(),
+        })?;
         register_version(&ctx, &plan.storage, table, key, &input.parts, table.name()).await?;
     }
     let progress = progress_bar(stage.stage, options.progress);
-    let input = StageInput {
-        ctx: &ctx,
-        spec: &plan.loaded.spec,
-        base_dir: &plan.loaded.base_dir,
-        progress: &progress,
-    };
-    let mut writer = TableWriter::new(
-        &plan.storage,
-        stage.stage.writes(),
-        &stage.key,
-        &attempt_nonce(),
-    );
+    let input = StageInput { ctx: &ctx, spec: &plan.loaded.spec, base_dir: &plan.loaded.base_dir, progress: &progress };
+    let mut writer = TableWriter::new(&plan.storage, stage.stage.writes(), &stage.key, &attempt_nonce());
     let stats = match stages::run(stage.stage, &input, &mut writer).await {
         Ok(stats) => stats,
         Err(source) => {
             progress.abandon();
             writer.abort().await;
-            return Err(RunError::Stage {
-                stage: stage.stage,
-                source: Box::new(source),
-            });
+            return Err(RunError::Stage { stage: stage.stage, source: Box::new(source) });
         }
     };
-    let parts = writer.finish().await.map_err(|source| RunError::Stage {
-        stage: stage.stage,
-        source: Box::new(source.into()),
-    })?;
+    let parts = writer
+        .finish()
+        .await
+        .map_err(|source| RunError::Stage { stage: stage.stage, source: Box::new(source.into()) })?;
     let rows = parts.iter().map(|p| p.rows).sum();
     let manifest = Manifest {
         table: stage.stage.writes().name().to_string(),
@@ -165,14 +139,7 @@ async fn execute(
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(stage = %stage.stage, rows, seconds, "committed");
-    Ok(StageReport {
-        stage: stage.stage,
-        key: stage.key.clone(),
-        status: "ran",
-        rows,
-        seconds,
-        stats,
-    })
+    Ok(StageReport { stage: stage.stage, key: stage.key.clone(), status: "ran", rows, seconds, stats })
 }
 
 fn progress_bar(stage: StageName, visible: bool) -> ProgressBar {
@@ -181,8 +148,7 @@ fn progress_bar(stage: StageName, visible: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix}: {pos} rows ({per_sec}, {elapsed})")
-            .expect("static template"),
+        ProgressStyle::with_template("{spinner} {prefix}: {pos} rows ({per_sec}, {elapsed})").expect("static template"),
     );
     bar.set_prefix(stage.name());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));

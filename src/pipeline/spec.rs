@@ -7,6 +7,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::stages::StageName;
+
 /// A whole pipeline file.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -127,11 +129,7 @@ pub struct PromptColumns {
 
 impl Default for PromptColumns {
     fn default() -> Self {
-        PromptColumns {
-            text: "text".into(),
-            language: "language".into(),
-            source_id: Some("source_id".into()),
-        }
+        PromptColumns { text: "text".into(), language: "language".into(), source_id: None }
     }
 }
 
@@ -233,11 +231,7 @@ pub struct GenerationColumns {
 
 impl Default for GenerationColumns {
     fn default() -> Self {
-        GenerationColumns {
-            prompt_id: "prompt_id".into(),
-            text: "text".into(),
-            sample_idx: "sample_idx".into(),
-        }
+        GenerationColumns { prompt_id: "prompt_id".into(), text: "text".into(), sample_idx: "sample_idx".into() }
     }
 }
 
@@ -289,11 +283,7 @@ pub struct ScoreColumns {
 
 impl Default for ScoreColumns {
     fn default() -> Self {
-        ScoreColumns {
-            prompt_id: "prompt_id".into(),
-            sample_idx: "sample_idx".into(),
-            reward: "reward".into(),
-        }
+        ScoreColumns { prompt_id: "prompt_id".into(), sample_idx: "sample_idx".into(), reward: "reward".into() }
     }
 }
 
@@ -340,140 +330,98 @@ pub struct PairsParams {
 /// A value problem found after the types were read: the dotted key and what is wrong.
 pub type ValueProblem = (String, String);
 
-impl PipelineSpec {
-    /// Checks the values serde cannot: ranges, codes, names, stage dependencies.
+impl RunSpec {
+    /// Checks the values serde cannot: the name, the root's scheme, the language codes.
     pub fn value_problems(&self) -> Vec<ValueProblem> {
         let mut problems = Vec::new();
-        self.run.check(&mut problems);
-        self.stages.check(&mut problems);
-        problems
-    }
-}
-
-impl RunSpec {
-    fn check(&self, problems: &mut Vec<ValueProblem>) {
         let name_ok = !self.name.is_empty()
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
             problems.push((
                 "run.name".into(),
-                format!(
-                    "`{}` must be non-empty letters, digits, `-`, `_` or `.`",
-                    self.name
-                ),
+                format!("`{}` must be non-empty letters, digits, `-`, `_` or `.`", self.name),
             ));
         }
         if let Some(reason) = crate::store::storage::root_problem(&self.root) {
             problems.push(("run.root".into(), reason));
         }
         if self.languages.is_empty() {
-            problems.push((
-                "run.languages".into(),
-                "at least one language is needed".into(),
-            ));
+            problems.push(("run.languages".into(), "at least one language is needed".into()));
         }
         for (i, code) in self.languages.iter().enumerate() {
             if !crate::langs::is_iso_639_1(code) {
-                problems.push((
-                    format!("run.languages[{i}]"),
-                    format!("`{code}` is not an ISO 639-1 language code"),
-                ));
+                problems.push((format!("run.languages[{i}]"), format!("`{code}` is not an ISO 639-1 language code")));
             } else if self.languages[..i].contains(code) {
-                problems.push((
-                    format!("run.languages[{i}]"),
-                    format!("`{code}` is listed twice"),
-                ));
+                problems.push((format!("run.languages[{i}]"), format!("`{code}` is listed twice")));
             }
         }
+        problems
     }
 }
 
 impl StagesSpec {
-    fn check(&self, problems: &mut Vec<ValueProblem>) {
+    /// Checks each configured stage's values (ranges, formats).
+    pub fn value_problems(&self) -> Vec<ValueProblem> {
+        let mut problems = Vec::new();
         if let Some(prompts) = &self.prompts {
             if !(0.0..1.0).contains(&prompts.eval_fraction) {
-                problems.push((
-                    "stages.prompts.eval_fraction".into(),
-                    "must be in [0, 1)".into(),
-                ));
+                problems.push(("stages.prompts.eval_fraction".into(), "must be in [0, 1)".into()));
             }
-            check_format("stages.prompts", &prompts.source, prompts.format, problems);
+            check_format("stages.prompts", &prompts.source, prompts.format, &mut problems);
         }
         if let Some(generate) = &self.generate {
-            generate.check(problems);
-            self.require(
-                "stages.generate",
-                "prompts",
-                self.prompts.is_some(),
-                problems,
-            );
+            generate.check(&mut problems);
         }
         if let Some(score) = &self.score {
             if let Some(import) = &score.import {
-                check_format("stages.score.import", &import.path, import.format, problems);
+                check_format("stages.score.import", &import.path, import.format, &mut problems);
             }
-            positive("stages.score.batch_size", score.batch_size, problems);
-            self.require(
-                "stages.score",
-                "generate",
-                self.generate.is_some(),
-                problems,
-            );
+            positive("stages.score.batch_size", score.batch_size, &mut problems);
         }
-        if let Some(pairs) = &self.pairs {
-            if !pairs.min_margin.is_finite() || pairs.min_margin < 0.0 {
-                problems.push((
-                    "stages.pairs.min_margin".into(),
-                    "must be a finite number >= 0".into(),
-                ));
-            }
-            for (needed, present) in [
-                ("prompts", self.prompts.is_some()),
-                ("score", self.score.is_some()),
-            ] {
-                self.require("stages.pairs", needed, present, problems);
-            }
+        if let Some(pairs) = &self.pairs
+            && (!pairs.min_margin.is_finite() || pairs.min_margin < 0.0)
+        {
+            problems.push(("stages.pairs.min_margin".into(), "must be a finite number >= 0".into()));
         }
+        problems
     }
 
-    fn require(&self, stage: &str, needed: &str, present: bool, problems: &mut Vec<ValueProblem>) {
-        if !present {
-            problems.push((
-                stage.into(),
-                format!("needs the `{needed}` stage: add a [stages.{needed}] section"),
-            ));
+    /// Checks that every configured stage has the stages it reads from.
+    pub fn dependency_problems(&self) -> Vec<ValueProblem> {
+        let present = |stage: StageName| match stage {
+            StageName::Prompts => self.prompts.is_some(),
+            StageName::Generate => self.generate.is_some(),
+            StageName::Score => self.score.is_some(),
+            StageName::Pairs => self.pairs.is_some(),
+        };
+        let mut problems = Vec::new();
+        for stage in StageName::ALL.into_iter().filter(|s| present(*s)) {
+            for needed in stage.reads().iter().filter_map(|t| StageName::writer_of(*t)) {
+                if !present(needed) {
+                    problems.push((
+                        format!("stages.{stage}"),
+                        format!("needs the `{needed}` stage: add a [stages.{needed}] section"),
+                    ));
+                }
+            }
         }
+        problems
     }
 }
 
 impl GenerateParams {
     fn check(&self, problems: &mut Vec<ValueProblem>) {
         if let Some(import) = &self.import {
-            check_format(
-                "stages.generate.import",
-                &import.path,
-                import.format,
-                problems,
-            );
+            check_format("stages.generate.import", &import.path, import.format, problems);
         }
         positive("stages.generate.samples", self.samples, problems);
-        positive(
-            "stages.generate.max_new_tokens",
-            self.max_new_tokens,
-            problems,
-        );
+        positive("stages.generate.max_new_tokens", self.max_new_tokens, problems);
         positive("stages.generate.batch_size", self.batch_size, problems);
         if let Some(top_k) = self.top_k {
             positive("stages.generate.top_k", top_k, problems);
         }
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            problems.push((
-                "stages.generate.temperature".into(),
-                "must be a finite number >= 0 (0 = greedy)".into(),
-            ));
+            problems.push(("stages.generate.temperature".into(), "must be a finite number >= 0 (0 = greedy)".into()));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             problems.push(("stages.generate.top_p".into(), "must be in (0, 1]".into()));
@@ -487,12 +435,7 @@ fn positive(key: &str, value: u32, problems: &mut Vec<ValueProblem>) {
     }
 }
 
-fn check_format(
-    section: &str,
-    location: &str,
-    format: Option<FileFormat>,
-    problems: &mut Vec<ValueProblem>,
-) {
+fn check_format(section: &str, location: &str, format: Option<FileFormat>, problems: &mut Vec<ValueProblem>) {
     if format.is_none() && FileFormat::from_extension(location).is_none() {
         problems.push((
             format!("{section}.format"),

@@ -36,16 +36,10 @@ pub struct SpecProblem {
 pub enum SpecError {
     /// The file could not be read.
     #[error("{}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The file was read but is not a valid pipeline.
     #[error("{}", ProblemList { file: path, problems })]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<SpecProblem>,
-    },
+    Invalid { path: PathBuf, problems: Vec<SpecProblem> },
 }
 
 struct ProblemList<'a> {
@@ -56,26 +50,10 @@ struct ProblemList<'a> {
 impl fmt::Display for ProblemList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
-        writeln!(
-            f,
-            "{}: {count} problem{} in pipeline file",
-            self.file.display(),
-            if count == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{}: {count} problem{} in pipeline file", self.file.display(), if count == 1 { "" } else { "s" })?;
         for (i, p) in self.problems.iter().enumerate() {
-            let key = if p.key.is_empty() {
-                String::new()
-            } else {
-                format!("`{}`: ", p.key)
-            };
-            write!(
-                f,
-                "{}:{}:{}: {key}{}",
-                self.file.display(),
-                p.line,
-                p.column,
-                p.message
-            )?;
+            let key = if p.key.is_empty() { String::new() } else { format!("`{}`: ", p.key) };
+            write!(f, "{}:{}:{}: {key}{}", self.file.display(), p.line, p.column, p.message)?;
             if i + 1 < count {
                 writeln!(f)?;
             }
@@ -97,53 +75,27 @@ pub struct LoadedSpec {
 
 /// Reads and validates the pipeline file at `path`.
 pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
-    let source = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let source =
+        std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
     let spec = parse(&source, path)?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = if base_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        base_dir
-    };
-    Ok(LoadedSpec {
-        spec,
-        file: path.to_path_buf(),
-        base_dir,
-    })
+    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    Ok(LoadedSpec { spec, file: path.to_path_buf(), base_dir })
 }
 
 /// Parses and validates pipeline text; `path` is only used in messages.
 pub fn parse(source: &str, path: &Path) -> Result<PipelineSpec, SpecError> {
-    let mut problems = Problems {
-        source,
-        list: Vec::new(),
-    };
+    let mut problems = Problems { source, list: Vec::new() };
     let (document, syntax_errors) = DeTable::parse_recoverable(source);
     for error in syntax_errors {
         problems.toml_error("", &error);
     }
-    let spec = if problems.list.is_empty() {
-        read_sections(document.get_ref(), &mut problems)
-    } else {
-        None
-    };
-    if let Some(spec) = &spec {
-        for (key, message) in spec.value_problems() {
-            let span = locate(document.get_ref(), &key);
-            problems.push(span, &key, message);
-        }
-    }
+    let spec = if problems.list.is_empty() { read_sections(document.get_ref(), &mut problems) } else { None };
     match spec {
         Some(spec) if problems.list.is_empty() => Ok(spec),
         _ => {
             problems.list.sort_by_key(|p| (p.line, p.column));
-            Err(SpecError::Invalid {
-                path: path.to_path_buf(),
-                problems: problems.list,
-            })
+            Err(SpecError::Invalid { path: path.to_path_buf(), problems: problems.list })
         }
     }
 }
@@ -157,12 +109,15 @@ struct Problems<'a> {
 impl Problems<'_> {
     fn push(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
         let (line, column) = line_column(self.source, span.map_or(0, |s| s.start));
-        self.list.push(SpecProblem {
-            line,
-            column,
-            key: key.to_string(),
-            message: message.into(),
-        });
+        self.list.push(SpecProblem { line, column, key: key.to_string(), message: message.into() });
+    }
+
+    /// Adds value problems, each located at its key (or nearest ancestor).
+    fn locate_all(&mut self, document: &DeTable<'_>, found: Vec<(String, String)>) {
+        for (key, message) in found {
+            let span = locate(document, &key);
+            self.push(span, &key, message);
+        }
     }
 
     fn toml_error(&mut self, key: &str, error: &toml::de::Error) {
@@ -181,59 +136,40 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
 const TOP_LEVEL: [&str; 3] = ["run", "models", "stages"];
 const STAGES: [&str; 4] = ["prompts", "generate", "score", "pairs"];
 
+/// Reads every section on its own and value-checks each one that parsed, so
+/// one file shows all its problems; `None` when any section failed.
 fn read_sections(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<PipelineSpec> {
     for (key, _) in document.iter() {
         if !TOP_LEVEL.contains(&key.get_ref().as_ref()) {
-            let message = format!(
-                "unknown section `{}`, expected one of: {}",
-                key.get_ref(),
-                TOP_LEVEL.join(", ")
-            );
+            let message = format!("unknown section `{}`, expected one of: {}", key.get_ref(), TOP_LEVEL.join(", "));
             problems.push(Some(key.span()), key.get_ref(), message);
         }
     }
     let run: Option<RunSpec> = required_section(document, "run", problems);
+    if let Some(run) = &run {
+        problems.locate_all(document, run.value_problems());
+    }
     let models: Option<ModelsSpec> = match entry(document, "models") {
         Some(value) => section(value, "models", problems),
         None => Some(ModelsSpec::default()),
     };
     let stages = read_stages(document, problems);
-    Some(PipelineSpec {
-        run: run?,
-        models: models?,
-        stages: stages?,
-    })
+    Some(PipelineSpec { run: run?, models: models?, stages: stages? })
 }
 
 fn read_stages(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<StagesSpec> {
     let Some(value) = entry(document, "stages") else {
-        problems.push(
-            None,
-            "stages",
-            "missing section [stages]: a pipeline needs at least one stage",
-        );
+        problems.push(None, "stages", "missing section [stages]: a pipeline needs at least one stage");
         return None;
     };
     let Some(table) = value.get_ref().as_table() else {
-        problems.push(
-            Some(value.span()),
-            "stages",
-            "must be a table of stage sections",
-        );
+        problems.push(Some(value.span()), "stages", "must be a table of stage sections");
         return None;
     };
     for (key, _) in table.iter() {
         if !STAGES.contains(&key.get_ref().as_ref()) {
-            let message = format!(
-                "unknown stage `{}`, expected one of: {}",
-                key.get_ref(),
-                STAGES.join(", ")
-            );
-            problems.push(
-                Some(key.span()),
-                &format!("stages.{}", key.get_ref()),
-                message,
-            );
+            let message = format!("unknown stage `{}`, expected one of: {}", key.get_ref(), STAGES.join(", "));
+            problems.push(Some(key.span()), &format!("stages.{}", key.get_ref()), message);
         }
     }
     let before = problems.list.len();
@@ -243,21 +179,20 @@ fn read_stages(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<St
         score: optional_section(table, "stages.score", problems),
         pairs: optional_section(table, "stages.pairs", problems),
     };
-    (problems.list.len() == before).then_some(stages)
+    // Dependencies are only meaningful once every stage section was read.
+    let complete = problems.list.len() == before;
+    problems.locate_all(document, stages.value_problems());
+    if complete {
+        problems.locate_all(document, stages.dependency_problems());
+    }
+    complete.then_some(stages)
 }
 
 fn entry<'a, 'i>(table: &'a DeTable<'i>, name: &str) -> Option<&'a Spanned<DeValue<'i>>> {
-    table
-        .iter()
-        .find(|(key, _)| key.get_ref().as_ref() == name)
-        .map(|(_, value)| value)
+    table.iter().find(|(key, _)| key.get_ref().as_ref() == name).map(|(_, value)| value)
 }
 
-fn required_section<T: DeserializeOwned>(
-    document: &DeTable<'_>,
-    name: &str,
-    problems: &mut Problems<'_>,
-) -> Option<T> {
+fn required_section<T: DeserializeOwned>(document: &DeTable<'_>, name: &str, problems: &mut Problems<'_>) -> Option<T> {
     match entry(document, name) {
         Some(value) => section(value, name, problems),
         None => {
@@ -268,20 +203,12 @@ fn required_section<T: DeserializeOwned>(
 }
 
 /// A stage section that may be absent: `Some(None)` when absent, `None` on error.
-fn optional_section<T: DeserializeOwned>(
-    table: &DeTable<'_>,
-    key: &str,
-    problems: &mut Problems<'_>,
-) -> Option<T> {
+fn optional_section<T: DeserializeOwned>(table: &DeTable<'_>, key: &str, problems: &mut Problems<'_>) -> Option<T> {
     let name = key.rsplit('.').next().unwrap_or(key);
     entry(table, name).and_then(|value| section(value, key, problems))
 }
 
-fn section<T: DeserializeOwned>(
-    value: &Spanned<DeValue<'_>>,
-    key: &str,
-    problems: &mut Problems<'_>,
-) -> Option<T> {
+fn section<T: DeserializeOwned>(value: &Spanned<DeValue<'_>>, key: &str, problems: &mut Problems<'_>) -> Option<T> {
     let deserializer = ValueDeserializer::from(value.clone());
     match T::deserialize(deserializer) {
         Ok(typed) => Some(typed),

@@ -23,12 +23,7 @@ const IMPORTED: &str = "imported_generations";
 
 /// Runs the stage.
 pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input
-        .spec
-        .stages
-        .generate
-        .as_ref()
-        .expect("the plan only runs configured stages");
+    let params = input.spec.stages.generate.as_ref().expect("the plan only runs configured stages");
     let Some(import) = &params.import else {
         return Err(StageError::Unsupported {
             stage: StageName::Generate,
@@ -46,30 +41,11 @@ async fn import_generations(
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
     let columns = [
-        Mapped {
-            role: "prompt_id",
-            column: &import.columns.prompt_id,
-            kind: ColumnKind::Key,
-        },
-        Mapped {
-            role: "sample_idx",
-            column: &import.columns.sample_idx,
-            kind: ColumnKind::Integer,
-        },
-        Mapped {
-            role: "text",
-            column: &import.columns.text,
-            kind: ColumnKind::Text,
-        },
+        Mapped { role: "prompt_id", column: &import.columns.prompt_id, kind: ColumnKind::Key },
+        Mapped { role: "sample_idx", column: &import.columns.sample_idx, kind: ColumnKind::Integer },
+        Mapped { role: "text", column: &import.columns.text, kind: ColumnKind::Text },
     ];
-    let file = read_mapped(
-        input.ctx,
-        &import.path,
-        import.format,
-        input.base_dir,
-        &columns,
-    )
-    .await?;
+    let file = read_mapped(input.ctx, &import.path, import.format, input.base_dir, &columns).await?;
     input.ctx.register_table(IMPORTED, file.frame.into_view())?;
     check_import_keys(input.ctx, IMPORTED, &file.url).await?;
     let null_text = format!("SELECT prompt_id, sample_idx FROM {IMPORTED} WHERE text IS NULL");
@@ -80,31 +56,17 @@ async fn import_generations(
             problem: format!("column `{}` (text) is null", import.columns.text),
         });
     }
-    let total = count(
-        input.ctx,
-        &format!("SELECT COUNT(*) FROM {IMPORTED}"),
-        &file.url,
-    )
-    .await?;
-    let label = import
-        .label
-        .clone()
-        .unwrap_or_else(|| format!("import:{}", file_name(&import.path)));
+    let total = count(input.ctx, &format!("SELECT COUNT(*) FROM {IMPORTED}"), &file.url).await?;
+    let label = import.label.clone().unwrap_or_else(|| format!("import:{}", file_name(&import.path)));
     let matched = format!(
         "SELECT i.prompt_id, p.source_id, p.language, i.sample_idx, i.text \
          FROM {IMPORTED} AS i JOIN prompts AS p ON p.prompt_id = i.prompt_id ORDER BY i.prompt_id, i.sample_idx"
     );
     let frame = crate::store::session::query(input.ctx, &matched, &file.url).await?;
     let mut stream = frame.execute_stream().await?;
-    let identity = Identity {
-        source: import.source.as_str(),
-        policy_id: &label,
-    };
+    let identity = Identity { source: import.source.as_str(), policy_id: &label };
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| StoreError::Query {
-            context: format!("importing {}", file.url),
-            source,
-        })?;
+        let batch = batch.map_err(|source| StoreError::Query { context: format!("importing {}", file.url), source })?;
         sink.write(&identity.generations(&batch)?).await?;
         input.progress.set_position(sink.rows());
     }
@@ -125,11 +87,7 @@ async fn import_generations(
             total - written
         );
     }
-    Ok(super::stats([
-        ("rows_read", total),
-        ("generations", written),
-        ("dropped_unknown_prompt", total - written),
-    ]))
+    Ok(super::stats([("rows_read", total), ("generations", written), ("dropped_unknown_prompt", total - written)]))
 }
 
 /// Who produced the imported responses.
@@ -149,16 +107,10 @@ impl Identity<'_> {
             .expect("cast to Int32");
         let ids: StringArray = (0..batch.num_rows())
             .map(|i| {
-                Some(stable_id(&[
-                    prompt_ids.value(i),
-                    self.source,
-                    self.policy_id,
-                    &samples.value(i).to_string(),
-                ]))
+                Some(stable_id(&[prompt_ids.value(i), self.source, self.policy_id, &samples.value(i).to_string()]))
             })
             .collect();
-        let constant =
-            |value: &str| Arc::new(StringArray::from(vec![value; batch.num_rows()])) as ArrayRef;
+        let constant = |value: &str| Arc::new(StringArray::from(vec![value; batch.num_rows()])) as ArrayRef;
         let given = vec![
             ("generation_id", Arc::new(ids) as ArrayRef),
             ("prompt_id", batch.column(0).clone()),
@@ -169,15 +121,10 @@ impl Identity<'_> {
             ("policy_id", constant(self.policy_id)),
             ("text", batch.column(4).clone()),
         ];
-        Ok(Table::Generations
-            .schema()
-            .assemble(given, batch.num_rows())?)
+        Ok(Table::Generations.schema().assemble(given, batch.num_rows())?)
     }
 }
 
 fn utf8<'b>(batch: &'b RecordBatch, name: &str) -> &'b StringArray {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .expect("Utf8 column")
+    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>()).expect("Utf8 column")
 }

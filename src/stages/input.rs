@@ -6,9 +6,7 @@ use std::path::Path;
 
 use arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
-use datafusion::prelude::{
-    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext, cast, ident,
-};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext, cast, ident};
 
 use super::StageError;
 use crate::pipeline::spec::FileFormat;
@@ -30,10 +28,7 @@ pub enum ColumnKind {
 
 impl ColumnKind {
     fn accepts(self, data_type: &DataType) -> bool {
-        let text = matches!(
-            data_type,
-            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
-        );
+        let text = matches!(data_type, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null);
         match self {
             ColumnKind::Text => text,
             ColumnKind::Key => text || data_type.is_integer(),
@@ -91,62 +86,30 @@ pub async fn read_mapped(
     let (storage, path) = resolve_input(location, base_dir)?;
     storage.register(ctx);
     let url = storage.url_of(&path);
-    let format = format
-        .or_else(|| FileFormat::from_extension(location))
-        .ok_or_else(|| StageError::Input {
-            file: url.clone(),
-            problem: "cannot infer the format from the extension; set `format`".into(),
-        })?;
+    let format = format.or_else(|| FileFormat::from_extension(location)).ok_or_else(|| StageError::Input {
+        file: url.clone(),
+        problem: "cannot infer the format from the extension; set `format`".into(),
+    })?;
     // Match the file's own extension so DataFusion does not filter it out.
-    let extension = location
-        .rsplit_once('.')
-        .map(|(_, ext)| format!(".{ext}"))
-        .unwrap_or_default();
-    let read_error = |source| {
-        StageError::Store(StoreError::Query {
-            context: format!("reading {url}"),
-            source,
-        })
-    };
+    let extension = location.rsplit_once('.').map(|(_, ext)| format!(".{ext}")).unwrap_or_default();
+    let read_error = |source| StageError::Store(StoreError::Query { context: format!("reading {url}"), source });
     let frame = match format {
-        FileFormat::Jsonl => {
-            ctx.read_json(
-                url.as_str(),
-                JsonReadOptions::default().file_extension(&extension),
-            )
-            .await
-        }
+        FileFormat::Jsonl => ctx.read_json(url.as_str(), JsonReadOptions::default().file_extension(&extension)).await,
         FileFormat::Csv => {
-            ctx.read_csv(
-                url.as_str(),
-                CsvReadOptions::new()
-                    .has_header(true)
-                    .file_extension(&extension),
-            )
-            .await
+            ctx.read_csv(url.as_str(), CsvReadOptions::new().has_header(true).file_extension(&extension)).await
         }
         FileFormat::Parquet => {
-            let options = ParquetReadOptions {
-                file_extension: &extension,
-                ..Default::default()
-            };
+            let options = ParquetReadOptions { file_extension: &extension, ..Default::default() };
             ctx.read_parquet(url.as_str(), options).await
         }
     }
     .map_err(read_error)?;
-    let exprs = columns
-        .iter()
-        .map(|m| check_column(&frame, &url, m))
-        .collect::<Result<Vec<_>, _>>()?;
+    let exprs = columns.iter().map(|m| check_column(&frame, &url, m)).collect::<Result<Vec<_>, _>>()?;
     let frame = frame.select(exprs).map_err(read_error)?;
     Ok(InputFile { frame, url })
 }
 
-fn check_column(
-    frame: &DataFrame,
-    url: &str,
-    mapped: &Mapped<'_>,
-) -> Result<datafusion::prelude::Expr, StageError> {
+fn check_column(frame: &DataFrame, url: &str, mapped: &Mapped<'_>) -> Result<datafusion::prelude::Expr, StageError> {
     let column_error = |problem: String| StageError::Column {
         file: url.to_string(),
         column: mapped.column.to_string(),
@@ -156,17 +119,10 @@ fn check_column(
     let schema = frame.schema();
     let Some((_, field)) = schema.iter().find(|(_, f)| f.name() == mapped.column) else {
         let present: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        return Err(column_error(format!(
-            "missing; the file has columns: {}",
-            present.join(", ")
-        )));
+        return Err(column_error(format!("missing; the file has columns: {}", present.join(", "))));
     };
     if !mapped.kind.accepts(field.data_type()) {
-        return Err(column_error(format!(
-            "holds {}, expected {}",
-            field.data_type(),
-            mapped.kind.describe()
-        )));
+        return Err(column_error(format!("holds {}, expected {}", field.data_type(), mapped.kind.describe())));
     }
     Ok(cast(ident(mapped.column), mapped.kind.target()).alias(mapped.role))
 }

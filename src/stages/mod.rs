@@ -20,19 +20,7 @@ use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
 
 /// The stages, in dependency order.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum StageName {
     /// Ingest prompts.
@@ -47,12 +35,7 @@ pub enum StageName {
 
 impl StageName {
     /// Every stage, in dependency order.
-    pub const ALL: [StageName; 4] = [
-        StageName::Prompts,
-        StageName::Generate,
-        StageName::Score,
-        StageName::Pairs,
-    ];
+    pub const ALL: [StageName; 4] = [StageName::Prompts, StageName::Generate, StageName::Score, StageName::Pairs];
 
     /// The stage's name in pipeline files and messages.
     pub fn name(self) -> &'static str {
@@ -86,9 +69,7 @@ impl StageName {
 
     /// The stage that writes `table`.
     pub fn writer_of(table: Table) -> Option<StageName> {
-        StageName::ALL
-            .into_iter()
-            .find(|stage| stage.writes() == table)
+        StageName::ALL.into_iter().find(|stage| stage.writes() == table)
     }
 
     /// The stage's resolved parameters as JSON (for keys and manifests), or
@@ -105,10 +86,7 @@ impl StageName {
         // Prompts also depend on the run's language list, which filters them.
         match (self, value) {
             (StageName::Prompts, Some(serde_json::Value::Object(mut map))) => {
-                map.insert(
-                    "languages".into(),
-                    serde_json::to_value(&spec.run.languages).expect("strings"),
-                );
+                map.insert("languages".into(), serde_json::to_value(&spec.run.languages).expect("strings"));
                 Some(serde_json::Value::Object(map))
             }
             (_, value) => value,
@@ -120,10 +98,7 @@ impl StageName {
     pub fn external_inputs(self, spec: &PipelineSpec) -> Vec<(String, String)> {
         let stages = &spec.stages;
         let found = match self {
-            StageName::Prompts => stages
-                .prompts
-                .as_ref()
-                .map(|p| ("stages.prompts.source", p.source.clone())),
+            StageName::Prompts => stages.prompts.as_ref().map(|p| ("stages.prompts.source", p.source.clone())),
             StageName::Generate => stages
                 .generate
                 .as_ref()
@@ -136,10 +111,7 @@ impl StageName {
                 .map(|i| ("stages.score.import.path", i.path.clone())),
             StageName::Pairs => None,
         };
-        found
-            .into_iter()
-            .map(|(key, location)| (key.to_string(), location))
-            .collect()
+        found.into_iter().map(|(key, location)| (key.to_string(), location)).collect()
     }
 }
 
@@ -178,19 +150,10 @@ pub enum StageError {
     Arrow(#[from] arrow::error::ArrowError),
     /// An input file lacks a mapped column or has it with an unusable type.
     #[error("{file}: column `{column}` ({role}): {problem}")]
-    Column {
-        file: String,
-        column: String,
-        role: String,
-        problem: String,
-    },
+    Column { file: String, column: String, role: String, problem: String },
     /// A row of an input file is unusable.
     #[error("{file}: row {row}: {problem}")]
-    Row {
-        file: String,
-        row: String,
-        problem: String,
-    },
+    Row { file: String, row: String, problem: String },
     /// An input as a whole is unusable.
     #[error("{file}: {problem}")]
     Input { file: String, problem: String },
@@ -200,11 +163,7 @@ pub enum StageError {
 }
 
 /// Runs `stage`, writing its output into `sink`; returns its counts.
-pub async fn run(
-    stage: StageName,
-    input: &StageInput<'_>,
-    sink: &mut TableWriter,
-) -> Result<Stats, StageError> {
+pub async fn run(stage: StageName, input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
     match stage {
         StageName::Prompts => prompts::run(input, sink).await,
         StageName::Generate => generate::run(input, sink).await,
@@ -215,28 +174,18 @@ pub async fn run(
 
 /// Builds a [`Stats`] map from name/value pairs.
 pub fn stats<const N: usize>(entries: [(&str, u64); N]) -> Stats {
-    entries
-        .into_iter()
-        .map(|(name, value)| (name.to_string(), serde_json::Value::from(value)))
-        .collect()
+    entries.into_iter().map(|(name, value)| (name.to_string(), serde_json::Value::from(value))).collect()
 }
 
 /// The first row of `sql`'s result as `column=value` text, or `None` when it
 /// is empty. Used to name offending rows in errors.
-pub async fn first_row(
-    ctx: &SessionContext,
-    sql: &str,
-    context: &str,
-) -> Result<Option<String>, StageError> {
+pub async fn first_row(ctx: &SessionContext, sql: &str, context: &str) -> Result<Option<String>, StageError> {
     let frame = crate::store::session::query(ctx, sql, context).await?;
     let batches = frame
         .limit(0, Some(1))?
         .collect()
         .await
-        .map_err(|source| StoreError::Query {
-            context: context.into(),
-            source,
-        })?;
+        .map_err(|source| StoreError::Query { context: context.into(), source })?;
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
         return Ok(None);
     };
@@ -256,33 +205,19 @@ pub async fn first_row(
 /// The single integer `sql` returns (a `COUNT(*)`).
 pub async fn count(ctx: &SessionContext, sql: &str, context: &str) -> Result<u64, StageError> {
     let frame = crate::store::session::query(ctx, sql, context).await?;
-    let batches = frame.collect().await.map_err(|source| StoreError::Query {
-        context: context.into(),
-        source,
-    })?;
+    let batches = frame.collect().await.map_err(|source| StoreError::Query { context: context.into(), source })?;
     let value = batches
         .iter()
         .find(|b| b.num_rows() > 0)
-        .and_then(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .map(|a| a.value(0))
-        })
+        .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
         .unwrap_or(0);
     Ok(value.max(0) as u64)
 }
 
 /// Checks that the imported table `table` (read from `file`) has its key
 /// columns `prompt_id` and `sample_idx` filled and unique.
-pub async fn check_import_keys(
-    ctx: &SessionContext,
-    table: &str,
-    file: &str,
-) -> Result<(), StageError> {
-    let null_keys = format!(
-        "SELECT prompt_id, sample_idx FROM {table} WHERE prompt_id IS NULL OR sample_idx IS NULL"
-    );
+pub async fn check_import_keys(ctx: &SessionContext, table: &str, file: &str) -> Result<(), StageError> {
+    let null_keys = format!("SELECT prompt_id, sample_idx FROM {table} WHERE prompt_id IS NULL OR sample_idx IS NULL");
     if let Some(row) = first_row(ctx, &null_keys, file).await? {
         return Err(StageError::Row {
             file: file.into(),
@@ -306,9 +241,6 @@ pub async fn check_import_keys(
 
 impl From<datafusion::error::DataFusionError> for StageError {
     fn from(source: datafusion::error::DataFusionError) -> Self {
-        StageError::Store(StoreError::Query {
-            context: "query".into(),
-            source,
-        })
+        StageError::Store(StoreError::Query { context: "query".into(), source })
     }
 }

@@ -65,26 +65,16 @@ pub fn with_pair_ids(batch: &RecordBatch) -> Result<RecordBatch, StageError> {
     let batch = plain_strings(batch);
     let chosen = string_column(&batch, "chosen_generation_id");
     let rejected = string_column(&batch, "rejected_generation_id");
-    let ids: StringArray = (0..batch.num_rows())
-        .map(|i| Some(stable_id(&[chosen.value(i), rejected.value(i)])))
-        .collect();
+    let ids: StringArray =
+        (0..batch.num_rows()).map(|i| Some(stable_id(&[chosen.value(i), rejected.value(i)]))).collect();
     let mut given: Vec<(&str, ArrayRef)> = vec![("pair_id", Arc::new(ids))];
     let schema = batch.schema();
-    given.extend(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .zip(batch.columns().iter().cloned()),
-    );
+    given.extend(schema.fields().iter().map(|f| f.name().as_str()).zip(batch.columns().iter().cloned()));
     Ok(Table::Pairs.schema().assemble(given, batch.num_rows())?)
 }
 
 fn string_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b StringArray {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .expect("id columns are strings")
+    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>()).expect("id columns are strings")
 }
 
 /// Runs the stage.
@@ -92,22 +82,16 @@ pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats
     let params = input.spec.stages.pairs.clone().unwrap_or_default();
     let mut stream = compute(input.ctx, &params).await?.execute_stream().await?;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| StoreError::Query {
-            context: "sql/pairs.sql".into(),
-            source,
-        })?;
+        let batch = batch.map_err(|source| StoreError::Query { context: "sql/pairs.sql".into(), source })?;
         sink.write(&with_pair_ids(&batch)?).await?;
         input.progress.set_position(sink.rows());
     }
     let mut stats = report(input.ctx).await?;
-    let pairable = ["pools", "pools_too_small", "pools_without_lower"]
-        .map(|k| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
+    let pairable =
+        ["pools", "pools_too_small", "pools_without_lower"].map(|k| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
     let candidates = pairable[0].saturating_sub(pairable[1] + pairable[2]);
     stats.insert("pairs".into(), sink.rows().into());
-    stats.insert(
-        "dropped_below_min_margin".into(),
-        candidates.saturating_sub(sink.rows()).into(),
-    );
+    stats.insert("dropped_below_min_margin".into(), candidates.saturating_sub(sink.rows()).into());
     Ok(stats)
 }
 
@@ -119,14 +103,8 @@ pub async fn report(ctx: &SessionContext) -> Result<Stats, StageError> {
     if let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) {
         for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
             let value = arrow::compute::cast(column, &DataType::UInt64)?;
-            let value = value
-                .as_any()
-                .downcast_ref::<arrow::array::UInt64Array>()
-                .expect("cast to UInt64");
-            stats.insert(
-                field.name().clone(),
-                if value.is_null(0) { 0 } else { value.value(0) }.into(),
-            );
+            let value = value.as_any().downcast_ref::<arrow::array::UInt64Array>().expect("cast to UInt64");
+            stats.insert(field.name().clone(), if value.is_null(0) { 0 } else { value.value(0) }.into());
         }
     }
     Ok(stats)

@@ -26,31 +26,16 @@ struct Dropped {
 
 /// Runs the stage.
 pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input
-        .spec
-        .stages
-        .prompts
-        .as_ref()
-        .expect("the plan only runs configured stages");
+    let params = input.spec.stages.prompts.as_ref().expect("the plan only runs configured stages");
     // One partition keeps file order, so row numbers in errors are exact and
     // the output order is the input order.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let file = read_mapped(
-        &ctx,
-        &params.source,
-        params.format,
-        input.base_dir,
-        &mapping(params),
-    )
-    .await?;
+    let file = read_mapped(&ctx, &params.source, params.format, input.base_dir, &mapping(params)).await?;
     let mut stream = file
         .frame
         .execute_stream()
         .await
-        .map_err(|source| StoreError::Query {
-            context: format!("reading {}", file.url),
-            source,
-        })?;
+        .map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
     let mut ingest = Ingest {
         params,
         languages: &input.spec.run.languages,
@@ -60,10 +45,7 @@ pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats
         dropped: Dropped::default(),
     };
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| StoreError::Query {
-            context: format!("reading {}", file.url),
-            source,
-        })?;
+        let batch = batch.map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
         let out = ingest.batch(&batch)?;
         sink.write(&out).await?;
         input.progress.set_position(sink.rows());
@@ -73,23 +55,11 @@ pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats
 
 fn mapping(params: &PromptsParams) -> Vec<Mapped<'_>> {
     let mut columns = vec![
-        Mapped {
-            role: "text",
-            column: &params.columns.text,
-            kind: ColumnKind::Text,
-        },
-        Mapped {
-            role: "language",
-            column: &params.columns.language,
-            kind: ColumnKind::Text,
-        },
+        Mapped { role: "text", column: &params.columns.text, kind: ColumnKind::Text },
+        Mapped { role: "language", column: &params.columns.language, kind: ColumnKind::Text },
     ];
     if let Some(source_id) = &params.columns.source_id {
-        columns.push(Mapped {
-            role: "source_id",
-            column: source_id,
-            kind: ColumnKind::Key,
-        });
+        columns.push(Mapped { role: "source_id", column: source_id, kind: ColumnKind::Key });
     }
     columns
 }
@@ -107,20 +77,13 @@ impl Ingest<'_> {
     fn batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch, StageError> {
         let text = string_column(batch, "text");
         let language = string_column(batch, "language");
-        let source = batch.column_by_name("source_id").map(|c| {
-            c.as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8")
-        });
+        let source =
+            batch.column_by_name("source_id").map(|c| c.as_any().downcast_ref::<StringArray>().expect("cast to Utf8"));
         let mut out = OutputColumns::default();
         for i in 0..batch.num_rows() {
             self.rows += 1;
             let language = self.language(language, i)?;
-            let text = if text.is_null(i) {
-                ""
-            } else {
-                text.value(i).trim()
-            };
+            let text = if text.is_null(i) { "" } else { text.value(i).trim() };
             if text.is_empty() {
                 self.dropped.empty += 1;
                 continue;
@@ -134,15 +97,12 @@ impl Ingest<'_> {
                 self.dropped.duplicate += 1;
                 continue;
             }
-            let source_id = source
-                .filter(|s| !s.is_null(i))
-                .map_or_else(|| id.clone(), |s| s.value(i).to_string());
-            let split =
-                if unit_interval(self.params.split_seed, &source_id) < self.params.eval_fraction {
-                    "eval"
-                } else {
-                    "train"
-                };
+            let source_id = source.filter(|s| !s.is_null(i)).map_or_else(|| id.clone(), |s| s.value(i).to_string());
+            let split = if unit_interval(self.params.split_seed, &source_id) < self.params.eval_fraction {
+                "eval"
+            } else {
+                "train"
+            };
             out.push(&id, &source_id, &language, text, split);
         }
         Ok(out.finish())
@@ -151,20 +111,14 @@ impl Ingest<'_> {
     /// The row's language code, lower-cased; unknown codes are an error, since
     /// a typo would otherwise silently drop a whole language.
     fn language(&self, column: &StringArray, i: usize) -> Result<String, StageError> {
-        let row_error = |problem: String| StageError::Row {
-            file: self.url.to_string(),
-            row: self.rows.to_string(),
-            problem,
-        };
+        let row_error =
+            |problem: String| StageError::Row { file: self.url.to_string(), row: self.rows.to_string(), problem };
         if column.is_null(i) {
             return Err(row_error("the language is missing".into()));
         }
         let code = column.value(i).trim().to_ascii_lowercase();
         if !is_iso_639_1(&code) {
-            return Err(row_error(format!(
-                "language `{}` is not an ISO 639-1 code",
-                column.value(i)
-            )));
+            return Err(row_error(format!("language `{}` is not an ISO 639-1 code", column.value(i))));
         }
         Ok(code)
     }
@@ -175,10 +129,7 @@ impl Ingest<'_> {
             ("prompts", written),
             ("dropped_empty", self.dropped.empty),
             ("dropped_duplicate", self.dropped.duplicate),
-            (
-                "dropped_other_language",
-                self.dropped.other_language.values().sum(),
-            ),
+            ("dropped_other_language", self.dropped.other_language.values().sum()),
         ]);
         if !self.dropped.other_language.is_empty() {
             stats.insert(

@@ -24,12 +24,7 @@ const IMPORTED: &str = "imported_scores";
 
 /// Runs the stage.
 pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input
-        .spec
-        .stages
-        .score
-        .as_ref()
-        .expect("the plan only runs configured stages");
+    let params = input.spec.stages.score.as_ref().expect("the plan only runs configured stages");
     let Some(import) = &params.import else {
         return Err(StageError::Unsupported {
             stage: StageName::Score,
@@ -47,30 +42,11 @@ async fn import_scores(
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
     let columns = [
-        Mapped {
-            role: "prompt_id",
-            column: &import.columns.prompt_id,
-            kind: ColumnKind::Key,
-        },
-        Mapped {
-            role: "sample_idx",
-            column: &import.columns.sample_idx,
-            kind: ColumnKind::Integer,
-        },
-        Mapped {
-            role: "reward",
-            column: &import.columns.reward,
-            kind: ColumnKind::Number,
-        },
+        Mapped { role: "prompt_id", column: &import.columns.prompt_id, kind: ColumnKind::Key },
+        Mapped { role: "sample_idx", column: &import.columns.sample_idx, kind: ColumnKind::Integer },
+        Mapped { role: "reward", column: &import.columns.reward, kind: ColumnKind::Number },
     ];
-    let file = read_mapped(
-        input.ctx,
-        &import.path,
-        import.format,
-        input.base_dir,
-        &columns,
-    )
-    .await?;
+    let file = read_mapped(input.ctx, &import.path, import.format, input.base_dir, &columns).await?;
     input.ctx.register_table(IMPORTED, file.frame.into_view())?;
     check_import_keys(input.ctx, IMPORTED, &file.url).await?;
     let ambiguous = "SELECT prompt_id, sample_idx, COUNT(*) AS generations FROM generations \
@@ -83,42 +59,28 @@ async fn import_scores(
             ),
         });
     }
-    let label = import
-        .label
-        .clone()
-        .unwrap_or_else(|| format!("import:{}", file_name(&import.path)));
+    let label = import.label.clone().unwrap_or_else(|| format!("import:{}", file_name(&import.path)));
     let matched = format!(
         "SELECT g.generation_id, s.reward, s.prompt_id, s.sample_idx FROM {IMPORTED} AS s \
          JOIN generations AS g ON g.prompt_id = s.prompt_id AND g.sample_idx = s.sample_idx ORDER BY g.generation_id"
     );
-    let mut stream = crate::store::session::query(input.ctx, &matched, &file.url)
-        .await?
-        .execute_stream()
-        .await?;
+    let mut stream = crate::store::session::query(input.ctx, &matched, &file.url).await?.execute_stream().await?;
     let mut nulls = 0;
     while let Some(batch) = stream.next().await {
-        let batch = plain_strings(&batch.map_err(|source| StoreError::Query {
-            context: format!("importing {}", file.url),
-            source,
-        })?);
+        let batch = plain_strings(
+            &batch.map_err(|source| StoreError::Query { context: format!("importing {}", file.url), source })?,
+        );
         nulls += check_rewards(&batch, &file.url, &import.columns.reward)?;
         sink.write(&scores_batch(&batch, &label)?).await?;
         input.progress.set_position(sink.rows());
     }
-    let total = count(
-        input.ctx,
-        &format!("SELECT COUNT(*) FROM {IMPORTED}"),
-        &file.url,
-    )
-    .await?;
+    let total = count(input.ctx, &format!("SELECT COUNT(*) FROM {IMPORTED}"), &file.url).await?;
     let generations = count(input.ctx, "SELECT COUNT(*) FROM generations", "generations").await?;
     let written = sink.rows();
     if written == 0 && total > 0 {
         return Err(StageError::Input {
             file: file.url,
-            problem: format!(
-                "none of its {total} rows matches a generation by (prompt_id, sample_idx)"
-            ),
+            problem: format!("none of its {total} rows matches a generation by (prompt_id, sample_idx)"),
         });
     }
     Ok(super::stats([
@@ -133,47 +95,29 @@ async fn import_scores(
 /// Counts null rewards and rejects NaN or infinite ones, naming the row.
 fn check_rewards(batch: &RecordBatch, file: &str, column: &str) -> Result<u64, StageError> {
     let rewards = float_column(batch, "reward");
-    if let Some(i) =
-        (0..batch.num_rows()).find(|&i| rewards.is_valid(i) && !rewards.value(i).is_finite())
-    {
+    if let Some(i) = (0..batch.num_rows()).find(|&i| rewards.is_valid(i) && !rewards.value(i).is_finite()) {
         let key = |name: &str| {
-            arrow::util::display::array_value_to_string(
-                batch.column_by_name(name).expect("selected"),
-                i,
-            )
-            .unwrap_or_default()
+            arrow::util::display::array_value_to_string(batch.column_by_name(name).expect("selected"), i)
+                .unwrap_or_default()
         };
         return Err(StageError::Row {
             file: file.into(),
-            row: format!(
-                "prompt_id={}, sample_idx={}",
-                key("prompt_id"),
-                key("sample_idx")
-            ),
-            problem: format!(
-                "column `{column}` (reward) is {}; rewards must be finite",
-                rewards.value(i)
-            ),
+            row: format!("prompt_id={}, sample_idx={}", key("prompt_id"), key("sample_idx")),
+            problem: format!("column `{column}` (reward) is {}; rewards must be finite", rewards.value(i)),
         });
     }
     Ok(rewards.null_count() as u64)
 }
 
 fn float_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b Float64Array {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
-        .expect("cast to Float64")
+    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Float64Array>()).expect("cast to Float64")
 }
 
 fn scores_batch(batch: &RecordBatch, label: &str) -> Result<RecordBatch, StageError> {
     let given: Vec<(&str, ArrayRef)> = vec![
         ("generation_id", batch.column(0).clone()),
         ("reward", batch.column(1).clone()),
-        (
-            "reward_model",
-            Arc::new(StringArray::from(vec![label; batch.num_rows()])),
-        ),
+        ("reward_model", Arc::new(StringArray::from(vec![label; batch.num_rows()]))),
     ];
     Ok(Table::Scores.schema().assemble(given, batch.num_rows())?)
 }

@@ -30,14 +30,8 @@ pub enum Table {
 
 impl Table {
     /// Every table, in pipeline order.
-    pub const ALL: [Table; 6] = [
-        Table::Prompts,
-        Table::Generations,
-        Table::Scores,
-        Table::Pairs,
-        Table::TrainLog,
-        Table::EvalResults,
-    ];
+    pub const ALL: [Table; 6] =
+        [Table::Prompts, Table::Generations, Table::Scores, Table::Pairs, Table::TrainLog, Table::EvalResults];
 
     /// The table's name in storage paths and SQL.
     pub fn name(self) -> &'static str {
@@ -88,11 +82,7 @@ fn parse_embedded_schemas() -> BTreeMap<Table, TableSchema> {
             // error caught by the unit test below, not a user error.
             let schema: TableSchema = serde_json::from_str(table.schema_source())
                 .unwrap_or_else(|e| panic!("schemas/{}.json is invalid: {e}", table.name()));
-            assert_eq!(
-                schema.table,
-                table.name(),
-                "schemas/{table}.json names another table"
-            );
+            assert_eq!(schema.table, table.name(), "schemas/{table}.json names another table");
             (table, schema)
         })
         .collect()
@@ -163,53 +153,26 @@ pub struct TableSchema {
 pub enum SchemaError {
     /// A declared column is absent.
     #[error("table `{table}`{origin}: column `{column}` is missing")]
-    MissingColumn {
-        table: String,
-        origin: String,
-        column: String,
-    },
+    MissingColumn { table: String, origin: String, column: String },
     /// A column has another type than declared.
-    #[error(
-        "table `{table}`{origin}: column `{column}` has type {found}, the schema says {expected}"
-    )]
-    WrongType {
-        table: String,
-        origin: String,
-        column: String,
-        found: DataType,
-        expected: DataType,
-    },
+    #[error("table `{table}`{origin}: column `{column}` has type {found}, the schema says {expected}")]
+    WrongType { table: String, origin: String, column: String, found: DataType, expected: DataType },
     /// A non-nullable column holds nulls.
     #[error("table `{table}`{origin}: column `{column}` holds {nulls} null(s) but is not nullable")]
-    UnexpectedNulls {
-        table: String,
-        origin: String,
-        column: String,
-        nulls: usize,
-    },
+    UnexpectedNulls { table: String, origin: String, column: String, nulls: usize },
     /// A column the schema does not declare.
     #[error("table `{table}`{origin}: column `{column}` is not in the schema")]
-    ExtraColumn {
-        table: String,
-        origin: String,
-        column: String,
-    },
+    ExtraColumn { table: String, origin: String, column: String },
     /// Arrow refused to assemble the conformed batch.
     #[error("table `{table}`: {source}")]
-    Arrow {
-        table: String,
-        source: arrow::error::ArrowError,
-    },
+    Arrow { table: String, source: arrow::error::ArrowError },
 }
 
 impl TableSchema {
     /// The Arrow schema of the table.
     pub fn arrow_schema(&self) -> SchemaRef {
-        let fields: Vec<Field> = self
-            .columns
-            .iter()
-            .map(|c| Field::new(&c.name, c.column_type.arrow(), c.nullable))
-            .collect();
+        let fields: Vec<Field> =
+            self.columns.iter().map(|c| Field::new(&c.name, c.column_type.arrow(), c.nullable)).collect();
         Arc::new(Schema::new(fields))
     }
 
@@ -221,38 +184,23 @@ impl TableSchema {
     /// and they carry the same values. Anything else is an error naming the column.
     pub fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch, SchemaError> {
         self.reject_extra_columns(batch.schema().as_ref(), "")?;
-        let columns = self
-            .columns
-            .iter()
-            .map(|spec| self.conform_column(batch, spec))
-            .collect::<Result<Vec<_>, _>>()?;
-        RecordBatch::try_new(self.arrow_schema(), columns).map_err(|source| SchemaError::Arrow {
-            table: self.table.clone(),
-            source,
-        })
+        let columns =
+            self.columns.iter().map(|spec| self.conform_column(batch, spec)).collect::<Result<Vec<_>, _>>()?;
+        RecordBatch::try_new(self.arrow_schema(), columns)
+            .map_err(|source| SchemaError::Arrow { table: self.table.clone(), source })
     }
 
-    fn conform_column(
-        &self,
-        batch: &RecordBatch,
-        spec: &ColumnSpec,
-    ) -> Result<ArrayRef, SchemaError> {
-        let column =
-            batch
-                .column_by_name(&spec.name)
-                .ok_or_else(|| SchemaError::MissingColumn {
-                    table: self.table.clone(),
-                    origin: String::new(),
-                    column: spec.name.clone(),
-                })?;
+    fn conform_column(&self, batch: &RecordBatch, spec: &ColumnSpec) -> Result<ArrayRef, SchemaError> {
+        let column = batch.column_by_name(&spec.name).ok_or_else(|| SchemaError::MissingColumn {
+            table: self.table.clone(),
+            origin: String::new(),
+            column: spec.name.clone(),
+        })?;
         let expected = spec.column_type.arrow();
         let column = if column.data_type() == &expected {
             column.clone()
         } else if is_string_family(column.data_type()) && expected == DataType::Utf8 {
-            cast(column, &expected).map_err(|source| SchemaError::Arrow {
-                table: self.table.clone(),
-                source,
-            })?
+            cast(column, &expected).map_err(|source| SchemaError::Arrow { table: self.table.clone(), source })?
         } else {
             return Err(self.wrong_type(spec, column.data_type(), ""));
         };
@@ -270,35 +218,22 @@ impl TableSchema {
     /// Builds a batch of this table from the named columns, filling every
     /// nullable column that is not given with nulls (imports lack token
     /// counts, sampling parameters, ...), then conforms it.
-    pub fn assemble(
-        &self,
-        given: Vec<(&str, ArrayRef)>,
-        rows: usize,
-    ) -> Result<RecordBatch, SchemaError> {
+    pub fn assemble(&self, given: Vec<(&str, ArrayRef)>, rows: usize) -> Result<RecordBatch, SchemaError> {
         let columns = self
             .columns
             .iter()
-            .map(
-                |spec| match given.iter().find(|(name, _)| *name == spec.name) {
-                    Some((_, array)) => Ok(array.clone()),
-                    None if spec.nullable => Ok(arrow::array::new_null_array(
-                        &spec.column_type.arrow(),
-                        rows,
-                    )),
-                    None => Err(SchemaError::MissingColumn {
-                        table: self.table.clone(),
-                        origin: String::new(),
-                        column: spec.name.clone(),
-                    }),
-                },
-            )
+            .map(|spec| match given.iter().find(|(name, _)| *name == spec.name) {
+                Some((_, array)) => Ok(array.clone()),
+                None if spec.nullable => Ok(arrow::array::new_null_array(&spec.column_type.arrow(), rows)),
+                None => Err(SchemaError::MissingColumn {
+                    table: self.table.clone(),
+                    origin: String::new(),
+                    column: spec.name.clone(),
+                }),
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let batch = RecordBatch::try_new(self.arrow_schema(), columns).map_err(|source| {
-            SchemaError::Arrow {
-                table: self.table.clone(),
-                source,
-            }
-        })?;
+        let batch = RecordBatch::try_new(self.arrow_schema(), columns)
+            .map_err(|source| SchemaError::Arrow { table: self.table.clone(), source })?;
         self.conform(&batch)
     }
 
@@ -308,14 +243,11 @@ impl TableSchema {
         let origin = format!(" (file {origin})");
         self.reject_extra_columns(found, &origin)?;
         for spec in &self.columns {
-            let field =
-                found
-                    .field_with_name(&spec.name)
-                    .map_err(|_| SchemaError::MissingColumn {
-                        table: self.table.clone(),
-                        origin: origin.clone(),
-                        column: spec.name.clone(),
-                    })?;
+            let field = found.field_with_name(&spec.name).map_err(|_| SchemaError::MissingColumn {
+                table: self.table.clone(),
+                origin: origin.clone(),
+                column: spec.name.clone(),
+            })?;
             if field.data_type() != &spec.column_type.arrow() {
                 return Err(self.wrong_type(spec, field.data_type(), &origin));
             }
@@ -324,11 +256,7 @@ impl TableSchema {
     }
 
     fn reject_extra_columns(&self, found: &Schema, origin: &str) -> Result<(), SchemaError> {
-        match found
-            .fields()
-            .iter()
-            .find(|f| !self.columns.iter().any(|c| &c.name == f.name()))
-        {
+        match found.fields().iter().find(|f| !self.columns.iter().any(|c| &c.name == f.name())) {
             Some(extra) => Err(SchemaError::ExtraColumn {
                 table: self.table.clone(),
                 origin: origin.to_string(),
@@ -357,25 +285,19 @@ pub fn plain_strings(batch: &RecordBatch) -> RecordBatch {
         .fields()
         .iter()
         .zip(batch.columns())
-        .map(|(field, column)| {
-            match is_string_family(column.data_type()) && column.data_type() != &DataType::Utf8 {
-                true => (
-                    field.as_ref().clone().with_data_type(DataType::Utf8),
-                    cast(column, &DataType::Utf8).expect("string casts are infallible"),
-                ),
-                false => (field.as_ref().clone(), column.clone()),
-            }
+        .map(|(field, column)| match is_string_family(column.data_type()) && column.data_type() != &DataType::Utf8 {
+            true => (
+                field.as_ref().clone().with_data_type(DataType::Utf8),
+                cast(column, &DataType::Utf8).expect("string casts are infallible"),
+            ),
+            false => (field.as_ref().clone(), column.clone()),
         })
         .unzip();
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .expect("same lengths as the input batch")
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("same lengths as the input batch")
 }
 
 fn is_string_family(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
-    )
+    matches!(data_type, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
 }
 
 #[cfg(test)]
@@ -399,10 +321,7 @@ mod tests {
             ("source_id", ids.clone()),
             ("language", language),
             ("text", text),
-            (
-                "split",
-                Arc::new(StringArray::from(vec!["train"])) as ArrayRef,
-            ),
+            ("split", Arc::new(StringArray::from(vec!["train"])) as ArrayRef),
         ])
         .unwrap()
     }
@@ -416,10 +335,7 @@ mod tests {
         assert_eq!(conformed.schema(), schema.arrow_schema());
 
         let number: ArrayRef = Arc::new(Int32Array::from(vec![1]));
-        let err = schema
-            .conform(&prompts_batch(number, en))
-            .unwrap_err()
-            .to_string();
+        let err = schema.conform(&prompts_batch(number, en)).unwrap_err().to_string();
         assert!(err.contains("column `text` has type Int32"), "{err}");
     }
 
@@ -427,14 +343,7 @@ mod tests {
     fn conform_rejects_nulls_in_a_required_column() {
         let nulls: ArrayRef = Arc::new(StringArray::from(vec![None::<&str>]));
         let text: ArrayRef = Arc::new(StringArray::from(vec!["hi"]));
-        let err = Table::Prompts
-            .schema()
-            .conform(&prompts_batch(text, nulls))
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("column `language` holds 1 null(s)"),
-            "{err}"
-        );
+        let err = Table::Prompts.schema().conform(&prompts_batch(text, nulls)).unwrap_err();
+        assert!(err.to_string().contains("column `language` holds 1 null(s)"), "{err}");
     }
 }

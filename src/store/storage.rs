@@ -38,9 +38,7 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage")
-            .field("root", &self.display)
-            .finish()
+        f.debug_struct("Storage").field("root", &self.display).finish()
     }
 }
 
@@ -48,14 +46,8 @@ impl std::fmt::Debug for Storage {
 /// every `Storage::open("memory://name")` in one process sees the same data.
 fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
-    let mut stores = STORES
-        .get_or_init(Default::default)
-        .lock()
-        .expect("memory store registry");
-    stores
-        .entry(name.to_string())
-        .or_insert_with(|| Arc::new(InMemory::new()))
-        .clone()
+    let mut stores = STORES.get_or_init(Default::default).lock().expect("memory store registry");
+    stores.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
 }
 
 impl Storage {
@@ -71,10 +63,7 @@ impl Storage {
     }
 
     fn open_url(url: Url) -> Result<Self, StoreError> {
-        let build_error = |source| StoreError::Open {
-            root: url.to_string(),
-            source,
-        };
+        let build_error = |source| StoreError::Open { root: url.to_string(), source };
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
                 let path = url.to_file_path().map_err(|_| StoreError::BadRoot {
@@ -84,55 +73,32 @@ impl Storage {
                 return Self::open_local(&path);
             }
             "memory" => memory_store(url.host_str().unwrap_or("")),
-            "s3" | "s3a" => Arc::new(
-                AmazonS3Builder::from_env()
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(build_error)?,
-            ),
-            "gs" => Arc::new(
-                GoogleCloudStorageBuilder::from_env()
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(build_error)?,
-            ),
-            "az" | "abfs" | "abfss" | "azure" => Arc::new(
-                MicrosoftAzureBuilder::from_env()
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(build_error)?,
-            ),
+            "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(url.as_str()).build().map_err(build_error)?),
+            "gs" => {
+                Arc::new(GoogleCloudStorageBuilder::from_env().with_url(url.as_str()).build().map_err(build_error)?)
+            }
+            "az" | "abfs" | "abfss" | "azure" => {
+                Arc::new(MicrosoftAzureBuilder::from_env().with_url(url.as_str()).build().map_err(build_error)?)
+            }
             other => {
                 return Err(StoreError::BadRoot {
                     root: url.to_string(),
-                    reason: format!(
-                        "unsupported scheme `{other}` (use file, memory, s3, gs or az)"
-                    ),
+                    reason: format!("unsupported scheme `{other}` (use file, memory, s3, gs or az)"),
                 });
             }
         };
-        let store_url = Url::parse(&format!("{}://{}/", url.scheme(), url.authority()))
-            .expect("scheme and authority form a URL");
-        let prefix =
-            Path::parse(url.path().trim_matches('/')).map_err(|e| StoreError::BadRoot {
-                root: url.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(Storage {
-            store,
-            store_url,
-            prefix,
-            display: url.to_string(),
-        })
+        let store_url =
+            Url::parse(&format!("{}://{}/", url.scheme(), url.authority())).expect("scheme and authority form a URL");
+        let prefix = Path::parse(url.path().trim_matches('/'))
+            .map_err(|e| StoreError::BadRoot { root: url.to_string(), reason: e.to_string() })?;
+        Ok(Storage { store, store_url, prefix, display: url.to_string() })
     }
 
     fn open_local(path: &FsPath) -> Result<Self, StoreError> {
         let absolute = absolute_lexical(path)?;
         let display = absolute.display().to_string();
-        let prefix = Path::from_absolute_path(&absolute).map_err(|e| StoreError::BadRoot {
-            root: display.clone(),
-            reason: e.to_string(),
-        })?;
+        let prefix = Path::from_absolute_path(&absolute)
+            .map_err(|e| StoreError::BadRoot { root: display.clone(), reason: e.to_string() })?;
         Ok(Storage {
             store: Arc::new(LocalFileSystem::new()),
             store_url: Url::parse("file:///").expect("static URL"),
@@ -153,10 +119,7 @@ impl Storage {
 
     /// The object path of `relative` (slash-separated) under the root.
     pub fn path(&self, relative: &str) -> Path {
-        relative
-            .split('/')
-            .filter(|part| !part.is_empty())
-            .fold(self.prefix.clone(), |path, part| path.join(part))
+        relative.split('/').filter(|part| !part.is_empty()).fold(self.prefix.clone(), |path, part| path.join(part))
     }
 
     /// The URL DataFusion reads `path` under.
@@ -171,22 +134,14 @@ impl Storage {
 
     /// Writes `bytes` at `path` in one atomic put.
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), StoreError> {
-        self.store
-            .put(path, PutPayload::from_bytes(bytes))
-            .await
-            .map_err(|source| self.error(path, source))?;
+        self.store.put(path, PutPayload::from_bytes(bytes)).await.map_err(|source| self.error(path, source))?;
         Ok(())
     }
 
     /// Reads the object at `path`; `Ok(None)` when it does not exist.
     pub async fn get_if_exists(&self, path: &Path) -> Result<Option<Bytes>, StoreError> {
         match self.store.get(path).await {
-            Ok(result) => Ok(Some(
-                result
-                    .bytes()
-                    .await
-                    .map_err(|source| self.error(path, source))?,
-            )),
+            Ok(result) => Ok(Some(result.bytes().await.map_err(|source| self.error(path, source))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(self.error(path, source)),
         }
@@ -194,11 +149,7 @@ impl Storage {
 
     /// Lists every object under `path` (recursively).
     pub async fn list(&self, path: &Path) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.store
-            .list(Some(path))
-            .try_collect()
-            .await
-            .map_err(|source| self.error(path, source))
+        self.store.list(Some(path)).try_collect().await.map_err(|source| self.error(path, source))
     }
 
     /// Deletes the object at `path` (missing objects are not an error).
@@ -211,10 +162,7 @@ impl Storage {
 
     /// Wraps an object-store error with the URL of the object it concerns.
     pub fn error(&self, path: &Path, source: object_store::Error) -> StoreError {
-        StoreError::Object {
-            url: self.url_of(path),
-            source,
-        }
+        StoreError::Object { url: self.url_of(path), source }
     }
 }
 
@@ -223,11 +171,8 @@ impl Storage {
 pub fn resolve_input(location: &str, base_dir: &FsPath) -> Result<(Storage, Path), StoreError> {
     match Url::parse(location) {
         Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
-            let path =
-                Path::parse(url.path().trim_matches('/')).map_err(|e| StoreError::BadRoot {
-                    root: location.to_string(),
-                    reason: e.to_string(),
-                })?;
+            let path = Path::parse(url.path().trim_matches('/'))
+                .map_err(|e| StoreError::BadRoot { root: location.to_string(), reason: e.to_string() })?;
             let mut root = url.clone();
             root.set_path("");
             Ok((Storage::open_url(root)?, path))
@@ -246,20 +191,15 @@ pub fn resolve_input(location: &str, base_dir: &FsPath) -> Result<(Storage, Path
 fn local_input(file: &FsPath) -> Result<(Storage, Path), StoreError> {
     let storage = Storage::open_local(FsPath::new("/"))?;
     let absolute = absolute_lexical(file)?;
-    let path = Path::from_absolute_path(&absolute).map_err(|e| StoreError::BadRoot {
-        root: absolute.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let path = Path::from_absolute_path(&absolute)
+        .map_err(|e| StoreError::BadRoot { root: absolute.display().to_string(), reason: e.to_string() })?;
     Ok((storage, path))
 }
 
 /// `path` made absolute with `.` and `..` resolved by name (object-store paths
 /// have no such segments). Symbolic links are not followed, as a shell would not.
 fn absolute_lexical(path: &FsPath) -> Result<PathBuf, StoreError> {
-    let absolute = std::path::absolute(path).map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let absolute = std::path::absolute(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
     let mut normal = PathBuf::new();
     for component in absolute.components() {
         match component {
@@ -274,9 +214,7 @@ fn absolute_lexical(path: &FsPath) -> Result<PathBuf, StoreError> {
 }
 
 /// URL schemes a storage root may use.
-pub const SUPPORTED_SCHEMES: [&str; 9] = [
-    "file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss", "azure",
-];
+pub const SUPPORTED_SCHEMES: [&str; 9] = ["file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss", "azure"];
 
 /// Why `root` cannot be a storage root, without opening it (for validation).
 pub fn root_problem(root: &str) -> Option<String> {
@@ -285,15 +223,10 @@ pub fn root_problem(root: &str) -> Option<String> {
     }
     match Url::parse(root) {
         Ok(url) if url.scheme().len() > 1 && !SUPPORTED_SCHEMES.contains(&url.scheme()) => {
-            Some(format!(
-                "unsupported scheme `{}` (use one of: {})",
-                url.scheme(),
-                SUPPORTED_SCHEMES.join(", ")
-            ))
+            Some(format!("unsupported scheme `{}` (use one of: {})", url.scheme(), SUPPORTED_SCHEMES.join(", ")))
         }
         Ok(url)
-            if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss")
-                && url.host_str().is_none() =>
+            if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss") && url.host_str().is_none() =>
         {
             Some(format!("`{root}` names no bucket"))
         }

@@ -92,11 +92,7 @@ impl TableWriter {
             let take = room.min(batch.num_rows() - offset);
             self.append(&batch.slice(offset, take)).await?;
             offset += take;
-            if self
-                .current
-                .as_ref()
-                .is_some_and(|c| c.2 as usize >= self.rows_per_part)
-            {
+            if self.current.as_ref().is_some_and(|c| c.2 as usize >= self.rows_per_part) {
                 self.close_part().await?;
             }
         }
@@ -108,13 +104,8 @@ impl TableWriter {
             self.open_part()?;
         }
         let (writer, file, rows) = self.current.as_mut().expect("a part is open");
-        let url = self
-            .storage
-            .url_of(&self.storage.path(&format!("{}/{file}", self.dir)));
-        writer
-            .write(batch)
-            .await
-            .map_err(|source| StoreError::Parquet { url, source })?;
+        let url = self.storage.url_of(&self.storage.path(&format!("{}/{file}", self.dir)));
+        writer.write(batch).await.map_err(|source| StoreError::Parquet { url, source })?;
         *rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -123,28 +114,17 @@ impl TableWriter {
         let file = format!("part-{}-{:05}.parquet", self.nonce, self.parts.len());
         let path = self.storage.path(&format!("{}/{file}", self.dir));
         let object = BufWriter::new(self.storage.store().clone(), path.clone());
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let writer =
-            AsyncArrowWriter::try_new(object, self.table.schema().arrow_schema(), Some(properties))
-                .map_err(|source| StoreError::Parquet {
-                    url: self.storage.url_of(&path),
-                    source,
-                })?;
+        let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let writer = AsyncArrowWriter::try_new(object, self.table.schema().arrow_schema(), Some(properties))
+            .map_err(|source| StoreError::Parquet { url: self.storage.url_of(&path), source })?;
         self.current = Some((writer, file, 0));
         Ok(())
     }
 
     async fn close_part(&mut self) -> Result<(), StoreError> {
         if let Some((writer, file, rows)) = self.current.take() {
-            let url = self
-                .storage
-                .url_of(&self.storage.path(&format!("{}/{file}", self.dir)));
-            writer
-                .close()
-                .await
-                .map_err(|source| StoreError::Parquet { url, source })?;
+            let url = self.storage.url_of(&self.storage.path(&format!("{}/{file}", self.dir)));
+            writer.close().await.map_err(|source| StoreError::Parquet { url, source })?;
             self.parts.push(PartInfo { file, rows });
         }
         Ok(())
@@ -187,46 +167,24 @@ pub async fn register_version(
 ) -> Result<(), StoreError> {
     let schema = table.schema().arrow_schema();
     let dir = version_dir(table, key);
-    let paths: Vec<Path> = parts
-        .iter()
-        .map(|p| storage.path(&format!("{dir}/{}", p.file)))
-        .collect();
+    let paths: Vec<Path> = parts.iter().map(|p| storage.path(&format!("{dir}/{}", p.file))).collect();
     storage.register(ctx);
     for path in &paths {
         check_part_schema(ctx, storage, table, path).await?;
     }
-    let context = || {
-        format!(
-            "registering table `{name}` ({})",
-            storage.url_of(&storage.path(&dir))
-        )
-    };
+    let context = || format!("registering table `{name}` ({})", storage.url_of(&storage.path(&dir)));
     if paths.is_empty() {
-        let empty =
-            MemTable::try_new(schema, vec![vec![]]).map_err(|source| StoreError::Query {
-                context: context(),
-                source,
-            })?;
-        ctx.register_table(name, Arc::new(empty))
-            .map_err(|source| StoreError::Query {
-                context: context(),
-                source,
-            })?;
+        let empty = MemTable::try_new(schema, vec![vec![]])
+            .map_err(|source| StoreError::Query { context: context(), source })?;
+        ctx.register_table(name, Arc::new(empty)).map_err(|source| StoreError::Query { context: context(), source })?;
         return Ok(());
     }
     let urls: Vec<String> = paths.iter().map(|p| storage.url_of(p)).collect();
     let frame = ctx
         .read_parquet(urls, ParquetReadOptions::default().schema(&schema))
         .await
-        .map_err(|source| StoreError::Query {
-            context: context(),
-            source,
-        })?;
-    ctx.register_table(name, frame.into_view())
-        .map_err(|source| StoreError::Query {
-            context: context(),
-            source,
-        })?;
+        .map_err(|source| StoreError::Query { context: context(), source })?;
+    ctx.register_table(name, frame.into_view()).map_err(|source| StoreError::Query { context: context(), source })?;
     Ok(())
 }
 
@@ -242,13 +200,8 @@ async fn check_part_schema(
     let frame = ctx
         .read_parquet(url.as_str(), ParquetReadOptions::default())
         .await
-        .map_err(|source| StoreError::Query {
-            context: format!("reading the schema of {url}"),
-            source,
-        })?;
-    table
-        .schema()
-        .check_file_schema(frame.schema().as_arrow(), &url)?;
+        .map_err(|source| StoreError::Query { context: format!("reading the schema of {url}"), source })?;
+    table.schema().check_file_schema(frame.schema().as_arrow(), &url)?;
     Ok(())
 }
 
@@ -261,10 +214,8 @@ pub async fn write_stream(
 ) -> Result<(), StoreError> {
     let mut stream = stream;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| StoreError::Query {
-            context: format!("computing table `{}`", writer.table()),
-            source,
-        })?;
+        let batch = batch
+            .map_err(|source| StoreError::Query { context: format!("computing table `{}`", writer.table()), source })?;
         writer.write(&batch).await?;
         on_batch(writer.rows());
     }

@@ -1,0 +1,11 @@
+//! croco's integration tests: one binary (as in ripgrep), one module per area.
+
+mod cli;
+mod imports;
+mod interop;
+mod pairs_rule;
+mod slt;
+mod spec_corpus;
+mod stage_graph;
+mod storage;
+mod util;
