@@ -33,6 +33,10 @@ pub struct RunSpec {
     pub root: String,
     /// ISO 639-1 codes of the languages the pipeline covers; prompts in other languages are dropped (and counted).
     pub languages: Vec<String>,
+    /// Object-store options (`endpoint`, `region`, `allow_http`, ...) overriding the provider's
+    /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`). Keep secrets in the environment, not here.
+    #[serde(default)]
+    pub storage: crate::store::storage::StorageOptions,
 }
 
 /// `[models]`: model bundle directories by role (paths relative to the pipeline file, or URLs).
@@ -344,6 +348,8 @@ impl RunSpec {
         }
         if let Some(reason) = crate::store::storage::root_problem(&self.root) {
             problems.push(("run.root".into(), reason));
+        } else if !self.storage.is_empty() && !crate::store::storage::is_cloud_root(&self.root) {
+            problems.push(("run.storage".into(), "storage options apply to s3://, gs:// and az:// roots only".into()));
         }
         if self.languages.is_empty() {
             problems.push(("run.languages".into(), "at least one language is needed".into()));

@@ -45,7 +45,7 @@ async fn import_generations(
         Mapped { role: "sample_idx", column: &import.columns.sample_idx, kind: ColumnKind::Integer },
         Mapped { role: "text", column: &import.columns.text, kind: ColumnKind::Text },
     ];
-    let file = read_mapped(input.ctx, &import.path, import.format, input.base_dir, &columns).await?;
+    let file = read_mapped(input.ctx, &import.path, import.format, input, &columns).await?;
     input.ctx.register_table(IMPORTED, file.frame.into_view())?;
     check_import_keys(input.ctx, IMPORTED, &file.url).await?;
     let null_text = format!("SELECT prompt_id, sample_idx FROM {IMPORTED} WHERE text IS NULL");

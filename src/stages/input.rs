@@ -2,13 +2,11 @@
 //! rewards): JSONL, CSV or Parquet, local or on object storage, with a column
 //! mapping from the file's names to croco's.
 
-use std::path::Path;
-
 use arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext, cast, ident};
 
-use super::StageError;
+use super::{StageError, StageInput};
 use crate::pipeline::spec::FileFormat;
 use crate::store::StoreError;
 use crate::store::storage::resolve_input;
@@ -80,10 +78,10 @@ pub async fn read_mapped(
     ctx: &SessionContext,
     location: &str,
     format: Option<FileFormat>,
-    base_dir: &Path,
+    input: &StageInput<'_>,
     columns: &[Mapped<'_>],
 ) -> Result<InputFile, StageError> {
-    let (storage, path) = resolve_input(location, base_dir)?;
+    let (storage, path) = resolve_input(location, input.base_dir, &input.spec.run.storage)?;
     storage.register(ctx);
     let url = storage.url_of(&path);
     let format = format.or_else(|| FileFormat::from_extension(location)).ok_or_else(|| StageError::Input {

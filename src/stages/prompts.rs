@@ -30,7 +30,7 @@ pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats
     // One partition keeps file order, so row numbers in errors are exact and
     // the output order is the input order.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let file = read_mapped(&ctx, &params.source, params.format, input.base_dir, &mapping(params)).await?;
+    let file = read_mapped(&ctx, &params.source, params.format, input, &mapping(params)).await?;
     let mut stream = file
         .frame
         .execute_stream()

@@ -46,7 +46,7 @@ async fn import_scores(
         Mapped { role: "sample_idx", column: &import.columns.sample_idx, kind: ColumnKind::Integer },
         Mapped { role: "reward", column: &import.columns.reward, kind: ColumnKind::Number },
     ];
-    let file = read_mapped(input.ctx, &import.path, import.format, input.base_dir, &columns).await?;
+    let file = read_mapped(input.ctx, &import.path, import.format, input, &columns).await?;
     input.ctx.register_table(IMPORTED, file.frame.into_view())?;
     check_import_keys(input.ctx, IMPORTED, &file.url).await?;
     let ambiguous = "SELECT prompt_id, sample_idx, COUNT(*) AS generations FROM generations \

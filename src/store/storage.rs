@@ -50,20 +50,24 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
     stores.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
 }
 
+/// Provider options from the pipeline file (`[run.storage]`), e.g. `endpoint`,
+/// `region`, `allow_http`; they override the environment. Names are the
+/// provider's own config keys (object_store's `AmazonS3ConfigKey`, ...).
+pub type StorageOptions = std::collections::BTreeMap<String, String>;
+
 impl Storage {
     /// Opens the root `root`: a URL (`file://`, `memory://`, `s3://`, `gs://`,
     /// `az://`/`abfs://`) or a plain path, which is resolved against `base_dir`
     /// (the directory of the pipeline file).
-    pub fn open(root: &str, base_dir: &FsPath) -> Result<Self, StoreError> {
+    pub fn open(root: &str, base_dir: &FsPath, options: &StorageOptions) -> Result<Self, StoreError> {
         match Url::parse(root) {
-            Ok(url) if url.scheme().len() > 1 => Self::open_url(url),
+            Ok(url) if url.scheme().len() > 1 => Self::open_url(url, options),
             // No scheme, or a Windows drive letter: a filesystem path.
             _ => Self::open_local(&base_dir.join(root)),
         }
     }
 
-    fn open_url(url: Url) -> Result<Self, StoreError> {
-        let build_error = |source| StoreError::Open { root: url.to_string(), source };
+    fn open_url(url: Url, options: &StorageOptions) -> Result<Self, StoreError> {
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
                 let path = url.to_file_path().map_err(|_| StoreError::BadRoot {
@@ -73,12 +77,23 @@ impl Storage {
                 return Self::open_local(&path);
             }
             "memory" => memory_store(url.host_str().unwrap_or("")),
-            "s3" | "s3a" => Arc::new(AmazonS3Builder::from_env().with_url(url.as_str()).build().map_err(build_error)?),
+            "s3" | "s3a" => {
+                let builder = configure(&url, options, AmazonS3Builder::from_env(), AmazonS3Builder::with_config)?;
+                Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
+            }
             "gs" => {
-                Arc::new(GoogleCloudStorageBuilder::from_env().with_url(url.as_str()).build().map_err(build_error)?)
+                let builder = configure(
+                    &url,
+                    options,
+                    GoogleCloudStorageBuilder::from_env(),
+                    GoogleCloudStorageBuilder::with_config,
+                )?;
+                Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
             }
             "az" | "abfs" | "abfss" | "azure" => {
-                Arc::new(MicrosoftAzureBuilder::from_env().with_url(url.as_str()).build().map_err(build_error)?)
+                let builder =
+                    configure(&url, options, MicrosoftAzureBuilder::from_env(), MicrosoftAzureBuilder::with_config)?;
+                Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
             }
             other => {
                 return Err(StoreError::BadRoot {
@@ -166,16 +181,70 @@ impl Storage {
     }
 }
 
+fn open_error(url: &Url, source: object_store::Error) -> StoreError {
+    StoreError::Open { root: url.to_string(), source }
+}
+
+/// Applies the provider options to a cloud builder (after `with_url`, so the
+/// options win over what the URL implies).
+fn configure<B, K: std::str::FromStr>(
+    url: &Url,
+    options: &StorageOptions,
+    builder: B,
+    set: impl Fn(B, K, String) -> B,
+) -> Result<B, StoreError>
+where
+    B: UrlBuilder,
+{
+    let mut builder = builder.url(url.as_str());
+    for (name, value) in options {
+        let key = name.parse::<K>().map_err(|_| StoreError::BadRoot {
+            root: url.to_string(),
+            reason: format!("unknown storage option `{name}` for {}://", url.scheme()),
+        })?;
+        builder = set(builder, key, value.clone());
+    }
+    Ok(builder)
+}
+
+/// The `with_url` of each cloud builder, behind one name.
+trait UrlBuilder {
+    fn url(self, url: &str) -> Self;
+}
+
+impl UrlBuilder for AmazonS3Builder {
+    fn url(self, url: &str) -> Self {
+        self.with_url(url)
+    }
+}
+
+impl UrlBuilder for GoogleCloudStorageBuilder {
+    fn url(self, url: &str) -> Self {
+        self.with_url(url)
+    }
+}
+
+impl UrlBuilder for MicrosoftAzureBuilder {
+    fn url(self, url: &str) -> Self {
+        self.with_url(url)
+    }
+}
+
 /// Where an input file named in a pipeline file lives: a URL, or a path that
-/// is resolved against the pipeline file's directory.
-pub fn resolve_input(location: &str, base_dir: &FsPath) -> Result<(Storage, Path), StoreError> {
+/// is resolved against the pipeline file's directory. Object-store inputs use
+/// the pipeline's storage options.
+pub fn resolve_input(
+    location: &str,
+    base_dir: &FsPath,
+    options: &StorageOptions,
+) -> Result<(Storage, Path), StoreError> {
     match Url::parse(location) {
         Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
             let path = Path::parse(url.path().trim_matches('/'))
                 .map_err(|e| StoreError::BadRoot { root: location.to_string(), reason: e.to_string() })?;
             let mut root = url.clone();
             root.set_path("");
-            Ok((Storage::open_url(root)?, path))
+            Ok((Storage::open_url(root, options)?, path))
         }
         Ok(url) if url.scheme() == "file" => {
             let file = url.to_file_path().map_err(|_| StoreError::BadRoot {
@@ -215,6 +284,11 @@ fn absolute_lexical(path: &FsPath) -> Result<PathBuf, StoreError> {
 
 /// URL schemes a storage root may use.
 pub const SUPPORTED_SCHEMES: [&str; 9] = ["file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss", "azure"];
+
+/// Whether `root` names a cloud object store (the roots storage options apply to).
+pub fn is_cloud_root(root: &str) -> bool {
+    Url::parse(root).is_ok_and(|url| matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure"))
+}
 
 /// Why `root` cannot be a storage root, without opening it (for validation).
 pub fn root_problem(root: &str) -> Option<String> {
