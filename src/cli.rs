@@ -293,7 +293,9 @@ async fn sql_command(
         return Err(CliError::Usage("--format parquet needs --output PATH".into()));
     }
     let plan = load_plan(file).await?;
-    let ctx = pipeline_session(&plan).await?;
+    // Files named by path or URL in a query are readable too, to join a
+    // pipeline table with anything else on hand.
+    let ctx = pipeline_session(&plan).await?.enable_url_table();
     let mut batches = Vec::new();
     for frame in run_statements(&ctx, sql, allow_writes).await? {
         batches = frame.collect().await.map_err(|source| StoreError::Query { context: "SQL".into(), source })?;
