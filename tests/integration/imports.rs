@@ -78,10 +78,8 @@ async fn prompts_ingestion_drops_and_counts_empty_duplicate_and_foreign_rows() {
         "\n",
     );
     write(dir.path(), "p.jsonl", prompts);
-    let text = format!(
-        "[run]\nname = \"t\"\nroot = \"root\"\nlanguages = [\"en\", \"fr\"]\n\n[stages.prompts]\nsource = \"p.jsonl\"\ncolumns = {{ source_id = \"source_id\" }}\n"
-    );
-    let file = write_pipeline(dir.path(), &text);
+    let text = "[run]\nname = \"t\"\nroot = \"root\"\nlanguages = [\"en\", \"fr\"]\n\n[stages.prompts]\nsource = \"p.jsonl\"\ncolumns = { source_id = \"source_id\" }\n";
+    let file = write_pipeline(dir.path(), text);
     let reports = run(&file, RunOptions::default()).await;
     let stats = &reports[0].stats;
     assert_eq!(reports[0].rows, 2);
