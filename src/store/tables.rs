@@ -11,7 +11,6 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
@@ -202,22 +201,5 @@ async fn check_part_schema(
         .await
         .map_err(|source| StoreError::Query { context: format!("reading the schema of {url}"), source })?;
     table.schema().check_file_schema(frame.schema().as_arrow(), &url)?;
-    Ok(())
-}
-
-/// Drains a DataFusion stream into `writer`, calling `on_batch` with the
-/// running row count (for progress bars).
-pub async fn write_stream(
-    stream: datafusion::physical_plan::SendableRecordBatchStream,
-    writer: &mut TableWriter,
-    mut on_batch: impl FnMut(u64),
-) -> Result<(), StoreError> {
-    let mut stream = stream;
-    while let Some(batch) = stream.next().await {
-        let batch = batch
-            .map_err(|source| StoreError::Query { context: format!("computing table `{}`", writer.table()), source })?;
-        writer.write(&batch).await?;
-        on_batch(writer.rows());
-    }
     Ok(())
 }

@@ -177,3 +177,25 @@ async fn a_part_with_a_wrong_schema_is_rejected_naming_file_and_column() {
         "{message}"
     );
 }
+
+#[rstest]
+#[case::memory("memory")]
+#[case::s3("s3")]
+#[tokio::test]
+async fn prompts_are_read_from_object_storage(#[case] provider: &str) {
+    let root = root(provider, &format!("input_{provider}"));
+    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options).unwrap();
+    let prompts = std::fs::read(crate::util::repo().join("data/prompts/demo.jsonl")).unwrap();
+    storage.put(&storage.path("inputs/prompts.jsonl"), prompts.into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options: Vec<String> = root.options.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+    let storage_line =
+        if options.is_empty() { String::new() } else { format!("storage = {{ {} }}", options.join(", ")) };
+    let text = format!(
+        "[run]\nname = \"t\"\nroot = \"{url}/out\"\nlanguages = [\"en\", \"fr\"]\n{storage_line}\n\n[stages.prompts]\nsource = \"{url}/inputs/prompts.jsonl\"\ncolumns = {{ text = \"prompt\", source_id = \"source_id\" }}\n",
+        url = root.url
+    );
+    let reports = run(&write_pipeline(dir.path(), &text), RunOptions::default()).await;
+    assert_eq!(reports[0].rows, 48, "24 source prompts in en and fr");
+    assert_eq!(reports[0].stats["dropped_other_language"], 13 * 24);
+}
