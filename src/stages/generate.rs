@@ -10,8 +10,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray};
 use futures::StreamExt;
 
-use super::input::{ColumnKind, Mapped, file_name, read_mapped};
-use super::{StageError, StageInput, StageName, Stats, check_import_keys, count};
+use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
+use super::{StageError, StageInput, StageName, Stats, count};
 use crate::ids::stable_id;
 use crate::pipeline::spec::GenerationsImport;
 use crate::store::schema::plain_strings;
@@ -45,35 +45,33 @@ async fn import_generations(
         Mapped { role: "sample_idx", column: &import.columns.sample_idx, kind: ColumnKind::Integer },
         Mapped { role: "text", column: &import.columns.text, kind: ColumnKind::Text },
     ];
-    let file = read_mapped(input.ctx, &import.path, import.format, input, &columns).await?;
-    input.ctx.register_table(IMPORTED, file.frame.into_view())?;
-    check_import_keys(input.ctx, IMPORTED, &file.url).await?;
+    let url = open_keyed_import(input, IMPORTED, &import.path, import.format, &columns).await?;
     let null_text = format!("SELECT prompt_id, sample_idx FROM {IMPORTED} WHERE text IS NULL");
-    if let Some(row) = super::first_row(input.ctx, &null_text, &file.url).await? {
+    if let Some(row) = super::first_row(input.ctx, &null_text, &url).await? {
         return Err(StageError::Row {
-            file: file.url,
+            file: url,
             row,
             problem: format!("column `{}` (text) is null", import.columns.text),
         });
     }
-    let total = count(input.ctx, &format!("SELECT COUNT(*) FROM {IMPORTED}"), &file.url).await?;
+    let total = count(input.ctx, &format!("SELECT COUNT(*) FROM {IMPORTED}"), &url).await?;
     let label = import.label.clone().unwrap_or_else(|| format!("import:{}", file_name(&import.path)));
     let matched = format!(
         "SELECT i.prompt_id, p.source_id, p.language, i.sample_idx, i.text \
          FROM {IMPORTED} AS i JOIN prompts AS p ON p.prompt_id = i.prompt_id ORDER BY i.prompt_id, i.sample_idx"
     );
-    let frame = crate::store::session::query(input.ctx, &matched, &file.url).await?;
+    let frame = crate::store::session::query(input.ctx, &matched, &url).await?;
     let mut stream = frame.execute_stream().await?;
     let identity = Identity { source: import.source.as_str(), policy_id: &label };
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| StoreError::Query { context: format!("importing {}", file.url), source })?;
+        let batch = batch.map_err(|source| StoreError::Query { context: format!("importing {url}"), source })?;
         sink.write(&identity.generations(&batch)?).await?;
         input.progress.set_position(sink.rows());
     }
     let written = sink.rows();
     if written == 0 && total > 0 {
         return Err(StageError::Input {
-            file: file.url,
+            file: url,
             problem: format!(
                 "none of its {total} rows has a prompt_id of the prompts table; prompt ids are the first 16 hex \
                  digits of sha256(language + \"\\x1f\" + text)"
@@ -81,11 +79,7 @@ async fn import_generations(
         });
     }
     if written < total {
-        tracing::warn!(
-            "{}: {} row(s) answer prompts that are not in the prompts table; dropped",
-            file.url,
-            total - written
-        );
+        tracing::warn!("{}: {} row(s) answer prompts that are not in the prompts table; dropped", url, total - written);
     }
     Ok(super::stats([("rows_read", total), ("generations", written), ("dropped_unknown_prompt", total - written)]))
 }

@@ -129,3 +129,19 @@ fn check_column(frame: &DataFrame, url: &str, mapped: &Mapped<'_>) -> Result<dat
 pub fn file_name(location: &str) -> &str {
     location.rsplit('/').next().unwrap_or(location)
 }
+
+/// Opens an import keyed by (prompt_id, sample_idx) — responses or rewards —
+/// registers it as `name` in the stage's session, and checks that its keys
+/// are filled and unique. Returns the file's URL.
+pub async fn open_keyed_import(
+    input: &StageInput<'_>,
+    name: &str,
+    location: &str,
+    format: Option<FileFormat>,
+    columns: &[Mapped<'_>],
+) -> Result<String, StageError> {
+    let file = read_mapped(input.ctx, location, format, input, columns).await?;
+    input.ctx.register_table(name, file.frame.into_view())?;
+    super::check_import_keys(input.ctx, name, &file.url).await?;
+    Ok(file.url)
+}

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
 use futures::StreamExt;
 
-use super::input::{ColumnKind, Mapped, file_name, read_mapped};
-use super::{StageError, StageInput, StageName, Stats, check_import_keys, count, first_row};
+use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
+use super::{StageError, StageInput, StageName, Stats, count, first_row};
 use crate::pipeline::spec::ScoresImport;
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
@@ -46,14 +46,12 @@ async fn import_scores(
         Mapped { role: "sample_idx", column: &import.columns.sample_idx, kind: ColumnKind::Integer },
         Mapped { role: "reward", column: &import.columns.reward, kind: ColumnKind::Number },
     ];
-    let file = read_mapped(input.ctx, &import.path, import.format, input, &columns).await?;
-    input.ctx.register_table(IMPORTED, file.frame.into_view())?;
-    check_import_keys(input.ctx, IMPORTED, &file.url).await?;
+    let url = open_keyed_import(input, IMPORTED, &import.path, import.format, &columns).await?;
     let ambiguous = "SELECT prompt_id, sample_idx, COUNT(*) AS generations FROM generations \
                      GROUP BY prompt_id, sample_idx HAVING COUNT(*) > 1 ORDER BY prompt_id, sample_idx";
     if let Some(row) = first_row(input.ctx, ambiguous, "generations").await? {
         return Err(StageError::Input {
-            file: file.url,
+            file: url,
             problem: format!(
                 "cannot match rewards by (prompt_id, sample_idx): the generations table has several rows for {row}"
             ),
@@ -64,22 +62,21 @@ async fn import_scores(
         "SELECT g.generation_id, s.reward, s.prompt_id, s.sample_idx FROM {IMPORTED} AS s \
          JOIN generations AS g ON g.prompt_id = s.prompt_id AND g.sample_idx = s.sample_idx ORDER BY g.generation_id"
     );
-    let mut stream = crate::store::session::query(input.ctx, &matched, &file.url).await?.execute_stream().await?;
+    let mut stream = crate::store::session::query(input.ctx, &matched, &url).await?.execute_stream().await?;
     let mut nulls = 0;
     while let Some(batch) = stream.next().await {
-        let batch = plain_strings(
-            &batch.map_err(|source| StoreError::Query { context: format!("importing {}", file.url), source })?,
-        );
-        nulls += check_rewards(&batch, &file.url, &import.columns.reward)?;
+        let batch =
+            plain_strings(&batch.map_err(|source| StoreError::Query { context: format!("importing {url}"), source })?);
+        nulls += check_rewards(&batch, &url, &import.columns.reward)?;
         sink.write(&scores_batch(&batch, &label)?).await?;
         input.progress.set_position(sink.rows());
     }
-    let total = count(input.ctx, &format!("SELECT COUNT(*) FROM {IMPORTED}"), &file.url).await?;
+    let total = count(input.ctx, &format!("SELECT COUNT(*) FROM {IMPORTED}"), &url).await?;
     let generations = count(input.ctx, "SELECT COUNT(*) FROM generations", "generations").await?;
     let written = sink.rows();
     if written == 0 && total > 0 {
         return Err(StageError::Input {
-            file: file.url,
+            file: url,
             problem: format!("none of its {total} rows matches a generation by (prompt_id, sample_idx)"),
         });
     }
