@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod ids;
 pub mod langs;
+pub mod model;
 pub mod pipeline;
 pub mod stages;
 pub mod store;

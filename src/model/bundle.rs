@@ -1,0 +1,289 @@
+//! Reading and verifying a model bundle: one directory with a manifest
+//! (`croco-model.toml`), a tokenizer, a safetensors weight file, ONNX graphs
+//! and parity fixtures. The format is specified in `docs/bundle-format.md`;
+//! `tools/export` writes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ModelError;
+use crate::ids::sha256_hex;
+
+/// File name of the manifest inside a bundle.
+pub const MANIFEST_FILE: &str = "croco-model.toml";
+/// The only `format` value of a bundle manifest.
+const FORMAT: &str = "croco-model";
+/// The newest `format_version` this build reads.
+const FORMAT_VERSION: u32 = 1;
+
+/// What a bundle is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleKind {
+    /// A causal LM that generates and is tuned.
+    Policy,
+    /// A sequence classifier that scores (prompt, response).
+    Reward,
+}
+
+impl BundleKind {
+    /// Graphs a bundle of this kind must have.
+    pub fn required_graphs(self) -> &'static [&'static str] {
+        match self {
+            BundleKind::Policy => &["decode", "logprob"],
+            BundleKind::Reward => &["score"],
+        }
+    }
+
+    /// Parity fixtures a bundle of this kind must ship (in its parity dir).
+    pub fn required_fixtures(self) -> &'static [&'static str] {
+        match self {
+            BundleKind::Policy => &["tokenizer.json", "greedy.json", "logprob.json"],
+            BundleKind::Reward => &["tokenizer.json", "score.json"],
+        }
+    }
+}
+
+/// `[architecture]`: the transformer's numbers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Architecture {
+    /// Hugging Face `model_type`.
+    pub family: String,
+    /// Vocabulary size (last dim of `logits`).
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Longest configured context.
+    pub max_position_embeddings: usize,
+}
+
+/// `[tokenizer]`: special token ids.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizerSpec {
+    /// The tokenizer file, relative to the bundle.
+    pub file: String,
+    /// End-of-sequence id.
+    pub eos_token_id: i64,
+    /// Padding id.
+    pub pad_token_id: i64,
+    /// Generation stops after any of these.
+    pub stop_token_ids: Vec<i64>,
+    /// Every special token and its id.
+    pub special_tokens: BTreeMap<String, i64>,
+}
+
+/// `[chat]`: how a prompt and a response become text.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatSpec {
+    /// The whole exchange, with `{prompt}` and `{response}`.
+    pub template: String,
+    /// `template` cut before `{response}`.
+    pub prompt_template: String,
+    /// Whether the tokenizer adds special tokens itself.
+    pub add_special_tokens: bool,
+}
+
+/// One tensor of `[weights]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TensorSpec {
+    /// State-dict name.
+    pub name: String,
+    /// Element type.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// `[weights]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WeightsSpec {
+    /// The safetensors file.
+    pub file: String,
+    /// Tensors in graph-input order.
+    pub tensors: Vec<TensorSpec>,
+}
+
+/// One input or output of a graph.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IoSpec {
+    /// Name in the ONNX graph.
+    pub name: String,
+    /// Element type.
+    pub dtype: String,
+}
+
+/// `[graphs.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GraphSpec {
+    /// The `.onnx` file.
+    pub file: String,
+    /// Data inputs, in graph order (weight inputs follow).
+    pub inputs: Vec<IoSpec>,
+    /// Outputs, in graph order.
+    pub outputs: Vec<IoSpec>,
+}
+
+/// `[parity]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ParitySpec {
+    /// Directory of the fixtures, relative to the bundle.
+    pub dir: String,
+    /// Absolute tolerance the fixtures hold to.
+    pub atol: f64,
+}
+
+/// One entry of `[files]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FileEntry {
+    /// Hex sha256 of the file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// `[lora]`: which weights LoRA adapters may target.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoraSpec {
+    /// Module names (`q_proj`, ...).
+    pub target_modules: Vec<String>,
+    /// The weight names those modules cover.
+    pub target_weights: Vec<String>,
+}
+
+/// A parsed `croco-model.toml`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BundleManifest {
+    /// Always `croco-model`.
+    pub format: String,
+    /// Format version.
+    pub format_version: u32,
+    /// Policy or reward.
+    pub kind: BundleKind,
+    /// Free-form name.
+    pub name: String,
+    /// The transformer's numbers.
+    pub architecture: Architecture,
+    /// Tokenizer file and special ids.
+    pub tokenizer: TokenizerSpec,
+    /// Chat template.
+    pub chat: ChatSpec,
+    /// Weight file and tensors.
+    pub weights: WeightsSpec,
+    /// LoRA targets (policies).
+    #[serde(default)]
+    pub lora: Option<LoraSpec>,
+    /// Graphs by name.
+    pub graphs: BTreeMap<String, GraphSpec>,
+    /// Parity fixtures.
+    pub parity: ParitySpec,
+    /// Every file except the manifest, with its checksum.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// How thoroughly [`Bundle::open`] checks the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Sizes only (cheap; every load).
+    Sizes,
+    /// Sizes and sha256 of every file.
+    Checksums,
+}
+
+/// An opened, verified bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: BundleManifest,
+    /// sha256 of the manifest file: the bundle's identity, since the manifest
+    /// holds the checksum of every other file.
+    pub checksum: String,
+}
+
+impl Bundle {
+    /// Reads the manifest of the bundle in `dir` and verifies the bundle:
+    /// format, the graphs and fixtures its kind needs, every listed file.
+    pub fn open(dir: &Path, verify: Verify) -> Result<Bundle, ModelError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let manifest: BundleManifest =
+            toml::from_slice(&text).map_err(|e| ModelError::Manifest { path: path.clone(), message: e.to_string() })?;
+        let bundle = Bundle { dir: dir.to_path_buf(), manifest, checksum: sha256_hex(&text) };
+        bundle.check_format()?;
+        bundle.check_files(verify)?;
+        Ok(bundle)
+    }
+
+    fn invalid(&self, problem: impl Into<String>) -> ModelError {
+        ModelError::Invalid { dir: self.dir.clone(), problem: problem.into() }
+    }
+
+    fn check_format(&self) -> Result<(), ModelError> {
+        let m = &self.manifest;
+        if m.format != FORMAT {
+            return Err(self.invalid(format!("`format` is `{}`, expected `{FORMAT}`", m.format)));
+        }
+        if m.format_version > FORMAT_VERSION {
+            return Err(self.invalid(format!(
+                "`format_version` {} is newer than this croco reads ({FORMAT_VERSION})",
+                m.format_version
+            )));
+        }
+        for graph in m.kind.required_graphs() {
+            if !m.graphs.contains_key(*graph) {
+                return Err(self.invalid(format!("a {:?} bundle needs the `{graph}` graph ([graphs.{graph}])", m.kind)));
+            }
+        }
+        let listed = |file: &str| m.files.contains_key(file);
+        let needed = [m.tokenizer.file.clone(), m.weights.file.clone()]
+            .into_iter()
+            .chain(m.graphs.values().map(|g| g.file.clone()))
+            .chain(m.kind.required_fixtures().iter().map(|f| format!("{}/{f}", m.parity.dir)));
+        for file in needed {
+            if !listed(&file) {
+                return Err(self.invalid(format!("`{file}` is not listed in [files]")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_files(&self, verify: Verify) -> Result<(), ModelError> {
+        for (name, entry) in &self.manifest.files {
+            let path = self.dir.join(name);
+            let found = std::fs::metadata(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            if found.len() != entry.bytes {
+                return Err(self.invalid(format!(
+                    "`{name}` has {} bytes, the manifest says {}",
+                    found.len(),
+                    entry.bytes
+                )));
+            }
+            if verify == Verify::Checksums {
+                let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+                let actual = sha256_hex(&bytes);
+                if actual != entry.sha256 {
+                    return Err(
+                        self.invalid(format!("`{name}` has sha256 {actual}, the manifest says {}", entry.sha256))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of a file of the bundle.
+    pub fn file(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+}

@@ -1,0 +1,1 @@
+"""croco export tool: Hugging Face checkpoints -> croco model bundles (ONNX + safetensors)."""

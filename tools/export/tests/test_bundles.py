@@ -1,0 +1,137 @@
+"""Committed demo bundles: checksums, manifest consistency and parity fixtures replayed in ONNX Runtime.
+
+Run from the repo root with the export venv:  /opt/export-venv/bin/python -m pytest tools/export/tests
+"""
+import hashlib
+import json
+import os
+import tomllib
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT
+
+MODELS = os.path.join(ROOT, "data", "models")
+BUNDLES = [b for b in ["policy", "reward"] if os.path.exists(os.path.join(MODELS, b, "croco-model.toml"))]
+
+
+def sha(p):
+    return hashlib.sha256(open(p, "rb").read()).hexdigest()
+
+
+def manifest(b):
+    return tomllib.load(open(os.path.join(MODELS, b, "croco-model.toml"), "rb"))
+
+
+@pytest.mark.parametrize("b", BUNDLES)
+def test_manifest_checksums(b):
+    man = manifest(b)
+    assert man["format"] == "croco-model" and man["format_version"] == 1 and man["kind"] == b
+    on_disk = set()
+    for root, _, fs in os.walk(os.path.join(MODELS, b)):
+        for f in fs:
+            on_disk.add(os.path.relpath(os.path.join(root, f), os.path.join(MODELS, b)))
+    assert on_disk - {"croco-model.toml"} == set(man["files"])
+    for rel, meta in man["files"].items():
+        p = os.path.join(MODELS, b, rel)
+        assert os.path.getsize(p) == meta["bytes"], rel
+        assert sha(p) == meta["sha256"], rel
+
+
+def test_checksums_file():
+    lines = open(os.path.join(MODELS, "checksums")).read().split("\n")
+    entries = [l.split("  ", 1) for l in lines if l]
+    assert {p.split("/")[0] for _, p in entries} == set(BUNDLES)
+    for h, p in entries:
+        assert sha(os.path.join(MODELS, p)) == h, p
+    for b in BUNDLES:  # the manifest's digests agree with the checksums file
+        for rel, meta in manifest(b)["files"].items():
+            assert [b + "/" + rel, meta["sha256"]] in [[p, h] for h, p in entries]
+
+
+def test_size_limit():
+    total = sum(os.path.getsize(os.path.join(r, f)) for b in BUNDLES for r, _, fs in os.walk(os.path.join(MODELS, b))
+                for f in fs)
+    assert total <= 30 * 1000 * 1000
+
+
+@pytest.mark.parametrize("b", BUNDLES)
+def test_weights_and_graph_io_match_manifest(b):
+    onnx = pytest.importorskip("onnx")
+    from safetensors.numpy import load_file
+
+    man = manifest(b)
+    W = load_file(os.path.join(MODELS, b, man["weights"]["file"]))
+    order = [t["name"] for t in man["weights"]["tensors"]]  # graph input order; the file's order is irrelevant
+    assert sorted(order) == sorted(W)
+    for t in man["weights"]["tensors"]:
+        assert list(W[t["name"]].shape) == t["shape"] and str(W[t["name"]].dtype) == t["dtype"]
+    assert set(man["graphs"]) == ({"decode", "logprob"} if b == "policy" else {"score"})
+    for g in man["graphs"].values():
+        m = onnx.load(os.path.join(MODELS, b, g["file"]), load_external_data=False)
+        names = [i.name for i in m.graph.input]
+        assert names == [i["name"] for i in g["inputs"]] + order
+        assert [o.name for o in m.graph.output] == [o["name"] for o in g["outputs"]]
+        for vi, spec in zip(list(m.graph.input) + list(m.graph.output), g["inputs"] + [None] * len(order) + g["outputs"]):
+            if spec is None:
+                continue
+            dims = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+            assert dims == spec["shape"], (vi.name, dims, spec["shape"])
+    tok = json.load(open(os.path.join(MODELS, b, "tokenizer.json")))
+    added = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    for t, i in man["tokenizer"]["special_tokens"].items():
+        assert added[t] == i
+
+
+@pytest.mark.parametrize("b", BUNDLES)
+def test_tokenizer_fixture(b):
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(os.path.join(MODELS, b, "tokenizer.json"))
+    fx = json.load(open(os.path.join(MODELS, b, "parity", "tokenizer.json")))
+    for c in fx["cases"]:
+        assert tok.encode(c["text"], add_special_tokens=fx["add_special_tokens"]).ids == c["ids"]
+
+
+def _sess_and_weights(b, graph):
+    ort = pytest.importorskip("onnxruntime")
+    from safetensors.numpy import load_file
+
+    from tools.export.export import ort_session
+
+    man = manifest(b)
+    return man, ort_session(os.path.join(MODELS, b, man["graphs"][graph]["file"])), \
+        load_file(os.path.join(MODELS, b, man["weights"]["file"]))
+
+
+@pytest.mark.skipif("policy" not in BUNDLES, reason="no policy bundle")
+def test_policy_greedy_fixture_replays():
+    from tools.export.export import ort_greedy
+
+    man, sess, W = _sess_and_weights("policy", "decode")
+    fx = json.load(open(os.path.join(MODELS, "policy", "parity", "greedy.json")))
+    assert any(len(c["prompts"]) > 1 and 0 in sum(c["attention_mask"], []) for c in fx["cases"]), "no left-padded case"
+    for c in fx["cases"]:
+        toks, logits = ort_greedy(sess, W, man["architecture"], np.array(c["input_ids"]), np.array(c["attention_mask"]),
+                                  c["max_new_tokens"], c["stop_token_ids"], c["pad_token_id"])
+        assert toks == c["expected_tokens"], c["name"]
+        np.testing.assert_allclose(logits[0][:, :16], c["expected_first_step_logits_head"], atol=fx["atol"], rtol=0)
+
+
+@pytest.mark.skipif("policy" not in BUNDLES, reason="no policy bundle")
+def test_policy_logprob_fixture():
+    man, sess, W = _sess_and_weights("policy", "logprob")
+    fx = json.load(open(os.path.join(MODELS, "policy", "parity", "logprob.json")))
+    tl, s = sess.run(None, {"input_ids": np.array(fx["input_ids"]), "attention_mask": np.array(fx["attention_mask"]),
+                            "response_mask": np.array(fx["response_mask"]), **W})
+    np.testing.assert_allclose(tl, fx["expected_token_logprobs"], atol=fx["atol"], rtol=0)
+    np.testing.assert_allclose(s, fx["expected_logprob_sum"], atol=fx["atol"], rtol=0)
+
+
+@pytest.mark.skipif("reward" not in BUNDLES, reason="no reward bundle")
+def test_reward_score_fixture():
+    man, sess, W = _sess_and_weights("reward", "score")
+    fx = json.load(open(os.path.join(MODELS, "reward", "parity", "score.json")))
+    (sc,) = sess.run(None, {"input_ids": np.array(fx["input_ids"]), "attention_mask": np.array(fx["attention_mask"]), **W})
+    np.testing.assert_allclose(sc, fx["expected_scores"], atol=fx["atol"], rtol=0)
+    np.testing.assert_allclose(sc, fx["expected_scores_unpadded"], atol=fx["atol"], rtol=0)
