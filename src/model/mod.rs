@@ -2,6 +2,13 @@
 //! ONNX Runtime sessions that generate, score and compute log-probs.
 
 pub mod bundle;
+pub mod graph;
+pub mod policy;
+pub mod reward;
+pub mod runtime;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
 
 use std::path::PathBuf;
 
@@ -14,6 +21,15 @@ pub enum ModelError {
     /// The manifest is not valid TOML of the bundle format.
     #[error("{}: {message}", path.display())]
     Manifest { path: PathBuf, message: String },
+    /// Tokenizing or detokenizing failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// ONNX Runtime could not be found or started.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    /// A session could not be built or run.
+    #[error("{}: {message}", path.display())]
+    Session { path: PathBuf, message: String },
     /// The bundle is readable but does not hold together.
     #[error("bundle {}: {problem}", dir.display())]
     Invalid { dir: PathBuf, problem: String },

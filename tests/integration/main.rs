@@ -4,6 +4,7 @@ mod bundles;
 mod cli;
 mod imports;
 mod interop;
+mod model_parity;
 mod pairs_rule;
 mod slt;
 mod spec_corpus;

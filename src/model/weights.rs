@@ -1,0 +1,51 @@
+//! A bundle's weights as ONNX Runtime values, loaded once and bound to every
+//! graph of the bundle (the graphs take the weights as inputs).
+
+use ort::value::{DynValue, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+use super::ModelError;
+use super::bundle::Bundle;
+
+/// Named weight tensors in the manifest's (graph-input) order.
+pub struct Weights {
+    /// (name, value) pairs.
+    pub tensors: Vec<(String, DynValue)>,
+}
+
+impl Weights {
+    /// Reads the bundle's safetensors file and checks that it holds exactly
+    /// the manifest's tensors, with the manifest's shapes, as float32.
+    pub fn load(bundle: &Bundle) -> Result<Weights, ModelError> {
+        let spec = &bundle.manifest.weights;
+        let path = bundle.file(&spec.file);
+        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let invalid = |problem: String| ModelError::Invalid { dir: bundle.dir.clone(), problem };
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| invalid(format!("`{}`: {e}", spec.file)))?;
+        if let Some(extra) = file.names().into_iter().find(|name| !spec.tensors.iter().any(|t| t.name == *name)) {
+            return Err(invalid(format!("`{}` holds tensor `{extra}`, which the manifest does not list", spec.file)));
+        }
+        let mut tensors = Vec::with_capacity(spec.tensors.len());
+        for tensor in &spec.tensors {
+            let view = file
+                .tensor(&tensor.name)
+                .map_err(|_| invalid(format!("`{}` lacks tensor `{}`", spec.file, tensor.name)))?;
+            if view.dtype() != Dtype::F32 || view.shape() != tensor.shape.as_slice() {
+                return Err(invalid(format!(
+                    "tensor `{}` is {:?} {:?} in `{}`, the manifest says float32 {:?}",
+                    tensor.name,
+                    view.dtype(),
+                    view.shape(),
+                    spec.file,
+                    tensor.shape
+                )));
+            }
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let value = Tensor::from_array((tensor.shape.clone(), values))
+                .map_err(|e| invalid(format!("tensor `{}`: {e}", tensor.name)))?;
+            tensors.push((tensor.name.clone(), value.into_dyn()));
+        }
+        Ok(Weights { tensors })
+    }
+}
