@@ -31,6 +31,9 @@ pub fn next_token(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng)
     if params.temperature <= 0.0 {
         return argmax(logits) as i64;
     }
+    if params.top_k.is_none() && params.top_p >= 1.0 {
+        return sample_full(logits, params.temperature, rng);
+    }
     // Candidates sorted by logit, best first; ties keep the lower id.
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
@@ -58,6 +61,22 @@ pub fn next_token(logits: &[f32], params: &SamplingParams, rng: &mut ChaCha8Rng)
         }
     }
     order[kept - 1] as i64
+}
+
+/// Samples from the whole distribution in one pass over the vocabulary (the
+/// recipe's setting: temperature 1, no top-k, top-p 1), without sorting.
+fn sample_full(logits: &[f32], temperature: f64, rng: &mut ChaCha8Rng) -> i64 {
+    let best = f64::from(logits[argmax(logits)]);
+    let weight = |x: f32| ((f64::from(x) - best) / temperature).exp();
+    let total: f64 = logits.iter().map(|&x| weight(x)).sum();
+    let mut draw = rng.random::<f64>() * total;
+    for (i, &x) in logits.iter().enumerate() {
+        draw -= weight(x);
+        if draw < 0.0 {
+            return i as i64;
+        }
+    }
+    argmax(logits) as i64
 }
 
 /// Index of the largest logit; the first one on ties (as torch's argmax).

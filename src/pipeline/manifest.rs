@@ -45,6 +45,9 @@ pub struct Manifest {
     pub inputs: BTreeMap<String, String>,
     /// Files read from outside the root.
     pub external: Vec<ExternalInput>,
+    /// Model bundles used, by role: the sha256 of each bundle's manifest.
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
     /// Committed Parquet parts.
     pub parts: Vec<PartInfo>,
     /// Total rows.

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::manifest::{self, ExternalInput, Manifest};
 use super::validate::LoadedSpec;
 use crate::ids::{sha256_hex, stable_id};
+use crate::model::bundle::{Bundle, Verify};
 use crate::stages::StageName;
 use crate::store::storage::resolve_input;
 use crate::store::{Storage, StoreError, Table};
@@ -37,6 +38,8 @@ pub struct PlannedStage {
     pub inputs: BTreeMap<String, String>,
     /// Files it reads from outside the root.
     pub external: Vec<ExternalInput>,
+    /// Model bundles it runs, by role: their checksums.
+    pub models: BTreeMap<String, String>,
 }
 
 /// Whether a stage's output is up to date.
@@ -68,6 +71,9 @@ pub enum PlanError {
     /// Storage could not be opened or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A model bundle named in `[models]` is unusable.
+    #[error("{file}: `models.{role}`: {source}")]
+    Model { file: String, role: String, source: crate::model::ModelError },
     /// An input file named in the pipeline cannot be read.
     #[error("{file}: `{key}`: cannot read `{location}`: {reason}")]
     MissingInput { file: String, key: String, location: String, reason: String },
@@ -94,8 +100,9 @@ impl Plan {
             for (key, location) in stage.external_inputs(&loaded.spec) {
                 external.push(fingerprint(&loaded, &key, &location).await?);
             }
-            let key = content_key(stage, &params, &inputs, &external);
-            stages.push(PlannedStage { stage, key, params, inputs, external });
+            let models = bundle_checksums(&loaded, stage)?;
+            let key = content_key(stage, &params, &inputs, &external, &models);
+            stages.push(PlannedStage { stage, key, params, inputs, external, models });
         }
         Ok(Plan { loaded, storage, stages })
     }
@@ -125,6 +132,7 @@ fn content_key(
     params: &serde_json::Value,
     inputs: &BTreeMap<String, String>,
     external: &[ExternalInput],
+    models: &BTreeMap<String, String>,
 ) -> String {
     let table: Table = stage.writes();
     let fingerprints: Vec<&str> = external.iter().map(|e| e.fingerprint.as_str()).collect();
@@ -134,10 +142,26 @@ fn content_key(
         "params": params,
         "inputs": inputs,
         "external": fingerprints,
+        "models": models,
         "table": table.name(),
         "schema_version": table.schema().version,
     });
     stable_id(&[&material.to_string()])
+}
+
+/// The checksums of the bundles `stage` runs (cheap: the manifest's sha256
+/// and the files' sizes; the stage verifies more when it loads them).
+fn bundle_checksums(loaded: &LoadedSpec, stage: StageName) -> Result<BTreeMap<String, String>, PlanError> {
+    stage
+        .models(&loaded.spec)
+        .into_iter()
+        .map(|(role, location)| {
+            let bundle = Bundle::open(&loaded.base_dir.join(&location), Verify::Sizes).map_err(|source| {
+                PlanError::Model { file: loaded.file.display().to_string(), role: role.to_string(), source }
+            })?;
+            Ok((role.to_string(), bundle.checksum))
+        })
+        .collect()
 }
 
 /// Fingerprints an input file: the sha256 of a local file's content, the

@@ -104,7 +104,9 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
         register_version(&ctx, &plan.storage, table, key, &input.parts, table.name()).await?;
     }
     let progress = progress_bar(stage.stage, options.progress);
-    let input = StageInput { ctx: &ctx, spec: &plan.loaded.spec, base_dir: &plan.loaded.base_dir, progress: &progress };
+    let resume = !options.force && options.only.is_none();
+    let input =
+        StageInput { ctx: &ctx, spec: &plan.loaded.spec, base_dir: &plan.loaded.base_dir, progress: &progress, resume };
     let mut writer = TableWriter::new(&plan.storage, stage.stage.writes(), &stage.key, &attempt_nonce());
     let stats = match stages::run(stage.stage, &input, &mut writer).await {
         Ok(stats) => stats,
@@ -127,6 +129,7 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
         params: stage.params.clone(),
         inputs: stage.inputs.clone(),
         external: stage.external.clone(),
+        models: stage.models.clone(),
         parts,
         rows,
         stats: stats.clone(),
@@ -148,7 +151,8 @@ fn progress_bar(stage: StageName, visible: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix}: {pos} rows ({per_sec}, {elapsed})").expect("static template"),
+        ProgressStyle::with_template("{spinner} {prefix}: {pos} rows ({per_sec}, {elapsed}) {msg}")
+            .expect("static template"),
     );
     bar.set_prefix(stage.name());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));

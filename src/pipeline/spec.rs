@@ -37,6 +37,16 @@ pub struct RunSpec {
     /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`). Keep secrets in the environment, not here.
     #[serde(default)]
     pub storage: crate::store::storage::StorageOptions,
+    /// Where model stages run: `auto` (CUDA when its provider loads, else CPU), `cpu` or `cuda`.
+    /// Not part of any table key.
+    #[serde(default)]
+    pub device: crate::model::runtime::Device,
+    /// CUDA device id.
+    #[serde(default)]
+    pub device_id: i32,
+    /// Intra-op threads of each ONNX Runtime session (0: ONNX Runtime's default).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 /// `[models]`: model bundle directories by role (paths relative to the pipeline file, or URLs).
@@ -183,9 +193,43 @@ pub struct GenerateParams {
     /// Base seed; each (prompt, sample) derives its own.
     #[serde(default)]
     pub seed: u64,
-    /// Prompts per batch.
+    /// Prompts per batch (each expands to `samples` rows after prefill).
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
+    /// Which prompts to answer: the `train` split (default), `eval`, or `all`.
+    #[serde(default)]
+    pub split: SplitFilter,
+    /// Prompts per committed part: a crashed run resumes after the last committed part.
+    #[serde(default = "default_prompts_per_part")]
+    pub prompts_per_part: u32,
+}
+
+fn default_prompts_per_part() -> u32 {
+    64
+}
+
+/// Which split of the prompts table a stage reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitFilter {
+    /// Training prompts.
+    #[default]
+    Train,
+    /// Held-out prompts.
+    Eval,
+    /// Every prompt.
+    All,
+}
+
+impl SplitFilter {
+    /// SQL condition on the `split` column.
+    pub fn sql(self) -> &'static str {
+        match self {
+            SplitFilter::Train => "split = 'train'",
+            SplitFilter::Eval => "split = 'eval'",
+            SplitFilter::All => "TRUE",
+        }
+    }
 }
 
 fn default_samples() -> u32 {
@@ -246,9 +290,16 @@ pub struct ScoreParams {
     /// Import rewards from a file instead of running the reward model.
     #[serde(default)]
     pub import: Option<ScoresImport>,
-    /// Sequences per batch.
+    /// Sequences per batch (batches are formed from sequences of similar length).
     #[serde(default = "default_score_batch_size")]
     pub batch_size: u32,
+    /// Generations per committed part: a crashed run resumes after the last committed part.
+    #[serde(default = "default_rows_per_part")]
+    pub rows_per_part: u32,
+}
+
+fn default_rows_per_part() -> u32 {
+    2048
 }
 
 fn default_score_batch_size() -> u32 {
@@ -383,11 +434,31 @@ impl StagesSpec {
                 check_format("stages.score.import", &import.path, import.format, &mut problems);
             }
             positive("stages.score.batch_size", score.batch_size, &mut problems);
+            positive("stages.score.rows_per_part", score.rows_per_part, &mut problems);
         }
         if let Some(pairs) = &self.pairs
             && (!pairs.min_margin.is_finite() || pairs.min_margin < 0.0)
         {
             problems.push(("stages.pairs.min_margin".into(), "must be a finite number >= 0".into()));
+        }
+        problems
+    }
+
+    /// Checks that model stages have their bundle: `generate` without an
+    /// import needs `models.policy`, `score` without an import `models.reward`.
+    pub fn model_problems(&self, models: &ModelsSpec) -> Vec<ValueProblem> {
+        let mut problems = Vec::new();
+        if self.generate.as_ref().is_some_and(|g| g.import.is_none()) && models.policy.is_none() {
+            problems.push((
+                "stages.generate".into(),
+                "samples the policy: set `policy` in [models] (or import responses)".into(),
+            ));
+        }
+        if self.score.as_ref().is_some_and(|s| s.import.is_none()) && models.reward.is_none() {
+            problems.push((
+                "stages.score".into(),
+                "runs the reward model: set `reward` in [models] (or import rewards)".into(),
+            ));
         }
         problems
     }
@@ -423,6 +494,7 @@ impl GenerateParams {
         positive("stages.generate.samples", self.samples, problems);
         positive("stages.generate.max_new_tokens", self.max_new_tokens, problems);
         positive("stages.generate.batch_size", self.batch_size, problems);
+        positive("stages.generate.prompts_per_part", self.prompts_per_part, problems);
         if let Some(top_k) = self.top_k {
             positive("stages.generate.top_k", top_k, problems);
         }

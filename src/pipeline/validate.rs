@@ -154,6 +154,9 @@ fn read_sections(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<
         None => Some(ModelsSpec::default()),
     };
     let stages = read_stages(document, problems);
+    if let (Some(stages), Some(models)) = (&stages, &models) {
+        problems.locate_all(document, stages.model_problems(models));
+    }
     Some(PipelineSpec { run: run?, models: models?, stages: stages? })
 }
 

@@ -1,19 +1,26 @@
 //! The generate stage: responses for every prompt.
 //!
-//! This build imports responses made elsewhere (`[stages.generate.import]`),
-//! matched to the prompts table by `prompt_id`. Sampling the policy itself
-//! needs the ONNX Runtime model layer, which is not part of this build yet;
-//! asking for it is a clear error rather than a silent fallback.
+//! Either the policy samples K responses per prompt on ONNX Runtime (the
+//! recipe's on-policy self-generations), or responses made elsewhere are
+//! imported (`[stages.generate.import]`) and matched to the prompts table by
+//! `prompt_id`.
+//!
+//! Sampling is resumable: prompts are taken in `prompt_id` order in chunks of
+//! `prompts_per_part`, each chunk committed as its own part; a rerun after a
+//! crash skips committed chunks. Every (prompt, sample) draws from its own
+//! seeded RNG, so the rerun produces exactly the rows an uninterrupted run has.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use futures::StreamExt;
 
 use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
-use super::{StageError, StageInput, StageName, Stats, count};
+use super::{StageError, StageInput, Stats, count};
 use crate::ids::stable_id;
-use crate::pipeline::spec::GenerationsImport;
+use crate::model::policy::{Generated, GenerationRequest, Policy};
+use crate::model::sampling::SamplingParams;
+use crate::pipeline::spec::{GenerateParams, GenerationsImport, ResponseSource};
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
@@ -24,15 +31,199 @@ const IMPORTED: &str = "imported_generations";
 /// Runs the stage.
 pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
     let params = input.spec.stages.generate.as_ref().expect("the plan only runs configured stages");
-    let Some(import) = &params.import else {
-        return Err(StageError::Unsupported {
-            stage: StageName::Generate,
-            problem: "sampling the policy model needs the ONNX Runtime generation layer, which this build does not \
-                      include yet; import responses with a [stages.generate.import] section"
-                .into(),
-        });
-    };
-    import_generations(input, import, sink).await
+    match &params.import {
+        Some(import) => import_generations(input, import, sink).await,
+        None => sample_policy(input, params, sink).await,
+    }
+}
+
+/// A prompt to answer.
+struct PromptRow {
+    prompt_id: String,
+    source_id: String,
+    language: String,
+    text: String,
+}
+
+async fn sample_policy(
+    input: &StageInput<'_>,
+    params: &GenerateParams,
+    sink: &mut TableWriter,
+) -> Result<Stats, StageError> {
+    let bundle = input.bundle("policy", input.spec.models.policy.as_ref())?;
+    let policy_id = format!("bundle:{}", &bundle.checksum[..16]);
+    let mut policy = Policy::load(bundle, &input.session_config())?;
+    tracing::info!(target = ?policy.target(), "generate: policy loaded");
+    let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
+    let sql = format!(
+        "SELECT prompt_id, source_id, language, text FROM prompts WHERE {} ORDER BY prompt_id",
+        params.split.sql()
+    );
+    let mut stream = crate::store::session::query(input.ctx, &sql, "prompts").await?.execute_stream().await?;
+    let mut sampler =
+        Sampler { policy: &mut policy, params, policy_id, tokens: 0, started: std::time::Instant::now(), prompts: 0 };
+    let mut chunk: Vec<PromptRow> = Vec::new();
+    let mut chunk_index = 0u64;
+    let per_part = params.prompts_per_part as usize;
+    while let Some(batch) = stream.next().await {
+        let batch = plain_strings(&batch.map_err(|source| StoreError::Query { context: "prompts".into(), source })?);
+        let column = |name: &str| utf8(&batch, name).clone();
+        let (ids, sources, languages, texts) =
+            (column("prompt_id"), column("source_id"), column("language"), column("text"));
+        for i in 0..batch.num_rows() {
+            chunk.push(PromptRow {
+                prompt_id: ids.value(i).into(),
+                source_id: sources.value(i).into(),
+                language: languages.value(i).into(),
+                text: texts.value(i).into(),
+            });
+            if chunk.len() == per_part {
+                sampler.chunk(chunk_index, &std::mem::take(&mut chunk), &done, sink, input).await?;
+                chunk_index += 1;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        sampler.chunk(chunk_index, &chunk, &done, sink, input).await?;
+    }
+    Ok(super::stats([
+        ("prompts", sampler.prompts),
+        ("generations", sink.rows()),
+        ("resumed_parts", done.len() as u64),
+        ("new_tokens", sampler.tokens),
+    ]))
+}
+
+/// Generates chunk after chunk and turns the samples into rows.
+struct Sampler<'p> {
+    policy: &'p mut Policy,
+    params: &'p GenerateParams,
+    policy_id: String,
+    tokens: u64,
+    started: std::time::Instant,
+    prompts: u64,
+}
+
+impl Sampler<'_> {
+    async fn chunk(
+        &mut self,
+        index: u64,
+        prompts: &[PromptRow],
+        done: &std::collections::BTreeSet<u64>,
+        sink: &mut TableWriter,
+        input: &StageInput<'_>,
+    ) -> Result<(), StageError> {
+        self.prompts += prompts.len() as u64;
+        if done.contains(&index) {
+            return Ok(());
+        }
+        for batch in prompts.chunks(self.params.batch_size as usize) {
+            let rows = self.generate(batch)?;
+            sink.write(&rows).await?;
+            let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            input.progress.set_position(sink.rows());
+            input.progress.set_message(format!("{rate:.0} tokens/s"));
+        }
+        sink.commit_chunk(index).await?;
+        Ok(())
+    }
+
+    fn generate(&mut self, prompts: &[PromptRow]) -> Result<RecordBatch, StageError> {
+        let samples = self.params.samples as usize;
+        let requests = prompts
+            .iter()
+            .map(|p| {
+                let prompt = self.policy.tokenizer.encode_prompt(&p.text)?;
+                let seeds = (0..samples).map(|k| sample_seed(self.params.seed, &p.prompt_id, k)).collect();
+                Ok(GenerationRequest { prompt, seeds })
+            })
+            .collect::<Result<Vec<_>, crate::model::ModelError>>()?;
+        let sampling = SamplingParams {
+            temperature: self.params.temperature,
+            top_p: self.params.top_p,
+            top_k: self.params.top_k.map(|k| k as usize),
+        };
+        let generated = self.policy.generate(&requests, &sampling, self.params.max_new_tokens as usize)?;
+        let mut rows = GenerationRows::default();
+        for ((prompt, request), samples) in prompts.iter().zip(&requests).zip(generated) {
+            for (k, sample) in samples.into_iter().enumerate() {
+                self.tokens += sample.tokens.len() as u64 + u64::from(sample.stop_token.is_some());
+                let text = self.policy.tokenizer.decode(&sample.tokens)?;
+                rows.push(prompt, k, &self.policy_id, text, request, &sample);
+            }
+        }
+        rows.finish(self.params)
+    }
+}
+
+/// The RNG seed of sample `k` of a prompt: independent of batching and order.
+fn sample_seed(seed: u64, prompt_id: &str, k: usize) -> u64 {
+    u64::from_str_radix(&stable_id(&[&seed.to_string(), prompt_id, &k.to_string()]), 16).expect("16 hex digits")
+}
+
+/// Columns of sampled generations being assembled.
+#[derive(Default)]
+struct GenerationRows {
+    generation_id: Vec<String>,
+    prompt_id: Vec<String>,
+    source_id: Vec<String>,
+    language: Vec<String>,
+    sample_idx: Vec<i32>,
+    policy_id: Vec<String>,
+    text: Vec<String>,
+    prompt_tokens: Vec<i32>,
+    response_tokens: Vec<i32>,
+    finish_reason: Vec<&'static str>,
+    seed: Vec<u64>,
+}
+
+impl GenerationRows {
+    fn push(
+        &mut self,
+        prompt: &PromptRow,
+        k: usize,
+        policy_id: &str,
+        text: String,
+        request: &GenerationRequest,
+        sample: &Generated,
+    ) {
+        let source = ResponseSource::OnPolicy.as_str();
+        self.generation_id.push(stable_id(&[&prompt.prompt_id, source, policy_id, &k.to_string()]));
+        self.prompt_id.push(prompt.prompt_id.clone());
+        self.source_id.push(prompt.source_id.clone());
+        self.language.push(prompt.language.clone());
+        self.sample_idx.push(k as i32);
+        self.policy_id.push(policy_id.to_string());
+        self.text.push(text);
+        self.prompt_tokens.push(request.prompt.len() as i32);
+        self.response_tokens.push(sample.tokens.len() as i32);
+        self.finish_reason.push(sample.finish.as_str());
+        self.seed.push(request.seeds[k]);
+    }
+
+    fn finish(self, params: &GenerateParams) -> Result<RecordBatch, StageError> {
+        let n = self.text.len();
+        let strings = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let given: Vec<(&str, ArrayRef)> = vec![
+            ("generation_id", strings(self.generation_id)),
+            ("prompt_id", strings(self.prompt_id)),
+            ("source_id", strings(self.source_id)),
+            ("language", strings(self.language)),
+            ("sample_idx", Arc::new(Int32Array::from(self.sample_idx))),
+            ("source", Arc::new(StringArray::from(vec![ResponseSource::OnPolicy.as_str(); n]))),
+            ("policy_id", strings(self.policy_id)),
+            ("text", strings(self.text)),
+            ("prompt_tokens", Arc::new(Int32Array::from(self.prompt_tokens))),
+            ("response_tokens", Arc::new(Int32Array::from(self.response_tokens))),
+            ("finish_reason", Arc::new(StringArray::from(self.finish_reason))),
+            ("temperature", Arc::new(Float64Array::from(vec![params.temperature; n]))),
+            ("top_p", Arc::new(Float64Array::from(vec![params.top_p; n]))),
+            ("top_k", Arc::new(Int32Array::from(vec![params.top_k.map(|k| k as i32); n]))),
+            ("max_new_tokens", Arc::new(Int32Array::from(vec![params.max_new_tokens as i32; n]))),
+            ("seed", Arc::new(UInt64Array::from(self.seed))),
+        ];
+        Ok(Table::Generations.schema().assemble(given, n)?)
+    }
 }
 
 async fn import_generations(

@@ -62,7 +62,7 @@ impl StageName {
         match self {
             StageName::Prompts => &[],
             StageName::Generate => &[Table::Prompts],
-            StageName::Score => &[Table::Generations],
+            StageName::Score => &[Table::Prompts, Table::Generations],
             StageName::Pairs => &[Table::Prompts, Table::Generations, Table::Scores],
         }
     }
@@ -91,6 +91,22 @@ impl StageName {
             }
             (_, value) => value,
         }
+    }
+
+    /// The model bundles the stage runs, by role (`policy`, `reward`), as
+    /// written in `[models]`.
+    pub fn models(self, spec: &PipelineSpec) -> Vec<(&'static str, String)> {
+        let stages = &spec.stages;
+        let found = match self {
+            StageName::Generate if stages.generate.as_ref().is_some_and(|g| g.import.is_none()) => {
+                spec.models.policy.clone().map(|p| ("policy", p))
+            }
+            StageName::Score if stages.score.as_ref().is_some_and(|s| s.import.is_none()) => {
+                spec.models.reward.clone().map(|r| ("reward", r))
+            }
+            _ => None,
+        };
+        found.into_iter().collect()
     }
 
     /// Locations of the files the stage reads from outside the storage root,
@@ -134,6 +150,28 @@ pub struct StageInput<'a> {
     pub base_dir: &'a Path,
     /// Progress of the stage (rows written); hidden when not on a terminal.
     pub progress: &'a ProgressBar,
+    /// Whether to resume from chunks an interrupted attempt committed
+    /// (false when the run was forced).
+    pub resume: bool,
+}
+
+impl StageInput<'_> {
+    /// The session settings of model stages, from `[run]`.
+    pub fn session_config(&self) -> crate::model::runtime::SessionConfig {
+        let run = &self.spec.run;
+        crate::model::runtime::SessionConfig { device: run.device, device_id: run.device_id, threads: run.threads }
+    }
+
+    /// Opens the bundle of `role` named in `[models]`, relative to the pipeline file.
+    pub fn bundle(&self, role: &str, location: Option<&String>) -> Result<crate::model::bundle::Bundle, StageError> {
+        let location = location.ok_or_else(|| StageError::Input {
+            file: "[models]".into(),
+            problem: format!("no `{role}` bundle is configured"),
+        })?;
+        let bundle =
+            crate::model::bundle::Bundle::open(&self.base_dir.join(location), crate::model::bundle::Verify::Sizes)?;
+        Ok(bundle)
+    }
 }
 
 /// Errors inside a stage. Each names the file, column or row it concerns.
@@ -142,6 +180,9 @@ pub enum StageError {
     /// Storage or query failure.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A model could not be loaded or run.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// A batch does not fit its table's schema.
     #[error(transparent)]
     Schema(#[from] crate::store::SchemaError),
@@ -157,9 +198,6 @@ pub enum StageError {
     /// An input as a whole is unusable.
     #[error("{file}: {problem}")]
     Input { file: String, problem: String },
-    /// The pipeline asks the stage for something this build cannot do.
-    #[error("stage `{stage}`: {problem}")]
-    Unsupported { stage: StageName, problem: String },
 }
 
 /// Runs `stage`, writing its output into `sink`; returns its counts.

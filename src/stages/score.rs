@@ -1,8 +1,10 @@
 //! The score stage: one reward per generation.
 //!
-//! This build imports rewards computed elsewhere (`[stages.score.import]`),
-//! matched to generations by (prompt_id, sample_idx). Running the reward
-//! bundle needs the ONNX Runtime model layer, not part of this build yet.
+//! Either the reward bundle scores every (prompt, response) with its chat
+//! template on ONNX Runtime — in parts of `rows_per_part` generations, each
+//! committed on its own so a crashed run resumes, with batches formed from
+//! sequences of similar length — or rewards computed elsewhere are imported
+//! (`[stages.score.import]`) and matched by (prompt_id, sample_idx).
 //!
 //! A NaN or infinite reward is an error naming the row: it would otherwise
 //! poison every mean and std of its pool. A missing (null) reward is kept and
@@ -14,8 +16,9 @@ use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
 use futures::StreamExt;
 
 use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
-use super::{StageError, StageInput, StageName, Stats, count, first_row};
-use crate::pipeline::spec::ScoresImport;
+use super::{StageError, StageInput, Stats, count, first_row};
+use crate::model::reward::RewardModel;
+use crate::pipeline::spec::{ScoreParams, ScoresImport};
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
@@ -25,15 +28,115 @@ const IMPORTED: &str = "imported_scores";
 /// Runs the stage.
 pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
     let params = input.spec.stages.score.as_ref().expect("the plan only runs configured stages");
-    let Some(import) = &params.import else {
-        return Err(StageError::Unsupported {
-            stage: StageName::Score,
-            problem: "scoring with the reward model needs the ONNX Runtime scoring layer, which this build does not \
-                      include yet; import rewards with a [stages.score.import] section"
-                .into(),
-        });
-    };
-    import_scores(input, import, sink).await
+    match &params.import {
+        Some(import) => import_scores(input, import, sink).await,
+        None => score_with_model(input, params, sink).await,
+    }
+}
+
+/// One response to score.
+struct Exchange {
+    generation_id: String,
+    prompt: String,
+    response: String,
+}
+
+async fn score_with_model(
+    input: &StageInput<'_>,
+    params: &ScoreParams,
+    sink: &mut TableWriter,
+) -> Result<Stats, StageError> {
+    let bundle = input.bundle("reward", input.spec.models.reward.as_ref())?;
+    let label = format!("bundle:{}", &bundle.checksum[..16]);
+    let mut model = RewardModel::load(bundle, &input.session_config())?;
+    let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
+    let sql = "SELECT g.generation_id, p.text AS prompt, g.text AS response FROM generations AS g \
+               JOIN prompts AS p ON p.prompt_id = g.prompt_id ORDER BY g.generation_id";
+    let mut stream = crate::store::session::query(input.ctx, sql, "generations").await?.execute_stream().await?;
+    let mut chunk: Vec<Exchange> = Vec::new();
+    let mut index = 0u64;
+    let mut scorer = Scorer { model: &mut model, label: &label, batch_size: params.batch_size as usize, scored: 0 };
+    while let Some(batch) = stream.next().await {
+        let batch =
+            plain_strings(&batch.map_err(|source| StoreError::Query { context: "generations".into(), source })?);
+        let column = |name: &str| string_column(&batch, name).clone();
+        let (ids, prompts, responses) = (column("generation_id"), column("prompt"), column("response"));
+        for i in 0..batch.num_rows() {
+            chunk.push(Exchange {
+                generation_id: ids.value(i).into(),
+                prompt: prompts.value(i).into(),
+                response: responses.value(i).into(),
+            });
+            if chunk.len() == params.rows_per_part as usize {
+                scorer.chunk(index, &std::mem::take(&mut chunk), &done, sink, input).await?;
+                index += 1;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        scorer.chunk(index, &chunk, &done, sink, input).await?;
+    }
+    Ok(super::stats([("scores", sink.rows()), ("scored_now", scorer.scored), ("resumed_parts", done.len() as u64)]))
+}
+
+struct Scorer<'m> {
+    model: &'m mut RewardModel,
+    label: &'m str,
+    batch_size: usize,
+    scored: u64,
+}
+
+impl Scorer<'_> {
+    async fn chunk(
+        &mut self,
+        index: u64,
+        exchanges: &[Exchange],
+        done: &std::collections::BTreeSet<u64>,
+        sink: &mut TableWriter,
+        input: &StageInput<'_>,
+    ) -> Result<(), StageError> {
+        if done.contains(&index) {
+            return Ok(());
+        }
+        let rewards = self.score(exchanges)?;
+        let ids: Vec<&str> = exchanges.iter().map(|e| e.generation_id.as_str()).collect();
+        let given: Vec<(&str, ArrayRef)> = vec![
+            ("generation_id", Arc::new(StringArray::from(ids))),
+            ("reward", Arc::new(Float64Array::from(rewards))),
+            ("reward_model", Arc::new(StringArray::from(vec![self.label; exchanges.len()]))),
+        ];
+        sink.write(&Table::Scores.schema().assemble(given, exchanges.len())?).await?;
+        sink.commit_chunk(index).await?;
+        self.scored += exchanges.len() as u64;
+        input.progress.set_position(sink.rows());
+        Ok(())
+    }
+
+    /// Rewards in `exchanges` order; batches group sequences of similar
+    /// length so little compute goes to padding.
+    fn score(&mut self, exchanges: &[Exchange]) -> Result<Vec<f64>, StageError> {
+        let encoded = exchanges
+            .iter()
+            .map(|e| self.model.tokenizer.encode_exchange(&e.prompt, &e.response).map(|(ids, _)| ids))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut order: Vec<usize> = (0..encoded.len()).collect();
+        order.sort_by_key(|&i| encoded[i].len());
+        let mut rewards = vec![0.0; encoded.len()];
+        for batch in order.chunks(self.batch_size) {
+            let sequences: Vec<Vec<i64>> = batch.iter().map(|&i| encoded[i].clone()).collect();
+            for (&i, score) in batch.iter().zip(self.model.score_ids(&sequences)?) {
+                if !score.is_finite() {
+                    return Err(StageError::Row {
+                        file: "reward model output".into(),
+                        row: format!("generation_id={}", exchanges[i].generation_id),
+                        problem: format!("the reward is {score}; rewards must be finite"),
+                    });
+                }
+                rewards[i] = f64::from(score);
+            }
+        }
+        Ok(rewards)
+    }
 }
 
 async fn import_scores(
@@ -104,6 +207,10 @@ fn check_rewards(batch: &RecordBatch, file: &str, column: &str) -> Result<u64, S
         });
     }
     Ok(rewards.null_count() as u64)
+}
+
+fn string_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b StringArray {
+    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>()).expect("selected as Utf8")
 }
 
 fn float_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b Float64Array {

@@ -48,6 +48,18 @@ pub struct TableWriter {
     rows_per_part: usize,
     current: Option<(AsyncArrowWriter<BufWriter>, String, u64)>,
     parts: Vec<PartInfo>,
+    /// Parts before this index belong to committed chunks and survive an abort.
+    checkpointed: usize,
+}
+
+/// Directory (inside a version directory) of chunk markers.
+const CHUNKS_DIR: &str = "_chunks";
+
+/// The record that chunk `chunk` of a resumable stage is durably written.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChunkMarker {
+    chunk: u64,
+    parts: Vec<PartInfo>,
 }
 
 impl TableWriter {
@@ -62,6 +74,7 @@ impl TableWriter {
             rows_per_part: DEFAULT_ROWS_PER_PART,
             current: None,
             parts: Vec::new(),
+            checkpointed: 0,
         }
     }
 
@@ -136,8 +149,42 @@ impl TableWriter {
         Ok(self.parts)
     }
 
-    /// Best-effort removal of the parts written so far, after a failure: they
-    /// are invisible anyway, this only saves space.
+    /// Loads the chunks an earlier, interrupted attempt at this version
+    /// committed (see [`TableWriter::commit_chunk`]): their parts become part of
+    /// this writer's output, and the stage skips their work.
+    pub async fn resume_chunks(&mut self) -> Result<std::collections::BTreeSet<u64>, StoreError> {
+        let dir = self.storage.path(&format!("{}/{CHUNKS_DIR}", self.dir));
+        let mut markers = Vec::new();
+        for object in self.storage.list(&dir).await? {
+            let Some(bytes) = self.storage.get_if_exists(&object.location).await? else { continue };
+            let marker: ChunkMarker = serde_json::from_slice(&bytes)
+                .map_err(|source| StoreError::Json { url: self.storage.url_of(&object.location), source })?;
+            markers.push(marker);
+        }
+        markers.sort_by_key(|m| m.chunk);
+        let done = markers.iter().map(|m| m.chunk).collect();
+        self.parts.extend(markers.into_iter().flat_map(|m| m.parts));
+        self.checkpointed = self.parts.len();
+        Ok(done)
+    }
+
+    /// Closes the open part and durably records that chunk `chunk` is
+    /// written: a rerun after a crash resumes after it. The marker is written
+    /// after its parts, so a marker never names a missing part.
+    pub async fn commit_chunk(&mut self, chunk: u64) -> Result<(), StoreError> {
+        self.close_part().await?;
+        let marker = ChunkMarker { chunk, parts: self.parts[self.checkpointed..].to_vec() };
+        let path = self.storage.path(&format!("{}/{CHUNKS_DIR}/{chunk:08}.json", self.dir));
+        let json = serde_json::to_vec(&marker)
+            .map_err(|source| StoreError::Json { url: self.storage.url_of(&path), source })?;
+        self.storage.put(&path, json.into()).await?;
+        self.checkpointed = self.parts.len();
+        Ok(())
+    }
+
+    /// Best-effort removal of the parts written since the last committed
+    /// chunk, after a failure: they are invisible anyway, this only saves
+    /// space. Parts of committed chunks stay for the next attempt.
     pub async fn abort(mut self) {
         if let Some((writer, file, rows)) = self.current.take() {
             // Closing flushes the upload so it can be deleted like any part.
@@ -145,7 +192,7 @@ impl TableWriter {
                 self.parts.push(PartInfo { file, rows });
             }
         }
-        for part in &self.parts {
+        for part in &self.parts[self.checkpointed..] {
             let path = self.storage.path(&format!("{}/{}", self.dir, part.file));
             if let Err(e) = self.storage.delete(&path).await {
                 tracing::warn!("could not remove abandoned part: {e}");

@@ -8,7 +8,7 @@ use croco::model::bundle::{Bundle, BundleKind, Verify};
 
 use crate::util::repo;
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();

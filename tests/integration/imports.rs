@@ -186,16 +186,6 @@ async fn a_missing_input_file_names_the_pipeline_key() {
 }
 
 #[tokio::test]
-async fn sampling_without_the_model_layer_is_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "p.jsonl", GOOD_PROMPTS);
-    let text = "[run]\nname = \"t\"\nroot = \"root\"\nlanguages = [\"en\"]\n\n[stages.prompts]\nsource = \"p.jsonl\"\n\n[stages.generate]\nsamples = 4\n";
-    let file = write_pipeline(dir.path(), text);
-    let error = run_error(&file).await;
-    assert!(error.contains("stage `generate` failed") && error.contains("[stages.generate.import]"), "{error}");
-}
-
-#[tokio::test]
 async fn the_split_keeps_translations_together_and_all_lang_pairs_once_per_source() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");

@@ -5,6 +5,7 @@ mod cli;
 mod imports;
 mod interop;
 mod model_parity;
+mod model_stages;
 mod pairs_rule;
 mod slt;
 mod spec_corpus;

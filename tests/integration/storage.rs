@@ -84,6 +84,7 @@ fn manifest_for(key: &str, parts: Vec<croco::store::tables::PartInfo>) -> Manife
         params: serde_json::json!({}),
         inputs: Default::default(),
         external: vec![],
+        models: Default::default(),
         rows: parts.iter().map(|p| p.rows).sum(),
         parts,
         stats: Default::default(),

@@ -1,0 +1,163 @@
+//! The generate and score stages on the demo world with ONNX Runtime (CPU):
+//! K samples per prompt, reproducible reruns, resume after `kill -9`, and
+//! clear errors for a missing runtime or a broken bundle.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use croco::pipeline::runner::RunOptions;
+
+use crate::util::{plan, repo, run, write_pipeline};
+
+const SAMPLES: u64 = 3;
+
+/// A small model pipeline: en and fr demo prompts, 3 samples of 8 tokens.
+fn model_pipeline(dir: &Path, extra_generate: &str) -> std::path::PathBuf {
+    let data = repo().join("data");
+    let text = format!(
+        r#"[run]
+name = "models"
+root = "{root}"
+languages = ["en", "fr"]
+device = "cpu"
+threads = 2
+
+[models]
+policy = "{data}/models/policy"
+reward = "{data}/models/reward"
+
+[stages.prompts]
+source = "{data}/prompts/demo.jsonl"
+columns = {{ text = "prompt", source_id = "source_id" }}
+eval_fraction = 0.2
+
+[stages.generate]
+samples = {SAMPLES}
+max_new_tokens = 8
+batch_size = 4
+prompts_per_part = 4
+{extra_generate}
+
+[stages.score]
+batch_size = 16
+rows_per_part = 32
+
+[stages.pairs]
+"#,
+        root = dir.join("root").display(),
+        data = data.display()
+    );
+    write_pipeline(dir, &text)
+}
+
+async fn query(file: &Path, sql: &str) -> String {
+    let planned = plan(file).await;
+    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn every_train_prompt_gets_k_samples_and_a_forced_rerun_is_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_pipeline(dir.path(), "");
+    let reports = run(&file, RunOptions::default()).await;
+    let train = query(&file, "SELECT COUNT(*) AS n FROM prompts WHERE split = 'train'").await;
+    let per_prompt = query(
+        &file,
+        "SELECT MIN(c) AS lo, MAX(c) AS hi FROM (SELECT COUNT(*) AS c FROM generations GROUP BY prompt_id)",
+    )
+    .await;
+    assert!(per_prompt.contains(&format!("| {SAMPLES}  | {SAMPLES}  |")), "{per_prompt}");
+    let prompts: u64 = train.lines().nth(3).unwrap().trim_matches(|c| c == '|' || c == ' ').parse().unwrap();
+    assert_eq!(reports[1].rows, prompts * SAMPLES);
+    assert_eq!(reports[2].rows, reports[1].rows, "every generation is scored");
+    let finite = query(&file, "SELECT COUNT(*) AS bad FROM scores WHERE reward IS NULL OR isnan(reward)").await;
+    assert!(finite.contains("| 0   |"), "{finite}");
+
+    let before = query(&file, "SELECT generation_id, text FROM generations ORDER BY generation_id").await;
+    run(&file, RunOptions { force: true, ..Default::default() }).await;
+    let after = query(&file, "SELECT generation_id, text FROM generations ORDER BY generation_id").await;
+    assert_eq!(before, after, "same seeds, same text");
+}
+
+#[tokio::test]
+async fn a_killed_generate_resumes_and_ends_with_the_uninterrupted_rows() {
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference = model_pipeline(reference_dir.path(), "");
+    run(&reference, RunOptions::default()).await;
+    let expected =
+        query(&reference, "SELECT generation_id, sample_idx, text FROM generations ORDER BY generation_id").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_pipeline(dir.path(), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).spawn().unwrap();
+    let chunks = dir.path().join("root/tables/generations");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Kill as soon as two chunks of generate are committed.
+    while count_markers(&chunks) < 2 {
+        assert!(Instant::now() < deadline, "generate committed no chunk in time");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let reports = run(&file, RunOptions::default()).await;
+    assert!(reports[1].stats["resumed_parts"].as_u64().unwrap() >= 2, "{:?}", reports[1].stats);
+    let resumed = query(&file, "SELECT generation_id, sample_idx, text FROM generations ORDER BY generation_id").await;
+    assert_eq!(resumed, expected, "no row lost, none duplicated, same text");
+}
+
+fn count_markers(tables: &Path) -> usize {
+    std::fs::read_dir(tables)
+        .map(|versions| {
+            versions
+                .filter_map(|v| std::fs::read_dir(v.unwrap().path().join("_chunks")).ok())
+                .map(|markers| markers.count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_missing_onnx_runtime_says_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_pipeline(dir.path(), "");
+    let output = Command::new(env!("CARGO_BIN_EXE_croco"))
+        .args(["run", file.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("stage `generate` failed"), "{message}");
+    assert!(message.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so is not a file"), "{message}");
+    assert!(message.contains("pip install onnxruntime==1.31.1"), "{message}");
+}
+
+#[tokio::test]
+async fn a_bundle_with_a_wrong_weight_shape_or_tokenizer_is_rejected() {
+    use croco::model::bundle::{Bundle, Verify};
+    use croco::model::policy::Policy;
+    use croco::model::runtime::{Device, SessionConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("policy");
+    crate::bundles::copy_dir(&repo().join("data/models/policy"), &copy);
+    let manifest = copy.join("croco-model.toml");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let config = SessionConfig { device: Device::Cpu, device_id: 0, threads: 1 };
+    let load = || Policy::load(Bundle::open(&copy, Verify::Sizes).unwrap(), &config).err().map(|e| e.to_string());
+
+    std::fs::write(&manifest, original.replacen("shape = [4096, 256]", "shape = [4096, 255]", 1)).unwrap();
+    let error = load().expect("a wrong shape fails");
+    assert!(
+        error.contains("tensor `model.embed_tokens.weight` is F32 [4096, 256]") && error.contains("[4096, 255]"),
+        "{error}"
+    );
+
+    std::fs::write(&manifest, original.replace("\"<|end|>\" = 5", "\"<|end|>\" = 6")).unwrap();
+    let error = load().expect("a tokenizer mismatch fails");
+    assert!(error.contains("tokenizer mismatch") && error.contains("<|end|>"), "{error}");
+}
