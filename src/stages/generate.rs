@@ -16,7 +16,7 @@ use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, Strin
 use futures::StreamExt;
 
 use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
-use super::{StageError, StageInput, Stats, count};
+use super::{Chunks, StageError, StageInput, Stats, count, text_at};
 use crate::ids::stable_id;
 use crate::model::policy::{Generated, GenerationRequest, Policy};
 use crate::model::sampling::SamplingParams;
@@ -59,32 +59,17 @@ async fn sample_policy(
         "SELECT prompt_id, source_id, language, text FROM prompts WHERE {} ORDER BY prompt_id",
         params.split.sql()
     );
-    let mut stream = crate::store::session::query(input.ctx, &sql, "prompts").await?.execute_stream().await?;
+    let row = |batch: &RecordBatch, i: usize| PromptRow {
+        prompt_id: text_at(batch, "prompt_id", i),
+        source_id: text_at(batch, "source_id", i),
+        language: text_at(batch, "language", i),
+        text: text_at(batch, "text", i),
+    };
+    let mut chunks = Chunks::new(input.ctx, &sql, "prompts", params.prompts_per_part as usize, row).await?;
     let mut sampler =
         Sampler { policy: &mut policy, params, policy_id, tokens: 0, started: std::time::Instant::now(), prompts: 0 };
-    let mut chunk: Vec<PromptRow> = Vec::new();
-    let mut chunk_index = 0u64;
-    let per_part = params.prompts_per_part as usize;
-    while let Some(batch) = stream.next().await {
-        let batch = plain_strings(&batch.map_err(|source| StoreError::Query { context: "prompts".into(), source })?);
-        let column = |name: &str| utf8(&batch, name).clone();
-        let (ids, sources, languages, texts) =
-            (column("prompt_id"), column("source_id"), column("language"), column("text"));
-        for i in 0..batch.num_rows() {
-            chunk.push(PromptRow {
-                prompt_id: ids.value(i).into(),
-                source_id: sources.value(i).into(),
-                language: languages.value(i).into(),
-                text: texts.value(i).into(),
-            });
-            if chunk.len() == per_part {
-                sampler.chunk(chunk_index, &std::mem::take(&mut chunk), &done, sink, input).await?;
-                chunk_index += 1;
-            }
-        }
-    }
-    if !chunk.is_empty() {
-        sampler.chunk(chunk_index, &chunk, &done, sink, input).await?;
+    while let Some((index, prompts)) = chunks.next().await? {
+        sampler.chunk(index, &prompts, &done, sink, input).await?;
     }
     Ok(super::stats([
         ("prompts", sampler.prompts),

@@ -282,3 +282,54 @@ impl From<datafusion::error::DataFusionError> for StageError {
         StageError::Store(StoreError::Query { context: "query".into(), source })
     }
 }
+
+/// The rows of a query, read as a stream and handed out in numbered chunks
+/// of a fixed size: the unit resumable stages commit and skip.
+pub struct Chunks<T, F> {
+    stream: datafusion::physical_plan::SendableRecordBatchStream,
+    context: &'static str,
+    size: usize,
+    row: F,
+    pending: Vec<T>,
+    index: u64,
+}
+
+impl<T, F: Fn(&arrow::array::RecordBatch, usize) -> T> Chunks<T, F> {
+    /// Runs `sql` in `ctx`; `row` turns row `i` of a result batch (strings
+    /// as plain `Utf8`) into a `T`.
+    pub async fn new(
+        ctx: &SessionContext,
+        sql: &str,
+        context: &'static str,
+        size: usize,
+        row: F,
+    ) -> Result<Self, StageError> {
+        let stream = crate::store::session::query(ctx, sql, context).await?.execute_stream().await?;
+        Ok(Chunks { stream, context, size: size.max(1), row, pending: Vec::new(), index: 0 })
+    }
+
+    /// The next chunk and its number, or `None` when the rows are exhausted.
+    pub async fn next(&mut self) -> Result<Option<(u64, Vec<T>)>, StageError> {
+        use futures::StreamExt;
+        while self.pending.len() < self.size {
+            let Some(batch) = self.stream.next().await else { break };
+            let batch = batch.map_err(|source| StoreError::Query { context: self.context.into(), source })?;
+            let batch = crate::store::schema::plain_strings(&batch);
+            self.pending.extend((0..batch.num_rows()).map(|i| (self.row)(&batch, i)));
+        }
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let rest = self.pending.split_off(self.size.min(self.pending.len()));
+        let chunk = std::mem::replace(&mut self.pending, rest);
+        self.index += 1;
+        Ok(Some((self.index - 1, chunk)))
+    }
+}
+
+/// The value of string column `name` at row `i` (columns selected as Utf8).
+pub fn text_at(batch: &arrow::array::RecordBatch, name: &str, i: usize) -> String {
+    use arrow::array::Array;
+    let column = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>());
+    column.filter(|c| c.is_valid(i)).map(|c| c.value(i).to_string()).unwrap_or_default()
+}

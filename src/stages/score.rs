@@ -16,7 +16,7 @@ use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
 use futures::StreamExt;
 
 use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
-use super::{StageError, StageInput, Stats, count, first_row};
+use super::{Chunks, StageError, StageInput, Stats, count, first_row, text_at};
 use crate::model::reward::RewardModel;
 use crate::pipeline::spec::{ScoreParams, ScoresImport};
 use crate::store::schema::plain_strings;
@@ -52,29 +52,15 @@ async fn score_with_model(
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
     let sql = "SELECT g.generation_id, p.text AS prompt, g.text AS response FROM generations AS g \
                JOIN prompts AS p ON p.prompt_id = g.prompt_id ORDER BY g.generation_id";
-    let mut stream = crate::store::session::query(input.ctx, sql, "generations").await?.execute_stream().await?;
-    let mut chunk: Vec<Exchange> = Vec::new();
-    let mut index = 0u64;
+    let row = |batch: &RecordBatch, i: usize| Exchange {
+        generation_id: text_at(batch, "generation_id", i),
+        prompt: text_at(batch, "prompt", i),
+        response: text_at(batch, "response", i),
+    };
+    let mut chunks = Chunks::new(input.ctx, sql, "generations", params.rows_per_part as usize, row).await?;
     let mut scorer = Scorer { model: &mut model, label: &label, batch_size: params.batch_size as usize, scored: 0 };
-    while let Some(batch) = stream.next().await {
-        let batch =
-            plain_strings(&batch.map_err(|source| StoreError::Query { context: "generations".into(), source })?);
-        let column = |name: &str| string_column(&batch, name).clone();
-        let (ids, prompts, responses) = (column("generation_id"), column("prompt"), column("response"));
-        for i in 0..batch.num_rows() {
-            chunk.push(Exchange {
-                generation_id: ids.value(i).into(),
-                prompt: prompts.value(i).into(),
-                response: responses.value(i).into(),
-            });
-            if chunk.len() == params.rows_per_part as usize {
-                scorer.chunk(index, &std::mem::take(&mut chunk), &done, sink, input).await?;
-                index += 1;
-            }
-        }
-    }
-    if !chunk.is_empty() {
-        scorer.chunk(index, &chunk, &done, sink, input).await?;
+    while let Some((index, exchanges)) = chunks.next().await? {
+        scorer.chunk(index, &exchanges, &done, sink, input).await?;
     }
     Ok(super::stats([("scores", sink.rows()), ("scored_now", scorer.scored), ("resumed_parts", done.len() as u64)]))
 }
@@ -207,10 +193,6 @@ fn check_rewards(batch: &RecordBatch, file: &str, column: &str) -> Result<u64, S
         });
     }
     Ok(rewards.null_count() as u64)
-}
-
-fn string_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b StringArray {
-    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>()).expect("selected as Utf8")
 }
 
 fn float_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b Float64Array {
