@@ -46,7 +46,10 @@ fn main() {
 
 fn report(what: &str, unit: &str, croco: f64, reference: Option<f64>) {
     match reference {
-        Some(hf) => println!("  {what}\n    croco {croco:.0} {unit}, transformers {hf:.0} {unit}, croco / transformers = {:.2}", croco / hf),
+        Some(hf) => println!(
+            "  {what}\n    croco {croco:.0} {unit}, transformers {hf:.0} {unit}, croco / transformers = {:.2}",
+            croco / hf
+        ),
         None => println!("  {what}\n    croco {croco:.0} {unit}, transformers unavailable (set CROCO_BENCH_PYTHON)"),
     }
 }
@@ -58,7 +61,8 @@ fn demo_prompts(repo: &Path) -> Vec<(String, String, String)> {
         .lines()
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
         .map(|row| {
-            let (language, text) = (row["language"].as_str().unwrap().to_string(), row["prompt"].as_str().unwrap().to_string());
+            let (language, text) =
+                (row["language"].as_str().unwrap().to_string(), row["prompt"].as_str().unwrap().to_string());
             (croco::ids::prompt_id(&language, &text), language, text)
         })
         .collect()
@@ -81,7 +85,8 @@ fn generate(repo: &Path, config: &SessionConfig, prompts: &[(String, String, Str
     let mut tokens = 0;
     for batch in requests.chunks(BATCH) {
         let generated = policy.generate(batch, &params, MAX_NEW_TOKENS).unwrap();
-        tokens += generated.iter().flatten().map(|g| g.tokens.len() + usize::from(g.stop_token.is_some())).sum::<usize>();
+        tokens +=
+            generated.iter().flatten().map(|g| g.tokens.len() + usize::from(g.stop_token.is_some())).sum::<usize>();
     }
     tokens as f64 / start.elapsed().as_secs_f64()
 }
