@@ -161,3 +161,16 @@ async fn a_bundle_with_a_wrong_weight_shape_or_tokenizer_is_rejected() {
     let error = load().expect("a tokenizer mismatch fails");
     assert!(error.contains("tokenizer mismatch") && error.contains("<|end|>"), "{error}");
 }
+
+#[test]
+fn device_cuda_without_a_cuda_provider_fails_instead_of_falling_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = model_pipeline(dir.path(), "");
+    let text = std::fs::read_to_string(&file).unwrap().replace("device = \"cpu\"", "device = \"cuda\"");
+    std::fs::write(&file, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("stage `generate` failed, nothing committed") && message.contains("decode.onnx"), "{message}");
+    assert!(message.contains("CUDA"), "{message}");
+}
