@@ -171,6 +171,9 @@ fn device_cuda_without_a_cuda_provider_fails_instead_of_falling_back() {
     let output = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let message = String::from_utf8_lossy(&output.stderr);
-    assert!(message.contains("stage `generate` failed, nothing committed") && message.contains("decode.onnx"), "{message}");
+    assert!(
+        message.contains("stage `generate` failed, nothing committed") && message.contains("decode.onnx"),
+        "{message}"
+    );
     assert!(message.contains("CUDA"), "{message}");
 }
