@@ -9,6 +9,7 @@ use arrow::array::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 use datafusion::prelude::SessionContext;
 
+use crate::pipeline::lock::{self, LockError, RunLock};
 use crate::pipeline::manifest;
 use crate::pipeline::runner::{self, RunOptions};
 use crate::pipeline::spec::PipelineSpec;
@@ -22,6 +23,8 @@ use crate::store::{StoreError, Table};
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of bad usage or an invalid pipeline file.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of a run refused because another run holds the storage root's lock.
+pub const EXIT_LOCKED: u8 = 3;
 
 /// croco: cross-lingual contrastive preference tuning as a Parquet dataflow.
 #[derive(Debug, Parser)]
@@ -64,6 +67,11 @@ pub enum Command {
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Remove the run lock of a pipeline's storage root (after a run died without releasing it).
+    Unlock {
+        /// Pipeline file.
+        file: PathBuf,
     },
     /// Show every stage as current, stale or missing, with row counts and keys.
     Status {
@@ -122,6 +130,9 @@ pub enum CliError {
     /// Storage or query failure.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The storage root is locked by another run, or the lock failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// Writing output failed.
     #[error("{}: {source}", path.display())]
     Output { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
@@ -135,6 +146,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Spec(_) | CliError::Usage(_) => EXIT_USAGE,
+            CliError::Lock(LockError::Held { .. }) => EXIT_LOCKED,
             _ => EXIT_FAILURE,
         }
     }
@@ -147,6 +159,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Schema { what } => schema_command(&what),
         Command::Run { file, stage, force, json } => run_command(&file, stage, force, json).await,
         Command::Status { file, json } => status_command(&file, json).await,
+        Command::Unlock { file } => unlock_command(&file).await,
         Command::Sql { file, query, sql_file, format, output, allow_writes } => {
             let sql = match (query, sql_file) {
                 (Some(query), None) => query,
@@ -202,7 +215,11 @@ async fn load_plan(file: &Path) -> Result<Plan, CliError> {
 async fn run_command(file: &Path, stage: Option<StageName>, force: bool, json: bool) -> Result<(), CliError> {
     let plan = load_plan(file).await?;
     let options = RunOptions { only: stage, force, progress: !json };
-    let reports = runner::run(&plan, options).await?;
+    let ttl = std::time::Duration::from_secs(plan.loaded.spec.run.lock_ttl_s);
+    let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl).await?;
+    let result = runner::run(&plan, options).await;
+    lock.release().await?;
+    let reports = result?;
     if json {
         print_json(
             &serde_json::json!({ "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": reports }),
@@ -219,6 +236,25 @@ async fn run_command(file: &Path, stage: Option<StageName>, force: bool, json: b
             report.key,
             serde_json::Value::Object(report.stats.clone())
         );
+    }
+    Ok(())
+}
+
+async fn unlock_command(file: &Path) -> Result<(), CliError> {
+    let plan = load_plan(file).await?;
+    match lock::read(&plan.storage).await? {
+        None => println!("{}: not locked", plan.storage.display()),
+        Some((holder, _)) => {
+            plan.storage.delete(&plan.storage.path(lock::LOCK_FILE)).await?;
+            println!(
+                "{}: removed the lock of run `{}` ({}, pid {}, last heartbeat {})",
+                plan.storage.display(),
+                holder.run,
+                holder.owner,
+                holder.pid,
+                holder.heartbeat_at.to_rfc3339()
+            );
+        }
     }
     Ok(())
 }

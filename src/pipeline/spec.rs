@@ -47,6 +47,13 @@ pub struct RunSpec {
     /// Intra-op threads of each ONNX Runtime session (0: ONNX Runtime's default).
     #[serde(default)]
     pub threads: usize,
+    /// Seconds after the last heartbeat when another run may take over this run's lock.
+    #[serde(default = "default_lock_ttl_s")]
+    pub lock_ttl_s: u64,
+}
+
+fn default_lock_ttl_s() -> u64 {
+    600
 }
 
 /// `[models]`: model bundle directories by role (paths relative to the pipeline file, or URLs).
@@ -401,6 +408,9 @@ impl RunSpec {
             problems.push(("run.root".into(), reason));
         } else if !self.storage.is_empty() && !crate::store::storage::is_cloud_root(&self.root) {
             problems.push(("run.storage".into(), "storage options apply to s3://, gs:// and az:// roots only".into()));
+        }
+        if self.lock_ttl_s < 3 {
+            problems.push(("run.lock_ttl_s".into(), "must be at least 3 seconds".into()));
         }
         if self.languages.is_empty() {
             problems.push(("run.languages".into(), "at least one language is needed".into()));

@@ -4,6 +4,7 @@ mod bundles;
 mod cli;
 mod imports;
 mod interop;
+mod lock;
 mod model_parity;
 mod model_stages;
 mod pairs_rule;

@@ -13,7 +13,7 @@ use crate::util::{plan, repo, run, write_pipeline};
 const SAMPLES: u64 = 3;
 
 /// A small model pipeline: en and fr demo prompts, 3 samples of 8 tokens.
-fn model_pipeline(dir: &Path, extra_generate: &str) -> std::path::PathBuf {
+pub fn model_pipeline(dir: &Path, extra_generate: &str) -> std::path::PathBuf {
     let data = repo().join("data");
     let text = format!(
         r#"[run]

@@ -19,13 +19,13 @@ use rstest::rstest;
 use crate::util::{demo_pipeline_text, ran, run, write_pipeline};
 
 /// A storage root of the given provider, unique to the calling test.
-struct Root {
-    url: String,
-    options: StorageOptions,
+pub struct Root {
+    pub url: String,
+    pub options: StorageOptions,
     _dir: Option<tempfile::TempDir>,
 }
 
-fn root(provider: &str, test: &str) -> Root {
+pub fn root(provider: &str, test: &str) -> Root {
     match provider {
         "file" => {
             let dir = tempfile::tempdir().unwrap();

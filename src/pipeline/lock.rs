@@ -1,0 +1,179 @@
+//! The run lock: one `croco run` per storage root at a time.
+//!
+//! The lock is an object, `_lock.json`, at the root, created with a
+//! conditional put (`PutMode::Create`), so two runs racing for it cannot both
+//! win, on local disk or on a bucket. It names its holder and carries a
+//! heartbeat that a background task renews; a lock whose heartbeat is older
+//! than the pipeline's `lock_ttl_s` belongs to a dead run and is taken over
+//! (logged). `croco unlock` removes a lock by hand.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Storage, StoreError};
+
+/// Name of the lock object at the storage root.
+pub const LOCK_FILE: &str = "_lock.json";
+
+/// Who holds a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// The run's name.
+    pub run: String,
+    /// user@host of the holder.
+    pub owner: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// When the run took the lock.
+    pub started_at: DateTime<Utc>,
+    /// Last renewal.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Random token telling this holder's writes from another's.
+    pub token: String,
+}
+
+/// Errors of the run lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another live run holds the lock.
+    #[error(
+        "storage root {root} is locked by run `{}` ({}, pid {}) since {}, last heartbeat {}; \
+         wait for it, or if it is dead run `croco unlock` (a lock older than lock_ttl_s is taken over automatically)",
+        holder.run, holder.owner, holder.pid, holder.started_at.to_rfc3339(), holder.heartbeat_at.to_rfc3339()
+    )]
+    Held { root: String, holder: Box<LockRecord> },
+    /// The lock object could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A held run lock; renewed in the background until released.
+pub struct RunLock {
+    storage: Storage,
+    record: LockRecord,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+impl RunLock {
+    /// Takes the lock of `storage` for run `run`, taking over a lock whose
+    /// heartbeat is older than `ttl`.
+    pub async fn acquire(storage: &Storage, run: &str, ttl: Duration) -> Result<RunLock, LockError> {
+        let host = this_host();
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        let now = Utc::now();
+        let record = LockRecord {
+            run: run.to_string(),
+            owner: format!("{user}@{host}"),
+            host,
+            pid: std::process::id(),
+            started_at: now,
+            heartbeat_at: now,
+            token: crate::ids::stable_id(&[&now.to_rfc3339(), &std::process::id().to_string(), run]),
+        };
+        let path = storage.path(LOCK_FILE);
+        match put(storage, &record, PutMode::Create).await {
+            Ok(()) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => take_over_if_stale(storage, &record, ttl).await?,
+            Err(source) => return Err(storage.error(&path, source).into()),
+        }
+        let heartbeat = tokio::spawn(renew(storage.clone(), record.clone(), ttl / 3));
+        Ok(RunLock { storage: storage.clone(), record, heartbeat })
+    }
+
+    /// Stops the heartbeat and removes the lock if it is still ours.
+    pub async fn release(self) -> Result<(), LockError> {
+        self.heartbeat.abort();
+        if read(&self.storage).await?.is_some_and(|(held, _)| held.token == self.record.token) {
+            self.storage.delete(&self.storage.path(LOCK_FILE)).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn put(storage: &Storage, record: &LockRecord, mode: PutMode) -> Result<(), object_store::Error> {
+    let json = serde_json::to_vec_pretty(record).expect("lock records serialize");
+    let options = PutOptions { mode, ..Default::default() };
+    storage.store().put_opts(&storage.path(LOCK_FILE), PutPayload::from_bytes(Bytes::from(json)), options).await?;
+    Ok(())
+}
+
+/// The current lock and its version, if any.
+pub async fn read(storage: &Storage) -> Result<Option<(LockRecord, UpdateVersion)>, StoreError> {
+    let path = storage.path(LOCK_FILE);
+    let result = match storage.store().get(&path).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => return Err(storage.error(&path, source)),
+    };
+    let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
+    let bytes = result.bytes().await.map_err(|source| storage.error(&path, source))?;
+    let record =
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json { url: storage.url_of(&path), source })?;
+    Ok(Some((record, version)))
+}
+
+/// Takes over a lock whose heartbeat is older than `ttl`: a conditional
+/// update where the store supports it, else delete-then-create (local disk),
+/// where the create still decides between racing takers.
+async fn take_over_if_stale(storage: &Storage, record: &LockRecord, ttl: Duration) -> Result<(), LockError> {
+    let path = storage.path(LOCK_FILE);
+    let root = storage.display().to_string();
+    let Some((held, version)) = read(storage).await? else {
+        return put(storage, record, PutMode::Create).await.map_err(|source| storage.error(&path, source).into());
+    };
+    let age = Utc::now().signed_duration_since(held.heartbeat_at);
+    if age.to_std().unwrap_or_default() < ttl {
+        return Err(LockError::Held { root, holder: Box::new(held) });
+    }
+    let taken = match put(storage, record, PutMode::Update(version)).await {
+        Err(object_store::Error::NotImplemented { .. }) => {
+            storage.delete(&path).await?;
+            put(storage, record, PutMode::Create).await
+        }
+        other => other,
+    };
+    match taken {
+        Ok(()) => {
+            tracing::warn!(run = %held.run, owner = %held.owner, pid = held.pid, heartbeat = %held.heartbeat_at, "took over a stale run lock");
+            Ok(())
+        }
+        Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+            let holder = read(storage).await?.map(|(h, _)| h).unwrap_or(held);
+            Err(LockError::Held { root, holder: Box::new(holder) })
+        }
+        Err(source) => Err(storage.error(&path, source).into()),
+    }
+}
+
+/// Renews the heartbeat every `every` while the lock is still ours.
+async fn renew(storage: Storage, mut record: LockRecord, every: Duration) {
+    loop {
+        tokio::time::sleep(every.max(Duration::from_secs(1))).await;
+        match read(&storage).await {
+            Ok(Some((held, _))) if held.token == record.token => {
+                record.heartbeat_at = Utc::now();
+                if let Err(e) = put(&storage, &record, PutMode::Overwrite).await {
+                    tracing::warn!("could not renew the run lock: {e}");
+                }
+            }
+            Ok(_) => {
+                tracing::error!("the run lock was taken by another run; this run no longer holds it");
+                return;
+            }
+            Err(e) => tracing::warn!("could not read the run lock: {e}"),
+        }
+    }
+}
