@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use croco::cli::{self, Cli, CliError};
+use croco::cli::{self, Cli, CliError, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.log_format);
     match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -26,7 +26,7 @@ fn main_inner(cli: Cli) -> Result<(), CliError> {
     runtime.block_on(cli::run(cli))
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -34,5 +34,9 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }

@@ -130,3 +130,17 @@ fn a_failing_stage_exits_1_with_one_clear_message() {
     assert!(message.starts_with("error: stage `prompts` failed, nothing committed:"), "{message}");
     assert!(message.contains("row 1: language `zz` is not an ISO 639-1 code"), "{message}");
 }
+
+#[test]
+fn logs_can_be_json_lines_for_collectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let file = write_pipeline(dir.path(), &demo_pipeline_text(root.to_str().unwrap(), "", ""));
+    let output = croco(&["run", file.to_str().unwrap(), "-v", "--log-format", "json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = stderr(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "committed" && l["fields"]["stage"] == "pairs"),
+        "{lines:?}"
+    );
+}
