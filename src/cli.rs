@@ -9,6 +9,7 @@ use arrow::array::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 use datafusion::prelude::SessionContext;
 
+use crate::pipeline::gc::{self, GcOptions};
 use crate::pipeline::lock::{self, LockError, RunLock};
 use crate::pipeline::manifest;
 use crate::pipeline::runner::{self, RunOptions};
@@ -68,6 +69,23 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Print the run summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find (and with --apply delete) objects no manifest references; dry run by default.
+    Gc {
+        /// Pipeline file.
+        file: PathBuf,
+        /// Delete what was found (default: only list it).
+        #[arg(long)]
+        apply: bool,
+        /// Also collect committed versions the current pipeline does not use.
+        #[arg(long)]
+        versions: bool,
+        /// Only collect objects older than this (`30s`, `15m`, `1h`, `7d`).
+        #[arg(long, default_value = "1h", value_parser = parse_age)]
+        older_than: chrono::Duration,
+        /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -172,6 +190,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run { file, stage, force, json } => run_command(&file, stage, force, json).await,
         Command::Status { file, json } => status_command(&file, json).await,
         Command::Unlock { file } => unlock_command(&file).await,
+        Command::Gc { file, apply, versions, older_than, json } => {
+            gc_command(&file, apply, GcOptions { versions, older_than }, json).await
+        }
         Command::Sql { file, query, sql_file, format, output, allow_writes } => {
             let sql = match (query, sql_file) {
                 (Some(query), None) => query,
@@ -249,6 +270,46 @@ async fn run_command(file: &Path, stage: Option<StageName>, force: bool, json: b
             serde_json::Value::Object(report.stats.clone())
         );
     }
+    Ok(())
+}
+
+/// Parses an age like `30s`, `15m`, `1h` or `7d`.
+fn parse_age(text: &str) -> Result<chrono::Duration, String> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let number: i64 = number.parse().map_err(|_| format!("`{text}`: expected a number and s, m, h or d"))?;
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(number)),
+        "m" => Ok(chrono::Duration::minutes(number)),
+        "h" => Ok(chrono::Duration::hours(number)),
+        "d" => Ok(chrono::Duration::days(number)),
+        _ => Err(format!("`{text}`: the unit must be s, m, h or d")),
+    }
+}
+
+async fn gc_command(file: &Path, apply: bool, options: GcOptions, json: bool) -> Result<(), CliError> {
+    let plan = load_plan(file).await?;
+    let ttl = std::time::Duration::from_secs(plan.loaded.spec.run.lock_ttl_s);
+    let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl).await?;
+    let found = gc::find(&plan, options).await;
+    let deleted = match (&found, apply) {
+        (Ok(garbage), true) => gc::delete(&plan, garbage).await.map(|()| true),
+        _ => Ok(false),
+    };
+    lock.release().await?;
+    let (found, deleted) = (found?, deleted?);
+    let bytes: u64 = found.iter().map(|(_, g)| g.bytes).sum();
+    let items: Vec<&gc::Garbage> = found.iter().map(|(_, g)| g).collect();
+    if json {
+        print_json(
+            &serde_json::json!({ "root": plan.storage.display(), "deleted": deleted, "objects": items, "bytes": bytes }),
+        );
+        return Ok(());
+    }
+    for item in &items {
+        println!("{:>10}  {}  ({})", item.bytes, item.url, item.reason);
+    }
+    let verb = if deleted { "deleted" } else { "would delete (dry run; --apply deletes)" };
+    println!("{verb}: {} object(s), {bytes} bytes", items.len());
     Ok(())
 }
 

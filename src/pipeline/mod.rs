@@ -2,6 +2,7 @@
 //! content keys ([`plan`]), execution ([`runner`]) and the commit record of
 //! every table version ([`manifest`]).
 
+pub mod gc;
 pub mod lock;
 pub mod manifest;
 pub mod plan;

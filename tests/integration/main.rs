@@ -2,6 +2,7 @@
 
 mod bundles;
 mod cli;
+mod gc;
 mod imports;
 mod interop;
 mod lock;
