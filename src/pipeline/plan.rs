@@ -82,7 +82,8 @@ pub enum PlanError {
 impl Plan {
     /// Opens the storage root of `loaded` and derives every stage's key.
     pub async fn build(loaded: LoadedSpec) -> Result<Plan, PlanError> {
-        let storage = Storage::open(&loaded.spec.run.root, &loaded.base_dir, &loaded.spec.run.storage)?;
+        let storage =
+            Storage::open(&loaded.spec.run.root, &loaded.base_dir, &loaded.spec.run.storage, &loaded.spec.run.retry)?;
         let mut stages: Vec<PlannedStage> = Vec::new();
         for stage in StageName::ALL {
             let Some(params) = stage.params(&loaded.spec) else {
@@ -174,8 +175,8 @@ async fn fingerprint(loaded: &LoadedSpec, key: &str, location: &str) -> Result<E
         location: location.to_string(),
         reason,
     };
-    let (storage, path) =
-        resolve_input(location, &loaded.base_dir, &loaded.spec.run.storage).map_err(|e| missing(e.to_string()))?;
+    let (storage, path) = resolve_input(location, &loaded.base_dir, &loaded.spec.run.storage, &loaded.spec.run.retry)
+        .map_err(|e| missing(e.to_string()))?;
     let url = storage.url_of(&path);
     let fingerprint = if url.starts_with("file://") {
         let local = Path::new("/").join(path.as_ref());

@@ -37,6 +37,9 @@ pub struct RunSpec {
     /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`). Keep secrets in the environment, not here.
     #[serde(default)]
     pub storage: crate::store::storage::StorageOptions,
+    /// Retries of object-store requests (cloud roots and inputs).
+    #[serde(default)]
+    pub retry: crate::store::storage::RetrySpec,
     /// Where model stages run: `auto` (CUDA when its provider loads, else CPU), `cpu` or `cuda`.
     /// Not part of any table key.
     #[serde(default)]

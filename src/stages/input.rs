@@ -81,7 +81,7 @@ pub async fn read_mapped(
     input: &StageInput<'_>,
     columns: &[Mapped<'_>],
 ) -> Result<InputFile, StageError> {
-    let (storage, path) = resolve_input(location, input.base_dir, &input.spec.run.storage)?;
+    let (storage, path) = resolve_input(location, input.base_dir, &input.spec.run.storage, &input.spec.run.retry)?;
     storage.register(ctx);
     let url = storage.url_of(&path);
     let format = format.or_else(|| FileFormat::from_extension(location)).ok_or_else(|| StageError::Input {

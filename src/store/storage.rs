@@ -55,19 +55,59 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 /// provider's own config keys (object_store's `AmazonS3ConfigKey`, ...).
 pub type StorageOptions = std::collections::BTreeMap<String, String>;
 
+/// Retries of object-store requests (cloud roots): transient failures — 5xx
+/// answers, resets, timeouts — are retried with exponential backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySpec {
+    /// Retries per request (0 disables retrying).
+    pub max_retries: usize,
+    /// No retry starts later than this many seconds after the first attempt.
+    pub retry_timeout_s: u64,
+    /// First backoff, in milliseconds; it doubles up to `max_backoff_s`.
+    pub init_backoff_ms: u64,
+    /// Longest backoff, in seconds.
+    pub max_backoff_s: u64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec { max_retries: 10, retry_timeout_s: 180, init_backoff_ms: 100, max_backoff_s: 15 }
+    }
+}
+
+impl RetrySpec {
+    fn config(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(self.init_backoff_ms),
+                max_backoff: std::time::Duration::from_secs(self.max_backoff_s),
+                base: 2.0,
+            },
+            max_retries: self.max_retries,
+            retry_timeout: std::time::Duration::from_secs(self.retry_timeout_s),
+        }
+    }
+}
+
 impl Storage {
     /// Opens the root `root`: a URL (`file://`, `memory://`, `s3://`, `gs://`,
     /// `az://`/`abfs://`) or a plain path, which is resolved against `base_dir`
     /// (the directory of the pipeline file).
-    pub fn open(root: &str, base_dir: &FsPath, options: &StorageOptions) -> Result<Self, StoreError> {
+    pub fn open(
+        root: &str,
+        base_dir: &FsPath,
+        options: &StorageOptions,
+        retry: &RetrySpec,
+    ) -> Result<Self, StoreError> {
         match Url::parse(root) {
-            Ok(url) if url.scheme().len() > 1 => Self::open_url(url, options),
+            Ok(url) if url.scheme().len() > 1 => Self::open_url(url, options, retry),
             // No scheme, or a Windows drive letter: a filesystem path.
             _ => Self::open_local(&base_dir.join(root)),
         }
     }
 
-    fn open_url(url: Url, options: &StorageOptions) -> Result<Self, StoreError> {
+    fn open_url(url: Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Self, StoreError> {
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => {
                 let path = url.to_file_path().map_err(|_| StoreError::BadRoot {
@@ -78,7 +118,8 @@ impl Storage {
             }
             "memory" => memory_store(url.host_str().unwrap_or("")),
             "s3" | "s3a" => {
-                let builder = configure(&url, options, AmazonS3Builder::from_env(), AmazonS3Builder::with_config)?;
+                let builder = configure(&url, options, AmazonS3Builder::from_env(), AmazonS3Builder::with_config)?
+                    .with_retry(retry.config());
                 Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
             }
             "gs" => {
@@ -87,12 +128,14 @@ impl Storage {
                     options,
                     GoogleCloudStorageBuilder::from_env(),
                     GoogleCloudStorageBuilder::with_config,
-                )?;
+                )?
+                .with_retry(retry.config());
                 Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
             }
             "az" | "abfs" | "abfss" | "azure" => {
                 let builder =
-                    configure(&url, options, MicrosoftAzureBuilder::from_env(), MicrosoftAzureBuilder::with_config)?;
+                    configure(&url, options, MicrosoftAzureBuilder::from_env(), MicrosoftAzureBuilder::with_config)?
+                        .with_retry(retry.config());
                 Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
             }
             other => {
@@ -237,6 +280,7 @@ pub fn resolve_input(
     location: &str,
     base_dir: &FsPath,
     options: &StorageOptions,
+    retry: &RetrySpec,
 ) -> Result<(Storage, Path), StoreError> {
     match Url::parse(location) {
         Ok(url) if url.scheme().len() > 1 && url.scheme() != "file" => {
@@ -244,7 +288,7 @@ pub fn resolve_input(
                 .map_err(|e| StoreError::BadRoot { root: location.to_string(), reason: e.to_string() })?;
             let mut root = url.clone();
             root.set_path("");
-            Ok((Storage::open_url(root, options)?, path))
+            Ok((Storage::open_url(root, options, retry)?, path))
         }
         Ok(url) if url.scheme() == "file" => {
             let file = url.to_file_path().map_err(|_| StoreError::BadRoot {

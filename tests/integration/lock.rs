@@ -37,7 +37,7 @@ fn stale_record(run: &str) -> LockRecord {
 #[tokio::test]
 async fn one_holder_at_a_time_and_stale_locks_are_taken_over(#[case] provider: &str) {
     let root = root(provider, &format!("lock_{provider}"));
-    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options).unwrap();
+    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options, &Default::default()).unwrap();
     let first = RunLock::acquire(&storage, "first", TTL).await.unwrap();
     match RunLock::acquire(&storage, "second", TTL).await {
         Err(LockError::Held { holder, .. }) => assert_eq!(holder.run, "first"),

@@ -2,6 +2,7 @@
 
 mod bundles;
 mod cli;
+mod faults;
 mod gc;
 mod imports;
 mod interop;

@@ -102,7 +102,7 @@ fn manifest_for(key: &str, parts: Vec<croco::store::tables::PartInfo>) -> Manife
 #[tokio::test]
 async fn a_table_version_round_trips_and_is_invisible_until_committed(#[case] provider: &str) {
     let root = root(provider, &format!("roundtrip_{provider}"));
-    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options).unwrap();
+    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options, &Default::default()).unwrap();
     let mut writer = TableWriter::new(&storage, Table::Scores, "k1", "n1").with_rows_per_part(400);
     writer.write(&scores_batch(0..700)).await.unwrap();
     writer.write(&scores_batch(700..1000)).await.unwrap();
@@ -152,7 +152,7 @@ async fn the_demo_pipeline_runs_on_every_provider(#[case] provider: &str) {
 #[tokio::test]
 async fn a_part_with_a_wrong_schema_is_rejected_naming_file_and_column() {
     let root = root("memory", "wrong_schema");
-    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options).unwrap();
+    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options, &Default::default()).unwrap();
     // Write a prompts-shaped part where a scores version should be.
     let mut writer = TableWriter::new(&storage, Table::Prompts, "k", "n");
     let batch = Table::Prompts
@@ -185,7 +185,7 @@ async fn a_part_with_a_wrong_schema_is_rejected_naming_file_and_column() {
 #[tokio::test]
 async fn prompts_are_read_from_object_storage(#[case] provider: &str) {
     let root = root(provider, &format!("input_{provider}"));
-    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options).unwrap();
+    let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options, &Default::default()).unwrap();
     let prompts = std::fs::read(crate::util::repo().join("data/prompts/demo.jsonl")).unwrap();
     storage.put(&storage.path("inputs/prompts.jsonl"), prompts.into()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
