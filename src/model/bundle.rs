@@ -282,6 +282,15 @@ impl Bundle {
         Ok(())
     }
 
+    /// Checks that this bundle is of `kind` (a reward bundle given as the
+    /// policy is a configuration mistake worth naming).
+    pub fn expect_kind(&self, kind: BundleKind) -> Result<(), ModelError> {
+        if self.manifest.kind == kind {
+            return Ok(());
+        }
+        Err(self.invalid(format!("is a {:?} bundle, a {kind:?} bundle is needed", self.manifest.kind)))
+    }
+
     /// Path of a file of the bundle.
     pub fn file(&self, relative: &str) -> PathBuf {
         self.dir.join(relative)

@@ -114,12 +114,7 @@ impl Policy {
     /// Loads the policy bundle in `bundle`: weights, tokenizer, and the
     /// `decode` and `logprob` sessions on the configured device.
     pub fn load(bundle: Bundle, config: &SessionConfig) -> Result<Policy, ModelError> {
-        if bundle.manifest.kind != BundleKind::Policy {
-            return Err(ModelError::Invalid {
-                dir: bundle.dir.clone(),
-                problem: "is a reward bundle, a policy is needed".into(),
-            });
-        }
+        bundle.expect_kind(BundleKind::Policy)?;
         let target = resolve_target(config)?;
         let weights = Weights::load(&bundle)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;

@@ -22,12 +22,7 @@ pub struct RewardModel {
 impl RewardModel {
     /// Loads the reward bundle: weights, tokenizer, the `score` session.
     pub fn load(bundle: Bundle, config: &SessionConfig) -> Result<RewardModel, ModelError> {
-        if bundle.manifest.kind != BundleKind::Reward {
-            return Err(ModelError::Invalid {
-                dir: bundle.dir.clone(),
-                problem: "is a policy bundle, a reward model is needed".into(),
-            });
-        }
+        bundle.expect_kind(BundleKind::Reward)?;
         let target = resolve_target(config)?;
         let weights = Weights::load(&bundle)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
