@@ -379,7 +379,14 @@ pub async fn pipeline_session(plan: &Plan) -> Result<SessionContext, CliError> {
     for table in Table::ALL {
         for version in manifest::list_versions(&plan.storage, table).await? {
             let name = format!("{}@{}", table.name(), version.key);
-            register_version(&ctx, &plan.storage, table, &version.key, &version.parts, &name).await?;
+            // An old version written under an older schema must not make the
+            // whole session unusable: it is skipped, with the reason logged.
+            match register_version(&ctx, &plan.storage, table, &version.key, &version.parts, &name).await {
+                Err(StoreError::Schema(e)) if version.schema_version != table.schema().version => {
+                    tracing::warn!("not registering `{name}` (schema version {}): {e}", version.schema_version);
+                }
+                other => other?,
+            }
         }
     }
     for stage in &plan.stages {

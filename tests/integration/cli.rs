@@ -144,3 +144,32 @@ fn logs_can_be_json_lines_for_collectors() {
         "{lines:?}"
     );
 }
+
+/// Regression: one version written under an older schema made every query fail.
+#[test]
+fn sql_skips_old_versions_whose_schema_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = demo_run(dir.path());
+    let status: serde_json::Value = serde_json::from_str(&stdout(&croco(&["status", &file, "--json"]))).unwrap();
+    let prompts_key = status["stages"][0]["key"].as_str().unwrap();
+    let root = dir.path().join("root/tables");
+    let manifest_path = root.join("prompts").join(prompts_key).join("_manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let old = root.join("scores/00000000old00000");
+    std::fs::create_dir_all(&old).unwrap();
+    for part in manifest["parts"].as_array().unwrap() {
+        let name = part["file"].as_str().unwrap();
+        std::fs::copy(root.join("prompts").join(prompts_key).join(name), old.join(name)).unwrap();
+    }
+    manifest["table"] = "scores".into();
+    manifest["key"] = "00000000old00000".into();
+    manifest["schema_version"] = 0.into();
+    std::fs::write(old.join("_manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let output = croco(&["sql", &file, "SELECT COUNT(*) AS n FROM scores", "--format", "csv"]);
+    assert_eq!(stdout(&output), "n\n2880\n", "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not registering `scores@00000000old00000` (schema version 0)"),
+        "{}",
+        stderr(&output)
+    );
+}
