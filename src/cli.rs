@@ -13,6 +13,7 @@ use crate::pipeline::gc::{self, GcOptions};
 use crate::pipeline::lock::{self, LockError, RunLock};
 use crate::pipeline::manifest;
 use crate::pipeline::runner::{self, RunOptions};
+use crate::pipeline::shard::Shard;
 use crate::pipeline::spec::PipelineSpec;
 use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, StageState, validate};
 use crate::stages::StageName;
@@ -68,6 +69,10 @@ pub enum Command {
         /// Rerun stages even when current.
         #[arg(long)]
         force: bool,
+        /// Process only shard I of N of the model stages (default: from JOB_COMPLETION_INDEX +
+        /// CROCO_SHARD_COUNT, or SLURM_ARRAY_TASK_ID + SLURM_ARRAY_TASK_COUNT, when set).
+        #[arg(long, value_parser = Shard::parse)]
+        shard: Option<Shard>,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
@@ -187,7 +192,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Validate { file, json } => validate_command(&file, json),
         Command::Schema { what } => schema_command(&what),
-        Command::Run { file, stage, force, json } => run_command(&file, stage, force, json).await,
+        Command::Run { file, stage, force, shard, json } => {
+            let shard = match shard {
+                Some(shard) => Some(shard),
+                None => Shard::from_env().map_err(CliError::Usage)?,
+            };
+            run_command(&file, RunOptions { only: stage, force, progress: !json, shard }, json).await
+        }
         Command::Status { file, json } => status_command(&file, json).await,
         Command::Unlock { file } => unlock_command(&file).await,
         Command::Gc { file, apply, versions, older_than, json } => {
@@ -245,11 +256,13 @@ async fn load_plan(file: &Path) -> Result<Plan, CliError> {
     Ok(Plan::build(loaded).await?)
 }
 
-async fn run_command(file: &Path, stage: Option<StageName>, force: bool, json: bool) -> Result<(), CliError> {
+async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(), CliError> {
     let plan = load_plan(file).await?;
-    let options = RunOptions { only: stage, force, progress: !json };
     let ttl = std::time::Duration::from_secs(plan.loaded.spec.run.lock_ttl_s);
-    let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl).await?;
+    // Shards run side by side, each under its own lock; a plain run takes the root's.
+    let lock_file =
+        options.shard.map_or_else(|| lock::LOCK_FILE.to_string(), |s| format!("_lock-shard-{}.json", s.name()));
+    let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl, &lock_file).await?;
     let result = runner::run(&plan, options).await;
     lock.release().await?;
     let reports = result?;
@@ -289,7 +302,7 @@ fn parse_age(text: &str) -> Result<chrono::Duration, String> {
 async fn gc_command(file: &Path, apply: bool, options: GcOptions, json: bool) -> Result<(), CliError> {
     let plan = load_plan(file).await?;
     let ttl = std::time::Duration::from_secs(plan.loaded.spec.run.lock_ttl_s);
-    let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl).await?;
+    let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl, lock::LOCK_FILE).await?;
     let found = gc::find(&plan, options).await;
     let deleted = match (&found, apply) {
         (Ok(garbage), true) => gc::delete(&plan, garbage).await.map(|()| true),

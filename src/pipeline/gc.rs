@@ -95,8 +95,10 @@ fn file_name(meta: &ObjectMeta) -> &str {
     meta.location.filename().unwrap_or_default()
 }
 
+/// Chunk markers and shard records: the bookkeeping of resumable and
+/// sharded stages, superseded once the manifest is written.
 fn in_chunks_dir(meta: &ObjectMeta) -> bool {
-    meta.location.parts().any(|p| p.as_ref() == "_chunks")
+    meta.location.parts().any(|p| matches!(p.as_ref(), "_chunks" | "_shards"))
 }
 
 fn whole_version<'a>(objects: &[&'a ObjectMeta]) -> Vec<(&'a ObjectMeta, &'static str)> {

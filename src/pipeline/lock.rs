@@ -56,6 +56,7 @@ pub enum LockError {
 /// A held run lock; renewed in the background until released.
 pub struct RunLock {
     storage: Storage,
+    file: String,
     record: LockRecord,
     heartbeat: tokio::task::JoinHandle<()>,
 }
@@ -68,9 +69,10 @@ fn this_host() -> String {
 }
 
 impl RunLock {
-    /// Takes the lock of `storage` for run `run`, taking over a lock whose
-    /// heartbeat is older than `ttl`.
-    pub async fn acquire(storage: &Storage, run: &str, ttl: Duration) -> Result<RunLock, LockError> {
+    /// Takes the lock object `file` (normally [`LOCK_FILE`]; shards have their
+    /// own) of `storage` for run `run`, taking over a lock whose heartbeat is
+    /// older than `ttl`.
+    pub async fn acquire(storage: &Storage, run: &str, ttl: Duration, file: &str) -> Result<RunLock, LockError> {
         let host = this_host();
         let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
         let now = Utc::now();
@@ -83,36 +85,40 @@ impl RunLock {
             heartbeat_at: now,
             token: crate::ids::stable_id(&[&now.to_rfc3339(), &std::process::id().to_string(), run]),
         };
-        let path = storage.path(LOCK_FILE);
-        match put(storage, &record, PutMode::Create).await {
+        let path = storage.path(file);
+        match put(storage, file, &record, PutMode::Create).await {
             Ok(()) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => take_over_if_stale(storage, &record, ttl).await?,
+            Err(object_store::Error::AlreadyExists { .. }) => take_over_if_stale(storage, file, &record, ttl).await?,
             Err(source) => return Err(storage.error(&path, source).into()),
         }
-        let heartbeat = tokio::spawn(renew(storage.clone(), record.clone(), ttl / 3));
-        Ok(RunLock { storage: storage.clone(), record, heartbeat })
+        let heartbeat = tokio::spawn(renew(storage.clone(), file.to_string(), record.clone(), ttl / 3));
+        Ok(RunLock { storage: storage.clone(), file: file.to_string(), record, heartbeat })
     }
 
     /// Stops the heartbeat and removes the lock if it is still ours.
     pub async fn release(self) -> Result<(), LockError> {
         self.heartbeat.abort();
-        if read(&self.storage).await?.is_some_and(|(held, _)| held.token == self.record.token) {
-            self.storage.delete(&self.storage.path(LOCK_FILE)).await?;
+        if read_lock(&self.storage, &self.file).await?.is_some_and(|(held, _)| held.token == self.record.token) {
+            self.storage.delete(&self.storage.path(&self.file)).await?;
         }
         Ok(())
     }
 }
 
-async fn put(storage: &Storage, record: &LockRecord, mode: PutMode) -> Result<(), object_store::Error> {
+async fn put(storage: &Storage, file: &str, record: &LockRecord, mode: PutMode) -> Result<(), object_store::Error> {
     let json = serde_json::to_vec_pretty(record).expect("lock records serialize");
     let options = PutOptions { mode, ..Default::default() };
-    storage.store().put_opts(&storage.path(LOCK_FILE), PutPayload::from_bytes(Bytes::from(json)), options).await?;
+    storage.store().put_opts(&storage.path(file), PutPayload::from_bytes(Bytes::from(json)), options).await?;
     Ok(())
 }
 
-/// The current lock and its version, if any.
+/// The current run lock of the root and its version, if any.
 pub async fn read(storage: &Storage) -> Result<Option<(LockRecord, UpdateVersion)>, StoreError> {
-    let path = storage.path(LOCK_FILE);
+    read_lock(storage, LOCK_FILE).await
+}
+
+async fn read_lock(storage: &Storage, file: &str) -> Result<Option<(LockRecord, UpdateVersion)>, StoreError> {
+    let path = storage.path(file);
     let result = match storage.store().get(&path).await {
         Ok(result) => result,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -128,20 +134,25 @@ pub async fn read(storage: &Storage) -> Result<Option<(LockRecord, UpdateVersion
 /// Takes over a lock whose heartbeat is older than `ttl`: a conditional
 /// update where the store supports it, else delete-then-create (local disk),
 /// where the create still decides between racing takers.
-async fn take_over_if_stale(storage: &Storage, record: &LockRecord, ttl: Duration) -> Result<(), LockError> {
-    let path = storage.path(LOCK_FILE);
+async fn take_over_if_stale(
+    storage: &Storage,
+    file: &str,
+    record: &LockRecord,
+    ttl: Duration,
+) -> Result<(), LockError> {
+    let path = storage.path(file);
     let root = storage.display().to_string();
-    let Some((held, version)) = read(storage).await? else {
-        return put(storage, record, PutMode::Create).await.map_err(|source| storage.error(&path, source).into());
+    let Some((held, version)) = read_lock(storage, file).await? else {
+        return put(storage, file, record, PutMode::Create).await.map_err(|source| storage.error(&path, source).into());
     };
     let age = Utc::now().signed_duration_since(held.heartbeat_at);
     if age.to_std().unwrap_or_default() < ttl {
         return Err(LockError::Held { root, holder: Box::new(held) });
     }
-    let taken = match put(storage, record, PutMode::Update(version)).await {
+    let taken = match put(storage, file, record, PutMode::Update(version)).await {
         Err(object_store::Error::NotImplemented { .. }) => {
             storage.delete(&path).await?;
-            put(storage, record, PutMode::Create).await
+            put(storage, file, record, PutMode::Create).await
         }
         other => other,
     };
@@ -151,7 +162,7 @@ async fn take_over_if_stale(storage: &Storage, record: &LockRecord, ttl: Duratio
             Ok(())
         }
         Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
-            let holder = read(storage).await?.map(|(h, _)| h).unwrap_or(held);
+            let holder = read_lock(storage, file).await?.map(|(h, _)| h).unwrap_or(held);
             Err(LockError::Held { root, holder: Box::new(holder) })
         }
         Err(source) => Err(storage.error(&path, source).into()),
@@ -159,13 +170,13 @@ async fn take_over_if_stale(storage: &Storage, record: &LockRecord, ttl: Duratio
 }
 
 /// Renews the heartbeat every `every` while the lock is still ours.
-async fn renew(storage: Storage, mut record: LockRecord, every: Duration) {
+async fn renew(storage: Storage, file: String, mut record: LockRecord, every: Duration) {
     loop {
         tokio::time::sleep(every.max(Duration::from_secs(1))).await;
-        match read(&storage).await {
+        match read_lock(&storage, &file).await {
             Ok(Some((held, _))) if held.token == record.token => {
                 record.heartbeat_at = Utc::now();
-                if let Err(e) = put(&storage, &record, PutMode::Overwrite).await {
+                if let Err(e) = put(&storage, &file, &record, PutMode::Overwrite).await {
                     tracing::warn!("could not renew the run lock: {e}");
                 }
             }

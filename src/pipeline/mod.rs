@@ -7,6 +7,7 @@ pub mod lock;
 pub mod manifest;
 pub mod plan;
 pub mod runner;
+pub mod shard;
 pub mod spec;
 pub mod validate;
 

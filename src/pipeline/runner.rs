@@ -6,11 +6,14 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use datafusion::prelude::SessionContext;
+
 use super::manifest::{self, Manifest};
 use super::plan::{Plan, PlannedStage};
+use super::shard::{self, Shard, ShardRecord};
 use crate::stages::{self, StageError, StageInput, StageName, Stats};
 use crate::store::session::new_context;
-use crate::store::tables::{TableWriter, register_version};
+use crate::store::tables::{PartInfo, TableWriter, register_version};
 use crate::store::{StoreError, Table};
 
 /// What to run.
@@ -22,6 +25,8 @@ pub struct RunOptions {
     pub force: bool,
     /// Show progress bars (on a terminal).
     pub progress: bool,
+    /// Process only this shard of the model stages (see [`super::shard`]).
+    pub shard: Option<Shard>,
 }
 
 /// What happened to one stage.
@@ -31,7 +36,9 @@ pub struct StageReport {
     pub stage: StageName,
     /// Its output key.
     pub key: String,
-    /// `ran` or `skipped` (already current).
+    /// `ran`, `skipped` (already current), `merged` (shards committed as one
+    /// version), `shard` (this shard's part committed) or `deferred` (waits
+    /// for all shards; a plain run computes it).
     pub status: &'static str,
     /// Rows of its output version.
     pub rows: u64,
@@ -55,6 +62,12 @@ pub enum RunError {
         "stage `{stage}` needs table `{table}` version {key}, which is not committed; run the pipeline without --stage first"
     )]
     InputMissing { stage: StageName, table: Table, key: String },
+    /// A plain run found some, not all, shards of a stage committed.
+    #[error(
+        "stage `{stage}` is sharded {count} ways and shard(s) {missing:?} are not committed yet; run them \
+         (`croco run FILE --shard I/{count}`) or rerun everything with --force"
+    )]
+    ShardsMissing { stage: StageName, count: u32, missing: Vec<u32> },
     /// `--stage` names a stage the pipeline does not configure.
     #[error("the pipeline has no [stages.{0}] section")]
     NotConfigured(StageName),
@@ -68,46 +81,160 @@ pub async fn run(plan: &Plan, options: RunOptions) -> Result<Vec<StageReport>, R
     }
     let mut reports = Vec::new();
     for stage in &plan.stages {
-        let report = match plan.current(stage).await? {
-            Some(current) if !options.force => skipped(stage, &current),
-            _ => execute(plan, stage, options).await?,
+        let report = match options.shard {
+            Some(shard) => run_shard(plan, stage, shard, options).await?,
+            None => run_plain(plan, stage, options).await?,
         };
         reports.push(report);
     }
     Ok(reports)
 }
 
-fn skipped(stage: &PlannedStage, current: &Manifest) -> StageReport {
-    StageReport {
-        stage: stage.stage,
-        key: stage.key.clone(),
-        status: "skipped",
-        rows: current.rows,
-        seconds: 0.0,
-        stats: current.stats.clone(),
+/// A stage in a plain run: skipped when current, merged when its shards are
+/// all committed, computed otherwise.
+async fn run_plain(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Result<StageReport, RunError> {
+    if let Some(current) = plan.current(stage).await?.filter(|_| !options.force) {
+        return Ok(skipped(stage, &current));
     }
+    let records = shard::list_records(&plan.storage, stage.stage.writes(), &stage.key).await?;
+    match records.first() {
+        Some(first) if !options.force => merge(plan, stage, first.shard.count, records).await,
+        _ => execute(plan, stage, options).await,
+    }
+}
+
+/// A stage in a shard run: model stages do their slice; stages after them
+/// wait for the plain run that merges the shards; the others run as usual.
+async fn run_shard(
+    plan: &Plan,
+    stage: &PlannedStage,
+    shard: Shard,
+    options: RunOptions,
+) -> Result<StageReport, RunError> {
+    let spec = &plan.loaded.spec;
+    if stage.stage.shardable(spec) {
+        let table = stage.stage.writes();
+        return match shard::read_record(&plan.storage, table, &stage.key, shard).await? {
+            Some(record) if !options.force => Ok(report(stage, "skipped", record.rows, 0.0, record.stats)),
+            _ => execute(plan, stage, options).await,
+        };
+    }
+    let after_sharded = stage
+        .inputs
+        .keys()
+        .filter_map(|t| Table::from_name(t).and_then(StageName::writer_of))
+        .any(|s| s.shardable(spec));
+    match after_sharded {
+        true => Ok(report(stage, "deferred", 0, 0.0, Stats::new())),
+        false => run_plain(plan, stage, RunOptions { shard: None, ..options }).await,
+    }
+}
+
+fn report(stage: &PlannedStage, status: &'static str, rows: u64, seconds: f64, stats: Stats) -> StageReport {
+    StageReport { stage: stage.stage, key: stage.key.clone(), status, rows, seconds, stats }
+}
+
+fn skipped(stage: &PlannedStage, current: &Manifest) -> StageReport {
+    report(stage, "skipped", current.rows, 0.0, current.stats.clone())
+}
+
+/// Commits the shards of `stage` as one version, if all `count` are there.
+async fn merge(
+    plan: &Plan,
+    stage: &PlannedStage,
+    count: u32,
+    records: Vec<ShardRecord>,
+) -> Result<StageReport, RunError> {
+    let present: Vec<u32> = records.iter().filter(|r| r.shard.count == count).map(|r| r.shard.index).collect();
+    let missing: Vec<u32> = (0..count).filter(|i| !present.contains(i)).collect();
+    if !missing.is_empty() {
+        return Err(RunError::ShardsMissing { stage: stage.stage, count, missing });
+    }
+    let mut stats = Stats::new();
+    for record in &records {
+        for (name, value) in &record.stats {
+            let sum = stats.get(name).and_then(|v| v.as_u64()).unwrap_or(0) + value.as_u64().unwrap_or(0);
+            stats.insert(name.clone(), sum.into());
+        }
+    }
+    stats.insert("shards".into(), count.into());
+    let parts = records.into_iter().flat_map(|r| r.parts).collect();
+    let now = chrono::Utc::now().to_rfc3339();
+    let manifest = commit_manifest(plan, stage, parts, stats, now).await?;
+    tracing::info!(stage = %stage.stage, rows = manifest.rows, shards = count, "merged shards");
+    Ok(report(stage, "merged", manifest.rows, 0.0, manifest.stats))
+}
+
+async fn commit_manifest(
+    plan: &Plan,
+    stage: &PlannedStage,
+    parts: Vec<PartInfo>,
+    stats: Stats,
+    started_at: String,
+) -> Result<Manifest, RunError> {
+    let manifest = Manifest {
+        table: stage.stage.writes().name().to_string(),
+        key: stage.key.clone(),
+        stage: stage.stage.name().to_string(),
+        schema_version: stage.stage.writes().schema().version,
+        params: stage.params.clone(),
+        inputs: stage.inputs.clone(),
+        external: stage.external.clone(),
+        models: stage.models.clone(),
+        rows: parts.iter().map(|p| p.rows).sum(),
+        parts,
+        stats,
+        run: plan.loaded.spec.run.name.clone(),
+        started_at,
+        committed_at: chrono::Utc::now().to_rfc3339(),
+        croco_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    manifest::commit(&plan.storage, &manifest).await?;
+    Ok(manifest)
+}
+
+/// Registers the input tables of `stage`: committed versions, or in a shard
+/// run the same shard's part of a sharded input.
+async fn register_inputs(
+    plan: &Plan,
+    stage: &PlannedStage,
+    ctx: &SessionContext,
+    shard: Option<Shard>,
+) -> Result<(), RunError> {
+    for (table, key) in &stage.inputs {
+        let table = Table::from_name(table).expect("plans name known tables");
+        let sharded = shard.filter(|_| StageName::writer_of(table).is_some_and(|w| w.shardable(&plan.loaded.spec)));
+        let parts = match sharded {
+            Some(shard) => shard::read_record(&plan.storage, table, key, shard).await?.map(|r| r.parts),
+            None => manifest::read(&plan.storage, table, key).await?.map(|m| m.parts),
+        };
+        let parts = parts.ok_or_else(|| RunError::InputMissing { stage: stage.stage, table, key: key.clone() })?;
+        register_version(ctx, &plan.storage, table, key, &parts, table.name()).await?;
+    }
+    Ok(())
 }
 
 async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Result<StageReport, RunError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339();
-    tracing::info!(stage = %stage.stage, key = %stage.key, "running");
+    let shard = options.shard.filter(|_| stage.stage.shardable(&plan.loaded.spec));
+    tracing::info!(stage = %stage.stage, key = %stage.key, ?shard, "running");
     let ctx = new_context();
     plan.storage.register(&ctx);
-    for (table, key) in &stage.inputs {
-        let table = Table::from_name(table).expect("plans name known tables");
-        let input = manifest::read(&plan.storage, table, key).await?.ok_or_else(|| RunError::InputMissing {
-            stage: stage.stage,
-            table,
-            key: key.clone(),
-        })?;
-        register_version(&ctx, &plan.storage, table, key, &input.parts, table.name()).await?;
-    }
+    register_inputs(plan, stage, &ctx, shard).await?;
     let progress = progress_bar(stage.stage, options.progress);
     let resume = !options.force && options.only.is_none();
-    let input =
-        StageInput { ctx: &ctx, spec: &plan.loaded.spec, base_dir: &plan.loaded.base_dir, progress: &progress, resume };
-    let mut writer = TableWriter::new(&plan.storage, stage.stage.writes(), &stage.key, &attempt_nonce());
+    let input = StageInput {
+        ctx: &ctx,
+        spec: &plan.loaded.spec,
+        base_dir: &plan.loaded.base_dir,
+        progress: &progress,
+        resume,
+        shard,
+    };
+    let scope = shard.map_or_else(|| "all".to_string(), |s| s.name());
+    let mut writer =
+        TableWriter::new(&plan.storage, stage.stage.writes(), &stage.key, &attempt_nonce()).with_scope(&scope);
     let stats = match stages::run(stage.stage, &input, &mut writer).await {
         Ok(stats) => stats,
         Err(source) => {
@@ -120,29 +247,18 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
         .finish()
         .await
         .map_err(|source| RunError::Stage { stage: stage.stage, source: Box::new(source.into()) })?;
-    let rows = parts.iter().map(|p| p.rows).sum();
-    let manifest = Manifest {
-        table: stage.stage.writes().name().to_string(),
-        key: stage.key.clone(),
-        stage: stage.stage.name().to_string(),
-        schema_version: stage.stage.writes().schema().version,
-        params: stage.params.clone(),
-        inputs: stage.inputs.clone(),
-        external: stage.external.clone(),
-        models: stage.models.clone(),
-        parts,
-        rows,
-        stats: stats.clone(),
-        run: plan.loaded.spec.run.name.clone(),
-        started_at,
-        committed_at: chrono::Utc::now().to_rfc3339(),
-        croco_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    manifest::commit(&plan.storage, &manifest).await?;
     progress.finish_and_clear();
+    let rows: u64 = parts.iter().map(|p| p.rows).sum();
+    if let Some(shard) = shard {
+        let record = ShardRecord { shard, parts, rows, stats: stats.clone() };
+        shard::write_record(&plan.storage, stage.stage.writes(), &stage.key, &record).await?;
+        tracing::info!(stage = %stage.stage, rows, shard = %shard.name(), "committed shard");
+        return Ok(report(stage, "shard", rows, started.elapsed().as_secs_f64(), stats));
+    }
+    commit_manifest(plan, stage, parts, stats.clone(), started_at).await?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(stage = %stage.stage, rows, seconds, "committed");
-    Ok(StageReport { stage: stage.stage, key: stage.key.clone(), status: "ran", rows, seconds, stats })
+    Ok(report(stage, "ran", rows, seconds, stats))
 }
 
 fn progress_bar(stage: StageName, visible: bool) -> ProgressBar {

@@ -59,11 +59,15 @@ async fn sample_policy(
         "SELECT prompt_id, source_id, language, text FROM prompts WHERE {} ORDER BY prompt_id",
         params.split.sql()
     );
-    let row = |batch: &RecordBatch, i: usize| PromptRow {
-        prompt_id: text_at(batch, "prompt_id", i),
-        source_id: text_at(batch, "source_id", i),
-        language: text_at(batch, "language", i),
-        text: text_at(batch, "text", i),
+    // A shard answers only the prompts of its slice.
+    let row = |batch: &RecordBatch, i: usize| {
+        let prompt_id = text_at(batch, "prompt_id", i);
+        input.shard.is_none_or(|shard| shard.contains(&prompt_id)).then(|| PromptRow {
+            prompt_id,
+            source_id: text_at(batch, "source_id", i),
+            language: text_at(batch, "language", i),
+            text: text_at(batch, "text", i),
+        })
     };
     let mut chunks = Chunks::new(input.ctx, &sql, "prompts", params.prompts_per_part as usize, row).await?;
     let mut sampler =

@@ -93,6 +93,12 @@ impl StageName {
         }
     }
 
+    /// Whether the stage can be split over shards: the model stages, when
+    /// they run a model (imports are cheap and not sharded).
+    pub fn shardable(self, spec: &PipelineSpec) -> bool {
+        !self.models(spec).is_empty()
+    }
+
     /// The model bundles the stage runs, by role (`policy`, `reward`), as
     /// written in `[models]`.
     pub fn models(self, spec: &PipelineSpec) -> Vec<(&'static str, String)> {
@@ -153,6 +159,8 @@ pub struct StageInput<'a> {
     /// Whether to resume from chunks an interrupted attempt committed
     /// (false when the run was forced).
     pub resume: bool,
+    /// The slice of prompts this run handles, in a sharded run.
+    pub shard: Option<crate::pipeline::shard::Shard>,
 }
 
 impl StageInput<'_> {
@@ -294,9 +302,9 @@ pub struct Chunks<T, F> {
     index: u64,
 }
 
-impl<T, F: Fn(&arrow::array::RecordBatch, usize) -> T> Chunks<T, F> {
+impl<T, F: Fn(&arrow::array::RecordBatch, usize) -> Option<T>> Chunks<T, F> {
     /// Runs `sql` in `ctx`; `row` turns row `i` of a result batch (strings
-    /// as plain `Utf8`) into a `T`.
+    /// as plain `Utf8`) into a `T`, or skips it with `None`.
     pub async fn new(
         ctx: &SessionContext,
         sql: &str,
@@ -315,7 +323,7 @@ impl<T, F: Fn(&arrow::array::RecordBatch, usize) -> T> Chunks<T, F> {
             let Some(batch) = self.stream.next().await else { break };
             let batch = batch.map_err(|source| StoreError::Query { context: self.context.into(), source })?;
             let batch = crate::store::schema::plain_strings(&batch);
-            self.pending.extend((0..batch.num_rows()).map(|i| (self.row)(&batch, i)));
+            self.pending.extend((0..batch.num_rows()).filter_map(|i| (self.row)(&batch, i)));
         }
         if self.pending.is_empty() {
             return Ok(None);

@@ -52,10 +52,13 @@ async fn score_with_model(
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
     let sql = "SELECT g.generation_id, p.text AS prompt, g.text AS response FROM generations AS g \
                JOIN prompts AS p ON p.prompt_id = g.prompt_id ORDER BY g.generation_id";
-    let row = |batch: &RecordBatch, i: usize| Exchange {
-        generation_id: text_at(batch, "generation_id", i),
-        prompt: text_at(batch, "prompt", i),
-        response: text_at(batch, "response", i),
+    // In a sharded run the generations table holds this shard's rows only.
+    let row = |batch: &RecordBatch, i: usize| {
+        Some(Exchange {
+            generation_id: text_at(batch, "generation_id", i),
+            prompt: text_at(batch, "prompt", i),
+            response: text_at(batch, "response", i),
+        })
     };
     let mut chunks = Chunks::new(input.ctx, sql, "generations", params.rows_per_part as usize, row).await?;
     let mut scorer = Scorer { model: &mut model, label: &label, batch_size: params.batch_size as usize, scored: 0 };

@@ -50,6 +50,8 @@ pub struct TableWriter {
     parts: Vec<PartInfo>,
     /// Parts before this index belong to committed chunks and survive an abort.
     checkpointed: usize,
+    /// Subdirectory of the chunk markers: one per shard, `all` otherwise.
+    scope: String,
 }
 
 /// Directory (inside a version directory) of chunk markers.
@@ -75,7 +77,15 @@ impl TableWriter {
             current: None,
             parts: Vec::new(),
             checkpointed: 0,
+            scope: "all".into(),
         }
+    }
+
+    /// Keeps this writer's chunk markers apart from other writers of the same
+    /// version (shards), so each resumes only its own work.
+    pub fn with_scope(mut self, scope: &str) -> Self {
+        self.scope = scope.to_string();
+        self
     }
 
     /// Overrides the number of rows per part.
@@ -153,7 +163,7 @@ impl TableWriter {
     /// committed (see [`TableWriter::commit_chunk`]): their parts become part of
     /// this writer's output, and the stage skips their work.
     pub async fn resume_chunks(&mut self) -> Result<std::collections::BTreeSet<u64>, StoreError> {
-        let dir = self.storage.path(&format!("{}/{CHUNKS_DIR}", self.dir));
+        let dir = self.storage.path(&format!("{}/{CHUNKS_DIR}/{}", self.dir, self.scope));
         let mut markers = Vec::new();
         for object in self.storage.list(&dir).await? {
             let Some(bytes) = self.storage.get_if_exists(&object.location).await? else { continue };
@@ -174,7 +184,7 @@ impl TableWriter {
     pub async fn commit_chunk(&mut self, chunk: u64) -> Result<(), StoreError> {
         self.close_part().await?;
         let marker = ChunkMarker { chunk, parts: self.parts[self.checkpointed..].to_vec() };
-        let path = self.storage.path(&format!("{}/{CHUNKS_DIR}/{chunk:08}.json", self.dir));
+        let path = self.storage.path(&format!("{}/{CHUNKS_DIR}/{}/{chunk:08}.json", self.dir, self.scope));
         let json = serde_json::to_vec(&marker)
             .map_err(|source| StoreError::Json { url: self.storage.url_of(&path), source })?;
         self.storage.put(&path, json.into()).await?;

@@ -38,18 +38,18 @@ fn stale_record(run: &str) -> LockRecord {
 async fn one_holder_at_a_time_and_stale_locks_are_taken_over(#[case] provider: &str) {
     let root = root(provider, &format!("lock_{provider}"));
     let storage = Storage::open(&root.url, std::path::Path::new("."), &root.options, &Default::default()).unwrap();
-    let first = RunLock::acquire(&storage, "first", TTL).await.unwrap();
-    match RunLock::acquire(&storage, "second", TTL).await {
+    let first = RunLock::acquire(&storage, "first", TTL, LOCK_FILE).await.unwrap();
+    match RunLock::acquire(&storage, "second", TTL, LOCK_FILE).await {
         Err(LockError::Held { holder, .. }) => assert_eq!(holder.run, "first"),
         other => panic!("a second holder was admitted: {:?}", other.err()),
     }
     first.release().await.unwrap();
-    let second = RunLock::acquire(&storage, "second", TTL).await.unwrap();
+    let second = RunLock::acquire(&storage, "second", TTL, LOCK_FILE).await.unwrap();
     second.release().await.unwrap();
 
     let stale = serde_json::to_vec(&stale_record("dead")).unwrap();
     storage.put(&storage.path(LOCK_FILE), stale.into()).await.unwrap();
-    let taker = RunLock::acquire(&storage, "taker", TTL).await.expect("a stale lock is taken over");
+    let taker = RunLock::acquire(&storage, "taker", TTL, LOCK_FILE).await.expect("a stale lock is taken over");
     let (held, _) = croco::pipeline::lock::read(&storage).await.unwrap().unwrap();
     assert_eq!(held.run, "taker");
     taker.release().await.unwrap();

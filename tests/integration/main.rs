@@ -10,6 +10,7 @@ mod lock;
 mod model_parity;
 mod model_stages;
 mod pairs_rule;
+mod shards;
 mod slt;
 mod spec_corpus;
 mod stage_graph;
