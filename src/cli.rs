@@ -257,6 +257,7 @@ async fn load_plan(file: &Path) -> Result<Plan, CliError> {
 }
 
 async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(), CliError> {
+    let retries_before = crate::store::retries::count();
     let plan = load_plan(file).await?;
     let ttl = std::time::Duration::from_secs(plan.loaded.spec.run.lock_ttl_s);
     // Shards run side by side, each under its own lock; a plain run takes the root's.
@@ -267,8 +268,11 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
     lock.release().await?;
     let reports = result?;
     if json {
+        // Retries of the whole command: planning and locking talk to the store too.
+        let retries = crate::store::retries::count() - retries_before;
+        let root = plan.storage.display();
         print_json(
-            &serde_json::json!({ "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": reports }),
+            &serde_json::json!({ "run": plan.loaded.spec.run.name, "root": root, "retries": retries, "stages": reports }),
         );
         return Ok(());
     }

@@ -46,6 +46,9 @@ pub struct StageReport {
     pub seconds: f64,
     /// Stage counts from the manifest.
     pub stats: Stats,
+    /// Object-store requests retried while the stage ran (counted when the
+    /// binary's tracing layer is installed).
+    pub retries: u64,
 }
 
 /// Errors while running a plan.
@@ -81,10 +84,12 @@ pub async fn run(plan: &Plan, options: RunOptions) -> Result<Vec<StageReport>, R
     }
     let mut reports = Vec::new();
     for stage in &plan.stages {
-        let report = match options.shard {
+        let retries_before = crate::store::retries::count();
+        let mut report = match options.shard {
             Some(shard) => run_shard(plan, stage, shard, options).await?,
             None => run_plain(plan, stage, options).await?,
         };
+        report.retries = crate::store::retries::count() - retries_before;
         reports.push(report);
     }
     Ok(reports)
@@ -131,7 +136,7 @@ async fn run_shard(
 }
 
 fn report(stage: &PlannedStage, status: &'static str, rows: u64, seconds: f64, stats: Stats) -> StageReport {
-    StageReport { stage: stage.stage, key: stage.key.clone(), status, rows, seconds, stats }
+    StageReport { stage: stage.stage, key: stage.key.clone(), status, rows, seconds, stats, retries: 0 }
 }
 
 fn skipped(stage: &PlannedStage, current: &Manifest) -> StageReport {

@@ -1,6 +1,7 @@
 //! Storage: object stores by URL scheme, table versions as Parquet parts plus
 //! a manifest, schema checks, and DataFusion sessions over them.
 
+pub mod retries;
 pub mod schema;
 pub mod session;
 pub mod storage;

@@ -82,11 +82,13 @@ fn transient_faults_are_retried_and_persistent_ones_fail_cleanly() {
 
     let flaky = FaultyProxy::start(upstream.clone(), 3);
     let file = pipeline(dir.path(), &root.url, &format!("http://127.0.0.1:{}", flaky.port), 5);
-    let output = croco(&["run", &file, "-v"]);
+    let output = croco(&["run", &file, "-v", "--json"]);
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{log}");
     assert_eq!(flaky.dropped.load(Ordering::SeqCst), 3, "the proxy dropped three connections");
     assert!(!log.contains(SECRET), "credentials leaked into the log");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(summary["retries"].as_u64().unwrap() >= 3, "the run summary counts the retries: {summary}");
 
     let dead = FaultyProxy::start(upstream, usize::MAX);
     let other = format!("{}-again", root.url);

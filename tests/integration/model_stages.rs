@@ -110,15 +110,16 @@ async fn a_killed_generate_resumes_and_ends_with_the_uninterrupted_rows() {
     assert_eq!(resumed, expected, "no row lost, none duplicated, same text");
 }
 
+/// Chunk markers committed so far, over every version and writer scope
+/// (`<version>/_chunks/<scope>/<n>.json`).
 fn count_markers(tables: &Path) -> usize {
-    std::fs::read_dir(tables)
-        .map(|versions| {
-            versions
-                .filter_map(|v| std::fs::read_dir(v.unwrap().path().join("_chunks")).ok())
-                .map(|markers| markers.count())
-                .sum()
-        })
-        .unwrap_or(0)
+    let entries =
+        |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+    entries(tables)
+        .iter()
+        .flat_map(|version| entries(&version.join("_chunks")))
+        .map(|scope| entries(&scope).len())
+        .sum()
 }
 
 #[test]
