@@ -145,6 +145,11 @@ async fn take_over_if_stale(
     let Some((held, version)) = read_lock(storage, file).await? else {
         return put(storage, file, record, PutMode::Create).await.map_err(|source| storage.error(&path, source).into());
     };
+    // A create whose response was lost is retried by object_store and then
+    // reports our own lock as existing: that lock is ours.
+    if held.token == record.token {
+        return Ok(());
+    }
     let age = Utc::now().signed_duration_since(held.heartbeat_at);
     if age.to_std().unwrap_or_default() < ttl {
         return Err(LockError::Held { root, holder: Box::new(held) });
