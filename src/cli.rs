@@ -15,7 +15,7 @@ use crate::pipeline::manifest;
 use crate::pipeline::runner::{self, RunOptions};
 use crate::pipeline::shard::Shard;
 use crate::pipeline::spec::PipelineSpec;
-use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, StageState, validate};
+use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, validate};
 use crate::stages::StageName;
 use crate::store::session::{new_context, run_statements};
 use crate::store::tables::register_version;
@@ -370,20 +370,10 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!("root: {}", plan.storage.display());
-    for (stage, row) in plan.stages.iter().zip(&rows) {
-        let state = match row["state"].as_str() {
-            Some("current") => StageState::Current,
-            Some("stale") => StageState::Stale,
-            _ => StageState::Missing,
-        };
-        let rows = row["rows"].as_u64().map_or("-".to_string(), |r| r.to_string());
-        println!(
-            "{:<9} {:<8} {:>9} rows  {}",
-            stage.stage.name(),
-            format!("{state:?}").to_lowercase(),
-            rows,
-            stage.key
-        );
+    for row in &rows {
+        let count = row["rows"].as_u64().map_or("-".to_string(), |r| r.to_string());
+        let text = |field: &str| row[field].as_str().unwrap_or_default().to_string();
+        println!("{:<9} {:<8} {:>9} rows  {}", text("stage"), text("state"), count, text("key"));
     }
     Ok(())
 }
