@@ -2,7 +2,10 @@
 //! ONNX Runtime sessions that generate, score and compute log-probs.
 
 pub mod bundle;
+pub mod dpo;
 pub mod graph;
+pub mod lora;
+pub mod optim;
 pub mod policy;
 pub mod reward;
 pub mod runtime;

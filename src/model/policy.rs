@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::graph::BoundGraph;
+use super::lora::Adapter;
 use super::runtime::{SessionConfig, Target, resolve_target};
 use super::sampling::{SamplingParams, next_token, sequence_rng};
 use super::tokenizer::ChatTokenizer;
@@ -80,15 +81,16 @@ pub struct Policy {
 type KvCache = Vec<(String, DynValue)>;
 
 /// A left-padded batch of sequences.
-struct Padded {
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    positions: Vec<i64>,
-    rows: usize,
-    width: usize,
+pub(super) struct Padded {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub positions: Vec<i64>,
+    pub rows: usize,
+    pub width: usize,
 }
 
-fn left_pad(sequences: &[&[i64]], pad: i64) -> Padded {
+/// Left-pads `sequences` with `pad` to the longest one.
+pub(super) fn left_pad(sequences: &[&[i64]], pad: i64) -> Padded {
     let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut padded = Padded { ids: vec![], mask: vec![], positions: vec![], rows: sequences.len(), width };
     for sequence in sequences {
@@ -114,9 +116,14 @@ impl Policy {
     /// Loads the policy bundle in `bundle`: weights, tokenizer, and the
     /// `decode` and `logprob` sessions on the configured device.
     pub fn load(bundle: Bundle, config: &SessionConfig) -> Result<Policy, ModelError> {
+        Policy::load_tuned(bundle, None, config)
+    }
+
+    /// Like [`Policy::load`], with a LoRA adapter merged into the weights.
+    pub fn load_tuned(bundle: Bundle, adapter: Option<&Adapter>, config: &SessionConfig) -> Result<Policy, ModelError> {
         bundle.expect_kind(BundleKind::Policy)?;
         let target = resolve_target(config)?;
-        let weights = Weights::load(&bundle)?;
+        let weights = Weights::load_merged(&bundle, adapter)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
         let decode = BoundGraph::new(&bundle, "decode", &weights, target, config.threads)?;
         let logprob = BoundGraph::new(&bundle, "logprob", &weights, target, config.threads)?;

@@ -6,6 +6,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::ModelError;
 use super::bundle::Bundle;
+use super::lora::Adapter;
 
 /// Named weight tensors in the manifest's (graph-input) order.
 pub struct Weights {
@@ -17,6 +18,12 @@ impl Weights {
     /// Reads the bundle's safetensors file and checks that it holds exactly
     /// the manifest's tensors, with the manifest's shapes, as float32.
     pub fn load(bundle: &Bundle) -> Result<Weights, ModelError> {
+        Weights::load_merged(bundle, None)
+    }
+
+    /// Like [`Weights::load`], with `adapter` merged into the weights it adapts
+    /// (`W + (α / r)·B·A`): a tuned policy runs on the same graphs as its base.
+    pub fn load_merged(bundle: &Bundle, adapter: Option<&Adapter>) -> Result<Weights, ModelError> {
         let spec = &bundle.manifest.weights;
         let path = bundle.file(&spec.file);
         let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
@@ -40,12 +47,19 @@ impl Weights {
                     tensor.shape
                 )));
             }
-            let values: Vec<f32> =
-                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let mut values = f32_values(view.data());
+            if let Some(adapter) = adapter {
+                adapter.merge_into(&tensor.name, &mut values);
+            }
             let value = Tensor::from_array((tensor.shape.clone(), values))
                 .map_err(|e| invalid(format!("tensor `{}`: {e}", tensor.name)))?;
             tensors.push((tensor.name.clone(), value.into_dyn()));
         }
         Ok(Weights { tensors })
     }
+}
+
+/// Little-endian float32 bytes as values.
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::manifest::{MANIFEST_FILE, Manifest};
 use super::plan::Plan;
+use crate::store::tables::RESUME_DIR;
 use crate::store::{StoreError, Table};
 
 /// What to collect.
@@ -95,9 +96,14 @@ fn file_name(meta: &ObjectMeta) -> &str {
     meta.location.filename().unwrap_or_default()
 }
 
-/// Chunk markers and shard records: the bookkeeping of resumable and
-/// sharded stages, superseded once the manifest is written.
+/// Chunk markers, shard records and checkpoints: the bookkeeping of
+/// resumable and sharded stages, superseded once the manifest is written.
 fn in_chunks_dir(meta: &ObjectMeta) -> bool {
+    is_marker(meta) || meta.location.parts().any(|p| p.as_ref() == RESUME_DIR)
+}
+
+/// Chunk markers and shard records: JSON files that name parts.
+fn is_marker(meta: &ObjectMeta) -> bool {
     meta.location.parts().any(|p| matches!(p.as_ref(), "_chunks" | "_shards"))
 }
 
@@ -106,7 +112,8 @@ fn whole_version<'a>(objects: &[&'a ObjectMeta]) -> Vec<(&'a ObjectMeta, &'stati
 }
 
 fn unlisted<'a>(manifest: &Manifest, objects: &[&'a ObjectMeta]) -> Vec<(&'a ObjectMeta, &'static str)> {
-    let listed: BTreeSet<&str> = manifest.parts.iter().map(|p| p.file.as_str()).collect();
+    let artifacts = manifest.artifacts.iter().map(|a| a.file.rsplit('/').next().unwrap_or_default());
+    let listed: BTreeSet<&str> = manifest.parts.iter().map(|p| p.file.as_str()).chain(artifacts).collect();
     objects
         .iter()
         .filter(|m| file_name(m) != MANIFEST_FILE)
@@ -124,7 +131,7 @@ async fn unmarked<'a>(
         return Ok(objects.iter().map(|m| (*m, "abandoned uncommitted version")).collect());
     }
     let mut marked: BTreeSet<String> = BTreeSet::new();
-    for marker in objects.iter().filter(|m| in_chunks_dir(m)) {
+    for marker in objects.iter().filter(|m| is_marker(m)) {
         if let Some(bytes) = plan.storage.get_if_exists(&marker.location).await? {
             let value: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|source| StoreError::Json { url: plan.storage.url_of(&marker.location), source })?;

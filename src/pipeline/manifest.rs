@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::store::tables::{PartInfo, version_dir};
+use crate::store::tables::{ArtifactInfo, PartInfo, version_dir};
 use crate::store::{Storage, StoreError, Table};
 
 /// File name of the manifest inside a version directory.
@@ -50,6 +50,9 @@ pub struct Manifest {
     pub models: BTreeMap<String, String>,
     /// Committed Parquet parts.
     pub parts: Vec<PartInfo>,
+    /// Files committed besides the parts (the tune stage's adapter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactInfo>,
     /// Total rows.
     pub rows: u64,
     /// Stage-specific counts (dropped rows, pools, ...).

@@ -17,7 +17,9 @@ use super::manifest::{self, ExternalInput, Manifest};
 use super::validate::LoadedSpec;
 use crate::ids::{sha256_hex, stable_id};
 use crate::model::bundle::{Bundle, Verify};
+use crate::model::lora::checksum_of_files;
 use crate::stages::StageName;
+use crate::stages::input::read_adapter_files;
 use crate::store::storage::resolve_input;
 use crate::store::{Storage, StoreError, Table};
 
@@ -101,7 +103,7 @@ impl Plan {
             for (key, location) in stage.external_inputs(&loaded.spec) {
                 external.push(fingerprint(&loaded, &key, &location).await?);
             }
-            let models = bundle_checksums(&loaded, stage)?;
+            let models = bundle_checksums(&loaded, stage).await?;
             let key = content_key(stage, &params, &inputs, &external, &models);
             stages.push(PlannedStage { stage, key, params, inputs, external, models });
         }
@@ -151,18 +153,32 @@ fn content_key(
 }
 
 /// The checksums of the bundles `stage` runs (cheap: the manifest's sha256
-/// and the files' sizes; the stage verifies more when it loads them).
-fn bundle_checksums(loaded: &LoadedSpec, stage: StageName) -> Result<BTreeMap<String, String>, PlanError> {
-    stage
-        .models(&loaded.spec)
-        .into_iter()
-        .map(|(role, location)| {
-            let bundle = Bundle::open(&loaded.base_dir.join(&location), Verify::Sizes).map_err(|source| {
-                PlanError::Model { file: loaded.file.display().to_string(), role: role.to_string(), source }
-            })?;
-            Ok((role.to_string(), bundle.checksum))
-        })
-        .collect()
+/// and the files' sizes; the stage verifies more when it loads them). A
+/// policy with `models.policy_adapter` is identified by both checksums.
+async fn bundle_checksums(loaded: &LoadedSpec, stage: StageName) -> Result<BTreeMap<String, String>, PlanError> {
+    let mut checksums = BTreeMap::new();
+    for (role, location) in stage.models(&loaded.spec) {
+        let failed =
+            |source| PlanError::Model { file: loaded.file.display().to_string(), role: role.to_string(), source };
+        let bundle = Bundle::open(&loaded.base_dir.join(&location), Verify::Sizes).map_err(failed)?;
+        let checksum = match (&loaded.spec.models.policy_adapter, role) {
+            (Some(adapter), "policy") => {
+                let (weights, config) =
+                    read_adapter_files(&loaded.spec, &loaded.base_dir, adapter).await.map_err(|e| {
+                        PlanError::MissingInput {
+                            file: loaded.file.display().to_string(),
+                            key: "models.policy_adapter".into(),
+                            location: adapter.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                format!("{}+adapter:{}", bundle.checksum, checksum_of_files(&weights, &config))
+            }
+            _ => bundle.checksum,
+        };
+        checksums.insert(role.to_string(), checksum);
+    }
+    Ok(checksums)
 }
 
 /// Fingerprints an input file: the sha256 of a local file's content, the

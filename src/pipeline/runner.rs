@@ -13,7 +13,7 @@ use super::plan::{Plan, PlannedStage};
 use super::shard::{self, Shard, ShardRecord};
 use crate::stages::{self, StageError, StageInput, StageName, Stats};
 use crate::store::session::new_context;
-use crate::store::tables::{PartInfo, TableWriter, register_version};
+use crate::store::tables::{ArtifactInfo, PartInfo, TableWriter, register_version};
 use crate::store::{StoreError, Table};
 
 /// What to run.
@@ -124,15 +124,19 @@ async fn run_shard(
             _ => execute(plan, stage, options).await,
         };
     }
-    let after_sharded = stage
-        .inputs
-        .keys()
-        .filter_map(|t| Table::from_name(t).and_then(StageName::writer_of))
-        .any(|s| s.shardable(spec));
-    match after_sharded {
+    match downstream_of_shards(plan, stage) {
         true => Ok(report(stage, "deferred", 0, 0.0, Stats::new())),
         false => run_plain(plan, stage, RunOptions { shard: None, ..options }).await,
     }
+}
+
+/// Whether `stage` reads, directly or through other stages, a table that
+/// shards write: such a stage waits for the plain run that merges them.
+fn downstream_of_shards(plan: &Plan, stage: &PlannedStage) -> bool {
+    let spec = &plan.loaded.spec;
+    stage.inputs.keys().filter_map(|t| Table::from_name(t).and_then(StageName::writer_of)).any(|writer| {
+        writer.shardable(spec) || plan.stage(writer).is_some_and(|upstream| downstream_of_shards(plan, upstream))
+    })
 }
 
 fn report(stage: &PlannedStage, status: &'static str, rows: u64, seconds: f64, stats: Stats) -> StageReport {
@@ -165,15 +169,21 @@ async fn merge(
     stats.insert("shards".into(), count.into());
     let parts = records.into_iter().flat_map(|r| r.parts).collect();
     let now = chrono::Utc::now().to_rfc3339();
-    let manifest = commit_manifest(plan, stage, parts, stats, now).await?;
+    let manifest = commit_manifest(plan, stage, Written { parts, artifacts: vec![] }, stats, now).await?;
     tracing::info!(stage = %stage.stage, rows = manifest.rows, shards = count, "merged shards");
     Ok(report(stage, "merged", manifest.rows, 0.0, manifest.stats))
+}
+
+/// What a stage wrote.
+struct Written {
+    parts: Vec<PartInfo>,
+    artifacts: Vec<ArtifactInfo>,
 }
 
 async fn commit_manifest(
     plan: &Plan,
     stage: &PlannedStage,
-    parts: Vec<PartInfo>,
+    written: Written,
     stats: Stats,
     started_at: String,
 ) -> Result<Manifest, RunError> {
@@ -186,8 +196,9 @@ async fn commit_manifest(
         inputs: stage.inputs.clone(),
         external: stage.external.clone(),
         models: stage.models.clone(),
-        rows: parts.iter().map(|p| p.rows).sum(),
-        parts,
+        rows: written.parts.iter().map(|p| p.rows).sum(),
+        parts: written.parts,
+        artifacts: written.artifacts,
         stats,
         run: plan.loaded.spec.run.name.clone(),
         started_at,
@@ -248,6 +259,7 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
             return Err(RunError::Stage { stage: stage.stage, source: Box::new(source) });
         }
     };
+    let artifacts = writer.artifacts().to_vec();
     let parts = writer
         .finish()
         .await
@@ -260,7 +272,7 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
         tracing::info!(stage = %stage.stage, rows, shard = %shard.name(), "committed shard");
         return Ok(report(stage, "shard", rows, started.elapsed().as_secs_f64(), stats));
     }
-    commit_manifest(plan, stage, parts, stats.clone(), started_at).await?;
+    commit_manifest(plan, stage, Written { parts, artifacts }, stats.clone(), started_at).await?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(stage = %stage.stage, rows, seconds, "committed");
     Ok(report(stage, "ran", rows, seconds, stats))

@@ -65,6 +65,10 @@ fn default_lock_ttl_s() -> u64 {
 pub struct ModelsSpec {
     /// The policy that generates and is tuned.
     pub policy: Option<String>,
+    /// A LoRA adapter (PEFT directory: `adapter_model.safetensors` + `adapter_config.json`,
+    /// a path or an object-store URL) applied to the policy wherever it runs: merged into its
+    /// weights when the sessions are built. Its checksum enters every key that uses the policy.
+    pub policy_adapter: Option<String>,
     /// The reward model that scores responses.
     pub reward: Option<String>,
     /// The reference policy of DPO (defaults to the policy).
@@ -85,6 +89,10 @@ pub struct StagesSpec {
     pub score: Option<ScoreParams>,
     /// Preference pairs.
     pub pairs: Option<PairsParams>,
+    /// Reference log-probs of the pairs.
+    pub ref_logps: Option<RefLogpsParams>,
+    /// DPO tuning with LoRA.
+    pub tune: Option<TuneParams>,
 }
 
 /// A tabular input file's format.
@@ -392,6 +400,226 @@ pub struct PairsParams {
     pub min_margin: f64,
 }
 
+/// `[stages.ref_logps]`: the reference model's log-probs of every pair, and
+/// the truncation that the tune stage applies identically.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefLogpsParams {
+    /// Longest sequence (prompt + response, in tokens). Longer pairs lose prompt tokens from
+    /// the left first (down to `max_prompt_length`), then response tokens from the right.
+    #[serde(default = "default_max_length")]
+    pub max_length: u32,
+    /// Prompt tokens kept when a sequence must be shortened.
+    #[serde(default = "default_max_prompt_length")]
+    pub max_prompt_length: u32,
+    /// Sequences per batch (batches are formed from sequences of similar length).
+    #[serde(default = "default_score_batch_size")]
+    pub batch_size: u32,
+    /// Pairs per committed part: a crashed run resumes after the last committed part.
+    #[serde(default = "default_rows_per_part")]
+    pub rows_per_part: u32,
+}
+
+fn default_max_length() -> u32 {
+    1024
+}
+
+fn default_max_prompt_length() -> u32 {
+    512
+}
+
+impl Default for RefLogpsParams {
+    fn default() -> Self {
+        RefLogpsParams {
+            max_length: default_max_length(),
+            max_prompt_length: default_max_prompt_length(),
+            batch_size: default_score_batch_size(),
+            rows_per_part: default_rows_per_part(),
+        }
+    }
+}
+
+/// The DPO loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DpoLoss {
+    /// −log σ(β·h), with label smoothing ε: the recipe's loss (TRL `sigmoid`).
+    #[default]
+    Sigmoid,
+    /// (h − 1/(2β))² on length-normalised log-probs (TRL `ipo`).
+    Ipo,
+}
+
+/// How the learning rate moves over the run (after warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Half a cosine from the peak to 0: the recipe's.
+    #[default]
+    Cosine,
+    /// Straight line from the peak to 0.
+    Linear,
+    /// The peak throughout.
+    Constant,
+}
+
+/// `[stages.tune.lora]`: the adapter.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraParams {
+    /// Rank r.
+    #[serde(default = "default_lora_rank")]
+    pub rank: u32,
+    /// α; the update is scaled by α / r.
+    #[serde(default = "default_lora_alpha")]
+    pub alpha: f64,
+    /// Dropout on the adapter's input.
+    #[serde(default = "default_lora_dropout")]
+    pub dropout: f64,
+    /// Modules that get an adapter (a subset of the bundle's `[lora].target_modules`).
+    #[serde(default = "default_lora_targets")]
+    pub target_modules: Vec<String>,
+}
+
+fn default_lora_rank() -> u32 {
+    16
+}
+
+fn default_lora_alpha() -> f64 {
+    32.0
+}
+
+fn default_lora_dropout() -> f64 {
+    0.05
+}
+
+fn default_lora_targets() -> Vec<String> {
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec()
+}
+
+impl Default for LoraParams {
+    fn default() -> Self {
+        LoraParams {
+            rank: default_lora_rank(),
+            alpha: default_lora_alpha(),
+            dropout: default_lora_dropout(),
+            target_modules: default_lora_targets(),
+        }
+    }
+}
+
+/// `[stages.tune]`: offline DPO with LoRA. Defaults are the recipe's.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TuneParams {
+    /// Loss.
+    #[serde(default)]
+    pub loss: DpoLoss,
+    /// β of DPO.
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Label smoothing ε of the sigmoid loss (conservative DPO); 0 = plain DPO.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// The adapter.
+    #[serde(default)]
+    pub lora: LoraParams,
+    /// Peak learning rate.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Schedule after warm-up.
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// Share of the optimizer steps spent warming up linearly from 0.
+    #[serde(default = "default_warmup_ratio")]
+    pub warmup_ratio: f64,
+    /// AdamW's decoupled weight decay.
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Gradients are clipped to this global L2 norm (0: no clipping).
+    #[serde(default = "default_max_grad_norm")]
+    pub max_grad_norm: f64,
+    /// Passes over the pairs.
+    #[serde(default = "default_epochs")]
+    pub epochs: u32,
+    /// Pairs per forward/backward pass.
+    #[serde(default = "default_micro_batch")]
+    pub micro_batch: u32,
+    /// Micro-batches per optimizer step: the effective batch is `micro_batch × grad_accumulation`.
+    #[serde(default = "default_grad_accumulation")]
+    pub grad_accumulation: u32,
+    /// Seed of the adapter's initialisation, the shuffling and the dropout masks.
+    #[serde(default)]
+    pub seed: u64,
+    /// Optimizer steps between checkpoints (a killed run resumes from the last one).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u32,
+}
+
+fn default_beta() -> f64 {
+    0.1
+}
+
+fn default_learning_rate() -> f64 {
+    5e-6
+}
+
+fn default_warmup_ratio() -> f64 {
+    0.05
+}
+
+fn default_weight_decay() -> f64 {
+    0.01
+}
+
+fn default_max_grad_norm() -> f64 {
+    1.0
+}
+
+fn default_epochs() -> u32 {
+    1
+}
+
+fn default_micro_batch() -> u32 {
+    1
+}
+
+fn default_grad_accumulation() -> u32 {
+    8
+}
+
+fn default_checkpoint_every() -> u32 {
+    50
+}
+
+impl TuneParams {
+    fn check(&self, problems: &mut Vec<ValueProblem>) {
+        let mut require = |key: &str, ok: bool, message: &str| {
+            if !ok {
+                problems.push((format!("stages.tune.{key}"), message.into()));
+            }
+        };
+        require("beta", self.beta.is_finite() && self.beta > 0.0, "must be a finite number > 0");
+        require("label_smoothing", (0.0..0.5).contains(&self.label_smoothing), "must be in [0, 0.5)");
+        require("learning_rate", self.learning_rate.is_finite() && self.learning_rate > 0.0, "must be > 0");
+        require("warmup_ratio", (0.0..=1.0).contains(&self.warmup_ratio), "must be in [0, 1]");
+        require("weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be >= 0");
+        require("max_grad_norm", self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0, "must be >= 0");
+        require("lora.alpha", self.lora.alpha.is_finite() && self.lora.alpha > 0.0, "must be > 0");
+        require("lora.dropout", (0.0..1.0).contains(&self.lora.dropout), "must be in [0, 1)");
+        require("lora.target_modules", !self.lora.target_modules.is_empty(), "name at least one module");
+        for (key, value) in [
+            ("lora.rank", self.lora.rank),
+            ("epochs", self.epochs),
+            ("micro_batch", self.micro_batch),
+            ("grad_accumulation", self.grad_accumulation),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
+            positive(&format!("stages.tune.{key}"), value, problems);
+        }
+    }
+}
+
 /// A value problem found after the types were read: the dotted key and what is wrong.
 pub type ValueProblem = (String, String);
 
@@ -454,6 +682,20 @@ impl StagesSpec {
         {
             problems.push(("stages.pairs.min_margin".into(), "must be a finite number >= 0".into()));
         }
+        if let Some(reference) = &self.ref_logps {
+            positive("stages.ref_logps.batch_size", reference.batch_size, &mut problems);
+            positive("stages.ref_logps.rows_per_part", reference.rows_per_part, &mut problems);
+            positive("stages.ref_logps.max_prompt_length", reference.max_prompt_length, &mut problems);
+            if reference.max_length <= reference.max_prompt_length {
+                problems.push((
+                    "stages.ref_logps.max_length".into(),
+                    format!("must exceed max_prompt_length ({})", reference.max_prompt_length),
+                ));
+            }
+        }
+        if let Some(tune) = &self.tune {
+            tune.check(&mut problems);
+        }
         problems
     }
 
@@ -473,6 +715,15 @@ impl StagesSpec {
                 "runs the reward model: set `reward` in [models] (or import rewards)".into(),
             ));
         }
+        if self.ref_logps.is_some() && models.reference.is_none() && models.policy.is_none() {
+            problems.push((
+                "stages.ref_logps".into(),
+                "runs the reference model: set `reference` (or `policy`) in [models]".into(),
+            ));
+        }
+        if self.tune.is_some() && models.policy.is_none() {
+            problems.push(("stages.tune".into(), "tunes the policy: set `policy` in [models]".into()));
+        }
         problems
     }
 
@@ -483,6 +734,8 @@ impl StagesSpec {
             StageName::Generate => self.generate.is_some(),
             StageName::Score => self.score.is_some(),
             StageName::Pairs => self.pairs.is_some(),
+            StageName::RefLogps => self.ref_logps.is_some(),
+            StageName::Tune => self.tune.is_some(),
         };
         let mut problems = Vec::new();
         for stage in StageName::ALL.into_iter().filter(|s| present(*s)) {

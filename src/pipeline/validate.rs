@@ -134,7 +134,7 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
 }
 
 const TOP_LEVEL: [&str; 3] = ["run", "models", "stages"];
-const STAGES: [&str; 4] = ["prompts", "generate", "score", "pairs"];
+const STAGES: [&str; 6] = ["prompts", "generate", "score", "pairs", "ref_logps", "tune"];
 
 /// Reads every section on its own and value-checks each one that parsed, so
 /// one file shows all its problems; `None` when any section failed.
@@ -181,6 +181,8 @@ fn read_stages(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<St
         generate: optional_section(table, "stages.generate", problems),
         score: optional_section(table, "stages.score", problems),
         pairs: optional_section(table, "stages.pairs", problems),
+        ref_logps: optional_section(table, "stages.ref_logps", problems),
+        tune: optional_section(table, "stages.tune", problems),
     };
     // Dependencies are only meaningful once every stage section was read.
     let complete = problems.list.len() == before;

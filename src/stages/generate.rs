@@ -51,8 +51,12 @@ async fn sample_policy(
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
     let bundle = input.bundle("policy", input.spec.models.policy.as_ref())?;
-    let policy_id = format!("bundle:{}", &bundle.checksum[..16]);
-    let mut policy = Policy::load(bundle, &input.session_config())?;
+    let adapter = input.policy_adapter(&bundle).await?;
+    let policy_id = match &adapter {
+        Some((_, checksum)) => format!("bundle:{}+adapter:{}", &bundle.checksum[..16], &checksum[..16]),
+        None => format!("bundle:{}", &bundle.checksum[..16]),
+    };
+    let mut policy = Policy::load_tuned(bundle, adapter.as_ref().map(|(a, _)| a), &input.session_config())?;
     tracing::info!(target = ?policy.target(), "generate: policy loaded");
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
     let sql = format!(

@@ -145,3 +145,19 @@ pub async fn open_keyed_import(
     super::check_import_keys(input.ctx, name, &file.url).await?;
     Ok(file.url)
 }
+
+/// The two files (`adapter_model.safetensors`, `adapter_config.json`) of the
+/// PEFT adapter directory at `location` (a path relative to `base_dir` or a URL).
+pub async fn read_adapter_files(
+    spec: &crate::pipeline::spec::PipelineSpec,
+    base_dir: &std::path::Path,
+    location: &str,
+) -> Result<(bytes::Bytes, bytes::Bytes), StoreError> {
+    use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+    use crate::store::storage::read_input_file;
+    let file = |name: &str| format!("{}/{name}", location.trim_end_matches('/'));
+    let (options, retry) = (&spec.run.storage, &spec.run.retry);
+    let weights = read_input_file(&file(ADAPTER_WEIGHTS), base_dir, options, retry).await?;
+    let config = read_input_file(&file(ADAPTER_CONFIG), base_dir, options, retry).await?;
+    Ok((weights, config))
+}

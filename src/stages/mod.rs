@@ -7,7 +7,9 @@ pub mod generate;
 pub mod input;
 pub mod pairs;
 pub mod prompts;
+pub mod ref_logps;
 pub mod score;
+pub mod tune;
 
 use std::path::Path;
 
@@ -31,11 +33,22 @@ pub enum StageName {
     Score,
     /// Build preference pairs.
     Pairs,
+    /// Reference log-probs of the pairs.
+    RefLogps,
+    /// DPO with LoRA on the pairs.
+    Tune,
 }
 
 impl StageName {
     /// Every stage, in dependency order.
-    pub const ALL: [StageName; 4] = [StageName::Prompts, StageName::Generate, StageName::Score, StageName::Pairs];
+    pub const ALL: [StageName; 6] = [
+        StageName::Prompts,
+        StageName::Generate,
+        StageName::Score,
+        StageName::Pairs,
+        StageName::RefLogps,
+        StageName::Tune,
+    ];
 
     /// The stage's name in pipeline files and messages.
     pub fn name(self) -> &'static str {
@@ -44,6 +57,8 @@ impl StageName {
             StageName::Generate => "generate",
             StageName::Score => "score",
             StageName::Pairs => "pairs",
+            StageName::RefLogps => "ref_logps",
+            StageName::Tune => "tune",
         }
     }
 
@@ -54,6 +69,8 @@ impl StageName {
             StageName::Generate => Table::Generations,
             StageName::Score => Table::Scores,
             StageName::Pairs => Table::Pairs,
+            StageName::RefLogps => Table::RefLogps,
+            StageName::Tune => Table::TrainLog,
         }
     }
 
@@ -64,6 +81,8 @@ impl StageName {
             StageName::Generate => &[Table::Prompts],
             StageName::Score => &[Table::Prompts, Table::Generations],
             StageName::Pairs => &[Table::Prompts, Table::Generations, Table::Scores],
+            StageName::RefLogps => &[Table::Pairs],
+            StageName::Tune => &[Table::Pairs, Table::RefLogps],
         }
     }
 
@@ -81,6 +100,12 @@ impl StageName {
             StageName::Generate => stages.generate.as_ref().map(serde_json::to_value),
             StageName::Score => stages.score.as_ref().map(serde_json::to_value),
             StageName::Pairs => stages.pairs.as_ref().map(serde_json::to_value),
+            StageName::RefLogps => stages.ref_logps.as_ref().map(serde_json::to_value),
+            // The tune stage truncates exactly as ref_logps did: those settings are its own too.
+            StageName::Tune => stages
+                .tune
+                .as_ref()
+                .map(|tune| serde_json::to_value(serde_json::json!({ "tune": tune, "truncation": stages.ref_logps }))),
         };
         let value = value.map(|v| v.expect("stage parameters serialize to JSON"));
         // Prompts also depend on the run's language list, which filters them.
@@ -93,23 +118,27 @@ impl StageName {
         }
     }
 
-    /// Whether the stage can be split over shards: the model stages, when
-    /// they run a model (imports are cheap and not sharded).
+    /// Whether the stage can be split over shards of prompts: generate and
+    /// score, when they run a model (imports are cheap and not sharded). The
+    /// tuning stages see every pair: an optimizer run does not split.
     pub fn shardable(self, spec: &PipelineSpec) -> bool {
-        !self.models(spec).is_empty()
+        matches!(self, StageName::Generate | StageName::Score) && !self.models(spec).is_empty()
     }
 
-    /// The model bundles the stage runs, by role (`policy`, `reward`), as
-    /// written in `[models]`.
+    /// The model bundles the stage runs, by role (`policy`, `reward`,
+    /// `reference`), as written in `[models]`. The reference defaults to the
+    /// policy's bundle, without its adapter.
     pub fn models(self, spec: &PipelineSpec) -> Vec<(&'static str, String)> {
-        let stages = &spec.stages;
+        let (stages, models) = (&spec.stages, &spec.models);
         let found = match self {
             StageName::Generate if stages.generate.as_ref().is_some_and(|g| g.import.is_none()) => {
-                spec.models.policy.clone().map(|p| ("policy", p))
+                models.policy.clone().map(|p| ("policy", p))
             }
             StageName::Score if stages.score.as_ref().is_some_and(|s| s.import.is_none()) => {
-                spec.models.reward.clone().map(|r| ("reward", r))
+                models.reward.clone().map(|r| ("reward", r))
             }
+            StageName::RefLogps => models.reference.clone().or_else(|| models.policy.clone()).map(|r| ("reference", r)),
+            StageName::Tune => models.policy.clone().map(|p| ("policy", p)),
             _ => None,
         };
         found.into_iter().collect()
@@ -131,7 +160,7 @@ impl StageName {
                 .as_ref()
                 .and_then(|s| s.import.as_ref())
                 .map(|i| ("stages.score.import.path", i.path.clone())),
-            StageName::Pairs => None,
+            StageName::Pairs | StageName::RefLogps | StageName::Tune => None,
         };
         found.into_iter().map(|(key, location)| (key.to_string(), location)).collect()
     }
@@ -180,6 +209,22 @@ impl StageInput<'_> {
             crate::model::bundle::Bundle::open(&self.base_dir.join(location), crate::model::bundle::Verify::Sizes)?;
         Ok(bundle)
     }
+
+    /// The LoRA adapter `models.policy_adapter` names, read for `bundle`, and
+    /// its checksum ([`crate::model::lora::checksum_of_files`]), if any.
+    pub async fn policy_adapter(
+        &self,
+        bundle: &crate::model::bundle::Bundle,
+    ) -> Result<Option<(crate::model::lora::Adapter, String)>, StageError> {
+        let Some(location) = &self.spec.models.policy_adapter else {
+            return Ok(None);
+        };
+        let (weights, config) = input::read_adapter_files(self.spec, self.base_dir, location).await?;
+        let adapter = crate::model::lora::Adapter::from_peft(bundle, &weights, &config).map_err(|e| {
+            StageError::Input { file: format!("models.policy_adapter = {location:?}"), problem: e.to_string() }
+        })?;
+        Ok(Some((adapter, crate::model::lora::checksum_of_files(&weights, &config))))
+    }
 }
 
 /// Errors inside a stage. Each names the file, column or row it concerns.
@@ -215,6 +260,8 @@ pub async fn run(stage: StageName, input: &StageInput<'_>, sink: &mut TableWrite
         StageName::Generate => generate::run(input, sink).await,
         StageName::Score => score::run(input, sink).await,
         StageName::Pairs => pairs::run(input, sink).await,
+        StageName::RefLogps => ref_logps::run(input, sink).await,
+        StageName::Tune => tune::run(input, sink).await,
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Table {
     Scores,
     /// Chosen/rejected preference pairs.
     Pairs,
+    /// Reference log-probs of every pair.
+    RefLogps,
     /// Per-step tuning log.
     TrainLog,
     /// Evaluation metrics.
@@ -30,8 +32,15 @@ pub enum Table {
 
 impl Table {
     /// Every table, in pipeline order.
-    pub const ALL: [Table; 6] =
-        [Table::Prompts, Table::Generations, Table::Scores, Table::Pairs, Table::TrainLog, Table::EvalResults];
+    pub const ALL: [Table; 7] = [
+        Table::Prompts,
+        Table::Generations,
+        Table::Scores,
+        Table::Pairs,
+        Table::RefLogps,
+        Table::TrainLog,
+        Table::EvalResults,
+    ];
 
     /// The table's name in storage paths and SQL.
     pub fn name(self) -> &'static str {
@@ -40,6 +49,7 @@ impl Table {
             Table::Generations => "generations",
             Table::Scores => "scores",
             Table::Pairs => "pairs",
+            Table::RefLogps => "ref_logps",
             Table::TrainLog => "train_log",
             Table::EvalResults => "eval_results",
         }
@@ -62,6 +72,7 @@ impl Table {
             Table::Generations => include_str!("../../schemas/generations.json"),
             Table::Scores => include_str!("../../schemas/scores.json"),
             Table::Pairs => include_str!("../../schemas/pairs.json"),
+            Table::RefLogps => include_str!("../../schemas/ref_logps.json"),
             Table::TrainLog => include_str!("../../schemas/train_log.json"),
             Table::EvalResults => include_str!("../../schemas/eval_results.json"),
         }

@@ -301,6 +301,21 @@ pub fn resolve_input(
     }
 }
 
+/// Reads the whole input file at `location` (resolved as [`resolve_input`]
+/// does); a missing file is an error naming its URL.
+pub async fn read_input_file(
+    location: &str,
+    base_dir: &FsPath,
+    options: &StorageOptions,
+    retry: &RetrySpec,
+) -> Result<Bytes, StoreError> {
+    let (storage, path) = resolve_input(location, base_dir, options, retry)?;
+    storage.get_if_exists(&path).await?.ok_or_else(|| StoreError::Object {
+        url: storage.url_of(&path),
+        source: object_store::Error::NotFound { path: path.to_string(), source: "no such file".into() },
+    })
+}
+
 fn local_input(file: &FsPath) -> Result<(Storage, Path), StoreError> {
     let storage = Storage::open_local(FsPath::new("/"))?;
     let absolute = absolute_lexical(file)?;

@@ -38,6 +38,18 @@ pub struct PartInfo {
     pub rows: u64,
 }
 
+/// A file committed with a table version besides its parts (the tune
+/// stage's adapter), listed in the manifest with its checksum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    /// Path inside the version directory (`/`-separated).
+    pub file: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// sha256 of the content.
+    pub sha256: String,
+}
+
 /// Streams record batches of one table into Parquet parts of one version,
 /// conforming every batch to the table schema first.
 pub struct TableWriter {
@@ -52,10 +64,15 @@ pub struct TableWriter {
     checkpointed: usize,
     /// Subdirectory of the chunk markers: one per shard, `all` otherwise.
     scope: String,
+    /// Files written besides the parts.
+    artifacts: Vec<ArtifactInfo>,
 }
 
 /// Directory (inside a version directory) of chunk markers.
 const CHUNKS_DIR: &str = "_chunks";
+/// Directory (inside a version directory) of resume state besides chunk
+/// markers (the tune stage's checkpoints). Not part of the committed version.
+pub const RESUME_DIR: &str = "_resume";
 
 /// The record that chunk `chunk` of a resumable stage is durably written.
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,6 +95,7 @@ impl TableWriter {
             parts: Vec::new(),
             checkpointed: 0,
             scope: "all".into(),
+            artifacts: Vec::new(),
         }
     }
 
@@ -192,6 +210,38 @@ impl TableWriter {
         Ok(())
     }
 
+    /// Writes `bytes` as `file` (a path inside the version directory) and
+    /// lists it as an artifact of the version. Like parts, it is invisible
+    /// until the manifest names it.
+    pub async fn put_artifact(&mut self, file: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let sha256 = crate::ids::sha256_hex(&bytes);
+        let info = ArtifactInfo { file: file.to_string(), bytes: bytes.len() as u64, sha256 };
+        self.storage.put(&self.storage.path(&format!("{}/{file}", self.dir)), bytes.into()).await?;
+        self.artifacts.retain(|a| a.file != file);
+        self.artifacts.push(info);
+        Ok(())
+    }
+
+    /// The artifacts written so far.
+    pub fn artifacts(&self) -> &[ArtifactInfo] {
+        &self.artifacts
+    }
+
+    /// The location of resume-state file `file` of this writer's scope.
+    pub fn resume_path(&self, file: &str) -> Path {
+        self.storage.path(&format!("{}/{RESUME_DIR}/{}/{file}", self.dir, self.scope))
+    }
+
+    /// The storage this writer writes to.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The URL of artifact `file` of this version.
+    pub fn url_of_artifact(&self, file: &str) -> String {
+        self.storage.url_of(&self.storage.path(&format!("{}/{file}", self.dir)))
+    }
+
     /// Best-effort removal of the parts written since the last committed
     /// chunk, after a failure: they are invisible anyway, this only saves
     /// space. Parts of committed chunks stay for the next attempt.
@@ -202,8 +252,10 @@ impl TableWriter {
                 self.parts.push(PartInfo { file, rows });
             }
         }
-        for part in &self.parts[self.checkpointed..] {
-            let path = self.storage.path(&format!("{}/{}", self.dir, part.file));
+        let files =
+            self.parts[self.checkpointed..].iter().map(|p| &p.file).chain(self.artifacts.iter().map(|a| &a.file));
+        for file in files {
+            let path = self.storage.path(&format!("{}/{file}", self.dir));
             if let Err(e) = self.storage.delete(&path).await {
                 tracing::warn!("could not remove abandoned part: {e}");
             }

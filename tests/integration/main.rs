@@ -15,4 +15,5 @@ mod slt;
 mod spec_corpus;
 mod stage_graph;
 mod storage;
+mod tuning;
 mod util;

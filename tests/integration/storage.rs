@@ -87,6 +87,7 @@ fn manifest_for(key: &str, parts: Vec<croco::store::tables::PartInfo>) -> Manife
         models: Default::default(),
         rows: parts.iter().map(|p| p.rows).sum(),
         parts,
+        artifacts: vec![],
         stats: Default::default(),
         run: "test".into(),
         started_at: "2026-11-26T00:00:00Z".into(),

@@ -1,0 +1,160 @@
+//! The ref_logps stage: the reference model's log-probs of every pair's
+//! chosen and rejected response, computed once on ONNX Runtime and kept as a
+//! table keyed by pair id.
+//!
+//! DPO needs them for every step of every epoch of every tuning run; TRL
+//! recomputes them per run (or keeps them in memory for one run). As a table
+//! they are computed once per (reference bundle, pairs, truncation) and every
+//! tuning variant that shares those reads them — the content key says so.
+//! The truncation settings live here because the tune stage must cut the
+//! sequences exactly as they were cut when these sums were taken; it checks
+//! the token counts stored here.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+
+use super::{Chunks, StageError, StageInput, Stats, text_at};
+use crate::model::dpo::{PairTokens, Truncation, encode_pair};
+use crate::model::policy::Policy;
+use crate::pipeline::spec::RefLogpsParams;
+use crate::store::Table;
+use crate::store::tables::TableWriter;
+
+/// Runs the stage.
+pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
+    let params = input.spec.stages.ref_logps.as_ref().expect("the plan only runs configured stages");
+    let models = &input.spec.models;
+    let bundle = input.bundle("reference", models.reference.as_ref().or(models.policy.as_ref()))?;
+    let label = format!("bundle:{}", &bundle.checksum[..16]);
+    let mut model = Policy::load(bundle, &input.session_config())?;
+    let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
+    let sql = "SELECT pair_id, prompt_text, chosen_text, rejected_text FROM pairs ORDER BY pair_id";
+    let row = |batch: &RecordBatch, i: usize| {
+        Some(PairText {
+            pair_id: text_at(batch, "pair_id", i),
+            prompt: text_at(batch, "prompt_text", i),
+            chosen: text_at(batch, "chosen_text", i),
+            rejected: text_at(batch, "rejected_text", i),
+        })
+    };
+    let mut chunks = Chunks::new(input.ctx, sql, "pairs", params.rows_per_part as usize, row).await?;
+    let mut worker = Worker { model: &mut model, label: &label, params, computed: 0, truncated: 0 };
+    while let Some((index, pairs)) = chunks.next().await? {
+        worker.chunk(index, &pairs, &done, sink, input).await?;
+    }
+    Ok(super::stats([
+        ("pairs", sink.rows()),
+        ("computed_now", worker.computed),
+        ("truncated_now", worker.truncated),
+        ("resumed_parts", done.len() as u64),
+    ]))
+}
+
+/// The texts of one pair.
+struct PairText {
+    pair_id: String,
+    prompt: String,
+    chosen: String,
+    rejected: String,
+}
+
+/// Reference log-probs of one pair.
+struct PairLogps {
+    chosen: f64,
+    rejected: f64,
+    tokens: PairTokens,
+    truncated: bool,
+}
+
+/// The truncation of `params`, shared with the tune stage.
+pub fn truncation(params: &RefLogpsParams) -> Truncation {
+    Truncation { max_length: params.max_length as usize, max_prompt_length: params.max_prompt_length as usize }
+}
+
+struct Worker<'m> {
+    model: &'m mut Policy,
+    label: &'m str,
+    params: &'m RefLogpsParams,
+    computed: u64,
+    truncated: u64,
+}
+
+impl Worker<'_> {
+    async fn chunk(
+        &mut self,
+        index: u64,
+        pairs: &[PairText],
+        done: &BTreeSet<u64>,
+        sink: &mut TableWriter,
+        input: &StageInput<'_>,
+    ) -> Result<(), StageError> {
+        if done.contains(&index) {
+            return Ok(());
+        }
+        let logps = self.compute(pairs)?;
+        sink.write(&batch(pairs, &logps, self.label)?).await?;
+        sink.commit_chunk(index).await?;
+        self.computed += pairs.len() as u64;
+        self.truncated += logps.iter().filter(|l| l.truncated).count() as u64;
+        input.progress.set_position(sink.rows());
+        Ok(())
+    }
+
+    /// Log-probs in `pairs` order; the 2·n sequences are batched by length.
+    fn compute(&mut self, pairs: &[PairText]) -> Result<Vec<PairLogps>, StageError> {
+        let limits = truncation(self.params);
+        let encoded = pairs
+            .iter()
+            .map(|p| encode_pair(&self.model.tokenizer, &p.prompt, &p.chosen, &p.rejected, limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sequence 2i is pair i's chosen, 2i + 1 its rejected.
+        let sequences: Vec<(Vec<i64>, usize)> = encoded
+            .iter()
+            .flat_map(|(p, _)| [(p.chosen.clone(), p.response_start), (p.rejected.clone(), p.response_start)])
+            .collect();
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&i| sequences[i].0.len());
+        let mut sums = vec![0.0f64; sequences.len()];
+        for batch in order.chunks(self.params.batch_size as usize) {
+            let selected: Vec<(Vec<i64>, usize)> = batch.iter().map(|&i| sequences[i].clone()).collect();
+            for (&i, logprob) in batch.iter().zip(self.model.logprobs(&selected)?) {
+                if !logprob.sum.is_finite() {
+                    return Err(StageError::Row {
+                        file: "reference model output".into(),
+                        row: format!("pair_id={}", pairs[i / 2].pair_id),
+                        problem: format!("the log-prob is {}; it must be finite", logprob.sum),
+                    });
+                }
+                sums[i] = f64::from(logprob.sum);
+            }
+        }
+        Ok(encoded
+            .into_iter()
+            .enumerate()
+            .map(|(i, (tokens, truncated))| PairLogps {
+                chosen: sums[2 * i],
+                rejected: sums[2 * i + 1],
+                tokens,
+                truncated,
+            })
+            .collect())
+    }
+}
+
+fn batch(pairs: &[PairText], logps: &[PairLogps], label: &str) -> Result<RecordBatch, StageError> {
+    let n = pairs.len();
+    let ints = |f: fn(&PairLogps) -> usize| Arc::new(Int64Array::from_iter_values(logps.iter().map(|l| f(l) as i64)));
+    let given: Vec<(&str, ArrayRef)> = vec![
+        ("pair_id", Arc::new(StringArray::from_iter_values(pairs.iter().map(|p| p.pair_id.as_str())))),
+        ("chosen_logp", Arc::new(Float64Array::from_iter_values(logps.iter().map(|l| l.chosen)))),
+        ("rejected_logp", Arc::new(Float64Array::from_iter_values(logps.iter().map(|l| l.rejected)))),
+        ("chosen_tokens", ints(|l| l.tokens.chosen_tokens())),
+        ("rejected_tokens", ints(|l| l.tokens.rejected_tokens())),
+        ("prompt_tokens", ints(|l| l.tokens.response_start)),
+        ("truncated", Arc::new(logps.iter().map(|l| Some(l.truncated)).collect::<BooleanArray>())),
+        ("reference", Arc::new(StringArray::from(vec![label; n]))),
+    ];
+    Ok(Table::RefLogps.schema().assemble(given, n)?)
+}
