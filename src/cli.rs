@@ -361,6 +361,8 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
             "key": stage.key,
             "rows": current.as_ref().map(|m| m.rows),
             "committed_at": current.as_ref().map(|m| m.committed_at.clone()),
+            "stats": current.as_ref().map(|m| m.stats.clone()),
+            "artifacts": current.as_ref().map(|m| m.artifacts.clone()),
         }));
     }
     if json {

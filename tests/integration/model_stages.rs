@@ -112,7 +112,7 @@ async fn a_killed_generate_resumes_and_ends_with_the_uninterrupted_rows() {
 
 /// Chunk markers committed so far, over every version and writer scope
 /// (`<version>/_chunks/<scope>/<n>.json`).
-fn count_markers(tables: &Path) -> usize {
+pub fn count_markers(tables: &Path) -> usize {
     let entries =
         |dir: &Path| std::fs::read_dir(dir).into_iter().flatten().map(|e| e.unwrap().path()).collect::<Vec<_>>();
     entries(tables)

@@ -114,3 +114,228 @@ fn truncation_cuts_the_prompt_from_the_left_then_the_responses_from_the_right() 
     assert_eq!(pair.rejected[10..], full.rejected[full.response_start..full.response_start + 6]);
     assert!(pair.chosen.len() <= 16);
 }
+
+/// The `dpo` graph run from Rust on the exporter's fixed batch
+/// (`parity/dpo.json` + `dpo.safetensors`) gives torch's loss, log-probs and
+/// LoRA gradients: loss and log-probs within the fixture's `atol` (1e-4),
+/// every gradient within relative L2 `grad_rtol` (1e-3); measured at export:
+/// 2e-7 / 2e-5 / 2.5e-6. The two cases cover the sigmoid loss with label
+/// smoothing and IPO with dropout (the masks are a hash both sides compute alike).
+#[test]
+fn the_dpo_step_matches_the_torch_fixtures() {
+    use croco::model::dpo::{DpoGraph, LossSettings, PairTokens};
+    use croco::model::lora::{read_f32_tensors, safetensors_bytes};
+    let bundle = policy_bundle();
+    let dir = repo().join("data/models/policy/parity");
+    let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("dpo.json")).unwrap()).unwrap();
+    let tensors = read_f32_tensors(&std::fs::read(dir.join("dpo.safetensors")).unwrap()).unwrap();
+    let lora: Vec<(String, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .filter(|(name, _)| name.starts_with("base_model."))
+        .map(|(name, (shape, values))| (name.clone(), shape.clone(), values.as_slice()))
+        .collect();
+    let lora_config = &fixture["lora"];
+    let config = serde_json::to_vec(&serde_json::json!({
+        "r": lora_config["rank"], "lora_alpha": lora_config["alpha"], "target_modules": lora_config["target_modules"]
+    }))
+    .unwrap();
+    let adapter = Adapter::from_peft(&bundle, &safetensors_bytes(&lora).unwrap(), &config).unwrap();
+
+    let rows = |key: &str| -> Vec<Vec<f64>> {
+        fixture[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+            .collect()
+    };
+    let (ids, mask, response) = (rows("input_ids"), rows("attention_mask"), rows("response_mask"));
+    let unpadded = |i: usize| -> (Vec<i64>, usize) {
+        let first = mask[i].iter().position(|&m| m == 1.0).unwrap();
+        let start = response[i].iter().position(|&m| m == 1.0).unwrap() - first;
+        (ids[i][first..].iter().map(|&v| v as i64).collect(), start)
+    };
+    let pairs_count = ids.len() / 2;
+    let pairs: Vec<PairTokens> = (0..pairs_count)
+        .map(|i| {
+            let ((chosen, start), (rejected, rejected_start)) = (unpadded(i), unpadded(i + pairs_count));
+            assert_eq!(start, rejected_start, "both sequences of a pair share the prompt");
+            PairTokens { chosen, rejected, response_start: start }
+        })
+        .collect();
+    let batch: Vec<&PairTokens> = pairs.iter().collect();
+    let mut graph = DpoGraph::load(&bundle, 0, &CPU).unwrap();
+    let (atol, rtol) = (fixture["atol"].as_f64().unwrap(), fixture["grad_rtol"].as_f64().unwrap());
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let reference_logps = &tensors[&format!("{name}/ref_logps")].1;
+        let reference: Vec<(f32, f32)> =
+            (0..pairs_count).map(|i| (reference_logps[i], reference_logps[i + pairs_count])).collect();
+        let settings = LossSettings {
+            beta: case["beta"].as_f64().unwrap() as f32,
+            label_smoothing: case["label_smoothing"].as_f64().unwrap() as f32,
+            ipo: case["ipo"].as_f64().unwrap() == 1.0,
+            dropout: case["dropout_p"].as_f64().unwrap() as f32,
+            dropout_seed: case["dropout_seed"].as_i64().unwrap(),
+        };
+        assert_eq!(adapter.scale() as f64, case["lora_scale"].as_f64().unwrap());
+        let output = graph.step(&batch, &reference, &adapter, &settings).unwrap();
+        let loss_error = (f64::from(output.loss) - case["expected_loss"].as_f64().unwrap()).abs();
+        assert!(loss_error < atol, "{name}: loss off by {loss_error}");
+        let expected = &tensors[&format!("{name}/expected_policy_logps")].1;
+        let got: Vec<f32> = output.chosen_logps.iter().chain(&output.rejected_logps).copied().collect();
+        let logp_error = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(f64::from(logp_error) < atol, "{name}: log-probs off by {logp_error}");
+        for ((tensor, _, _), grad) in adapter.named_tensors(|_| true).iter().zip(&output.grads) {
+            let want = &tensors[&format!("{name}/grad.{tensor}")].1;
+            let diff: f64 = grad.iter().zip(want).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>().sqrt();
+            assert!(diff <= rtol * norm.max(1e-12), "{name}: gradient of {tensor} off by relative {}", diff / norm);
+        }
+    }
+}
+
+/// A pipeline over the demo's imported en/fr responses (no sampling: fast),
+/// with ref_logps and tune on the demo policy; `tune` is the [stages.tune] body.
+fn tuning_pipeline(dir: &std::path::Path, tune: &str) -> std::path::PathBuf {
+    let data = repo().join("data");
+    let text = format!(
+        r#"[run]
+name = "tuning"
+root = "{root}"
+languages = ["en", "fr"]
+device = "cpu"
+threads = 2
+
+[models]
+policy = "{data}/models/policy"
+
+[stages.prompts]
+source = "{data}/prompts/demo.jsonl"
+columns = {{ text = "prompt", source_id = "source_id" }}
+eval_fraction = 0.2
+
+[stages.generate.import]
+path = "{data}/demo/scored_generations.jsonl"
+
+[stages.score.import]
+path = "{data}/demo/scored_generations.jsonl"
+
+[stages.pairs]
+
+[stages.ref_logps]
+max_length = 192
+max_prompt_length = 96
+rows_per_part = 16
+
+[stages.tune]
+{tune}
+"#,
+        root = dir.join("root").display(),
+        data = data.display()
+    );
+    crate::util::write_pipeline(dir, &text)
+}
+
+async fn query(file: &std::path::Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
+    let planned = crate::util::plan(file).await;
+    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+fn floats(batches: &[arrow::array::RecordBatch], column: usize) -> Vec<f64> {
+    use arrow::array::{Array, Float64Array};
+    batches
+        .iter()
+        .flat_map(|b| {
+            let values = b.column(column).as_any().downcast_ref::<Float64Array>().unwrap();
+            (0..values.len()).map(|i| values.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+const LEARNS: &str = "learning_rate = 2e-3\nepochs = 4\nmicro_batch = 4\ngrad_accumulation = 2\nwarmup_ratio = 0.1\n\
+                      checkpoint_every = 3\nlora = { rank = 8, alpha = 16.0, dropout = 0.0 }";
+
+#[tokio::test]
+async fn tuning_drives_the_dpo_loss_down_and_reward_accuracy_up_and_writes_a_peft_adapter() {
+    use croco::pipeline::runner::RunOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let file = tuning_pipeline(dir.path(), LEARNS);
+    let reports = crate::util::run(&file, RunOptions::default()).await;
+    assert_eq!(crate::util::ran(&reports), ["prompts", "generate", "score", "pairs", "ref_logps", "tune"]);
+    let (pairs, references, tune) = (&reports[3], &reports[4], &reports[5]);
+    assert_eq!(references.rows, pairs.rows, "one ref_logps row per pair");
+    let steps = tune.stats["steps"].as_u64().unwrap();
+    assert_eq!(tune.rows, steps, "one train_log row per optimizer step");
+    assert_eq!(steps, pairs.rows.div_ceil(8) * 4);
+
+    let log = query(&file, "SELECT loss, reward_accuracy, reward_margin, lr FROM train_log ORDER BY step").await;
+    let (loss, accuracy, margin, lr) = (floats(&log, 0), floats(&log, 1), floats(&log, 2), floats(&log, 3));
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let quarter = loss.len() / 4;
+    let (first, last) = (mean(&loss[..quarter]), mean(&loss[loss.len() - quarter..]));
+    assert!((loss[0] - std::f64::consts::LN_2).abs() < 1e-3, "B = 0: the first loss is ln 2, got {}", loss[0]);
+    assert!(last < first - 0.1, "the loss falls: first quarter {first:.3}, last quarter {last:.3}");
+    assert!(mean(&accuracy[accuracy.len() - quarter..]) > 0.8, "reward accuracy at the end: {accuracy:?}");
+    assert!(mean(&margin[margin.len() - quarter..]) > mean(&margin[..quarter]), "margins grow: {margin:?}");
+    assert_eq!(lr[0], 0.0, "warm-up starts at 0");
+    assert!(lr[lr.len() - 1] < 2e-3 * 0.05, "cosine ends near 0");
+
+    // The adapter is committed with the version, in PEFT's format, and it is what was trained.
+    let adapter_dir = std::path::PathBuf::from(tune.stats["adapter"].as_str().unwrap().trim_start_matches("file://"));
+    let weights = std::fs::read(adapter_dir.join("adapter_model.safetensors")).unwrap();
+    let config = std::fs::read(adapter_dir.join("adapter_config.json")).unwrap();
+    let adapter = Adapter::from_peft(&policy_bundle(), &weights, &config).unwrap();
+    assert_eq!(adapter.config.r, 8);
+    assert!(adapter.modules.iter().filter(|m| m.trainable).all(|m| m.b.iter().any(|&b| b != 0.0)), "every B moved");
+}
+
+/// Regression test for resume: `kill -9` after tune committed a checkpoint,
+/// rerun, and the final adapter equals an uninterrupted run's (same seed).
+#[tokio::test]
+async fn a_killed_tune_resumes_from_its_checkpoint_and_ends_with_the_uninterrupted_adapter() {
+    use croco::pipeline::runner::RunOptions;
+    use std::time::{Duration, Instant};
+    let tune = LEARNS.replace("dropout = 0.0", "dropout = 0.05").replace("epochs = 4", "epochs = 6");
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference = crate::util::run(&tuning_pipeline(reference_dir.path(), &tune), RunOptions::default()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = tuning_pipeline(dir.path(), &tune);
+    let mut child =
+        std::process::Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).spawn().unwrap();
+    let train_log = dir.path().join("root/tables/train_log");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while crate::model_stages::count_markers(&train_log) < 2 {
+        assert!(Instant::now() < deadline, "tune committed no checkpoint in time");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let resumed = crate::util::run(&file, RunOptions::default()).await;
+    let at = resumed[5].stats["resumed_at_step"].as_u64().unwrap();
+    assert!(at >= 6, "resumed from a checkpoint, at step {at}");
+    let adapter = |reports: &[croco::pipeline::StageReport]| {
+        let dir = std::path::PathBuf::from(reports[5].stats["adapter"].as_str().unwrap().trim_start_matches("file://"));
+        let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        croco::model::lora::read_f32_tensors(&weights).unwrap()
+    };
+    let (expected, got) = (adapter(&reference), adapter(&resumed));
+    assert_eq!(expected.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    for (name, (_, want)) in &expected {
+        let diff = got[name].1.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-5, "{name} differs by {diff} after resume");
+    }
+    let log = |file: &std::path::Path| {
+        let file = file.to_path_buf();
+        async move { floats(&query(&file, "SELECT loss, grad_norm, lr FROM train_log ORDER BY step").await, 0) }
+    };
+    let (expected_loss, resumed_loss) = (log(&tuning_pipeline(reference_dir.path(), &tune)).await, log(&file).await);
+    assert_eq!(expected_loss.len(), resumed_loss.len(), "every step logged once");
+    for (a, b) in expected_loss.iter().zip(&resumed_loss) {
+        assert!((a - b).abs() < 1e-5, "losses agree step by step: {a} vs {b}");
+    }
+}

@@ -1,4 +1,4 @@
-"""Entry command: python -m tools.export {demo-world,policy,reward,random-llama} ..."""
+"""Entry command: python -m tools.export {demo-world,policy,reward,random-llama,dpo-graph,merge-adapter} ..."""
 from __future__ import annotations
 
 import argparse
@@ -230,7 +230,8 @@ def cmd_policy(a):
     tpath = a.tokenizer or os.path.join(a.checkpoint, "tokenizer.json")
     export_policy(a.checkpoint, tpath, a.out, chat_template=_template(a, tpath),
                   parity_prompts=a.prompt or ["Hello!", "Wie geht es dir?", "Dia duit."], log=_log,
-                  name=a.name or os.path.basename(os.path.normpath(a.checkpoint)), stop_tokens=a.stop_token)
+                  name=a.name or os.path.basename(os.path.normpath(a.checkpoint)), stop_tokens=a.stop_token,
+                  dpo=not a.no_dpo)
 
 
 def cmd_reward(a):
@@ -249,7 +250,21 @@ def cmd_random_llama(a):
     from .export import random_llama
 
     random_llama(a.out, a.tokenizer, hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads,
-                 intermediate=a.intermediate, vocab=a.vocab, seed=a.seed, log=_log)
+                 intermediate=a.intermediate, vocab=a.vocab, seed=a.seed, log=_log, dpo=not a.no_dpo)
+
+
+def cmd_dpo_graph(a):
+    _setup_torch(a.threads)
+    from .dpo import add_dpo_to_bundle
+
+    add_dpo_to_bundle(a.bundle, log=_log, peft_check=not a.no_peft_check)
+
+
+def cmd_merge_adapter(a):
+    _setup_torch(a.threads)
+    from .adapter import merge_adapter
+
+    merge_adapter(a.bundle, a.adapter, a.out, log=_log)
 
 
 def main(argv=None):
@@ -292,6 +307,8 @@ def main(argv=None):
                        help="token that ends a response (repeatable; default: the config's eos tokens)")
         s.add_argument("--prompt", action="append", help="parity prompt (repeatable)")
         s.add_argument("--name")
+        if name == "policy":
+            s.add_argument("--no-dpo", action="store_true", help="skip the DPO training-step graph dpo.onnx")
         s.set_defaults(fn=fn)
 
     r = sub.add_parser("random-llama", help="randomly initialised Llama bundle for benchmarks (not committed)")
@@ -304,7 +321,20 @@ def main(argv=None):
     r.add_argument("--intermediate", type=int, default=5632)
     r.add_argument("--vocab", type=int, default=4096)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-dpo", action="store_true", help="skip the DPO training-step graph dpo.onnx")
     r.set_defaults(fn=cmd_random_llama)
+
+    g = sub.add_parser("dpo-graph", help="add the DPO training-step graph dpo.onnx (+ fixtures) to a policy bundle")
+    g.add_argument("bundle", help="policy bundle directory, e.g. data/models/policy")
+    g.add_argument("--no-peft-check", action="store_true",
+                   help="skip the cross-check against transformers + peft (torch vs ORT is always checked)")
+    g.set_defaults(fn=cmd_dpo_graph)
+
+    m = sub.add_parser("merge-adapter", help="policy bundle + PEFT LoRA adapter -> full Hugging Face checkpoint")
+    m.add_argument("bundle", help="policy bundle directory")
+    m.add_argument("adapter", help="PEFT adapter directory (adapter_config.json, adapter_model.safetensors)")
+    m.add_argument("out", help="output directory (config.json, model.safetensors, tokenizer.json)")
+    m.set_defaults(fn=cmd_merge_adapter)
 
     a = p.parse_args(argv)
     a.fn(a)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 FORMAT_VERSION = 1
 OPSET = 18
 ATOL = 1e-4
+GRAD_RTOL = 1e-3  # dpo graph: max relative L2 error of a LoRA gradient, ORT vs torch
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
 
@@ -68,8 +69,10 @@ def _rot_half(x):
 
 
 def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_mask, position_ids, past=None,
-                  head="lm"):
-    """Returns (logits or hidden, presents). past: list of (k, v) [B, KVH, P, D] or None."""
+                  head="lm", lora=None):
+    """Returns (logits or hidden, presents). past: list of (k, v) [B, KVH, P, D] or None.
+    lora: None, or {"modules": {weight name: (A [r, in], B [out, r], module index)}, "scale", "p", "seed"}:
+    every listed linear becomes x W^T + scale * (dropout(x) A^T) B^T (PEFT LoRA, see dpo.lora_dropout)."""
     B, S = input_ids.shape
     H, KV, D, L = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"], A["num_layers"]
     eps = A["rms_norm_eps"]
@@ -92,7 +95,13 @@ def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_m
         def lin(name, t):
             y = t @ W[p + name + ".weight"].T
             b = W.get(p + name + ".bias")
-            return y + b if b is not None else y
+            y = y + b if b is not None else y
+            if lora is not None and p + name + ".weight" in lora["modules"]:
+                from .dpo import lora_dropout
+
+                la, lb, j = lora["modules"][p + name + ".weight"]
+                y = y + lora["scale"] * ((lora_dropout(t, lora["p"], lora["seed"], j) @ la.T) @ lb.T)
+            return y
 
         q = lin("self_attn.q_proj", h).view(B, S, H, D).transpose(1, 2)
         k = lin("self_attn.k_proj", h).view(B, S, KV, D).transpose(1, 2)
@@ -184,7 +193,8 @@ class ScoreGraph(torch.nn.Module):
 
 
 # ---------------------------------------------------------------- ONNX export
-def _export(module, args, path, input_names, output_names, dynamic_shapes, dim_names, log):
+def _export(module, args, path, input_names, output_names, dynamic_shapes, dim_names, log, strip_metadata=False):
+    """strip_metadata: drop the per-node debug metadata (fx node text, scopes; most of a large graph's bytes)."""
     import onnx
 
     t0 = time.time()
@@ -213,6 +223,9 @@ def _export(module, args, path, input_names, output_names, dynamic_shapes, dim_n
                 d.dim_param = n
             else:
                 d.dim_value = n
+    if strip_metadata:
+        for node in m.graph.node:
+            del node.metadata_props[:]
     onnx.save(m, path)
     onnx.checker.check_model(path)
     log(f"exported {os.path.basename(path)} in {time.time() - t0:.1f}s ({os.path.getsize(path)} bytes, "
@@ -493,7 +506,7 @@ def token_roles(tok, cfg, specials, stop_tokens=None):
 
 
 def _finish_manifest(out, kind, name, A, W, graphs, specials, chat_template, cfg, parity_report, extra=None,
-                     roles=None):
+                     roles=None, rel_report=None):
     man = {
         "format": "croco-model", "format_version": FORMAT_VERSION, "kind": kind, "name": name,
         "created_by": "tools/export (python -m tools.export)",
@@ -513,29 +526,55 @@ def _finish_manifest(out, kind, name, A, W, graphs, specials, chat_template, cfg
     }
     if extra:
         man.update(extra)
+    if rel_report:
+        man["parity"]["grad_rtol"] = GRAD_RTOL
+        man["parity"]["measured_max_rel_l2"] = {**rel_report, "__inline__": True}
     for gname, g in graphs.items():
-        man["graphs"][gname] = {"file": g["file"], "opset": OPSET, "weights_as_inputs": True,
-                                "weight_inputs": "all" if g["weight_inputs"] == list(W) else g["weight_inputs"],
-                                "inputs": g["inputs"], "outputs": g["outputs"]}
+        man["graphs"][gname] = graph_entry(g, W)
+    man["files"] = file_table(out)
+    write_manifest(out, man)
+    return man
+
+
+def graph_entry(g, W):
+    """[graphs.<name>] of the manifest for a graph spec of export_graphs / dpo.export_dpo."""
+    return {"file": g["file"], "opset": OPSET, "weights_as_inputs": True,
+            "weight_inputs": "all" if g["weight_inputs"] == list(W) else g["weight_inputs"],
+            "inputs": g["inputs"], "outputs": g["outputs"]}
+
+
+def file_table(out):
+    """[files]: sha256 and size of every file of the bundle except the manifest, sorted by path."""
     files = {}
     for root, _, fs in os.walk(out):
         for f in sorted(fs):
             p = os.path.join(root, f)
-            rel = os.path.relpath(p, out)
+            rel = os.path.relpath(p, out).replace(os.sep, "/")
             if rel == "croco-model.toml":
                 continue
             files[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p), "__inline__": True}
-    man["files"] = dict(sorted(files.items()))
-    text = "# croco model bundle manifest; format described in docs/bundle-format.md\n" + to_toml(man)
+    return dict(sorted(files.items()))
+
+
+def write_manifest(out, man):
+    """Writes croco-model.toml. Works on a manifest read back with tomllib too (the inline tables are
+    marked again), so that rewriting an unchanged manifest reproduces it byte for byte."""
     import tomllib
 
+    man["tokenizer"]["special_tokens"]["__inline__"] = True
+    for k in ("measured_max_abs_diff", "measured_max_rel_l2"):
+        if k in man["parity"]:
+            man["parity"][k]["__inline__"] = True
+    for v in man["files"].values():
+        v["__inline__"] = True
+    text = "# croco model bundle manifest; format described in docs/bundle-format.md\n" + to_toml(man)
     tomllib.loads(text)  # round-trip check
     open(os.path.join(out, "croco-model.toml"), "w").write(text)
-    return man
 
 
 def export_policy(ckpt, tokenizer_path, out, chat_template, parity_prompts, log=print, name="policy",
-                  max_new=24, stop_tokens=None):
+                  max_new=24, stop_tokens=None, dpo=True):
+    """dpo: also the DPO training-step graph dpo.onnx with its fixtures (tools/export/dpo.py)."""
     cfg, model, W, A, inv_freq, scale, tok, graphs, specials = write_bundle(
         "policy", ckpt, tokenizer_path, out, chat_template, name, log)
     Wnp = _np_weights(W)
@@ -627,7 +666,16 @@ def export_policy(ckpt, tokenizer_path, out, chat_template, parity_prompts, log=
               open(os.path.join(out, "parity", "logprob.json"), "w"), ensure_ascii=False, indent=1)
     # tokenizer fixture (Rust tokenizers must produce the same ids)
     _tok_fixture(tok, out, [fill_template(chat_template, p, r) for p, r in pairs])
-    man = _finish_manifest(out, "policy", name, A, W, graphs, specials, chat_template, cfg, report, roles=roles)
+    rel = None
+    if dpo:
+        from .dpo import dpo_parity, export_dpo
+
+        graphs["dpo"], step, lnames = export_dpo(A, W, inv_freq, scale, LORA_TARGETS, out, log)
+        rep, rel = dpo_parity(out, A, W, inv_freq, scale, LORA_TARGETS, step, lnames, tok, chat_template, pad_id,
+                              model, log)
+        report.update(rep)
+    man = _finish_manifest(out, "policy", name, A, W, graphs, specials, chat_template, cfg, report, roles=roles,
+                           rel_report=rel)
     log(f"policy bundle {out}: parity OK {report}")
     return report
 
@@ -674,7 +722,7 @@ def export_reward(ckpt, tokenizer_path, out, chat_template, parity_pairs, log=pr
     return report
 
 
-def random_llama(out, tokenizer_path, hidden, layers, heads, kv_heads, intermediate, vocab, seed, log=print):
+def random_llama(out, tokenizer_path, hidden, layers, heads, kv_heads, intermediate, vocab, seed, log=print, dpo=True):
     """Randomly initialised Llama policy bundle (for GPU benchmarks; never committed)."""
     import tempfile
 
@@ -693,4 +741,4 @@ def random_llama(out, tokenizer_path, hidden, layers, heads, kv_heads, intermedi
         m.save_pretrained(d)
         del m
         export_policy(d, tokenizer_path, out, CHAT_TEMPLATE, ["Hello!", "Wie geht es dir?"], log=log,
-                      name=f"random-llama-{hidden}x{layers}", max_new=8)
+                      name=f"random-llama-{hidden}x{layers}", max_new=8, dpo=dpo)

@@ -50,8 +50,9 @@ def test_policy_export_parity(tmp_path, tokenizer_path, family):
     rep = ex.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE,
                            ["Hello there", "Wie geht es dir heute?", "Dia duit"], log=lambda *_: None, max_new=6)
     assert max(rep.values()) < ex.ATOL
-    for f in ["croco-model.toml", "decode.onnx", "logprob.onnx", "model.safetensors", "tokenizer.json",
-              "parity/greedy.json", "parity/logprob.json", "parity/tokenizer.json"]:
+    for f in ["croco-model.toml", "decode.onnx", "logprob.onnx", "dpo.onnx", "model.safetensors", "tokenizer.json",
+              "parity/greedy.json", "parity/logprob.json", "parity/tokenizer.json", "parity/dpo.json",
+              "parity/dpo.safetensors"]:
         assert (out / f).exists(), f
     import tomllib
 
@@ -59,6 +60,9 @@ def test_policy_export_parity(tmp_path, tokenizer_path, family):
     for rel, meta in man["files"].items():
         assert ex.sha256_file(str(out / rel)) == meta["sha256"]
     assert man["tokenizer"]["special_tokens"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    assert list(man["graphs"]) == ["decode", "logprob", "dpo"]
+    assert max(man["parity"]["measured_max_rel_l2"].values()) < ex.GRAD_RTOL
+    assert any(k.endswith("_vs_peft_grads") for k in man["parity"]["measured_max_rel_l2"])
     if family == "qwen2":
         assert any(t["name"].endswith("q_proj.bias") for t in man["weights"]["tensors"])
 

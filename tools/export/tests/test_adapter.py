@@ -1,0 +1,128 @@
+"""PEFT adapter interop: an adapter written the way croco writes it (PEFT format, by hand) loads in peft, gives
+the log-probs of the ONNX logprob graph fed merged weights (W + scale * B @ A) and of the dpo graph fed the
+adapter, and `merge-adapter` turns it into a transformers checkpoint with the same log-probs."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from .conftest import ROOT  # noqa: E402
+
+POLICY = os.path.join(ROOT, "data", "models", "policy")
+TOL = 1e-4
+R, ALPHA = 4, 8.0
+
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(POLICY, "croco-model.toml")), reason="no policy bundle")
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    """A random adapter in PEFT format written without peft: (dir, {name: tensor})."""
+    from safetensors.torch import save_file
+
+    from tools.export.adapter import load_bundle
+    from tools.export.dpo import lora_modules
+
+    man, W = load_bundle(POLICY)
+    g = torch.Generator().manual_seed(7)
+    tensors = {}
+    for w, an, bn in lora_modules(list(W), man["lora"]["target_modules"], man["architecture"]["num_layers"]):
+        o, i = W[w].shape
+        tensors[an] = torch.randn(R, i, generator=g) * 0.05
+        tensors[bn] = torch.randn(o, R, generator=g) * 0.05
+    d = tmp_path_factory.mktemp("adapter")
+    save_file(tensors, str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
+    json.dump({"peft_type": "LORA", "r": R, "lora_alpha": ALPHA, "lora_dropout": 0.05,
+               "target_modules": man["lora"]["target_modules"], "task_type": "CAUSAL_LM",
+               "base_model_name_or_path": man["name"], "bias": "none"}, open(d / "adapter_config.json", "w"), indent=1)
+    return str(d), tensors
+
+
+def _fixture_inputs():
+    fx = json.load(open(os.path.join(POLICY, "parity", "logprob.json")))
+    return np.array(fx["input_ids"]), np.array(fx["attention_mask"]), np.array(fx["response_mask"])
+
+
+def _hf_logprobs(model, ids, mask, rm):
+    from tools.export.export import positions_from_mask
+
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    with torch.no_grad():
+        lg = model(input_ids=ids_t, attention_mask=mask_t, position_ids=positions_from_mask(mask_t)).logits
+    tlp = torch.gather(lg[:, :-1].float().log_softmax(-1), 2, ids_t[:, 1:, None])[..., 0]
+    tlp = torch.cat([torch.zeros_like(tlp[:, :1]), tlp], 1) * torch.from_numpy(rm).float()
+    return tlp.numpy(), tlp.sum(-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def peft_logprobs(adapter):
+    from peft import PeftModel
+
+    from tools.export.adapter import hf_model_from_bundle
+
+    _, _, base = hf_model_from_bundle(POLICY)
+    ids, mask, rm = _fixture_inputs()
+    base_tok, _ = _hf_logprobs(base, ids, mask, rm)
+    pm = PeftModel.from_pretrained(base, adapter[0]).eval()
+    assert pm.peft_config["default"].r == R
+    tok, s = _hf_logprobs(pm, ids, mask, rm)
+    assert np.abs(tok - base_tok).max() > 1e-2  # the adapter matters
+    return tok, s
+
+
+def test_peft_equals_onnx_logprob_graph_with_merged_weights(adapter, peft_logprobs):
+    from tools.export.adapter import load_bundle, merge_weights, read_adapter
+    from tools.export.export import ort_session
+
+    man, W = load_bundle(POLICY)
+    _, tensors, scale = read_adapter(adapter[0])
+    assert scale == ALPHA / R
+    merged = merge_weights(W, tensors, scale)
+    ids, mask, rm = _fixture_inputs()
+    sess = ort_session(os.path.join(POLICY, man["graphs"]["logprob"]["file"]))
+    tl, s = sess.run(None, {"input_ids": ids, "attention_mask": mask, "response_mask": rm,
+                            **{n: t.numpy() for n, t in merged.items()}})
+    np.testing.assert_allclose(tl, peft_logprobs[0], atol=TOL, rtol=0)
+    np.testing.assert_allclose(s, peft_logprobs[1], atol=TOL, rtol=0)
+
+
+def test_dpo_graph_policy_logps_equal_merged_weights(adapter, peft_logprobs):
+    """What the dpo graph trains (LoRA inputs, dropout 0) is what the merged weights generate with."""
+    from tools.export.adapter import load_bundle
+    from tools.export.export import ort_session
+
+    man, W = load_bundle(POLICY)
+    if "dpo" not in man["graphs"]:
+        pytest.skip("bundle has no dpo graph")
+    ids, mask, rm = _fixture_inputs()
+    if len(ids) % 2:
+        ids, mask, rm = ids[:-1], mask[:-1], rm[:-1]
+    sess = ort_session(os.path.join(POLICY, man["graphs"]["dpo"]["file"]))
+    f = lambda v: np.array(v, np.float32)  # noqa: E731
+    out = sess.run(None, {"input_ids": ids, "attention_mask": mask, "response_mask": rm.astype(np.float32),
+                          "ref_logps": np.zeros(len(ids), np.float32), "beta": f(0.1), "label_smoothing": f(0.0),
+                          "ipo": f(0.0), "lora_scale": f(ALPHA / R), "dropout_p": f(0.0),
+                          "dropout_seed": np.array(3, np.int64), **{n: t.numpy() for n, t in adapter[1].items()},
+                          **{n: t.numpy() for n, t in W.items()}})
+    np.testing.assert_allclose(out[1], peft_logprobs[1][: len(ids)], atol=TOL, rtol=0)
+
+
+def test_merge_adapter_checkpoint_in_transformers(adapter, peft_logprobs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tools.export.cli import main
+
+    out = tmp_path / "merged"
+    main(["merge-adapter", POLICY, adapter[0], str(out)])
+    for f in ["config.json", "model.safetensors", "tokenizer.json"]:
+        assert (out / f).exists(), f
+    model = AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager", dtype=torch.float32).eval()
+    tok, s = _hf_logprobs(model, *_fixture_inputs())
+    np.testing.assert_allclose(tok, peft_logprobs[0], atol=TOL, rtol=0)
+    np.testing.assert_allclose(s, peft_logprobs[1], atol=TOL, rtol=0)

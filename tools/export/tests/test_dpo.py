@@ -1,0 +1,64 @@
+"""The DPO graph's building blocks: the dropout hash is bit-identical in torch and ONNX Runtime, p = 0 is an
+exact identity, and the loss matches TRL's formulas."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+from tools.export import dpo  # noqa: E402
+
+
+class _Mask(torch.nn.Module):
+    def forward(self, x, p, seed):
+        return dpo.dropout_keep(x, p, seed, 3), dpo.lora_dropout(x, p, seed, 5)
+
+
+@pytest.fixture(scope="module")
+def mask_session(tmp_path_factory):
+    from torch.export import Dim
+
+    path = str(tmp_path_factory.mktemp("hash") / "mask.onnx")
+    d = Dim.DYNAMIC
+    prog = torch.onnx.export(_Mask().eval(), (torch.randn(2, 3, 5), torch.tensor(0.1), torch.tensor(7)), dynamo=True,
+                             opset_version=18, input_names=["x", "p", "seed"], output_names=["keep", "y"],
+                             dynamic_shapes=({0: d, 1: d, 2: d}, None, None), verbose=False)
+    prog.save(path)
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("shape,p,seed", [((4, 64, 256), 0.1, 42), ((6, 50, 512), 0.5, -7), ((2, 3, 5), 0.0, 2**62 + 5),
+                                          ((8, 128, 384), 0.1, 123456789), ((3, 7, 11), 0.9, -(2**63))])
+def test_dropout_mask_bit_identical(mask_session, shape, p, seed):
+    x = torch.randn(*shape)
+    keep, y = _Mask()(x, torch.tensor(p), torch.tensor(seed))
+    o_keep, o_y = mask_session.run(None, {"x": x.numpy(), "p": np.array(p, np.float32), "seed": np.array(seed, np.int64)})
+    assert np.array_equal(o_keep, keep.numpy())
+    if p == 0:
+        assert torch.equal(y, x) and np.array_equal(o_y, x.numpy())  # exact identity
+    else:
+        assert abs(float(keep.float().mean()) - (1 - p)) < 0.02
+        np.testing.assert_allclose(o_y, y.numpy(), rtol=1e-6, atol=0)
+
+
+def test_dropout_masks_independent():
+    x = torch.zeros(1, 500, 1000)
+    a = dpo.dropout_keep(x, torch.tensor(0.5), torch.tensor(1), 0).float().flatten().numpy()
+    b = dpo.dropout_keep(x, torch.tensor(0.5), torch.tensor(1), 1).float().flatten().numpy()
+    c = dpo.dropout_keep(x, torch.tensor(0.5), torch.tensor(2), 0).float().flatten().numpy()
+    for u, v in [(a[:-1], a[1:]), (a, b), (a, c), (a[:-1000], a[1000:])]:
+        assert abs(np.corrcoef(u, v)[0, 1]) < 0.01
+    rows = a.reshape(500, 1000)[:300] - 0.5  # no pair of positions has strongly correlated masks
+    corr = (rows @ rows.T) / (0.25 * 1000)
+    np.fill_diagonal(corr, 0)
+    assert np.abs(corr).max() < 6 / np.sqrt(1000)
+
+
+def test_logsigmoid_and_loss_formulas():
+    import torch.nn.functional as F
+
+    x = torch.tensor([-80.0, -3.0, 0.0, 2.5, 90.0], requires_grad=True)
+    y = dpo._logsigmoid(x)
+    torch.testing.assert_close(y, F.logsigmoid(x.detach()), atol=1e-6, rtol=0)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, torch.sigmoid(-x.detach()), atol=1e-6, rtol=0)  # 1/2 at 0
