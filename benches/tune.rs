@@ -6,6 +6,12 @@
 //!
 //!     CROCO_BENCH_PYTHON=/opt/export-venv/bin/python cargo bench --bench tune
 //!
+//! `CROCO_BENCH_BUNDLE` (default `data/models/policy`), `CROCO_BENCH_DEVICE`
+//! (`cpu` or `cuda`) and `CROCO_BENCH_PAIRS` (default 4) point the croco side
+//! at another bundle or the GPU (`tools/gpu/check.sh` does; its PyTorch
+//! reference there is `tools/gpu/torch_dpo_step.py`). The Python references
+//! run only on the CPU defaults.
+//!
 //! The Python side is `tools/bench/trl_dpo.py` (needs torch, transformers,
 //! peft and trl: `pip install -r tools/export/requirements.txt`).
 
@@ -20,38 +26,68 @@ use croco::model::optim::{AdamW, clip_grad_norm};
 use croco::model::runtime::{Device, SessionConfig};
 use rand::{Rng, SeedableRng};
 
-const PAIRS: usize = 4;
 const PROMPT_TOKENS: usize = 32;
 const RESPONSE_TOKENS: usize = 96;
 const RANK: usize = 16;
 const STEPS: usize = 10;
 const THREADS: usize = 2;
 
+/// What the croco side runs on.
+struct Setup {
+    bundle: std::path::PathBuf,
+    config: SessionConfig,
+    pairs: usize,
+}
+
+fn setup(repo: &Path) -> Setup {
+    let var = |name: &str| std::env::var(name).ok();
+    let device = match var("CROCO_BENCH_DEVICE").as_deref() {
+        Some("cuda") => Device::Cuda,
+        _ => Device::Cpu,
+    };
+    let threads = if device == Device::Cpu { THREADS } else { 0 };
+    Setup {
+        bundle: repo.join(var("CROCO_BENCH_BUNDLE").unwrap_or_else(|| "data/models/policy".into())),
+        config: SessionConfig { device, device_id: 0, threads },
+        pairs: var("CROCO_BENCH_PAIRS").and_then(|p| p.parse().ok()).unwrap_or(4),
+    }
+}
+
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = SessionConfig { device: Device::Cpu, device_id: 0, threads: THREADS };
-    let (step_s, optimizer_s) = croco_step(repo, &config);
-    let tokens = (2 * PAIRS * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64;
+    let setup = setup(repo);
+    let (step_s, optimizer_s) = croco_step(&setup);
+    let merge_s = merge_seconds(&setup.bundle);
+    let pairs = setup.pairs;
+    let tokens = (2 * pairs * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64;
     let peak = peak_rss_mb();
     println!(
-        "LoRA DPO step, CPU, {THREADS} threads, demo policy, {PAIRS} pairs x {} tokens, r={RANK} on q,k,v,o,gate,up,down:",
+        "LoRA DPO step, {:?}, {}, {pairs} pairs x {} tokens, r={RANK} on q,k,v,o,gate,up,down:",
+        setup.config.device,
+        setup.bundle.display(),
         PROMPT_TOKENS + RESPONSE_TOKENS
     );
     println!(
         "  croco        {:.2} pairs/s, {:.0} tokens/s, {:.1} ms/step (AdamW + clipping in Rust: {:.2} ms = {:.2} %), peak RSS {peak:.0} MB",
-        PAIRS as f64 / step_s,
+        pairs as f64 / step_s,
         tokens / step_s,
         step_s * 1e3,
         optimizer_s * 1e3,
         100.0 * optimizer_s / step_s
     );
-    for engine in ["trl", "torch-step"] {
+    println!(
+        "  tuned policy: merging the r={RANK} adapter into the weights at session build takes {:.1} ms \
+         (once per session; a merged policy then decodes at the base's speed)",
+        merge_s * 1e3
+    );
+    let defaults = setup.config.device == Device::Cpu && setup.bundle == repo.join("data/models/policy") && pairs == 4;
+    for engine in ["trl", "torch-step"].into_iter().filter(|_| defaults) {
         match reference(repo, engine) {
             Some(result) => {
                 let theirs = result["step_s"].as_f64().unwrap_or(f64::NAN);
                 println!(
                     "  {engine:<12} {:.2} pairs/s, {:.0} tokens/s, {:.1} ms/step, peak RSS {:.0} MB; croco / {engine} = {:.2}",
-                    PAIRS as f64 / theirs,
+                    pairs as f64 / theirs,
                     tokens / theirs,
                     theirs * 1e3,
                     result["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
@@ -64,8 +100,8 @@ fn main() {
 }
 
 /// Median seconds of a whole croco step and of its optimizer part.
-fn croco_step(repo: &Path, config: &SessionConfig) -> (f64, f64) {
-    let bundle = Bundle::open(&repo.join("data/models/policy"), Verify::Sizes).unwrap();
+fn croco_step(setup: &Setup) -> (f64, f64) {
+    let bundle = Bundle::open(&setup.bundle, Verify::Sizes).unwrap();
     let vocab = bundle.manifest.architecture.vocab_size as i64;
     let adapter_config: AdapterConfig = serde_json::from_value(serde_json::json!({
         "r": RANK, "lora_alpha": 2.0 * RANK as f64, "lora_dropout": 0.05,
@@ -73,10 +109,10 @@ fn croco_step(repo: &Path, config: &SessionConfig) -> (f64, f64) {
     }))
     .unwrap();
     let mut adapter = Adapter::init(&bundle, adapter_config, 0).unwrap();
-    let mut graph = DpoGraph::load(&bundle, bundle.manifest.tokenizer.pad_token_id, config).unwrap();
+    let mut graph = DpoGraph::load(&bundle, bundle.manifest.tokenizer.pad_token_id, &setup.config).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut ids = |n: usize| (0..n).map(|_| rng.random_range(6..vocab)).collect::<Vec<i64>>();
-    let pairs: Vec<PairTokens> = (0..PAIRS)
+    let pairs: Vec<PairTokens> = (0..setup.pairs)
         .map(|_| {
             let prompt = ids(PROMPT_TOKENS);
             let chosen = [prompt.clone(), ids(RESPONSE_TOKENS)].concat();
@@ -85,7 +121,7 @@ fn croco_step(repo: &Path, config: &SessionConfig) -> (f64, f64) {
         })
         .collect();
     let batch: Vec<&PairTokens> = pairs.iter().collect();
-    let reference = vec![(-400.0f32, -420.0f32); PAIRS];
+    let reference = vec![(-400.0f32, -420.0f32); setup.pairs];
     let sizes: Vec<usize> = adapter.named_tensors(|m| m.trainable).iter().map(|t| t.2.len()).collect();
     let mut optimizer = AdamW::new(&sizes, 0.01);
     let (mut steps, mut updates) = (Vec::new(), Vec::new());
@@ -109,6 +145,30 @@ fn croco_step(repo: &Path, config: &SessionConfig) -> (f64, f64) {
     (median(&mut steps), median(&mut updates))
 }
 
+/// Seconds to load the policy's weights with a trained-looking adapter
+/// merged, minus loading them plain: the cost of running a tuned policy.
+fn merge_seconds(bundle: &Path) -> f64 {
+    let bundle = Bundle::open(bundle, Verify::Sizes).unwrap();
+    let adapter_config: AdapterConfig = serde_json::from_value(serde_json::json!({
+        "r": RANK, "lora_alpha": 2.0 * RANK as f64,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    }))
+    .unwrap();
+    let mut adapter = Adapter::init(&bundle, adapter_config, 0).unwrap();
+    adapter.modules.iter_mut().for_each(|m| m.b.fill(1e-3));
+    let time = |adapter: Option<&Adapter>| {
+        let mut runs: Vec<f64> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                croco::model::weights::Weights::load_merged(&bundle, adapter).unwrap();
+                started.elapsed().as_secs_f64()
+            })
+            .collect();
+        median(&mut runs)
+    };
+    (time(Some(&adapter)) - time(None)).max(0.0)
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -127,8 +187,9 @@ fn reference(repo: &Path, engine: &str) -> Option<serde_json::Value> {
     let output = Command::new(python)
         .arg("tools/bench/trl_dpo.py")
         .args(["--engine", engine, "--bundle", "data/models/policy"])
-        .args(["--pairs", &PAIRS.to_string(), "--prompt-len", &PROMPT_TOKENS.to_string()])
-        .args(["--response-len", &RESPONSE_TOKENS.to_string(), "--rank", &RANK.to_string()])
+        .args(["--pairs", "4", "--prompt-len", &PROMPT_TOKENS.to_string()])
+        .args(["--seq-len", &(PROMPT_TOKENS + RESPONSE_TOKENS).to_string(), "--rank", &RANK.to_string()])
+        .args(["--alpha", &(2 * RANK).to_string(), "--lora-dropout", "0.05"])
         .args(["--steps", &STEPS.to_string(), "--threads", &THREADS.to_string()])
         .current_dir(repo)
         .output()

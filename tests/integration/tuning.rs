@@ -339,3 +339,57 @@ async fn a_killed_tune_resumes_from_its_checkpoint_and_ends_with_the_uninterrupt
         assert!((a - b).abs() < 1e-5, "losses agree step by step: {a} vs {b}");
     }
 }
+
+/// A pipeline whose `[models]` names `policy_adapter` runs the tuned policy:
+/// the adapter's checksum changes generate's key (prompts stay shared), the
+/// rows name bundle + adapter, and the text differs from the base policy's.
+#[tokio::test]
+async fn a_policy_adapter_is_merged_into_generation_and_enters_its_key() {
+    use croco::pipeline::runner::RunOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::model_stages::model_pipeline(dir.path(), "");
+    let mut adapter = Adapter::init(&policy_bundle(), config(4, &["q_proj", "v_proj", "down_proj"]), 5).unwrap();
+    adapter.modules.iter_mut().filter(|m| m.trainable).for_each(|m| m.b.fill(0.05));
+    let adapter_dir = dir.path().join("adapter");
+    std::fs::create_dir_all(&adapter_dir).unwrap();
+    let (weights, config_json) = adapter.to_peft().unwrap();
+    std::fs::write(adapter_dir.join("adapter_model.safetensors"), weights).unwrap();
+    std::fs::write(adapter_dir.join("adapter_config.json"), config_json).unwrap();
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("[models]\n", &format!("[models]\npolicy_adapter = \"{}\"\n", adapter_dir.display()));
+    let tuned = dir.path().join("tuned.toml");
+    std::fs::write(&tuned, text).unwrap();
+
+    let base_reports = crate::util::run(&base, RunOptions::default()).await;
+    let tuned_reports = crate::util::run(&tuned, RunOptions::default()).await;
+    assert_eq!(tuned_reports[0].status, "skipped", "prompts are shared");
+    assert_eq!(tuned_reports[1].status, "ran");
+    assert_ne!(base_reports[1].key, tuned_reports[1].key);
+
+    let texts = |file: std::path::PathBuf| async move {
+        let batches = query(&file, "SELECT policy_id, text FROM generations ORDER BY prompt_id, sample_idx").await;
+        let batches: Vec<_> = batches.iter().map(croco::store::schema::plain_strings).collect();
+        let column = |i: usize| -> Vec<String> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let values = b.column(i).as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+                    (0..arrow::array::Array::len(values)).map(|r| values.value(r).to_string()).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        (column(0), column(1))
+    };
+    let ((base_ids, base_texts), (tuned_ids, tuned_texts)) = (texts(base.clone()).await, texts(tuned.clone()).await);
+    assert!(base_ids.iter().all(|id| !id.contains("+adapter:")));
+    assert!(tuned_ids.iter().all(|id| id.contains("+adapter:")), "{:?}", &tuned_ids[..1]);
+    assert_eq!(base_texts.len(), tuned_texts.len());
+    let changed = base_texts.iter().zip(&tuned_texts).filter(|(a, b)| a != b).count();
+    assert!(changed > base_texts.len() / 2, "the adapter changes most samples ({changed} of {})", base_texts.len());
+
+    std::fs::remove_file(adapter_dir.join("adapter_config.json")).unwrap();
+    let loaded = croco::pipeline::validate::load(&tuned).unwrap();
+    let error = croco::pipeline::Plan::build(loaded).await.unwrap_err().to_string();
+    assert!(error.contains("models.policy_adapter") && error.contains("adapter_config.json"), "{error}");
+}
