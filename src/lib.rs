@@ -11,5 +11,6 @@ pub mod ids;
 pub mod langs;
 pub mod model;
 pub mod pipeline;
+pub mod report;
 pub mod stages;
 pub mod store;
