@@ -223,6 +223,14 @@ impl TrainState {
     async fn fresh(input: &StageInput<'_>, bundle: &Bundle, params: &TuneParams) -> Result<TrainState, StageError> {
         let adapter = match input.policy_adapter(bundle).await? {
             Some((mut adapter, _)) => {
+                let (config, wanted) = (&adapter.config, &params.lora);
+                if config.r != wanted.rank as usize || config.target_modules != wanted.target_modules {
+                    tracing::warn!(
+                        rank = config.r,
+                        targets = ?config.target_modules,
+                        "tune continues models.policy_adapter with its own rank and targets, not [stages.tune.lora]'s"
+                    );
+                }
                 adapter.config.lora_dropout = params.lora.dropout;
                 adapter
             }
