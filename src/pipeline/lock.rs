@@ -86,7 +86,7 @@ impl RunLock {
             token: crate::ids::stable_id(&[&now.to_rfc3339(), &std::process::id().to_string(), run]),
         };
         let path = storage.path(file);
-        match put(storage, file, &record, PutMode::Create).await {
+        match create_retrying_transport_errors(storage, file, &record).await {
             Ok(()) => {}
             Err(object_store::Error::AlreadyExists { .. }) => take_over_if_stale(storage, file, &record, ttl).await?,
             Err(source) => return Err(storage.error(&path, source).into()),
@@ -102,6 +102,30 @@ impl RunLock {
             self.storage.delete(&self.storage.path(&self.file)).await?;
         }
         Ok(())
+    }
+}
+
+/// Creates the lock object, retrying a few times when the request failed in
+/// transport. object_store does not retry a conditional put whose request may
+/// already have been sent (it is not idempotent), so a dropped connection
+/// would otherwise fail the run. A retry after a create that did land finds
+/// `AlreadyExists` with our own token, which `take_over_if_stale` treats as held.
+async fn create_retrying_transport_errors(
+    storage: &Storage,
+    file: &str,
+    record: &LockRecord,
+) -> Result<(), object_store::Error> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 1;
+    loop {
+        match put(storage, file, record, PutMode::Create).await {
+            Err(object_store::Error::Generic { source, .. }) if attempt < ATTEMPTS => {
+                tracing::warn!(attempt, "creating the run lock failed in transport, retrying: {source}");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 
