@@ -22,6 +22,8 @@ FORMAT_VERSION = 1
 OPSET = 18
 ATOL = 1e-4
 GRAD_RTOL = 1e-3  # dpo graph: max relative L2 error of a LoRA gradient, ORT vs torch
+MAX_CONST_ELEMS = 4096  # largest constant an exported graph may hold: bigger initializers are taken for
+# baked weights (_export fails), and the optimizer folds nothing into a constant bigger than this
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
 
@@ -193,22 +195,43 @@ class ScoreGraph(torch.nn.Module):
 
 
 # ---------------------------------------------------------------- ONNX export
+def _optimize(model, input_names, output_names):
+    """What torch.onnx.export(optimize=True, input_names=, output_names=) does after the translation
+    (onnxscript constant folding + rewrites + ONNX fusions, then the io renaming, in this order: a graph
+    that exported fine before comes out byte-identical), except that no op is folded into a constant of
+    more than MAX_CONST_ELEMS elements. With onnxscript's default limit (512^2) shape-only terms were
+    folded into big constants: in dpo.onnx the dropout hash of the feature index, arange(in_features) *
+    32769 * 1103515245 (dpo.dropout_keep), became an int64 [in_features] initializer per LoRA module, which
+    the baked-weights check rejects once in_features > MAX_CONST_ELEMS (down_proj with intermediate_size
+    4608). Such terms now stay ops (Range, Mul ...) that compute the same exact int64 values at run time."""
+    import onnxscript.optimizer
+    import onnxscript.rewriter.onnx_fusions
+
+    onnxscript.optimizer.optimize_ir(model, output_size_limit=MAX_CONST_ELEMS)
+    onnxscript.rewriter.onnx_fusions.fuse(model)
+    # as torch.onnx's _ir_passes.rename_inputs / rename_outputs (a count mismatch is reported by _export)
+    for values, names in ((model.graph.inputs, input_names), (model.graph.outputs, output_names)):
+        for v, n in zip(values, names):
+            v.metadata_props["pkg.torch.onnx.original_node_name"] = str(v.name)
+            v.name = n
+
+
 def _export(module, args, path, input_names, output_names, dynamic_shapes, dim_names, log, strip_metadata=False):
     """strip_metadata: drop the per-node debug metadata (fx node text, scopes; most of a large graph's bytes)."""
     import onnx
 
     t0 = time.time()
-    prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
-                             output_names=output_names, dynamic_shapes=dynamic_shapes, external_data=False,
-                             optimize=True, verbose=False)
+    prog = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=dynamic_shapes,
+                             external_data=False, optimize=False, verbose=False)
+    _optimize(prog.model, input_names, output_names)
     prog.save(path)
     m = onnx.load(path)
     got_in = [i.name for i in m.graph.input]
     got_out = [o.name for o in m.graph.output]
     if got_in != input_names or got_out != output_names:
         raise SystemExit(f"export of {path}: io names differ\n in:{got_in}\n out:{got_out}")
-    if len(m.graph.initializer) and any(np.prod(t.dims) > 4096 for t in m.graph.initializer):
-        big = [t.name for t in m.graph.initializer if np.prod(t.dims) > 4096]
+    big = [t.name for t in m.graph.initializer if np.prod(t.dims) > MAX_CONST_ELEMS]
+    if big:
         raise SystemExit(f"export of {path}: weights were baked as initializers: {big[:5]}")
     # give the symbolic dims stable names (the Rust loader reads them from the manifest)
     for vi in list(m.graph.input) + list(m.graph.output):
