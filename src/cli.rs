@@ -16,6 +16,7 @@ use crate::pipeline::runner::{self, RunOptions};
 use crate::pipeline::shard::Shard;
 use crate::pipeline::spec::PipelineSpec;
 use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, validate};
+use crate::report::ReportFormat;
 use crate::stages::StageName;
 use crate::store::session::{new_context, run_statements};
 use crate::store::tables::register_version;
@@ -56,7 +57,7 @@ pub enum Command {
     },
     /// Print a JSON Schema of the pipeline format, or the schema of a table.
     Schema {
-        /// `pipeline`, or a table name (prompts, generations, scores, pairs, train_log, eval_results).
+        /// `pipeline`, or a table name (prompts, generations, scores, pairs, ref_logps, train_log, eval_items, eval_results).
         what: String,
     },
     /// Run the stages that are not current, in dependency order.
@@ -126,6 +127,17 @@ pub enum Command {
         #[arg(long)]
         allow_writes: bool,
     },
+    /// Render the evaluation of a pipeline (its current tables) as HTML or Markdown.
+    Report {
+        /// Pipeline file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+        format: ReportFormat,
+        /// Write the report to this file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Log formats.
@@ -174,6 +186,9 @@ pub enum CliError {
     /// The arguments do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// The report could not be built.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
 }
 
 impl CliError {
@@ -213,6 +228,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 _ => return Err(CliError::Usage("give a query or -f FILE".into())),
             };
             sql_command(&file, &sql, format, output.as_deref(), allow_writes).await
+        }
+        Command::Report { file, format, output } => report_command(&file, format, output.as_deref()).await,
+    }
+}
+
+async fn report_command(file: &Path, format: ReportFormat, output: Option<&Path>) -> Result<(), CliError> {
+    let plan = load_plan(file).await?;
+    let ctx = pipeline_session(&plan).await?;
+    let data = crate::report::data::gather(&plan, &ctx).await?;
+    let text = crate::report::render(&data, format);
+    match output {
+        Some(path) => std::fs::write(path, text).map_err(|e| CliError::Output { path: path.into(), source: e.into() }),
+        None => {
+            print!("{text}");
+            Ok(())
         }
     }
 }

@@ -14,6 +14,93 @@ const ISO_639_1: [&str; 183] = [
     "uz", "ve", "vi", "vo", "wa", "wo", "xh", "yi", "yo", "za", "zh", "zu",
 ];
 
+/// The languages the response-language detector (`whatlang`) knows, as
+/// (ISO 639-1, its ISO 639-3 code in `whatlang`), sorted. Languages missing
+/// here (Irish, Galician, Maltese, ...) get no detection rather than a wrong one.
+const DETECTABLE: [(&str, &str); 70] = [
+    ("af", "afr"),
+    ("ak", "aka"),
+    ("am", "amh"),
+    ("ar", "ara"),
+    ("az", "aze"),
+    ("be", "bel"),
+    ("bg", "bul"),
+    ("bn", "ben"),
+    ("ca", "cat"),
+    ("cs", "ces"),
+    ("cy", "cym"),
+    ("da", "dan"),
+    ("de", "deu"),
+    ("el", "ell"),
+    ("en", "eng"),
+    ("eo", "epo"),
+    ("es", "spa"),
+    ("et", "est"),
+    ("fa", "pes"),
+    ("fi", "fin"),
+    ("fr", "fra"),
+    ("gu", "guj"),
+    ("he", "heb"),
+    ("hi", "hin"),
+    ("hr", "hrv"),
+    ("hu", "hun"),
+    ("hy", "hye"),
+    ("id", "ind"),
+    ("it", "ita"),
+    ("ja", "jpn"),
+    ("jv", "jav"),
+    ("ka", "kat"),
+    ("km", "khm"),
+    ("kn", "kan"),
+    ("ko", "kor"),
+    ("la", "lat"),
+    ("lt", "lit"),
+    ("lv", "lav"),
+    ("mk", "mkd"),
+    ("ml", "mal"),
+    ("mr", "mar"),
+    ("my", "mya"),
+    ("nb", "nob"),
+    ("ne", "nep"),
+    ("nl", "nld"),
+    ("or", "ori"),
+    ("pa", "pan"),
+    ("pl", "pol"),
+    ("pt", "por"),
+    ("ro", "ron"),
+    ("ru", "rus"),
+    ("si", "sin"),
+    ("sk", "slk"),
+    ("sl", "slv"),
+    ("sn", "sna"),
+    ("sr", "srp"),
+    ("sv", "swe"),
+    ("ta", "tam"),
+    ("te", "tel"),
+    ("th", "tha"),
+    ("tk", "tuk"),
+    ("tl", "tgl"),
+    ("tr", "tur"),
+    ("uk", "ukr"),
+    ("ur", "urd"),
+    ("uz", "uzb"),
+    ("vi", "vie"),
+    ("yi", "yid"),
+    ("zh", "cmn"),
+    ("zu", "zul"),
+];
+
+/// The detector's language for ISO 639-1 `code`, if it knows the language.
+pub fn detector_language(code: &str) -> Option<whatlang::Lang> {
+    let found = DETECTABLE.binary_search_by_key(&code, |(two, _)| two).ok()?;
+    whatlang::Lang::from_code(DETECTABLE[found].1)
+}
+
+/// The ISO 639-1 code of a detected language.
+pub fn iso_639_1_of(lang: whatlang::Lang) -> Option<&'static str> {
+    DETECTABLE.iter().find(|(_, three)| *three == lang.code()).map(|(two, _)| *two)
+}
+
 /// Whether `code` is an ISO 639-1 code (lower case, two letters).
 pub fn is_iso_639_1(code: &str) -> bool {
     ISO_639_1.binary_search(&code).is_ok()
@@ -30,5 +117,16 @@ mod tests {
         assert!(demo.iter().all(|code| is_iso_639_1(code)));
         assert!(!is_iso_639_1("xx"));
         assert!(!is_iso_639_1("EN"));
+    }
+
+    #[test]
+    fn every_detector_language_round_trips() {
+        assert!(DETECTABLE.windows(2).all(|w| w[0].0 < w[1].0));
+        for (two, _) in DETECTABLE {
+            let lang = detector_language(two).unwrap_or_else(|| panic!("{two} is not a whatlang language"));
+            assert_eq!(iso_639_1_of(lang), Some(two));
+        }
+        assert_eq!(whatlang::Lang::all().len(), DETECTABLE.len(), "every whatlang language is mapped");
+        assert!(detector_language("ga").is_none());
     }
 }

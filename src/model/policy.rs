@@ -66,6 +66,15 @@ pub struct ResponseLogprob {
     pub sum: f32,
 }
 
+/// The `policy_id` of rows a policy produced: `bundle:<checksum>`, plus
+/// `+adapter:<checksum>` when an adapter is merged (16 hex digits each).
+pub fn policy_id(bundle_checksum: &str, adapter_checksum: Option<&str>) -> String {
+    match adapter_checksum {
+        Some(adapter) => format!("bundle:{}+adapter:{}", &bundle_checksum[..16], &adapter[..16]),
+        None => format!("bundle:{}", &bundle_checksum[..16]),
+    }
+}
+
 /// A loaded policy.
 pub struct Policy {
     /// The bundle.

@@ -59,7 +59,24 @@ impl ChatTokenizer {
 
     /// Token ids the model generates from: the prompt template around `prompt`.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
-        self.encode_text(&self.chat.prompt_template.replacen("{prompt}", prompt, 1))
+        self.encode_text(&self.prompt_text(prompt))
+    }
+
+    /// The prompt template around `prompt`: the text a response follows.
+    pub fn prompt_text(&self, prompt: &str) -> String {
+        self.chat.prompt_template.replacen("{prompt}", prompt, 1)
+    }
+
+    /// Ids of `prefix` followed by `continuation`, and where the
+    /// continuation's tokens start. Both texts are encoded together, as the
+    /// model would read them; the start is where the ids of `prefix` alone stop
+    /// agreeing with them, so a token that straddles the boundary counts as
+    /// the continuation's (lm-evaluation-harness does the same).
+    pub fn encode_continuation(&self, prefix: &str, continuation: &str) -> Result<(Vec<i64>, usize), ModelError> {
+        let ids = self.encode_text(&format!("{prefix}{continuation}"))?;
+        let prefix_ids = self.encode_text(prefix)?;
+        let start = ids.iter().zip(&prefix_ids).take_while(|(a, b)| a == b).count();
+        Ok((ids, start))
     }
 
     /// Token ids of the whole exchange and where the response starts. The

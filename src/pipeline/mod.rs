@@ -2,6 +2,7 @@
 //! content keys ([`plan`]), execution ([`runner`]) and the commit record of
 //! every table version ([`manifest`]).
 
+mod eval_spec;
 pub mod gc;
 pub mod lock;
 pub mod manifest;

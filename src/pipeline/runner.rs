@@ -1,6 +1,7 @@
 //! Running a plan: stale stages in dependency order, each committed with the
 //! parts-then-manifest protocol, current stages skipped.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -210,24 +211,31 @@ async fn commit_manifest(
 }
 
 /// Registers the input tables of `stage`: committed versions, or in a shard
-/// run the same shard's part of a sharded input.
+/// run the same shard's part of a sharded input. Returns the manifests of the
+/// committed versions it registered (their artifacts are the stage's to read).
 async fn register_inputs(
     plan: &Plan,
     stage: &PlannedStage,
     ctx: &SessionContext,
     shard: Option<Shard>,
-) -> Result<(), RunError> {
+) -> Result<BTreeMap<Table, Manifest>, RunError> {
+    let mut manifests = BTreeMap::new();
     for (table, key) in &stage.inputs {
         let table = Table::from_name(table).expect("plans name known tables");
         let sharded = shard.filter(|_| StageName::writer_of(table).is_some_and(|w| w.shardable(&plan.loaded.spec)));
+        let missing = || RunError::InputMissing { stage: stage.stage, table, key: key.clone() };
         let parts = match sharded {
-            Some(shard) => shard::read_record(&plan.storage, table, key, shard).await?.map(|r| r.parts),
-            None => manifest::read(&plan.storage, table, key).await?.map(|m| m.parts),
+            Some(shard) => shard::read_record(&plan.storage, table, key, shard).await?.ok_or_else(missing)?.parts,
+            None => {
+                let manifest = manifest::read(&plan.storage, table, key).await?.ok_or_else(missing)?;
+                let parts = manifest.parts.clone();
+                manifests.insert(table, manifest);
+                parts
+            }
         };
-        let parts = parts.ok_or_else(|| RunError::InputMissing { stage: stage.stage, table, key: key.clone() })?;
         register_version(ctx, &plan.storage, table, key, &parts, table.name()).await?;
     }
-    Ok(())
+    Ok(manifests)
 }
 
 async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Result<StageReport, RunError> {
@@ -237,7 +245,7 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
     tracing::info!(stage = %stage.stage, key = %stage.key, ?shard, "running");
     let ctx = new_context();
     plan.storage.register(&ctx);
-    register_inputs(plan, stage, &ctx, shard).await?;
+    let inputs = register_inputs(plan, stage, &ctx, shard).await?;
     let progress = progress_bar(stage.stage, options.progress);
     let resume = !options.force && options.only.is_none();
     let input = StageInput {
@@ -247,6 +255,8 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
         progress: &progress,
         resume,
         shard,
+        inputs: &inputs,
+        storage: &plan.storage,
     };
     let scope = shard.map_or_else(|| "all".to_string(), |s| s.name());
     let mut writer =

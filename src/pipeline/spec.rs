@@ -7,6 +7,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use super::eval_spec::{
+    ChoiceColumns, ChoicePrompt, ChoiceTask, EvaluateParams, JudgeKind, JudgeParams, JudgePromptColumns, JudgePrompts,
+    OptionFields, ReportParams,
+};
 use crate::stages::StageName;
 
 /// A whole pipeline file.
@@ -75,6 +79,9 @@ pub struct ModelsSpec {
     pub reference: Option<String>,
     /// A second policy whose responses are the off-policy source.
     pub off_policy: Option<String>,
+    /// The policy bundle that judges open-ended responses pairwise
+    /// (`[stages.evaluate.judge] kind = "pairwise"`).
+    pub judge: Option<String>,
 }
 
 /// `[stages.*]`: the parameters of each stage.
@@ -93,6 +100,10 @@ pub struct StagesSpec {
     pub ref_logps: Option<RefLogpsParams>,
     /// DPO tuning with LoRA.
     pub tune: Option<TuneParams>,
+    /// Evaluation of the tuned policy against its base.
+    pub evaluate: Option<EvaluateParams>,
+    /// Metrics of the evaluation.
+    pub report: Option<ReportParams>,
 }
 
 /// A tabular input file's format.
@@ -696,6 +707,12 @@ impl StagesSpec {
         if let Some(tune) = &self.tune {
             tune.check(&mut problems);
         }
+        if let Some(evaluate) = &self.evaluate {
+            evaluate.check(&mut problems);
+        }
+        if let Some(report) = &self.report {
+            report.check(&mut problems);
+        }
         problems
     }
 
@@ -724,6 +741,9 @@ impl StagesSpec {
         if self.tune.is_some() && models.policy.is_none() {
             problems.push(("stages.tune".into(), "tunes the policy: set `policy` in [models]".into()));
         }
+        if let Some(evaluate) = &self.evaluate {
+            evaluate.model_problems(models, self.tune.is_some(), &mut problems);
+        }
         problems
     }
 
@@ -736,10 +756,12 @@ impl StagesSpec {
             StageName::Pairs => self.pairs.is_some(),
             StageName::RefLogps => self.ref_logps.is_some(),
             StageName::Tune => self.tune.is_some(),
+            StageName::Evaluate => self.evaluate.is_some(),
+            StageName::Report => self.report.is_some(),
         };
         let mut problems = Vec::new();
         for stage in StageName::ALL.into_iter().filter(|s| present(*s)) {
-            for needed in stage.reads().iter().filter_map(|t| StageName::writer_of(*t)) {
+            for needed in stage.required_reads().iter().filter_map(|t| StageName::writer_of(*t)) {
                 if !present(needed) {
                     problems.push((
                         format!("stages.{stage}"),
@@ -747,6 +769,14 @@ impl StagesSpec {
                     ));
                 }
             }
+        }
+        let judge = self.evaluate.as_ref().and_then(|e| e.judge.as_ref());
+        if judge.is_some_and(|j| j.prompts.is_none()) && self.prompts.is_none() {
+            problems.push((
+                "stages.evaluate.judge".into(),
+                "answers the prompts' eval split: add a [stages.prompts] section (or [stages.evaluate.judge.prompts])"
+                    .into(),
+            ));
         }
         problems
     }
@@ -773,13 +803,18 @@ impl GenerateParams {
     }
 }
 
-fn positive(key: &str, value: u32, problems: &mut Vec<ValueProblem>) {
+pub(super) fn positive(key: &str, value: u32, problems: &mut Vec<ValueProblem>) {
     if value == 0 {
         problems.push((key.into(), "must be at least 1".into()));
     }
 }
 
-fn check_format(section: &str, location: &str, format: Option<FileFormat>, problems: &mut Vec<ValueProblem>) {
+pub(super) fn check_format(
+    section: &str,
+    location: &str,
+    format: Option<FileFormat>,
+    problems: &mut Vec<ValueProblem>,
+) {
     if format.is_none() && FileFormat::from_extension(location).is_none() {
         problems.push((
             format!("{section}.format"),

@@ -134,7 +134,7 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
 }
 
 const TOP_LEVEL: [&str; 3] = ["run", "models", "stages"];
-const STAGES: [&str; 6] = ["prompts", "generate", "score", "pairs", "ref_logps", "tune"];
+const STAGES: [&str; 8] = ["prompts", "generate", "score", "pairs", "ref_logps", "tune", "evaluate", "report"];
 
 /// Reads every section on its own and value-checks each one that parsed, so
 /// one file shows all its problems; `None` when any section failed.
@@ -183,6 +183,8 @@ fn read_stages(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<St
         pairs: optional_section(table, "stages.pairs", problems),
         ref_logps: optional_section(table, "stages.ref_logps", problems),
         tune: optional_section(table, "stages.tune", problems),
+        evaluate: optional_section(table, "stages.evaluate", problems),
+        report: optional_section(table, "stages.report", problems),
     };
     // Dependencies are only meaningful once every stage section was read.
     let complete = problems.list.len() == before;

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
 use super::{Chunks, StageError, StageInput, Stats, count, text_at};
 use crate::ids::stable_id;
-use crate::model::policy::{Generated, GenerationRequest, Policy};
+use crate::model::policy::{Generated, GenerationRequest, Policy, policy_id};
 use crate::model::sampling::SamplingParams;
 use crate::pipeline::spec::{GenerateParams, GenerationsImport, ResponseSource};
 use crate::store::schema::plain_strings;
@@ -52,10 +52,7 @@ async fn sample_policy(
 ) -> Result<Stats, StageError> {
     let bundle = input.bundle("policy", input.spec.models.policy.as_ref())?;
     let adapter = input.policy_adapter(&bundle).await?;
-    let policy_id = match &adapter {
-        Some((_, checksum)) => format!("bundle:{}+adapter:{}", &bundle.checksum[..16], &checksum[..16]),
-        None => format!("bundle:{}", &bundle.checksum[..16]),
-    };
+    let policy_id = policy_id(&bundle.checksum, adapter.as_ref().map(|(_, c)| c.as_str()));
     let mut policy = Policy::load_tuned(bundle, adapter.as_ref().map(|(a, _)| a), &input.session_config())?;
     tracing::info!(target = ?policy.target(), "generate: policy loaded");
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };

@@ -3,11 +3,13 @@
 //! names) and writes its one output table through a [`TableWriter`]; it never
 //! reaches into another stage.
 
+pub mod evaluate;
 pub mod generate;
 pub mod input;
 pub mod pairs;
 pub mod prompts;
 pub mod ref_logps;
+pub mod report;
 pub mod score;
 pub mod tune;
 
@@ -37,17 +39,23 @@ pub enum StageName {
     RefLogps,
     /// DPO with LoRA on the pairs.
     Tune,
+    /// Base against tuned: multiple-choice tasks and judged open-ended answers.
+    Evaluate,
+    /// Metrics with intervals from the evaluation's items.
+    Report,
 }
 
 impl StageName {
     /// Every stage, in dependency order.
-    pub const ALL: [StageName; 6] = [
+    pub const ALL: [StageName; 8] = [
         StageName::Prompts,
         StageName::Generate,
         StageName::Score,
         StageName::Pairs,
         StageName::RefLogps,
         StageName::Tune,
+        StageName::Evaluate,
+        StageName::Report,
     ];
 
     /// The stage's name in pipeline files and messages.
@@ -59,6 +67,8 @@ impl StageName {
             StageName::Pairs => "pairs",
             StageName::RefLogps => "ref_logps",
             StageName::Tune => "tune",
+            StageName::Evaluate => "evaluate",
+            StageName::Report => "report",
         }
     }
 
@@ -71,6 +81,8 @@ impl StageName {
             StageName::Pairs => Table::Pairs,
             StageName::RefLogps => Table::RefLogps,
             StageName::Tune => Table::TrainLog,
+            StageName::Evaluate => Table::EvalItems,
+            StageName::Report => Table::EvalResults,
         }
     }
 
@@ -83,6 +95,19 @@ impl StageName {
             StageName::Pairs => &[Table::Prompts, Table::Generations, Table::Scores],
             StageName::RefLogps => &[Table::Pairs],
             StageName::Tune => &[Table::Pairs, Table::RefLogps],
+            StageName::Evaluate => &[Table::Prompts, Table::TrainLog],
+            StageName::Report => &[Table::EvalItems],
+        }
+    }
+
+    /// The tables the stage cannot run without. Evaluate reads the prompts
+    /// only for its judge and the tuned adapter from `train_log` only when
+    /// the pipeline tunes (else `models.policy_adapter` names it); the
+    /// pipeline checks those cases itself.
+    pub fn required_reads(self) -> &'static [Table] {
+        match self {
+            StageName::Evaluate => &[],
+            _ => self.reads(),
         }
     }
 
@@ -106,6 +131,8 @@ impl StageName {
                 .tune
                 .as_ref()
                 .map(|tune| serde_json::to_value(serde_json::json!({ "tune": tune, "truncation": stages.ref_logps }))),
+            StageName::Evaluate => stages.evaluate.as_ref().map(serde_json::to_value),
+            StageName::Report => stages.report.as_ref().map(serde_json::to_value),
         };
         let value = value.map(|v| v.expect("stage parameters serialize to JSON"));
         // Prompts also depend on the run's language list, which filters them.
@@ -139,6 +166,7 @@ impl StageName {
             }
             StageName::RefLogps => models.reference.clone().or_else(|| models.policy.clone()).map(|r| ("reference", r)),
             StageName::Tune => models.policy.clone().map(|p| ("policy", p)),
+            StageName::Evaluate => return evaluate_models(spec),
             _ => None,
         };
         found.into_iter().collect()
@@ -160,10 +188,29 @@ impl StageName {
                 .as_ref()
                 .and_then(|s| s.import.as_ref())
                 .map(|i| ("stages.score.import.path", i.path.clone())),
-            StageName::Pairs | StageName::RefLogps | StageName::Tune => None,
+            StageName::Evaluate => {
+                let tasks = stages.evaluate.iter().flat_map(|e| e.choice.iter().enumerate());
+                let tasks = tasks.map(|(i, t)| (format!("stages.evaluate.choice[{i}].source"), t.source.clone()));
+                let judge = stages.evaluate.as_ref().and_then(|e| e.judge.as_ref()?.prompts.as_ref());
+                let judge = judge.map(|p| ("stages.evaluate.judge.prompts.source".to_string(), p.source.clone()));
+                return tasks.chain(judge).collect();
+            }
+            StageName::Pairs | StageName::RefLogps | StageName::Tune | StageName::Report => None,
         };
         found.into_iter().map(|(key, location)| (key.to_string(), location)).collect()
     }
+}
+
+/// The bundles evaluate runs: the policy (base and tuned), the reward model
+/// when configured (it scores the judged responses), the pairwise judge.
+fn evaluate_models(spec: &PipelineSpec) -> Vec<(&'static str, String)> {
+    let models = &spec.models;
+    let Some(judge) = spec.stages.evaluate.as_ref().and_then(|e| e.judge.as_ref()) else {
+        return models.policy.clone().map(|p| ("policy", p)).into_iter().collect();
+    };
+    let pairwise = (judge.kind == crate::pipeline::spec::JudgeKind::Pairwise).then(|| models.judge.clone()).flatten();
+    let roles = [("policy", models.policy.clone()), ("reward", models.reward.clone()), ("judge", pairwise)];
+    roles.into_iter().filter_map(|(role, location)| location.map(|l| (role, l))).collect()
 }
 
 impl std::fmt::Display for StageName {
@@ -190,6 +237,10 @@ pub struct StageInput<'a> {
     pub resume: bool,
     /// The slice of prompts this run handles, in a sharded run.
     pub shard: Option<crate::pipeline::shard::Shard>,
+    /// The manifests of the committed input versions (not of shard parts).
+    pub inputs: &'a std::collections::BTreeMap<Table, crate::pipeline::manifest::Manifest>,
+    /// The storage root the tables live in.
+    pub storage: &'a crate::store::Storage,
 }
 
 impl StageInput<'_> {
@@ -208,6 +259,27 @@ impl StageInput<'_> {
         let bundle =
             crate::model::bundle::Bundle::open(&self.base_dir.join(location), crate::model::bundle::Verify::Sizes)?;
         Ok(bundle)
+    }
+
+    /// The content of artifact `file` of the input version of `table`, after
+    /// checking it against the sha256 its manifest records.
+    pub async fn input_artifact(&self, table: Table, file: &str) -> Result<bytes::Bytes, StageError> {
+        let manifest = self.inputs.get(&table).ok_or_else(|| StageError::Input {
+            file: table.name().into(),
+            problem: "the input version is not registered".into(),
+        })?;
+        let version = crate::store::tables::version_dir(table, &manifest.key);
+        let path = self.storage.path(&format!("{version}/{file}"));
+        let url = self.storage.url_of(&path);
+        let listed = manifest.artifacts.iter().find(|a| a.file == file);
+        let listed =
+            listed.ok_or_else(|| StageError::Input { file: url.clone(), problem: "not in the manifest".into() })?;
+        let bytes = self.storage.get_if_exists(&path).await?;
+        let bytes = bytes.ok_or_else(|| StageError::Input { file: url.clone(), problem: "missing".into() })?;
+        if crate::ids::sha256_hex(&bytes) != listed.sha256 {
+            return Err(StageError::Input { file: url, problem: "content differs from the manifest's sha256".into() });
+        }
+        Ok(bytes)
     }
 
     /// The LoRA adapter `models.policy_adapter` names, read for `bundle`, and
@@ -262,6 +334,8 @@ pub async fn run(stage: StageName, input: &StageInput<'_>, sink: &mut TableWrite
         StageName::Pairs => pairs::run(input, sink).await,
         StageName::RefLogps => ref_logps::run(input, sink).await,
         StageName::Tune => tune::run(input, sink).await,
+        StageName::Evaluate => evaluate::run(input, sink).await,
+        StageName::Report => report::run(input, sink).await,
     }
 }
 

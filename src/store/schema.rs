@@ -26,19 +26,22 @@ pub enum Table {
     RefLogps,
     /// Per-step tuning log.
     TrainLog,
+    /// Every evaluation judgment, item by item.
+    EvalItems,
     /// Evaluation metrics.
     EvalResults,
 }
 
 impl Table {
     /// Every table, in pipeline order.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Prompts,
         Table::Generations,
         Table::Scores,
         Table::Pairs,
         Table::RefLogps,
         Table::TrainLog,
+        Table::EvalItems,
         Table::EvalResults,
     ];
 
@@ -51,6 +54,7 @@ impl Table {
             Table::Pairs => "pairs",
             Table::RefLogps => "ref_logps",
             Table::TrainLog => "train_log",
+            Table::EvalItems => "eval_items",
             Table::EvalResults => "eval_results",
         }
     }
@@ -74,6 +78,7 @@ impl Table {
             Table::Pairs => include_str!("../../schemas/pairs.json"),
             Table::RefLogps => include_str!("../../schemas/ref_logps.json"),
             Table::TrainLog => include_str!("../../schemas/train_log.json"),
+            Table::EvalItems => include_str!("../../schemas/eval_items.json"),
             Table::EvalResults => include_str!("../../schemas/eval_results.json"),
         }
     }

@@ -2,6 +2,7 @@
 
 mod bundles;
 mod cli;
+mod evaluation;
 mod faults;
 mod gc;
 mod imports;

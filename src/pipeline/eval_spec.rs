@@ -1,0 +1,348 @@
+//! The evaluation sections of a pipeline file: `[stages.evaluate]` (its
+//! multiple-choice tasks and its open-ended judge) and `[stages.report]`.
+//! Kept apart from [`super::spec`] because they are the largest sections and
+//! only the evaluate and report stages read them.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::spec::{FileFormat, ModelsSpec, ValueProblem};
+
+/// `[stages.evaluate]`: the recipe's verdict, base policy against tuned policy.
+///
+/// The tuned policy is the base with the tune stage's adapter (or, in a
+/// pipeline without a tune stage, `models.policy_adapter`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// Multiple-choice tasks (`[[stages.evaluate.choice]]`), scored by log-likelihood.
+    #[serde(default)]
+    pub choice: Vec<ChoiceTask>,
+    /// The open-ended comparison on the prompts' eval split.
+    #[serde(default)]
+    pub judge: Option<JudgeParams>,
+    /// Sequences per log-likelihood batch.
+    #[serde(default = "default_eval_batch_size")]
+    pub batch_size: u32,
+}
+
+fn default_eval_batch_size() -> u32 {
+    16
+}
+
+/// One multiple-choice task: a JSONL file of items, native
+/// (`schemas/eval_items.schema.json`) or mapped from another benchmark's
+/// columns (Belebele, XCOPA, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChoiceTask {
+    /// The task's name in `eval_items` and `eval_results`.
+    pub name: String,
+    /// The JSONL file (path relative to the pipeline file, or a URL).
+    pub source: String,
+    /// Which field of each line holds what.
+    #[serde(default)]
+    pub columns: ChoiceColumns,
+    /// The index of the first option in the gold field: 0 (native, XCOPA) or 1 (Belebele).
+    #[serde(default)]
+    pub gold_base: u32,
+    /// Builds the context from several fields, e.g. `"{flores_passage}\n{question}"`;
+    /// replaces `columns.context`.
+    #[serde(default)]
+    pub context_template: Option<String>,
+    /// Maps the file's language values onto ISO 639-1 codes (Belebele's
+    /// `fra_Latn` → `fr`); lines whose value is not mapped are skipped.
+    #[serde(default)]
+    pub language_map: std::collections::BTreeMap<String, String>,
+    /// How context and option become one sequence.
+    #[serde(default)]
+    pub prompt: ChoicePrompt,
+    /// Score at most this many items per language (the first ones in file order).
+    #[serde(default)]
+    pub max_items_per_language: Option<u32>,
+}
+
+/// Field names of a choice task's lines.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChoiceColumns {
+    /// Unique item id, or a template over several fields (`"{link}#{question_number}"`).
+    pub item_id: String,
+    /// ISO 639-1 language code.
+    pub language: String,
+    /// The text the options are conditioned on.
+    pub context: String,
+    /// One field holding a list of options, or a list of fields holding one option each.
+    pub options: OptionFields,
+    /// Index of the correct option (an integer, or a string of one).
+    pub gold: String,
+}
+
+impl Default for ChoiceColumns {
+    fn default() -> Self {
+        ChoiceColumns {
+            item_id: "item_id".into(),
+            language: "language".into(),
+            context: "context".into(),
+            options: OptionFields::List("options".into()),
+            gold: "gold".into(),
+        }
+    }
+}
+
+/// Where a choice item's options are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OptionFields {
+    /// One field whose value is an array of strings.
+    List(String),
+    /// One field per option, in option order.
+    Fields(Vec<String>),
+}
+
+/// How a choice item is laid out for the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChoicePrompt {
+    /// The context is the user's turn, the option the assistant's response
+    /// (the chat template without its end-of-turn suffix).
+    #[default]
+    Chat,
+    /// The option follows the context text directly (base-model style).
+    Raw,
+}
+
+/// `[stages.evaluate.judge]`: base and tuned policy answer the held-out
+/// prompts; a judge decides each pair.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeParams {
+    /// `reward` (the reward model's score difference) or `pairwise` (`models.judge` is asked).
+    #[serde(default)]
+    pub kind: JudgeKind,
+    /// A preference within ± this margin is a tie (reward units, or log-odds for `pairwise`).
+    #[serde(default)]
+    pub tie_margin: f64,
+    /// Response length limit, in tokens.
+    #[serde(default = "default_judge_max_new_tokens")]
+    pub max_new_tokens: u32,
+    /// Sampling temperature; 0 (the default) is greedy.
+    #[serde(default)]
+    pub temperature: f64,
+    /// Seed of sampling (temperature > 0) and of the pairwise A/B order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Prompts per generation batch.
+    #[serde(default = "default_eval_batch_size")]
+    pub batch_size: u32,
+    /// Answer at most this many eval prompts per language (the first by prompt_id).
+    #[serde(default)]
+    pub max_prompts_per_language: Option<u32>,
+    /// A held-out prompt set of its own (e.g. m-ArenaHard) instead of the
+    /// prompts table's eval split.
+    #[serde(default)]
+    pub prompts: Option<JudgePrompts>,
+    /// The pairwise judge's prompt, with `{prompt}`, `{a}` and `{b}`; it must
+    /// make `A` or `B` the natural answer.
+    #[serde(default = "default_judge_template")]
+    pub template: String,
+}
+
+fn default_judge_max_new_tokens() -> u32 {
+    512
+}
+
+impl JudgeParams {
+    /// The pairwise judge's default prompt.
+    pub fn default_template() -> String {
+        default_judge_template()
+    }
+}
+
+fn default_judge_template() -> String {
+    "Which response answers the instruction better?\n\nInstruction:\n{prompt}\n\nResponse A:\n{a}\n\n\
+     Response B:\n{b}\n\nAnswer with A or B."
+        .into()
+}
+
+/// `[stages.evaluate.judge.prompts]`: a file of held-out prompts.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JudgePrompts {
+    /// The file (path relative to the pipeline file, or a URL).
+    pub source: String,
+    /// Its format (default: from the extension).
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// Which column holds what.
+    #[serde(default)]
+    pub columns: JudgePromptColumns,
+}
+
+/// Column names of a judge prompt file.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgePromptColumns {
+    /// Unique prompt id (string or integer).
+    pub prompt_id: String,
+    /// ISO 639-1 language code.
+    pub language: String,
+    /// The instruction.
+    pub text: String,
+}
+
+impl Default for JudgePromptColumns {
+    fn default() -> Self {
+        JudgePromptColumns { prompt_id: "prompt_id".into(), language: "language".into(), text: "prompt".into() }
+    }
+}
+
+/// The judge of open-ended responses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeKind {
+    /// The reward model scores both responses; the higher one wins.
+    #[default]
+    Reward,
+    /// A policy bundle (`models.judge`) is shown both, in a random order, and
+    /// the log-odds of it answering `A` against `B` decide.
+    Pairwise,
+}
+
+/// `[stages.report]`: how `eval_results` is computed from `eval_items`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportParams {
+    /// Bootstrap resamples behind every 95 % interval.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: u32,
+    /// Seed of the bootstrap.
+    #[serde(default)]
+    pub seed: u64,
+    /// L2 penalty on the length coefficient of the length-controlled win rate.
+    #[serde(default = "default_lc_lambda")]
+    pub lc_lambda: f64,
+}
+
+fn default_bootstrap() -> u32 {
+    1000
+}
+
+fn default_lc_lambda() -> f64 {
+    crate::report::stats::LC_LAMBDA
+}
+
+impl EvaluateParams {
+    /// Checks the section's values.
+    pub fn check(&self, problems: &mut Vec<ValueProblem>) {
+        if self.choice.is_empty() && self.judge.is_none() {
+            problems.push((
+                "stages.evaluate".into(),
+                "configure at least one [[stages.evaluate.choice]] task or a [stages.evaluate.judge]".into(),
+            ));
+        }
+        super::spec::positive("stages.evaluate.batch_size", self.batch_size, problems);
+        for (i, task) in self.choice.iter().enumerate() {
+            task.check(&format!("stages.evaluate.choice[{i}]"), problems);
+            if self.choice[..i].iter().any(|t| t.name == task.name) {
+                problems.push((format!("stages.evaluate.choice[{i}].name"), format!("`{}` is used twice", task.name)));
+            }
+        }
+        if let Some(judge) = &self.judge {
+            judge.check(problems);
+        }
+    }
+
+    /// Checks that the models the section needs are configured.
+    pub fn model_problems(&self, models: &ModelsSpec, tuned: bool, problems: &mut Vec<ValueProblem>) {
+        if models.policy.is_none() {
+            problems.push(("stages.evaluate".into(), "evaluates the policy: set `policy` in [models]".into()));
+        }
+        if !tuned && models.policy_adapter.is_none() {
+            problems.push((
+                "stages.evaluate".into(),
+                "compares a tuned policy with its base: add a [stages.tune] section or set `policy_adapter` in [models]"
+                    .into(),
+            ));
+        }
+        match self.judge.as_ref().map(|j| j.kind) {
+            Some(JudgeKind::Reward) if models.reward.is_none() => problems.push((
+                "stages.evaluate.judge.kind".into(),
+                "`reward` judges with the reward model: set `reward` in [models]".into(),
+            )),
+            Some(JudgeKind::Pairwise) if models.judge.is_none() => problems.push((
+                "stages.evaluate.judge.kind".into(),
+                "`pairwise` asks a judge policy: set `judge` in [models]".into(),
+            )),
+            _ => {}
+        }
+    }
+}
+
+impl ChoiceTask {
+    fn check(&self, key: &str, problems: &mut Vec<ValueProblem>) {
+        let valid_name = !self.name.is_empty() && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name || self.name == "open_ended" {
+            problems.push((
+                format!("{key}.name"),
+                format!("`{}` must be letters, digits or `_`, and not `open_ended`", self.name),
+            ));
+        }
+        if FileFormat::from_extension(&self.source) != Some(FileFormat::Jsonl) {
+            problems.push((format!("{key}.source"), format!("`{}` must be a JSONL file (.jsonl)", self.source)));
+        }
+        if self.gold_base > 1 {
+            problems.push((format!("{key}.gold_base"), "must be 0 or 1".into()));
+        }
+        if matches!(&self.columns.options, OptionFields::Fields(fields) if fields.len() < 2) {
+            problems.push((format!("{key}.columns.options"), "name at least two option fields".into()));
+        }
+        if let Some(limit) = self.max_items_per_language {
+            super::spec::positive(&format!("{key}.max_items_per_language"), limit, problems);
+        }
+        for (value, code) in &self.language_map {
+            if !crate::langs::is_iso_639_1(code) {
+                problems.push((format!("{key}.language_map.{value}"), format!("`{code}` is not an ISO 639-1 code")));
+            }
+        }
+    }
+}
+
+impl JudgeParams {
+    fn check(&self, problems: &mut Vec<ValueProblem>) {
+        if !self.tie_margin.is_finite() || self.tie_margin < 0.0 {
+            problems.push(("stages.evaluate.judge.tie_margin".into(), "must be a finite number >= 0".into()));
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            problems
+                .push(("stages.evaluate.judge.temperature".into(), "must be a finite number >= 0 (0 = greedy)".into()));
+        }
+        super::spec::positive("stages.evaluate.judge.max_new_tokens", self.max_new_tokens, problems);
+        super::spec::positive("stages.evaluate.judge.batch_size", self.batch_size, problems);
+        if let Some(limit) = self.max_prompts_per_language {
+            super::spec::positive("stages.evaluate.judge.max_prompts_per_language", limit, problems);
+        }
+        if let Some(prompts) = &self.prompts {
+            super::spec::check_format("stages.evaluate.judge.prompts", &prompts.source, prompts.format, problems);
+        }
+        if self.kind == JudgeKind::Pairwise {
+            for placeholder in ["{prompt}", "{a}", "{b}"] {
+                if !self.template.contains(placeholder) {
+                    problems.push(("stages.evaluate.judge.template".into(), format!("must contain `{placeholder}`")));
+                }
+            }
+        }
+    }
+}
+
+impl ReportParams {
+    /// Checks the section's values.
+    pub fn check(&self, problems: &mut Vec<ValueProblem>) {
+        if self.bootstrap < 100 {
+            problems.push(("stages.report.bootstrap".into(), "must be at least 100 resamples".into()));
+        }
+        if !self.lc_lambda.is_finite() || self.lc_lambda < 0.0 {
+            problems.push(("stages.report.lc_lambda".into(), "must be a finite number >= 0".into()));
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The self-contained HTML report: one file, inline CSS and SVG, no script,
+//! nothing fetched.
+
+use std::fmt::Write;
+
+use super::data::{Headline, MetricRow, ReportData};
+use super::svg::{Bars, bar_chart, box_chart, escape, line_chart};
+use crate::stages::evaluate::judge::TASK as OPEN_ENDED;
+use crate::stages::report::ALL_LANGUAGES;
+
+const BASE: &str = "#8c9aa8";
+const TUNED: &str = "#1f6fb2";
+const LC: &str = "#e08a1e";
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:820px;color:#1d232a}\
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #d8dee4}\
+table{border-collapse:collapse;margin:8px 0}td,th{padding:3px 8px;border-bottom:1px solid #eaeef2;text-align:right}\
+td:first-child,th:first-child{text-align:left}.yes{color:#1a7f37}.no{color:#cf222e}\
+.chart{display:block;margin:8px 0}.chart .title{font-size:13px;font-weight:600}.chart .tick{font-size:10px;fill:#57606a}\
+.chart .grid{stroke:#eaeef2}.chart .whisker{stroke:#24292f}.chart .median{stroke:#fff;stroke-width:2}\
+.chart .reference{stroke:#cf222e;stroke-dasharray:4 3}code,pre{font-size:12px}pre{white-space:pre-wrap}";
+
+/// Renders `data` as one HTML document.
+pub fn render(data: &ReportData) -> String {
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>croco report: {run}</title>\
+         <style>{STYLE}</style></head><body><h1>croco report: {run}</h1><p>Storage root <code>{root}</code>. \
+         Base policy against the tuned policy, per language; intervals are 95 % bootstrap intervals.</p>",
+        run = escape(&data.run),
+        root = escape(&data.root)
+    );
+    headline_section(&mut html, data);
+    charts_section(&mut html, data);
+    tasks_section(&mut html, data);
+    training_section(&mut html, data);
+    pairs_section(&mut html, data);
+    lineage_section(&mut html, data);
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{:.1}", v * 100.0))
+}
+
+fn with_interval(metric: Option<&MetricRow>) -> String {
+    match metric {
+        Some(m) => match (m.ci_low, m.ci_high) {
+            (Some(low), Some(high)) => format!("{:.1} [{:.1}, {:.1}]", m.value * 100.0, low * 100.0, high * 100.0),
+            _ => format!("{:.1}", m.value * 100.0),
+        },
+        None => "–".into(),
+    }
+}
+
+fn verdict(value: Option<bool>) -> &'static str {
+    match value {
+        Some(true) => "<span class=\"yes\">yes</span>",
+        Some(false) => "<span class=\"no\">no</span>",
+        None => "–",
+    }
+}
+
+fn headline_section(html: &mut String, data: &ReportData) {
+    html.push_str(
+        "<h2>The recipe's verdict</h2><table><tr><th>language</th><th>structured acc. base → tuned (%)</th>\
+         <th>held</th><th>win rate (%)</th><th>LC win rate (%)</th><th>won</th><th>in prompt language base → tuned (%)</th></tr>",
+    );
+    for line in data.headline() {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} → {}</td></tr>",
+            escape(&line.language),
+            percent(line.base_accuracy),
+            percent(line.tuned_accuracy),
+            verdict(line.structured_held()),
+            with_interval(line.win_rate.as_ref()),
+            with_interval(line.lc_win_rate.as_ref()),
+            verdict(line.open_ended_won()),
+            percent(line.base_fidelity),
+            percent(line.tuned_fidelity),
+        );
+    }
+    html.push_str(
+        "</table><p>held: the tuned policy's structured accuracy (mean over the choice tasks) is at least the base's. \
+         won: its open-ended win rate (ties ½) is above ½. LC: length-controlled. Language fidelity counts only \
+         languages the detector knows.</p>",
+    );
+}
+
+fn charts_section(html: &mut String, data: &ReportData) {
+    let headline: Vec<Headline> = data.headline();
+    let languages: Vec<String> = headline.iter().map(|h| h.language.clone()).collect();
+    let interval = |m: &Option<MetricRow>| m.as_ref().map(|m| (m.value, m.ci_low.zip(m.ci_high)));
+    html.push_str("<h2>Per language</h2>");
+    if headline.iter().any(|h| h.win_rate.is_some()) {
+        let series = [
+            Bars { name: "win rate", color: TUNED, values: headline.iter().map(|h| interval(&h.win_rate)).collect() },
+            Bars {
+                name: "LC win rate",
+                color: LC,
+                values: headline.iter().map(|h| interval(&h.lc_win_rate)).collect(),
+            },
+        ];
+        html.push_str(&bar_chart(
+            "Open-ended win rate of the tuned policy against the base",
+            &languages,
+            &series,
+            (0.0, 1.0),
+            Some(0.5),
+        ));
+    }
+    if headline.iter().any(|h| h.base_accuracy.is_some()) {
+        let series = [
+            Bars {
+                name: "base",
+                color: BASE,
+                values: headline.iter().map(|h| h.base_accuracy.map(|v| (v, None))).collect(),
+            },
+            Bars {
+                name: "tuned",
+                color: TUNED,
+                values: headline.iter().map(|h| h.tuned_accuracy.map(|v| (v, None))).collect(),
+            },
+        ];
+        html.push_str(&bar_chart("Structured accuracy (mean over tasks)", &languages, &series, (0.0, 1.0), None));
+    }
+    if !data.rewards.is_empty() {
+        let per_language: Vec<String> = languages.iter().filter(|l| *l != ALL_LANGUAGES).cloned().collect();
+        let pick = |side: fn(&super::data::RewardRow) -> f64| -> Vec<Vec<f64>> {
+            per_language.iter().map(|l| data.rewards.iter().filter(|r| &r.language == l).map(side).collect()).collect()
+        };
+        let groups = [("base", BASE, pick(|r| r.base_reward)), ("tuned", TUNED, pick(|r| r.tuned_reward))];
+        html.push_str(&box_chart("Rewards of the judged responses", &per_language, &groups));
+    }
+}
+
+fn tasks_section(html: &mut String, data: &ReportData) {
+    let tasks = data.choice_tasks();
+    if tasks.is_empty() {
+        return;
+    }
+    html.push_str("<h2>Structured tasks</h2>");
+    let tables =
+        [("accuracy", "summed log-likelihood"), ("accuracy_norm", "log-likelihood per UTF-8 byte of the option")];
+    for (metric, meaning) in tables {
+        let _ = write!(
+            html,
+            "<p>Accuracy (%), base → tuned, by {meaning}; hover for the tuned 95 % interval.</p><table><tr><th>language</th>"
+        );
+        tasks.iter().for_each(|task| {
+            let _ = write!(html, "<th>{}</th>", escape(task));
+        });
+        html.push_str("</tr>");
+        for language in data.languages() {
+            let _ = write!(html, "<tr><td>{}</td>", escape(&language));
+            for task in &tasks {
+                let (base, tuned) =
+                    (data.metric("base", task, &language, metric), data.metric("tuned", task, &language, metric));
+                let _ = write!(
+                    html,
+                    "<td title=\"{}\">{} → {}</td>",
+                    with_interval(tuned),
+                    percent(base.map(|m| m.value)),
+                    percent(tuned.map(|m| m.value))
+                );
+            }
+            html.push_str("</tr>");
+        }
+        html.push_str("</table>");
+    }
+    if data.metric("tuned", OPEN_ENDED, ALL_LANGUAGES, "mean_tokens").is_some() {
+        let value = |variant, metric| {
+            data.metric(variant, OPEN_ENDED, ALL_LANGUAGES, metric).map_or("–".into(), |m| format!("{:.2}", m.value))
+        };
+        let _ = write!(
+            html,
+            "<p>Open-ended responses, all languages: mean length {} → {} tokens, mean reward {} → {}.</p>",
+            value("base", "mean_tokens"),
+            value("tuned", "mean_tokens"),
+            value("base", "mean_reward"),
+            value("tuned", "mean_reward")
+        );
+    }
+}
+
+/// Reads one curve's value off a training step.
+type StepValue = fn(&super::data::StepRow) -> f64;
+
+fn training_section(html: &mut String, data: &ReportData) {
+    if data.steps.is_empty() {
+        return;
+    }
+    html.push_str("<h2>Training</h2>");
+    let curves: [(&str, StepValue); 4] = [
+        ("DPO loss", |s| s.loss),
+        ("Reward accuracy", |s| s.reward_accuracy),
+        ("Reward margin", |s| s.reward_margin),
+        ("Gradient norm", |s| s.grad_norm),
+    ];
+    for (title, value) in curves {
+        let points: Vec<(f64, f64)> = data.steps.iter().map(|s| (s.step, value(s))).collect();
+        html.push_str(&line_chart(title, &points, TUNED));
+    }
+}
+
+fn pairs_section(html: &mut String, data: &ReportData) {
+    if data.pairs.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>Preference pairs</h2><table><tr><th>language</th><th>pairs</th><th>mean pool size</th>\
+         <th>mean chosen reward</th><th>mean rejected reward</th><th>mean margin</th></tr>",
+    );
+    for p in &data.pairs {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+            escape(&p.language),
+            p.pairs,
+            p.pool_size,
+            p.chosen_reward,
+            p.rejected_reward,
+            p.margin
+        );
+    }
+    html.push_str("</table>");
+}
+
+fn lineage_section(html: &mut String, data: &ReportData) {
+    html.push_str(
+        "<h2>Lineage</h2><p>Every table version is named by a content key over its parameters, its inputs' keys \
+         and its models' checksums.</p><table><tr><th>stage</th><th>table</th><th>state</th><th>rows</th><th>key</th></tr>",
+    );
+    for stage in &data.lineage {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            escape(&stage.stage),
+            escape(&stage.table),
+            escape(&stage.state),
+            stage.rows.map_or("–".into(), |r| r.to_string()),
+            escape(&stage.key)
+        );
+    }
+    html.push_str("</table>");
+    for stage in &data.lineage {
+        let detail = serde_json::json!({ "inputs": stage.inputs, "models": stage.models, "params": stage.params });
+        let text = serde_json::to_string_pretty(&detail).unwrap_or_default();
+        let _ =
+            write!(html, "<details><summary>{}</summary><pre>{}</pre></details>", escape(&stage.stage), escape(&text));
+    }
+}

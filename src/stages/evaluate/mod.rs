@@ -1,0 +1,159 @@
+//! The evaluate stage: the recipe's verdict, base policy against tuned
+//! policy, written item by item to `eval_items` (the report stage turns the
+//! items into metrics with intervals).
+//!
+//! - **choice** tasks ([`choice`]): every option of every item scored by its
+//!   log-likelihood under each model.
+//! - **judge** ([`judge`]): both models answer the eval split's prompts and a
+//!   judge decides each pair; each response's language is detected.
+//!
+//! The tuned policy is the base bundle with the tune stage's adapter (read
+//! from the `train_log` version's artifacts, checked against its manifest),
+//! or `models.policy_adapter` in a pipeline that does not tune. The base is
+//! the bundle without any adapter. Both are built by merging, as everywhere.
+//!
+//! Task files are read and checked before any model runs. The stage is not
+//! resumable: a failed evaluation is rerun whole.
+
+pub mod choice;
+pub mod items;
+pub mod judge;
+
+use super::{StageError, StageInput, Stats};
+use crate::model::bundle::Bundle;
+use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, checksum_of_files};
+use crate::model::policy::{Policy, policy_id};
+use crate::model::reward::RewardModel;
+use crate::pipeline::spec::{EvaluateParams, JudgeKind, JudgeParams};
+use crate::store::Table;
+use crate::store::tables::TableWriter;
+use items::ChoiceItem;
+use judge::{EvalPrompt, Response};
+
+/// Runs the stage.
+pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
+    let params = input.spec.stages.evaluate.as_ref().expect("the plan only runs configured stages");
+    let bundle = input.bundle("policy", input.spec.models.policy.as_ref())?;
+    let (adapter, adapter_checksum) = tuned_adapter(input, &bundle).await?;
+    let mut tasks = Vec::new();
+    let mut skipped = 0;
+    for (index, task) in params.choice.iter().enumerate() {
+        let (items, other_languages) = items::read_task(input, index, task).await?;
+        skipped += other_languages;
+        tasks.push(items);
+    }
+    let prompts = match &params.judge {
+        Some(judge) => judge::eval_prompts(input, judge).await?,
+        None => vec![],
+    };
+    let variants = [
+        ("base", None, policy_id(&bundle.checksum, None)),
+        ("tuned", Some(&adapter), policy_id(&bundle.checksum, Some(&adapter_checksum))),
+    ];
+    let mut responses = Vec::new();
+    for (variant, adapter, id) in &variants {
+        let mut policy = Policy::load_tuned(bundle.clone(), *adapter, &input.session_config())?;
+        tracing::info!(variant, target = ?policy.target(), "evaluate: policy loaded");
+        score_tasks(input, params, &tasks, &mut policy, (variant, id), sink).await?;
+        if let Some(judge) = &params.judge {
+            input.progress.set_message(format!("{variant}: answering {} eval prompts", prompts.len()));
+            responses.push(judge::respond(&mut policy, &prompts, judge)?);
+        }
+    }
+    let mut stats = super::stats([
+        ("choice_items", tasks.iter().map(|t| t.len() as u64).sum()),
+        ("skipped_items_other_languages", skipped),
+    ]);
+    if let (Some(judge), [base, tuned]) = (&params.judge, responses.as_slice()) {
+        let judged = judge_responses(input, judge, &prompts, (base, tuned), &variants[1].2)?;
+        let batch = judged.rows(judge, &input.spec.run.languages)?;
+        sink.write(&batch).await?;
+        stats.extend(outcome_counts(&judged, judge));
+    }
+    Ok(stats)
+}
+
+/// The tuned adapter and its checksum: the tune stage's, else `models.policy_adapter`.
+async fn tuned_adapter(input: &StageInput<'_>, bundle: &Bundle) -> Result<(Adapter, String), StageError> {
+    if input.spec.stages.tune.is_none() {
+        let adapter = input.policy_adapter(bundle).await?;
+        return adapter.ok_or_else(|| StageError::Input {
+            file: "[models]".into(),
+            problem: "evaluate needs a tuned policy: add [stages.tune] or set `policy_adapter`".into(),
+        });
+    }
+    let dir = crate::stages::tune::ADAPTER_DIR;
+    let weights = input.input_artifact(Table::TrainLog, &format!("{dir}/{ADAPTER_WEIGHTS}")).await?;
+    let config = input.input_artifact(Table::TrainLog, &format!("{dir}/{ADAPTER_CONFIG}")).await?;
+    let adapter = Adapter::from_peft(bundle, &weights, &config)
+        .map_err(|e| StageError::Input { file: "train_log adapter".into(), problem: e.to_string() })?;
+    Ok((adapter, checksum_of_files(&weights, &config)))
+}
+
+/// Scores every choice task with `policy` and writes its rows.
+async fn score_tasks(
+    input: &StageInput<'_>,
+    params: &EvaluateParams,
+    tasks: &[Vec<ChoiceItem>],
+    policy: &mut Policy,
+    (variant, id): (&str, &str),
+    sink: &mut TableWriter,
+) -> Result<(), StageError> {
+    for (task, items) in params.choice.iter().zip(tasks) {
+        input.progress.set_message(format!("{variant}: {} ({} items)", task.name, items.len()));
+        let file = format!("stages.evaluate.choice `{}` ({})", task.name, task.source);
+        let scores = choice::score_items(policy, items, task.prompt, params.batch_size as usize, &file)?;
+        sink.write(&choice::rows(&task.name, variant, id, items, &scores)?).await?;
+        input.progress.set_position(sink.rows());
+    }
+    Ok(())
+}
+
+/// Judges every (base, tuned) response pair; rewards are computed whenever
+/// a reward model is configured (the report shows their distributions).
+fn judge_responses<'a>(
+    input: &StageInput<'_>,
+    params: &JudgeParams,
+    prompts: &'a [EvalPrompt],
+    (base, tuned): (&'a [Response], &'a [Response]),
+    tuned_id: &'a str,
+) -> Result<judge::Judged<'a>, StageError> {
+    input.progress.set_message(format!("judging {} pairs", prompts.len()));
+    let config = input.session_config();
+    let batch = params.batch_size as usize;
+    let rewards = match &input.spec.models.reward {
+        Some(location) => {
+            let mut model = RewardModel::load(input.bundle("reward", Some(location))?, &config)?;
+            Some((
+                judge::rewards(&mut model, prompts, base, batch)?,
+                judge::rewards(&mut model, prompts, tuned, batch)?,
+            ))
+        }
+        None => None,
+    };
+    let (preferences, judge) = match params.kind {
+        JudgeKind::Reward => {
+            let (b, t) = rewards.as_ref().expect("validation requires models.reward for the reward judge");
+            (t.iter().zip(b).map(|(t, b)| t - b).collect(), "reward".to_string())
+        }
+        JudgeKind::Pairwise => {
+            let bundle = input.bundle("judge", input.spec.models.judge.as_ref())?;
+            let name = format!("pairwise:{}", &bundle.checksum[..16]);
+            let mut model = Policy::load(bundle, &config)?;
+            (judge::pairwise_preferences(&mut model, prompts, base, tuned, params)?, name)
+        }
+    };
+    Ok(judge::Judged { prompts, base, tuned, rewards, preferences, judge, tuned_id })
+}
+
+fn outcome_counts(judged: &judge::Judged<'_>, params: &JudgeParams) -> Stats {
+    let outcomes: Vec<_> = judged.preferences.iter().map(|&p| judge::outcome(p, params.tie_margin)).collect();
+    let count = |o| outcomes.iter().filter(|&&x| x == o).count() as u64;
+    use crate::report::stats::Outcome;
+    super::stats([
+        ("judged_prompts", outcomes.len() as u64),
+        ("wins", count(Outcome::Win)),
+        ("ties", count(Outcome::Tie)),
+        ("losses", count(Outcome::Loss)),
+    ])
+}

@@ -1,0 +1,331 @@
+//! The report stage: `eval_items` → `eval_results`, one row per
+//! (variant, task, language, metric), each language and `all` pooled, with
+//! percentile-bootstrap 95 % intervals. Rendering the report for a person is
+//! `croco report` ([`crate::report`]); it reads this table.
+//!
+//! Metrics:
+//! - choice tasks, per variant: `accuracy`, `accuracy_norm` (per-byte).
+//! - open-ended, on the tuned row: `win_rate` (ties ½), `lc_win_rate`,
+//!   `wins`, `ties`, `losses` (counts, no interval).
+//! - open-ended, per variant: `language_fidelity` (share of responses
+//!   detected in the prompt's language, over languages the detector knows),
+//!   `mean_reward` (when rewards were computed), `mean_tokens`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
+
+use super::{StageError, StageInput, Stats};
+use crate::report::stats::{Judged, Outcome, bootstrap_95, lc_win_rate, win_rate};
+use crate::store::Table;
+use crate::store::tables::TableWriter;
+
+/// The pooled language's name.
+pub const ALL_LANGUAGES: &str = "all";
+
+/// One metric value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    /// `bundle:…` or `bundle:…+adapter:…` of the measured model.
+    pub policy_id: String,
+    /// `base` or `tuned`.
+    pub variant: String,
+    /// Task name.
+    pub task: String,
+    /// ISO 639-1 code or `all`.
+    pub language: String,
+    /// Metric name.
+    pub metric: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// Items behind it.
+    pub n: usize,
+    /// 95 % interval, when the metric has one.
+    pub ci: Option<(f64, f64)>,
+}
+
+/// Runs the stage.
+pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
+    let params = input.spec.stages.report.as_ref().expect("the plan only runs configured stages");
+    let resample = Resample { count: params.bootstrap as usize, seed: params.seed };
+    let mut metrics = choice_metrics(&read_choice(input).await?, &resample);
+    metrics.extend(judge_metrics(&read_judged(input).await?, &resample, params.lc_lambda));
+    sink.write(&rows(&metrics)?).await?;
+    Ok(super::stats([("metrics", metrics.len() as u64)]))
+}
+
+/// How intervals are drawn.
+pub struct Resample {
+    /// Resamples per interval.
+    pub count: usize,
+    /// Seed of every interval (each interval starts from it).
+    pub seed: u64,
+}
+
+impl Resample {
+    fn interval<T: Copy>(&self, items: &[T], statistic: impl Fn(&[T]) -> f64) -> Option<(f64, f64)> {
+        Some(bootstrap_95(items, statistic, self.count, self.seed))
+    }
+}
+
+/// The group of a choice row: (policy_id, variant, task, language).
+type ChoiceGroup = (String, String, String, String);
+
+/// A choice row: its group and (correct, correct_norm).
+type ChoiceRow = (ChoiceGroup, (bool, bool));
+
+/// One judged prompt.
+#[derive(Debug, Clone)]
+pub struct JudgedRow {
+    /// The tuned model.
+    pub policy_id: String,
+    /// The prompt's language.
+    pub language: String,
+    /// The verdict and the length difference.
+    pub judged: Judged,
+    /// Base and tuned token counts.
+    pub tokens: (f64, f64),
+    /// Base and tuned rewards, when computed.
+    pub rewards: Option<(f64, f64)>,
+    /// Whether each response is in the prompt's language; `None` when the
+    /// detector does not know the language.
+    pub in_language: Option<(bool, bool)>,
+}
+
+async fn read_choice(input: &StageInput<'_>) -> Result<Vec<ChoiceRow>, StageError> {
+    let sql = "SELECT policy_id, variant, task, language, correct, correct_norm FROM eval_items \
+               WHERE kind = 'choice' ORDER BY task, language, item_id, variant";
+    let mut rows = Vec::new();
+    for batch in collect(input, sql).await? {
+        let (correct, norm) = (booleans(&batch, "correct"), booleans(&batch, "correct_norm"));
+        rows.extend((0..batch.num_rows()).map(|i| {
+            let text = |name| super::text_at(&batch, name, i);
+            ((text("policy_id"), text("variant"), text("task"), text("language")), (correct.value(i), norm.value(i)))
+        }));
+    }
+    Ok(rows)
+}
+
+async fn read_judged(input: &StageInput<'_>) -> Result<Vec<JudgedRow>, StageError> {
+    let sql = "SELECT policy_id, language, outcome, CAST(base_tokens AS DOUBLE) AS base_tokens, \
+               CAST(tuned_tokens AS DOUBLE) AS tuned_tokens, base_reward, tuned_reward, base_detected, tuned_detected \
+               FROM eval_items WHERE kind = 'judge' ORDER BY language, item_id";
+    let mut rows = Vec::new();
+    for batch in collect(input, sql).await? {
+        let float =
+            |name: &str| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned());
+        let (base_tokens, tuned_tokens) = (float("base_tokens").expect("cast"), float("tuned_tokens").expect("cast"));
+        let (base_reward, tuned_reward) =
+            (float("base_reward").expect("schema"), float("tuned_reward").expect("schema"));
+        for i in 0..batch.num_rows() {
+            let text = |name| super::text_at(&batch, name, i);
+            let language = text("language");
+            let outcome = parse_outcome(&text("outcome"))?;
+            let tokens = (base_tokens.value(i), tuned_tokens.value(i));
+            let rewards = (base_reward.is_valid(i) && tuned_reward.is_valid(i))
+                .then(|| (base_reward.value(i), tuned_reward.value(i)));
+            let in_language = crate::langs::detector_language(&language)
+                .map(|_| (text("base_detected") == language, text("tuned_detected") == language));
+            let judged = Judged { outcome, length_delta: tokens.1 - tokens.0 };
+            rows.push(JudgedRow { policy_id: text("policy_id"), language, judged, tokens, rewards, in_language });
+        }
+    }
+    Ok(rows)
+}
+
+fn parse_outcome(name: &str) -> Result<Outcome, StageError> {
+    match name {
+        "win" => Ok(Outcome::Win),
+        "tie" => Ok(Outcome::Tie),
+        "loss" => Ok(Outcome::Loss),
+        other => Err(StageError::Row {
+            file: "eval_items".into(),
+            row: format!("outcome={other}"),
+            problem: "outcome must be win, tie or loss".into(),
+        }),
+    }
+}
+
+async fn collect(input: &StageInput<'_>, sql: &str) -> Result<Vec<RecordBatch>, StageError> {
+    let frame = crate::store::session::query(input.ctx, sql, "eval_items").await?;
+    Ok(frame.collect().await?.iter().map(crate::store::schema::plain_strings).collect())
+}
+
+fn booleans(batch: &RecordBatch, name: &str) -> BooleanArray {
+    let column = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
+    column.expect("eval_items schema")
+}
+
+/// Accuracy and per-byte accuracy per (model, task, language) and pooled.
+pub fn choice_metrics(rows: &[ChoiceRow], resample: &Resample) -> Vec<Metric> {
+    let mut groups: BTreeMap<ChoiceGroup, Vec<(bool, bool)>> = BTreeMap::new();
+    for ((policy_id, variant, task, language), outcome) in rows {
+        for language in [language.as_str(), ALL_LANGUAGES] {
+            let key = (policy_id.clone(), variant.clone(), task.clone(), language.to_string());
+            groups.entry(key).or_default().push(*outcome);
+        }
+    }
+    let mut metrics = Vec::new();
+    for ((policy_id, variant, task, language), outcomes) in groups {
+        let metric = |metric, pick: fn(&(bool, bool)) -> bool| {
+            let hits: Vec<f64> = outcomes.iter().map(|o| f64::from(u8::from(pick(o)))).collect();
+            Metric {
+                policy_id: policy_id.clone(),
+                variant: variant.clone(),
+                task: task.clone(),
+                language: language.clone(),
+                metric,
+                value: mean(&hits),
+                n: hits.len(),
+                ci: resample.interval(&hits, mean),
+            }
+        };
+        metrics.push(metric("accuracy", |o| o.0));
+        metrics.push(metric("accuracy_norm", |o| o.1));
+    }
+    metrics
+}
+
+/// The open-ended metrics per language and pooled.
+pub fn judge_metrics(rows: &[JudgedRow], resample: &Resample, lambda: f64) -> Vec<Metric> {
+    let mut groups: BTreeMap<String, Vec<&JudgedRow>> = BTreeMap::new();
+    for row in rows {
+        groups.entry(row.language.clone()).or_default().push(row);
+        groups.entry(ALL_LANGUAGES.into()).or_default().push(row);
+    }
+    groups.into_iter().flat_map(|(language, rows)| language_metrics(&language, &rows, resample, lambda)).collect()
+}
+
+fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, lambda: f64) -> Vec<Metric> {
+    let tuned_id = rows[0].policy_id.clone();
+    let base_id = tuned_id.split('+').next().unwrap_or_default().to_string();
+    let metric = |variant: &str, metric, value, n, ci| Metric {
+        policy_id: if variant == "base" { base_id.clone() } else { tuned_id.clone() },
+        variant: variant.into(),
+        task: crate::stages::evaluate::judge::TASK.into(),
+        language: language.into(),
+        metric,
+        value,
+        n,
+        ci,
+    };
+    let judged: Vec<Judged> = rows.iter().map(|r| r.judged).collect();
+    let count = |o: Outcome| judged.iter().filter(|j| j.outcome == o).count() as f64;
+    let n = judged.len();
+    let mut metrics = vec![
+        metric("tuned", "win_rate", win_rate(&judged), n, resample.interval(&judged, win_rate)),
+        metric(
+            "tuned",
+            "lc_win_rate",
+            lc_win_rate(&judged, lambda),
+            n,
+            resample.interval(&judged, |j| lc_win_rate(j, lambda)),
+        ),
+        metric("tuned", "wins", count(Outcome::Win), n, None),
+        metric("tuned", "ties", count(Outcome::Tie), n, None),
+        metric("tuned", "losses", count(Outcome::Loss), n, None),
+    ];
+    for (variant, pick) in [("base", 0), ("tuned", 1)] {
+        let side = |pair: (f64, f64)| if pick == 0 { pair.0 } else { pair.1 };
+        let tokens: Vec<f64> = rows.iter().map(|r| side(r.tokens)).collect();
+        metrics.push(metric(variant, "mean_tokens", mean(&tokens), n, resample.interval(&tokens, mean)));
+        let rewards: Vec<f64> = rows.iter().filter_map(|r| r.rewards).map(side).collect();
+        if !rewards.is_empty() {
+            metrics.push(metric(
+                variant,
+                "mean_reward",
+                mean(&rewards),
+                rewards.len(),
+                resample.interval(&rewards, mean),
+            ));
+        }
+        let in_language: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| r.in_language)
+            .map(|(base, tuned)| f64::from(u8::from(if pick == 0 { base } else { tuned })))
+            .collect();
+        if !in_language.is_empty() {
+            let ci = resample.interval(&in_language, mean);
+            metrics.push(metric(variant, "language_fidelity", mean(&in_language), in_language.len(), ci));
+        }
+    }
+    metrics
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// The `eval_results` rows of `metrics`.
+fn rows(metrics: &[Metric]) -> Result<RecordBatch, StageError> {
+    let n = metrics.len();
+    let strings =
+        |f: &dyn Fn(&Metric) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(metrics.iter().map(f))) };
+    let floats =
+        |f: &dyn Fn(&Metric) -> Option<f64>| -> ArrayRef { Arc::new(Float64Array::from_iter(metrics.iter().map(f))) };
+    let adapter = metrics.iter().map(|m| m.policy_id.split_once('+').map(|(_, adapter)| adapter.to_string()));
+    let given = vec![
+        ("model", strings(&|m| m.policy_id.split('+').next().unwrap_or_default().to_string())),
+        ("adapter", Arc::new(StringArray::from_iter(adapter)) as ArrayRef),
+        ("variant", strings(&|m| m.variant.clone())),
+        ("task", strings(&|m| m.task.clone())),
+        ("language", strings(&|m| m.language.clone())),
+        ("metric", strings(&|m| m.metric.to_string())),
+        ("value", floats(&|m| Some(m.value))),
+        ("n", Arc::new(Int64Array::from_iter_values(metrics.iter().map(|m| m.n as i64))) as ArrayRef),
+        ("ci_low", floats(&|m| m.ci.map(|c| c.0))),
+        ("ci_high", floats(&|m| m.ci.map(|c| c.1))),
+    ];
+    Ok(Table::EvalResults.schema().assemble(given, n)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resample() -> Resample {
+        Resample { count: 200, seed: 0 }
+    }
+
+    fn choice(variant: &str, language: &str, correct: bool) -> ChoiceRow {
+        (("bundle:b".into(), variant.into(), "t".into(), language.into()), (correct, !correct))
+    }
+
+    #[test]
+    fn accuracy_is_per_language_and_pooled() {
+        let rows = [choice("base", "fr", true), choice("base", "fr", false), choice("base", "de", true)];
+        let metrics = choice_metrics(&rows, &resample());
+        let find = |language: &str, metric: &str| {
+            metrics.iter().find(|m| m.language == language && m.metric == metric).map(|m| (m.value, m.n)).unwrap()
+        };
+        assert_eq!(find("fr", "accuracy"), (0.5, 2));
+        assert_eq!(find("de", "accuracy"), (1.0, 1));
+        assert_eq!(find("all", "accuracy"), (2.0 / 3.0, 3));
+        assert_eq!(find("all", "accuracy_norm"), (1.0 / 3.0, 3));
+    }
+
+    #[test]
+    fn open_ended_metrics_count_outcomes_and_fidelity() {
+        let row = |outcome, in_language| JudgedRow {
+            policy_id: "bundle:b+adapter:a".into(),
+            language: "fr".into(),
+            judged: Judged { outcome, length_delta: 0.0 },
+            tokens: (10.0, 12.0),
+            rewards: Some((0.0, 1.0)),
+            in_language: Some(in_language),
+        };
+        let rows =
+            [row(Outcome::Win, (true, true)), row(Outcome::Tie, (false, true)), row(Outcome::Loss, (true, false))];
+        let metrics = judge_metrics(&rows, &resample(), 1.0);
+        let find = |variant: &str, metric: &str| {
+            let m = metrics.iter().find(|m| m.language == "fr" && m.variant == variant && m.metric == metric).unwrap();
+            (m.value, m.policy_id.clone())
+        };
+        assert_eq!(find("tuned", "win_rate").0, 0.5);
+        assert_eq!(find("tuned", "wins").0, 1.0);
+        assert_eq!(find("base", "language_fidelity"), (2.0 / 3.0, "bundle:b".to_string()));
+        assert_eq!(find("tuned", "mean_tokens").0, 12.0);
+        assert_eq!(find("base", "mean_reward").0, 0.0);
+    }
+}
