@@ -12,7 +12,7 @@ use datafusion::prelude::SessionContext;
 use crate::pipeline::gc::{self, GcOptions};
 use crate::pipeline::lock::{self, LockError, RunLock};
 use crate::pipeline::manifest;
-use crate::pipeline::runner::{self, RunOptions};
+use crate::pipeline::runner::{self, RunOptions, StageReport};
 use crate::pipeline::shard::Shard;
 use crate::pipeline::spec::PipelineSpec;
 use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, validate};
@@ -294,19 +294,44 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
     let lock_file =
         options.shard.map_or_else(|| lock::LOCK_FILE.to_string(), |s| format!("_lock-shard-{}.json", s.name()));
     let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl, &lock_file).await?;
-    let result = runner::run(&plan, options).await;
+    let result = run_every_variant(&plan, options).await;
     lock.release().await?;
-    let reports = result?;
+    let mut runs = result?;
+    let (_, reports) = runs.remove(0);
     if json {
         // Retries of the whole command: planning and locking talk to the store too.
         let retries = crate::store::retries::count() - retries_before;
         let root = plan.storage.display();
-        print_json(
-            &serde_json::json!({ "run": plan.loaded.spec.run.name, "root": root, "retries": retries, "stages": reports }),
-        );
+        let variants: serde_json::Map<String, serde_json::Value> =
+            runs.into_iter().map(|(name, reports)| (name, serde_json::json!(reports))).collect();
+        print_json(&serde_json::json!({
+            "run": plan.loaded.spec.run.name, "root": root, "retries": retries, "stages": reports, "variants": variants
+        }));
         return Ok(());
     }
-    for report in &reports {
+    print_reports(&reports);
+    for (name, reports) in &runs {
+        println!("variant {name}:");
+        print_reports(reports);
+    }
+    Ok(())
+}
+
+/// Runs the base pipeline, then each variant (stages they share are current
+/// by then and skipped); stops at the first failure.
+async fn run_every_variant(plan: &Plan, options: RunOptions) -> Result<Vec<(String, Vec<StageReport>)>, CliError> {
+    let mut runs = Vec::new();
+    for (name, plan) in plan.all() {
+        if name != "base" {
+            tracing::info!(variant = name, "running variant");
+        }
+        runs.push((name.to_string(), runner::run(plan, options).await?));
+    }
+    Ok(runs)
+}
+
+fn print_reports(reports: &[StageReport]) {
+    for report in reports {
         println!(
             "{:<9} {:<7} {:>9} rows {:>8.2}s  {}  {}",
             report.stage.name(),
@@ -317,7 +342,6 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
             serde_json::Value::Object(report.stats.clone())
         );
     }
-    Ok(())
 }
 
 /// Parses an age like `30s`, `15m`, `1h` or `7d`.
@@ -434,7 +458,33 @@ pub async fn pipeline_session(plan: &Plan) -> Result<SessionContext, CliError> {
             register_version(&ctx, &plan.storage, table, &stage.key, &current.parts, table.name()).await?;
         }
     }
+    register_variant_views(plan, &ctx).await?;
     Ok(ctx)
+}
+
+/// Registers `<table>_by_variant` for every table some variant has current:
+/// the union of each variant's current version (the base's as `base`), with
+/// the variant's name in a first column, `pipeline_variant`. This is what
+/// `sql/ablation_summary.sql` compares.
+async fn register_variant_views(plan: &Plan, ctx: &SessionContext) -> Result<(), CliError> {
+    for table in Table::ALL {
+        let mut selects = Vec::new();
+        for (name, variant) in plan.all() {
+            let Some(stage) = variant.stages.iter().find(|s| s.stage.writes() == table) else { continue };
+            if variant.current(stage).await?.is_some() {
+                let version = format!("{}@{}", table.name(), stage.key);
+                selects.push(format!("SELECT '{name}' AS pipeline_variant, * FROM \"{version}\""));
+            }
+        }
+        if selects.is_empty() {
+            continue;
+        }
+        let sql = format!("CREATE VIEW {}_by_variant AS {}", table.name(), selects.join(" UNION ALL "));
+        let context = format!("registering {}_by_variant", table.name());
+        let query = |source| StoreError::Query { context: context.clone(), source };
+        ctx.sql(&sql).await.map_err(query)?.collect().await.map_err(query)?;
+    }
+    Ok(())
 }
 
 async fn sql_command(

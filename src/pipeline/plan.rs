@@ -65,6 +65,10 @@ pub struct Plan {
     pub storage: Storage,
     /// Configured stages in dependency order.
     pub stages: Vec<PlannedStage>,
+    /// The plans of the file's `[variants.NAME]`, on the same storage root:
+    /// a stage whose inputs and parameters a variant does not change has the
+    /// base's key, so it is computed once for all.
+    pub variants: Vec<(String, Plan)>,
 }
 
 /// Errors while planning.
@@ -82,8 +86,24 @@ pub enum PlanError {
 }
 
 impl Plan {
-    /// Opens the storage root of `loaded` and derives every stage's key.
-    pub async fn build(loaded: LoadedSpec) -> Result<Plan, PlanError> {
+    /// Opens the storage root of `loaded` and derives every stage's key, for
+    /// the base pipeline and each variant.
+    pub async fn build(mut loaded: LoadedSpec) -> Result<Plan, PlanError> {
+        let variant_specs = std::mem::take(&mut loaded.variants);
+        let mut plan = Plan::build_one(loaded.clone()).await?;
+        for (name, spec) in variant_specs {
+            let variant = LoadedSpec { spec, variants: vec![], ..loaded.clone() };
+            plan.variants.push((name, Plan::build_one(variant).await?));
+        }
+        Ok(plan)
+    }
+
+    /// Every plan of the file: `("base", the base)` then each variant.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &Plan)> {
+        std::iter::once(("base", self)).chain(self.variants.iter().map(|(name, plan)| (name.as_str(), plan)))
+    }
+
+    async fn build_one(loaded: LoadedSpec) -> Result<Plan, PlanError> {
         let storage =
             Storage::open(&loaded.spec.run.root, &loaded.base_dir, &loaded.spec.run.storage, &loaded.spec.run.retry)?;
         let mut stages: Vec<PlannedStage> = Vec::new();
@@ -107,7 +127,7 @@ impl Plan {
             let key = content_key(stage, &params, &inputs, &external, &models);
             stages.push(PlannedStage { stage, key, params, inputs, external, models });
         }
-        Ok(Plan { loaded, storage, stages })
+        Ok(Plan { loaded, storage, stages, variants: vec![] })
     }
 
     /// The planned stage `stage`, if the pipeline configures it.

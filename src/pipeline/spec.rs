@@ -251,12 +251,12 @@ pub enum SplitFilter {
 }
 
 impl SplitFilter {
-    /// SQL condition on the `split` column.
-    pub fn sql(self) -> &'static str {
+    /// SQL condition on the split column `column` (e.g. `split`, `p.split`).
+    pub fn sql(self, column: &str) -> String {
         match self {
-            SplitFilter::Train => "split = 'train'",
-            SplitFilter::Eval => "split = 'eval'",
-            SplitFilter::All => "TRUE",
+            SplitFilter::Train => format!("{column} = 'train'"),
+            SplitFilter::Eval => format!("{column} = 'eval'"),
+            SplitFilter::All => "TRUE".into(),
         }
     }
 }

@@ -65,37 +65,116 @@ impl fmt::Display for ProblemList<'_> {
 /// A pipeline file that passed validation, with where it came from.
 #[derive(Debug, Clone)]
 pub struct LoadedSpec {
-    /// The typed pipeline.
+    /// The typed pipeline (the base, without its variants).
     pub spec: PipelineSpec,
     /// The file it was read from.
     pub file: PathBuf,
     /// The directory relative paths in the file are resolved against.
     pub base_dir: PathBuf,
+    /// The `[variants.NAME]` pipelines: the base with each overlay merged in, by name.
+    pub variants: Vec<(String, PipelineSpec)>,
 }
 
 /// Reads and validates the pipeline file at `path`.
 pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
     let source =
         std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
-    let spec = parse(&source, path)?;
+    let (spec, variants) = parse_with_variants(&source, path)?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
-    Ok(LoadedSpec { spec, file: path.to_path_buf(), base_dir })
+    Ok(LoadedSpec { spec, file: path.to_path_buf(), base_dir, variants })
 }
 
 /// Parses and validates pipeline text; `path` is only used in messages.
 pub fn parse(source: &str, path: &Path) -> Result<PipelineSpec, SpecError> {
+    parse_with_variants(source, path).map(|(spec, _)| spec)
+}
+
+/// Parses and validates pipeline text and every variant in it.
+pub fn parse_with_variants(
+    source: &str,
+    path: &Path,
+) -> Result<(PipelineSpec, Vec<(String, PipelineSpec)>), SpecError> {
     let mut problems = Problems { source, list: Vec::new() };
     let (document, syntax_errors) = DeTable::parse_recoverable(source);
     for error in syntax_errors {
         problems.toml_error("", &error);
     }
-    let spec = if problems.list.is_empty() { read_sections(document.get_ref(), &mut problems) } else { None };
+    let mut base = document.get_ref().clone();
+    let overlays = base.remove("variants");
+    let spec = if problems.list.is_empty() { read_sections(&base, &mut problems) } else { None };
+    // Variants are checked only on a valid base, so a base mistake is reported once.
+    let variants = match (&spec, overlays) {
+        (Some(_), Some(overlays)) if problems.list.is_empty() => read_variants(&base, &overlays, &mut problems),
+        _ => vec![],
+    };
     match spec {
-        Some(spec) if problems.list.is_empty() => Ok(spec),
+        Some(spec) if problems.list.is_empty() => Ok((spec, variants)),
         _ => {
             problems.list.sort_by_key(|p| (p.line, p.column));
             Err(SpecError::Invalid { path: path.to_path_buf(), problems: problems.list })
+        }
+    }
+}
+
+/// Each `[variants.NAME]` table merged into the base document and read as a
+/// pipeline of its own; its problems are reported with the variant's name.
+fn read_variants(
+    base: &DeTable<'_>,
+    overlays: &Spanned<DeValue<'_>>,
+    problems: &mut Problems<'_>,
+) -> Vec<(String, PipelineSpec)> {
+    let Some(overlays) = overlays.get_ref().as_table() else {
+        problems.push(Some(overlays.span()), "variants", "must be a table of [variants.NAME] tables");
+        return vec![];
+    };
+    let mut variants = Vec::new();
+    for (name, overlay) in overlays.iter() {
+        let name = name.get_ref().to_string();
+        let key = format!("variants.{name}");
+        let valid_name = name != "base" && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        let Some(table) = overlay.get_ref().as_table().filter(|_| valid_name) else {
+            let message = "a variant is a table named with letters, digits, `-` or `_` (not `base`)";
+            problems.push(Some(overlay.span()), &key, message);
+            continue;
+        };
+        if entry(table, "run").and_then(|run| run.get_ref().as_table()).is_some_and(|run| entry(run, "root").is_some())
+        {
+            problems.push(Some(overlay.span()), &key, "variants share the base's storage root: remove `run.root`");
+            continue;
+        }
+        if entry(table, "variants").is_some() {
+            problems.push(Some(overlay.span()), &key, "variants do not nest");
+            continue;
+        }
+        let mut merged = base.clone();
+        merge(&mut merged, table);
+        let mut own = Problems { source: problems.source, list: Vec::new() };
+        let spec = read_sections(&merged, &mut own);
+        for mut problem in own.list {
+            problem.message = format!("in variant `{name}`: {}", problem.message);
+            problems.list.push(problem);
+        }
+        variants.extend(spec.map(|spec| (name, spec)));
+    }
+    variants
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, any other
+/// value replaces the base's.
+fn merge<'i>(base: &mut DeTable<'i>, overlay: &DeTable<'i>) {
+    for (key, value) in overlay.iter() {
+        let existing = base.iter_mut().find(|(k, _)| k.get_ref() == key.get_ref()).map(|(_, v)| v);
+        match (existing, value.get_ref()) {
+            (Some(existing), DeValue::Table(inner)) if existing.get_ref().is_table() => {
+                if let DeValue::Table(target) = existing.get_mut() {
+                    merge(target, inner);
+                }
+            }
+            (Some(existing), _) => *existing = value.clone(),
+            (None, _) => {
+                base.insert(key.clone(), value.clone());
+            }
         }
     }
 }
@@ -133,7 +212,7 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-const TOP_LEVEL: [&str; 3] = ["run", "models", "stages"];
+const TOP_LEVEL: [&str; 4] = ["run", "models", "stages", "variants"];
 const STAGES: [&str; 8] = ["prompts", "generate", "score", "pairs", "ref_logps", "tune", "evaluate", "report"];
 
 /// Reads every section on its own and value-checks each one that parsed, so

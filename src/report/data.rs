@@ -75,6 +75,28 @@ pub struct PairStats {
     pub rejected_reward: f64,
 }
 
+/// One row of `sql/ablation_summary.sql`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AblationRow {
+    /// Variant name (`base` for the pipeline without overrides).
+    pub variant: String,
+    /// Language or `all`.
+    pub language: String,
+    /// Tuned minus base structured accuracy, mean over choice tasks.
+    pub accuracy_delta: Option<f64>,
+    /// Open-ended win rate.
+    pub win_rate: Option<f64>,
+    /// Length-controlled win rate.
+    pub lc_win_rate: Option<f64>,
+    /// Pairs tuned on.
+    pub pairs: Option<i64>,
+    /// Their mean reward margin.
+    pub mean_margin: Option<f64>,
+}
+
+/// The ablation table's query.
+pub const ABLATION_SUMMARY_SQL: &str = include_str!("../../sql/ablation_summary.sql");
+
 /// One stage's lineage.
 #[derive(Debug, Clone, Serialize)]
 pub struct Lineage {
@@ -113,6 +135,8 @@ pub struct ReportData {
     pub pairs: Vec<PairStats>,
     /// Every stage's lineage.
     pub lineage: Vec<Lineage>,
+    /// The ablation table, when the pipeline has variants.
+    pub ablations: Vec<AblationRow>,
 }
 
 /// Gathers the report of `plan` from `ctx`, a session where every current
@@ -152,7 +176,13 @@ pub async fn gather(plan: &Plan, ctx: &SessionContext) -> Result<ReportData, Rep
                            AVG(rejected_reward) AS rejected_reward FROM pairs GROUP BY language ORDER BY language",
     )
     .await?;
+    let compared = ["eval_results_by_variant", "pairs_by_variant"].iter().all(|t| ctx.table_exist(*t).unwrap_or(false));
+    let ablations = match plan.variants.is_empty() || !compared {
+        true => vec![],
+        false => rows(ctx, ABLATION_SUMMARY_SQL).await?,
+    };
     Ok(ReportData {
+        ablations,
         run: plan.loaded.spec.run.name.clone(),
         root: plan.storage.display().to_string(),
         metrics,

@@ -32,6 +32,7 @@ pub fn render(data: &ReportData) -> String {
         root = escape(&data.root)
     );
     headline_section(&mut html, data);
+    ablation_section(&mut html, data);
     charts_section(&mut html, data);
     tasks_section(&mut html, data);
     training_section(&mut html, data);
@@ -88,6 +89,31 @@ fn headline_section(html: &mut String, data: &ReportData) {
          won: its open-ended win rate (ties ½) is above ½. LC: length-controlled. Language fidelity counts only \
          languages the detector knows.</p>",
     );
+}
+
+fn ablation_section(html: &mut String, data: &ReportData) {
+    if data.ablations.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>Ablations</h2><p>One row per variant and language (<code>sql/ablation_summary.sql</code>); the headline \
+         above is the base pipeline's.</p><table><tr><th>variant</th><th>language</th><th>structured Δ (points)</th>\
+         <th>win rate (%)</th><th>LC win rate (%)</th><th>pairs</th><th>mean margin</th></tr>",
+    );
+    for row in &data.ablations {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&row.variant),
+            escape(&row.language),
+            row.accuracy_delta.map_or("–".into(), |d| format!("{:+.1}", d * 100.0)),
+            percent(row.win_rate),
+            percent(row.lc_win_rate),
+            row.pairs.map_or("–".into(), |p| p.to_string()),
+            row.mean_margin.map_or("–".into(), |m| format!("{m:.3}")),
+        );
+    }
+    html.push_str("</table>");
 }
 
 fn charts_section(html: &mut String, data: &ReportData) {

@@ -45,6 +45,25 @@ pub fn render(data: &ReportData) -> String {
             percent(line.tuned_fidelity),
         );
     }
+    if !data.ablations.is_empty() {
+        md.push_str(
+            "\n| variant | language | structured Δ (points) | win rate (%) | LC win rate (%) | pairs | mean margin |\n",
+        );
+        md.push_str("|---|---|---|---|---|---|---|\n");
+        for row in &data.ablations {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.variant,
+                row.language,
+                row.accuracy_delta.map_or("–".into(), |d| format!("{:+.1}", d * 100.0)),
+                percent(row.win_rate),
+                percent(row.lc_win_rate),
+                row.pairs.map_or("–".into(), |p| p.to_string()),
+                row.mean_margin.map_or("–".into(), |m| format!("{m:.3}")),
+            );
+        }
+    }
     let tasks = data.choice_tasks();
     if !tasks.is_empty() {
         md.push_str("\n| task | base accuracy (%) | tuned accuracy (%) | tuned, per byte (%) |\n|---|---|---|---|\n");

@@ -20,7 +20,7 @@ use super::{Chunks, StageError, StageInput, Stats, count, text_at};
 use crate::ids::stable_id;
 use crate::model::policy::{Generated, GenerationRequest, Policy, policy_id};
 use crate::model::sampling::SamplingParams;
-use crate::pipeline::spec::{GenerateParams, GenerationsImport, ResponseSource};
+use crate::pipeline::spec::{GenerateParams, GenerationsImport, ResponseSource, SplitFilter};
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
@@ -58,7 +58,7 @@ async fn sample_policy(
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
     let sql = format!(
         "SELECT prompt_id, source_id, language, text FROM prompts WHERE {} ORDER BY prompt_id",
-        params.split.sql()
+        params.split.sql("split")
     );
     // A shard answers only the prompts of its slice.
     let row = |batch: &RecordBatch, i: usize| {
@@ -237,9 +237,14 @@ async fn import_generations(
     }
     let total = count(input.ctx, &format!("SELECT COUNT(*) FROM {IMPORTED}"), &url).await?;
     let label = import.label.clone().unwrap_or_else(|| format!("import:{}", file_name(&import.path)));
+    // Like sampling, an import answers one split (train by default): responses
+    // to held-out prompts must not reach the pairs the policy is tuned on.
+    let split = input.spec.stages.generate.as_ref().map_or(SplitFilter::Train, |g| g.split);
     let matched = format!(
         "SELECT i.prompt_id, p.source_id, p.language, i.sample_idx, i.text \
-         FROM {IMPORTED} AS i JOIN prompts AS p ON p.prompt_id = i.prompt_id ORDER BY i.prompt_id, i.sample_idx"
+         FROM {IMPORTED} AS i JOIN prompts AS p ON p.prompt_id = i.prompt_id WHERE {} \
+         ORDER BY i.prompt_id, i.sample_idx",
+        split.sql("p.split")
     );
     let frame = crate::store::session::query(input.ctx, &matched, &url).await?;
     let mut stream = frame.execute_stream().await?;
@@ -259,10 +264,20 @@ async fn import_generations(
             ),
         });
     }
-    if written < total {
-        tracing::warn!("{}: {} row(s) answer prompts that are not in the prompts table; dropped", url, total - written);
+    let unknown_sql = format!(
+        "SELECT COUNT(*) FROM {IMPORTED} AS i LEFT JOIN prompts AS p ON p.prompt_id = i.prompt_id WHERE p.prompt_id IS NULL"
+    );
+    let unknown = count(input.ctx, &unknown_sql, &url).await?;
+    let other_split = total - written - unknown;
+    if unknown > 0 {
+        tracing::warn!("{url}: {unknown} row(s) answer prompts that are not in the prompts table; dropped");
     }
-    Ok(super::stats([("rows_read", total), ("generations", written), ("dropped_unknown_prompt", total - written)]))
+    Ok(super::stats([
+        ("rows_read", total),
+        ("generations", written),
+        ("dropped_unknown_prompt", unknown),
+        ("dropped_other_split", other_split),
+    ]))
 }
 
 /// Who produced the imported responses.

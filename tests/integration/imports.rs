@@ -191,9 +191,16 @@ async fn the_split_keeps_translations_together_and_all_lang_pairs_once_per_sourc
     let root = dir.path().join("root");
     let file = write_pipeline(dir.path(), &demo_pipeline_text(root.to_str().unwrap(), "", "pool = \"all_lang\""));
     let reports = run(&file, RunOptions::default()).await;
-    assert_eq!(reports[3].rows, 24, "one pair per source prompt");
     let planned = plan(&file).await;
     let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    // Imported responses to held-out prompts are not imported (they would be
+    // tuned on, then evaluated on): one pair per training source prompt.
+    let train_sources = "SELECT COUNT(DISTINCT source_id) FROM prompts WHERE split = 'train'";
+    let batches = ctx.sql(train_sources).await.unwrap().collect().await.unwrap();
+    let sources = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+    assert!((10..24).contains(&sources), "{sources} of the 24 sources train");
+    assert_eq!(reports[3].rows, sources as u64, "one pair per training source prompt");
+    assert!(reports[1].stats["dropped_other_split"].as_u64().unwrap() > 0, "{:?}", reports[1].stats);
     let query = "SELECT COUNT(DISTINCT split) AS splits FROM prompts GROUP BY source_id ORDER BY splits DESC LIMIT 1";
     let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
     let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();

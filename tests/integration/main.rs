@@ -1,5 +1,6 @@
 //! croco's integration tests: one binary (as in ripgrep), one module per area.
 
+mod ablations;
 mod bundles;
 mod cli;
 mod evaluation;

@@ -1,0 +1,156 @@
+//! Ablations as variants of one pipeline file: shared tables are computed
+//! once (content keys), each variant's pairs come from its own responses,
+//! and `sql/ablation_summary.sql` compares them.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, RecordBatch, StringArray};
+
+use crate::util::repo;
+
+/// Imported en/fr responses (on-policy by label), a short tune and a small
+/// evaluation; variants: `all_lang` pools, a `beta` change (shares pairs and
+/// ref_logps), and `off_policy` (the same file imported as off-policy responses).
+fn ablation_pipeline(dir: &Path) -> PathBuf {
+    let data = repo().join("data");
+    let text = format!(
+        r#"[run]
+name = "ablations"
+root = "{root}"
+languages = ["en", "fr"]
+device = "cpu"
+threads = 2
+
+[models]
+policy = "{data}/models/policy"
+
+[stages.prompts]
+source = "{data}/prompts/demo.jsonl"
+columns = {{ text = "prompt", source_id = "source_id" }}
+eval_fraction = 0.2
+
+[stages.generate.import]
+path = "{data}/demo/scored_generations.jsonl"
+
+[stages.score.import]
+path = "{data}/demo/scored_generations.jsonl"
+
+[stages.pairs]
+
+[stages.ref_logps]
+max_length = 192
+max_prompt_length = 96
+
+[stages.tune]
+learning_rate = 1e-3
+micro_batch = 4
+grad_accumulation = 2
+lora = {{ rank = 4, alpha = 8.0, dropout = 0.0 }}
+
+[stages.evaluate]
+choice = [{{ name = "word_order", source = "{data}/eval/word_order.jsonl", max_items_per_language = 4 }}]
+
+[stages.report]
+bootstrap = 100
+
+[variants.all_lang.stages.pairs]
+pool = "all_lang"
+
+[variants.beta.stages.tune]
+beta = 0.3
+
+[variants.off_policy.stages.generate.import]
+path = "{data}/demo/scored_generations.jsonl"
+source = "off_policy"
+label = "other-model"
+"#,
+        root = dir.join("root").display(),
+        data = data.display()
+    );
+    crate::util::write_pipeline(dir, &text)
+}
+
+fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
+    let batches: Vec<RecordBatch> = batches.iter().map(croco::store::schema::plain_strings).collect();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let values = b.column(column).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..values.len()).map(|i| values.value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every variant runs; each shared stage ran once across them, and the
+/// summary has a row per variant.
+#[tokio::test]
+async fn variants_share_every_table_they_do_not_change_and_are_compared_in_one_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = ablation_pipeline(dir.path());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_croco"))
+        .args(["run", file.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut runs = vec![("base".to_string(), summary["stages"].clone())];
+    for (name, stages) in summary["variants"].as_object().unwrap() {
+        runs.push((name.clone(), stages.clone()));
+    }
+    let ran = |stage: &str| -> Vec<String> {
+        let did = |stages: &serde_json::Value| {
+            stages.as_array().unwrap().iter().any(|s| s["stage"] == stage && s["status"] == "ran")
+        };
+        runs.iter().filter(|(_, stages)| did(stages)).map(|(name, _)| name.clone()).collect()
+    };
+    assert_eq!(ran("prompts"), ["base"], "prompts are shared by every variant");
+    assert_eq!(ran("generate"), ["base", "off_policy"]);
+    assert_eq!(ran("score"), ["base", "off_policy"]);
+    assert_eq!(ran("pairs"), ["base", "all_lang", "off_policy"], "beta shares the base's pairs");
+    assert_eq!(ran("ref_logps"), ["base", "all_lang", "off_policy"], "and its reference log-probs");
+    assert_eq!(ran("tune"), ["base", "all_lang", "beta", "off_policy"]);
+    assert_eq!(ran("evaluate"), ["base", "all_lang", "beta", "off_policy"]);
+
+    let planned = crate::util::plan(&file).await;
+    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    // Off-policy pairs are made of off-policy responses only, and on-policy ones of on-policy responses.
+    let sources = "SELECT DISTINCT p.pipeline_variant, g.source FROM pairs_by_variant AS p \
+                   JOIN generations_by_variant AS g ON g.pipeline_variant = p.pipeline_variant \
+                   AND g.generation_id IN (p.chosen_generation_id, p.rejected_generation_id) \
+                   ORDER BY p.pipeline_variant, g.source";
+    let batches = ctx.sql(sources).await.unwrap().collect().await.unwrap();
+    assert_eq!(strings(&batches, 0), ["all_lang", "base", "beta", "off_policy"]);
+    assert_eq!(strings(&batches, 1), ["on_policy", "on_policy", "on_policy", "off_policy"]);
+
+    let sql = std::fs::read_to_string(repo().join("sql/ablation_summary.sql")).unwrap();
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    let variants = strings(&batches, 0);
+    for variant in ["all_lang", "base", "beta", "off_policy"] {
+        assert_eq!(variants.iter().filter(|v| *v == variant).count(), 3, "en, fr and all for {variant}");
+    }
+    let pairs = batches.iter().flat_map(|b| {
+        let column = b.column(5).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().clone();
+        (0..column.len()).map(move |i| column.value(i))
+    });
+    let all_rows: Vec<(String, i64)> = variants.iter().cloned().zip(pairs).collect();
+    let pairs_of = |v: &str| all_rows.iter().filter(|(name, _)| name == v).map(|(_, p)| *p).max().unwrap();
+    assert!(pairs_of("all_lang") < pairs_of("base"), "one pool per source instead of per prompt");
+    assert_eq!(pairs_of("beta"), pairs_of("base"));
+
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_croco"))
+        .args(["report", file.to_str().unwrap(), "--format", "md"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(report.contains("| off_policy | all |"), "{report}");
+}
+
+/// A variant that would move the storage root is refused: sharing needs one root.
+#[test]
+fn a_variant_cannot_move_the_root() {
+    let text = "[run]\nname = \"x\"\nroot = \"memory://x\"\nlanguages = [\"en\"]\n\n[stages.prompts]\nsource = \"p.jsonl\"\n\n\
+                [variants.elsewhere.run]\nroot = \"memory://y\"\n\n[variants.bad.stages.pairs]\npool = \"nowhere\"\n";
+    let error = croco::pipeline::validate::parse(text, Path::new("v.toml")).unwrap_err().to_string();
+    assert!(error.contains("`variants.elsewhere`: variants share the base's storage root"), "{error}");
+    assert!(error.contains("in variant `bad`"), "{error}");
+}
