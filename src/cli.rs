@@ -405,6 +405,35 @@ async fn unlock_command(file: &Path) -> Result<(), CliError> {
 
 async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
     let plan = load_plan(file).await?;
+    let mut variants = Vec::new();
+    for (name, variant) in plan.all() {
+        variants.push((name, stage_rows(variant).await?));
+    }
+    if json {
+        let (_, rows) = &variants[0];
+        let others: serde_json::Map<String, serde_json::Value> =
+            variants[1..].iter().map(|(name, rows)| (name.to_string(), serde_json::json!(rows))).collect();
+        print_json(&serde_json::json!({
+            "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": rows, "variants": others
+        }));
+        return Ok(());
+    }
+    println!("root: {}", plan.storage.display());
+    for (name, rows) in &variants {
+        if *name != "base" {
+            println!("variant {name}:");
+        }
+        for row in rows {
+            let count = row["rows"].as_u64().map_or("-".to_string(), |r| r.to_string());
+            let text = |field: &str| row[field].as_str().unwrap_or_default().to_string();
+            println!("{:<9} {:<8} {:>9} rows  {}", text("stage"), text("state"), count, text("key"));
+        }
+    }
+    Ok(())
+}
+
+/// Each stage of `plan`: state, key, rows, stats and artifacts of its current version.
+async fn stage_rows(plan: &Plan) -> Result<Vec<serde_json::Value>, CliError> {
     let mut rows = Vec::new();
     for stage in &plan.stages {
         let (state, current) = plan.state(stage).await?;
@@ -419,19 +448,7 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
             "artifacts": current.as_ref().map(|m| m.artifacts.clone()),
         }));
     }
-    if json {
-        print_json(
-            &serde_json::json!({ "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": rows }),
-        );
-        return Ok(());
-    }
-    println!("root: {}", plan.storage.display());
-    for row in &rows {
-        let count = row["rows"].as_u64().map_or("-".to_string(), |r| r.to_string());
-        let text = |field: &str| row[field].as_str().unwrap_or_default().to_string();
-        println!("{:<9} {:<8} {:>9} rows  {}", text("stage"), text("state"), count, text("key"));
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// A session with every table of the pipeline registered: the current

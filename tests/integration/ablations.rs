@@ -137,6 +137,15 @@ async fn variants_share_every_table_they_do_not_change_and_are_compared_in_one_t
     assert!(pairs_of("all_lang") < pairs_of("base"), "one pool per source instead of per prompt");
     assert_eq!(pairs_of("beta"), pairs_of("base"));
 
+    // Regression: gc --versions must not take a variant's tables for unused ones.
+    let gc = std::process::Command::new(env!("CARGO_BIN_EXE_croco"))
+        .args(["gc", file.to_str().unwrap(), "--versions", "--older-than", "0s", "--json"])
+        .output()
+        .unwrap();
+    let gc: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    let parquet = gc["objects"].as_array().unwrap().iter().filter(|o| o["url"].as_str().unwrap().ends_with(".parquet"));
+    assert_eq!(parquet.count(), 0, "no variant's part is garbage: {gc}");
+
     let report = std::process::Command::new(env!("CARGO_BIN_EXE_croco"))
         .args(["report", file.to_str().unwrap(), "--format", "md"])
         .output()
