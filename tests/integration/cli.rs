@@ -63,7 +63,7 @@ fn status_then_sql_in_every_format() {
     assert_eq!(states, ["current"; 4]);
 
     let csv = croco(&["sql", &file, "SELECT COUNT(*) AS n FROM pairs", "--format", "csv"]);
-    assert_eq!(stdout(&csv), "n\n360\n", "{}", stderr(&csv));
+    assert_eq!(stdout(&csv), "n\n270\n", "{}", stderr(&csv)); // one pair per training prompt
 
     let json = croco(&[
         "sql",
@@ -84,7 +84,7 @@ fn status_then_sql_in_every_format() {
         croco(&["sql", &file, "SELECT * FROM pairs", "--format", "parquet", "--output", parquet.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let back = croco(&["sql", &file, &format!("SELECT COUNT(*) AS n FROM '{}'", parquet.display()), "--format", "csv"]);
-    assert_eq!(stdout(&back), "n\n360\n", "{}", stderr(&back));
+    assert_eq!(stdout(&back), "n\n270\n", "{}", stderr(&back));
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn sql_skips_old_versions_whose_schema_changed() {
     manifest["schema_version"] = 0.into();
     std::fs::write(old.join("_manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     let output = croco(&["sql", &file, "SELECT COUNT(*) AS n FROM scores", "--format", "csv"]);
-    assert_eq!(stdout(&output), "n\n2880\n", "{}", stderr(&output));
+    assert_eq!(stdout(&output), "n\n2160\n", "{}", stderr(&output)); // the train split's 270 prompts x 8
     assert!(
         stderr(&output).contains("not registering `scores@00000000old00000` (schema version 0)"),
         "{}",

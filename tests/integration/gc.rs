@@ -47,7 +47,7 @@ fn gc_collects_stray_parts_and_unused_versions_but_keeps_current_tables() {
     assert_eq!(json(&croco(&["gc", &file, "--older-than", "0s", "--json", "--apply"]))["deleted"], true);
     assert!(!pairs_dir.join("part-dead0000-00000.parquet").exists() && listed.exists());
     let count = croco(&["sql", &file, "SELECT COUNT(*) AS n FROM pairs", "--format", "csv"]);
-    assert_eq!(String::from_utf8_lossy(&count.stdout), "n\n360\n");
+    assert_eq!(String::from_utf8_lossy(&count.stdout), "n\n270\n");
 
     // An older pairs setting: kept without --versions, collected with it.
     std::fs::write(
