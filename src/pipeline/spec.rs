@@ -197,6 +197,23 @@ impl ResponseSource {
     }
 }
 
+/// Which bundle the generate stage samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingModel {
+    /// `models.policy` (with its adapter): on-policy responses.
+    #[default]
+    Policy,
+    /// `models.off_policy`: another model's responses, `source = 'off_policy'`.
+    OffPolicy,
+}
+
+impl SamplingModel {
+    fn is_policy(&self) -> bool {
+        *self == SamplingModel::Policy
+    }
+}
+
 /// `[stages.generate]`: sampling parameters, or an import of existing responses.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -204,6 +221,11 @@ pub struct GenerateParams {
     /// Import responses from a file instead of sampling the policy.
     #[serde(default)]
     pub import: Option<GenerationsImport>,
+    /// Which bundle samples: `policy` (on-policy, the default) or `off_policy`
+    /// (`models.off_policy`). Left out of keys when it is the default, so
+    /// existing versions stay current.
+    #[serde(default, skip_serializing_if = "SamplingModel::is_policy")]
+    pub model: SamplingModel,
     /// Responses per prompt (the recipe: 64).
     #[serde(default = "default_samples")]
     pub samples: u32,
@@ -720,7 +742,14 @@ impl StagesSpec {
     /// import needs `models.policy`, `score` without an import `models.reward`.
     pub fn model_problems(&self, models: &ModelsSpec) -> Vec<ValueProblem> {
         let mut problems = Vec::new();
-        if self.generate.as_ref().is_some_and(|g| g.import.is_none()) && models.policy.is_none() {
+        let sampled = self.generate.as_ref().filter(|g| g.import.is_none());
+        if sampled.is_some_and(|g| g.model == SamplingModel::OffPolicy) && models.off_policy.is_none() {
+            problems.push((
+                "stages.generate.model".into(),
+                "`off_policy` samples another model: set `off_policy` in [models]".into(),
+            ));
+        }
+        if sampled.is_some_and(|g| g.model == SamplingModel::Policy) && models.policy.is_none() {
             problems.push((
                 "stages.generate".into(),
                 "samples the policy: set `policy` in [models] (or import responses)".into(),

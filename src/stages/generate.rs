@@ -1,8 +1,10 @@
 //! The generate stage: responses for every prompt.
 //!
 //! Either the policy samples K responses per prompt on ONNX Runtime (the
-//! recipe's on-policy self-generations), or responses made elsewhere are
-//! imported (`[stages.generate.import]`) and matched to the prompts table by
+//! recipe's on-policy self-generations), or a second bundle does
+//! (`model = "off_policy"`, `models.off_policy`: rows with
+//! `source = 'off_policy'`), or responses made elsewhere are imported
+//! (`[stages.generate.import]`) and matched to the prompts table by
 //! `prompt_id`.
 //!
 //! Sampling is resumable: prompts are taken in `prompt_id` order in chunks of
@@ -20,7 +22,7 @@ use super::{Chunks, StageError, StageInput, Stats, count, text_at};
 use crate::ids::stable_id;
 use crate::model::policy::{Generated, GenerationRequest, Policy, policy_id};
 use crate::model::sampling::SamplingParams;
-use crate::pipeline::spec::{GenerateParams, GenerationsImport, ResponseSource, SplitFilter};
+use crate::pipeline::spec::{GenerateParams, GenerationsImport, ResponseSource, SamplingModel, SplitFilter};
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
@@ -50,8 +52,17 @@ async fn sample_policy(
     params: &GenerateParams,
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
-    let bundle = input.bundle("policy", input.spec.models.policy.as_ref())?;
-    let adapter = input.policy_adapter(&bundle).await?;
+    let models = &input.spec.models;
+    let (role, location, source) = match params.model {
+        SamplingModel::Policy => ("policy", models.policy.as_ref(), ResponseSource::OnPolicy),
+        SamplingModel::OffPolicy => ("off_policy", models.off_policy.as_ref(), ResponseSource::OffPolicy),
+    };
+    let bundle = input.bundle(role, location)?;
+    // The adapter tunes the policy; another model is sampled as it is.
+    let adapter = match params.model {
+        SamplingModel::Policy => input.policy_adapter(&bundle).await?,
+        SamplingModel::OffPolicy => None,
+    };
     let policy_id = policy_id(&bundle.checksum, adapter.as_ref().map(|(_, c)| c.as_str()));
     let mut policy = Policy::load_tuned(bundle, adapter.as_ref().map(|(a, _)| a), &input.session_config())?;
     tracing::info!(target = ?policy.target(), "generate: policy loaded");
@@ -71,8 +82,15 @@ async fn sample_policy(
         })
     };
     let mut chunks = Chunks::new(input.ctx, &sql, "prompts", params.prompts_per_part as usize, row).await?;
-    let mut sampler =
-        Sampler { policy: &mut policy, params, policy_id, tokens: 0, started: std::time::Instant::now(), prompts: 0 };
+    let mut sampler = Sampler {
+        policy: &mut policy,
+        params,
+        policy_id,
+        source: source.as_str(),
+        tokens: 0,
+        started: std::time::Instant::now(),
+        prompts: 0,
+    };
     while let Some((index, prompts)) = chunks.next().await? {
         sampler.chunk(index, &prompts, &done, sink, input).await?;
     }
@@ -89,6 +107,8 @@ struct Sampler<'p> {
     policy: &'p mut Policy,
     params: &'p GenerateParams,
     policy_id: String,
+    /// `on_policy` or `off_policy`.
+    source: &'static str,
     tokens: u64,
     started: std::time::Instant,
     prompts: u64,
@@ -134,7 +154,7 @@ impl Sampler<'_> {
             top_k: self.params.top_k.map(|k| k as usize),
         };
         let generated = self.policy.generate(&requests, &sampling, self.params.max_new_tokens as usize)?;
-        let mut rows = GenerationRows::default();
+        let mut rows = GenerationRows { source: self.source, ..Default::default() };
         for ((prompt, request), samples) in prompts.iter().zip(&requests).zip(generated) {
             for (k, sample) in samples.into_iter().enumerate() {
                 self.tokens += sample.tokens.len() as u64 + u64::from(sample.stop_token.is_some());
@@ -154,6 +174,7 @@ fn sample_seed(seed: u64, prompt_id: &str, k: usize) -> u64 {
 /// Columns of sampled generations being assembled.
 #[derive(Default)]
 struct GenerationRows {
+    source: &'static str,
     generation_id: Vec<String>,
     prompt_id: Vec<String>,
     source_id: Vec<String>,
@@ -177,8 +198,7 @@ impl GenerationRows {
         request: &GenerationRequest,
         sample: &Generated,
     ) {
-        let source = ResponseSource::OnPolicy.as_str();
-        self.generation_id.push(stable_id(&[&prompt.prompt_id, source, policy_id, &k.to_string()]));
+        self.generation_id.push(stable_id(&[&prompt.prompt_id, self.source, policy_id, &k.to_string()]));
         self.prompt_id.push(prompt.prompt_id.clone());
         self.source_id.push(prompt.source_id.clone());
         self.language.push(prompt.language.clone());
@@ -200,7 +220,7 @@ impl GenerationRows {
             ("source_id", strings(self.source_id)),
             ("language", strings(self.language)),
             ("sample_idx", Arc::new(Int32Array::from(self.sample_idx))),
-            ("source", Arc::new(StringArray::from(vec![ResponseSource::OnPolicy.as_str(); n]))),
+            ("source", Arc::new(StringArray::from(vec![self.source; n]))),
             ("policy_id", strings(self.policy_id)),
             ("text", strings(self.text)),
             ("prompt_tokens", Arc::new(Int32Array::from(self.prompt_tokens))),

@@ -19,7 +19,7 @@ use datafusion::prelude::SessionContext;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::spec::PipelineSpec;
+use crate::pipeline::spec::{PipelineSpec, SamplingModel};
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
 
@@ -158,9 +158,11 @@ impl StageName {
     pub fn models(self, spec: &PipelineSpec) -> Vec<(&'static str, String)> {
         let (stages, models) = (&spec.stages, &spec.models);
         let found = match self {
-            StageName::Generate if stages.generate.as_ref().is_some_and(|g| g.import.is_none()) => {
-                models.policy.clone().map(|p| ("policy", p))
-            }
+            StageName::Generate => match stages.generate.as_ref().filter(|g| g.import.is_none()).map(|g| g.model) {
+                Some(SamplingModel::Policy) => models.policy.clone().map(|p| ("policy", p)),
+                Some(SamplingModel::OffPolicy) => models.off_policy.clone().map(|p| ("off_policy", p)),
+                None => None,
+            },
             StageName::Score if stages.score.as_ref().is_some_and(|s| s.import.is_none()) => {
                 models.reward.clone().map(|r| ("reward", r))
             }

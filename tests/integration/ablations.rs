@@ -163,3 +163,44 @@ fn a_variant_cannot_move_the_root() {
     assert!(error.contains("`variants.elsewhere`: variants share the base's storage root"), "{error}");
     assert!(error.contains("in variant `bad`"), "{error}");
 }
+
+/// An off-policy variant sampled from a second bundle (`models.off_policy`,
+/// here the demo policy again under that role): its rows say `off_policy`,
+/// its generation ids differ from the on-policy ones, and its pairs are made
+/// of them only, while prompts are shared.
+#[tokio::test]
+async fn an_off_policy_variant_samples_the_second_bundle_and_pairs_its_responses_only() {
+    use croco::pipeline::runner::RunOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::model_stages::model_pipeline(dir.path(), "");
+    let text = std::fs::read_to_string(&base).unwrap()
+        + &format!(
+            "\n[variants.other.models]\noff_policy = \"{}/data/models/policy\"\n\n[variants.other.stages.generate]\nmodel = \"off_policy\"\n",
+            repo().display()
+        );
+    let file = dir.path().join("variants.toml");
+    std::fs::write(&file, text).unwrap();
+    let planned = crate::util::plan(&file).await;
+    for (_, plan) in planned.all() {
+        croco::pipeline::runner::run(plan, RunOptions::default()).await.unwrap();
+    }
+    let (base_plan, other) = (&planned, &planned.variants[0].1);
+    let key = |plan: &croco::pipeline::Plan, stage| plan.stage(stage).unwrap().key.clone();
+    use croco::stages::StageName::{Generate, Prompts};
+    assert_eq!(key(base_plan, Prompts), key(other, Prompts));
+    assert_ne!(key(base_plan, Generate), key(other, Generate));
+    assert!(other.stage(Generate).unwrap().models.contains_key("off_policy"));
+
+    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let sql = "SELECT DISTINCT p.pipeline_variant, g.source FROM pairs_by_variant AS p \
+               JOIN generations_by_variant AS g ON g.pipeline_variant = p.pipeline_variant \
+               AND g.generation_id IN (p.chosen_generation_id, p.rejected_generation_id) ORDER BY 1, 2";
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    assert_eq!(strings(&batches, 0), ["base", "other"]);
+    assert_eq!(strings(&batches, 1), ["on_policy", "off_policy"]);
+    let shared = "SELECT COUNT(*) FROM generations_by_variant AS a JOIN generations_by_variant AS b \
+                  ON a.generation_id = b.generation_id WHERE a.pipeline_variant = 'base' AND b.pipeline_variant = 'other'";
+    let batches = ctx.sql(shared).await.unwrap().collect().await.unwrap();
+    let count = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+    assert_eq!(count, 0, "off-policy rows never reuse an on-policy generation id");
+}
