@@ -318,14 +318,21 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
 }
 
 /// Runs the base pipeline, then each variant (stages they share are current
-/// by then and skipped); stops at the first failure.
+/// by then and skipped), each through all its rounds; stops at the first failure.
 async fn run_every_variant(plan: &Plan, options: RunOptions) -> Result<Vec<(String, Vec<StageReport>)>, CliError> {
     let mut runs = Vec::new();
-    for (name, plan) in plan.all() {
-        if name != "base" {
-            tracing::info!(variant = name, "running variant");
+    let tops = std::iter::once(("base", plan)).chain(plan.variants.iter().map(|(name, p)| (name.as_str(), p)));
+    for (name, first) in tops {
+        tracing::info!(variant = name, "running");
+        runs.push((name.to_string(), runner::run(first, options).await?));
+        // A round can only be planned once the previous one committed its adapter.
+        let mut previous = first.next_round().await?;
+        while let Some(round) = previous {
+            let label = format!("{name}.round{}", round.round + 1);
+            tracing::info!(variant = %label, "running");
+            runs.push((label, runner::run(&round, options).await?));
+            previous = round.next_round().await?;
         }
-        runs.push((name.to_string(), runner::run(plan, options).await?));
     }
     Ok(runs)
 }
@@ -409,10 +416,11 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
     for (name, variant) in plan.all() {
         variants.push((name, stage_rows(variant).await?));
     }
+    let variants: Vec<(String, Vec<serde_json::Value>)> = variants;
     if json {
         let (_, rows) = &variants[0];
         let others: serde_json::Map<String, serde_json::Value> =
-            variants[1..].iter().map(|(name, rows)| (name.to_string(), serde_json::json!(rows))).collect();
+            variants[1..].iter().map(|(name, rows)| (name.clone(), serde_json::json!(rows))).collect();
         print_json(&serde_json::json!({
             "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": rows, "variants": others
         }));
@@ -420,7 +428,7 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
     }
     println!("root: {}", plan.storage.display());
     for (name, rows) in &variants {
-        if *name != "base" {
+        if name != "base" {
             println!("variant {name}:");
         }
         for row in rows {

@@ -48,7 +48,7 @@ pub async fn find(plan: &Plan, options: GcOptions) -> Result<Vec<(Path, Garbage)
     let cutoff = Utc::now() - options.older_than;
     // Versions any variant of the file uses are in use.
     let current: BTreeSet<(Table, String)> =
-        plan.all().flat_map(|(_, p)| p.stages.iter()).map(|s| (s.stage.writes(), s.key.clone())).collect();
+        plan.all().into_iter().flat_map(|(_, p)| p.stages.iter()).map(|s| (s.stage.writes(), s.key.clone())).collect();
     let mut garbage = Vec::new();
     for table in Table::ALL {
         let table_dir = plan.storage.path(&format!("tables/{}", table.name()));

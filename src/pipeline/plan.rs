@@ -20,6 +20,7 @@ use crate::model::bundle::{Bundle, Verify};
 use crate::model::lora::checksum_of_files;
 use crate::stages::StageName;
 use crate::stages::input::read_adapter_files;
+use crate::stages::tune::ADAPTER_DIR;
 use crate::store::storage::resolve_input;
 use crate::store::{Storage, StoreError, Table};
 
@@ -69,6 +70,12 @@ pub struct Plan {
     /// a stage whose inputs and parameters a variant does not change has the
     /// base's key, so it is computed once for all.
     pub variants: Vec<(String, Plan)>,
+    /// This plan's 0-based round of `run.rounds` (online preference optimisation).
+    pub round: u32,
+    /// The later rounds whose previous round has committed its adapter (a
+    /// round's keys depend on that adapter's checksum, so a round cannot be
+    /// planned before the one it continues has run).
+    pub rounds: Vec<Plan>,
 }
 
 /// Errors while planning.
@@ -90,17 +97,51 @@ impl Plan {
     /// the base pipeline and each variant.
     pub async fn build(mut loaded: LoadedSpec) -> Result<Plan, PlanError> {
         let variant_specs = std::mem::take(&mut loaded.variants);
-        let mut plan = Plan::build_one(loaded.clone()).await?;
+        let mut plan = Plan::build_rounds(loaded.clone()).await?;
         for (name, spec) in variant_specs {
             let variant = LoadedSpec { spec, variants: vec![], ..loaded.clone() };
-            plan.variants.push((name, Plan::build_one(variant).await?));
+            plan.variants.push((name, Plan::build_rounds(variant).await?));
         }
         Ok(plan)
     }
 
-    /// Every plan of the file: `("base", the base)` then each variant.
-    pub fn all(&self) -> impl Iterator<Item = (&str, &Plan)> {
-        std::iter::once(("base", self)).chain(self.variants.iter().map(|(name, plan)| (name.as_str(), plan)))
+    /// Every plan of the file, named: `base`, its later rounds
+    /// (`base.round2`, ...), then each variant and its rounds.
+    pub fn all(&self) -> Vec<(String, &Plan)> {
+        let tops = std::iter::once(("base", self)).chain(self.variants.iter().map(|(n, p)| (n.as_str(), p)));
+        tops.flat_map(|(name, plan)| {
+            let later = plan.rounds.iter().map(move |round| (format!("{name}.round{}", round.round + 1), round));
+            std::iter::once((name.to_string(), plan)).chain(later)
+        })
+        .collect()
+    }
+
+    /// Round 1 of `loaded`, with the later rounds that can be planned.
+    async fn build_rounds(loaded: LoadedSpec) -> Result<Plan, PlanError> {
+        let mut first = Plan::build_one(round_spec(loaded, 0, None)).await?;
+        loop {
+            let previous = first.rounds.last().unwrap_or(&first);
+            match previous.next_round().await? {
+                Some(next) => first.rounds.push(next),
+                None => return Ok(first),
+            }
+        }
+    }
+
+    /// The plan of the round after this one, once this round's tune stage has
+    /// committed its adapter; `None` after the last round or before that.
+    pub async fn next_round(&self) -> Result<Option<Plan>, PlanError> {
+        let next = self.round + 1;
+        if next >= self.loaded.spec.run.rounds {
+            return Ok(None);
+        }
+        let Some(tune) = self.stage(StageName::Tune) else { return Ok(None) };
+        if self.current(tune).await?.is_none() {
+            return Ok(None);
+        }
+        let dir = format!("{}/{}", crate::store::tables::version_dir(Table::TrainLog, &tune.key), ADAPTER_DIR);
+        let adapter = self.storage.url_of(&self.storage.path(&dir));
+        Ok(Some(Plan::build_one(round_spec(self.loaded.clone(), next, Some(adapter))).await?))
     }
 
     async fn build_one(loaded: LoadedSpec) -> Result<Plan, PlanError> {
@@ -127,7 +168,8 @@ impl Plan {
             let key = content_key(stage, &params, &inputs, &external, &models);
             stages.push(PlannedStage { stage, key, params, inputs, external, models });
         }
-        Ok(Plan { loaded, storage, stages, variants: vec![] })
+        let round = loaded.spec.stages.generate.as_ref().and_then(|g| g.prompt_slice).map_or(0, |s| s.index);
+        Ok(Plan { loaded, storage, stages, variants: vec![], round, rounds: vec![] })
     }
 
     /// The planned stage `stage`, if the pipeline configures it.
@@ -148,6 +190,24 @@ impl Plan {
         let versions = manifest::list_versions(&self.storage, stage.stage.writes()).await?;
         Ok((if versions.is_empty() { StageState::Missing } else { StageState::Stale }, None))
     }
+}
+
+/// The pipeline of round `round` (0-based) of an online pipeline: generate
+/// answers slice `round` of `run.rounds`, and from the second round on the
+/// policy carries the previous round's adapter (tune continues from it, the
+/// reference stays the base). A pipeline of one round is returned as it is.
+fn round_spec(mut loaded: LoadedSpec, round: u32, adapter: Option<String>) -> LoadedSpec {
+    let rounds = loaded.spec.run.rounds;
+    if rounds <= 1 {
+        return loaded;
+    }
+    if let Some(generate) = loaded.spec.stages.generate.as_mut() {
+        generate.prompt_slice = Some(crate::pipeline::spec::PromptSlice { index: round, count: rounds });
+    }
+    if let Some(adapter) = adapter {
+        loaded.spec.models.policy_adapter = Some(adapter);
+    }
+    loaded
 }
 
 fn content_key(

@@ -57,6 +57,16 @@ pub struct RunSpec {
     /// Seconds after the last heartbeat when another run may take over this run's lock.
     #[serde(default = "default_lock_ttl_s")]
     pub lock_ttl_s: u64,
+    /// Online preference optimisation: R rounds of generate (with the previous
+    /// round's adapter) → score → pairs → ref_logps → tune (continuing from
+    /// it) → evaluate, round r answering slice r of R of the training prompts,
+    /// so R rounds see as many pairs as one offline round. 1 (the default) is offline.
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+}
+
+fn default_rounds() -> u32 {
+    1
 }
 
 fn default_lock_ttl_s() -> u64 {
@@ -197,6 +207,25 @@ impl ResponseSource {
     }
 }
 
+/// One of `count` disjoint slices of the prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSlice {
+    /// 0-based index, below `count`.
+    pub index: u32,
+    /// Number of slices.
+    pub count: u32,
+}
+
+impl PromptSlice {
+    /// Whether `prompt_id` falls in this slice. The hash differs from the
+    /// shards' so a round's slice spreads evenly over shards.
+    pub fn contains(&self, prompt_id: &str) -> bool {
+        let u = crate::ids::unit_interval(7, &format!("round-slice:{prompt_id}"));
+        (u * f64::from(self.count)) as u32 == self.index
+    }
+}
+
 /// Which bundle the generate stage samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -221,6 +250,10 @@ pub struct GenerateParams {
     /// Import responses from a file instead of sampling the policy.
     #[serde(default)]
     pub import: Option<GenerationsImport>,
+    /// Answer only this slice of the prompts (by a hash of `prompt_id`); the
+    /// online rounds set it, round r answering slice r of R.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_slice: Option<PromptSlice>,
     /// Which bundle samples: `policy` (on-policy, the default) or `off_policy`
     /// (`models.off_policy`). Left out of keys when it is the default, so
     /// existing versions stay current.
@@ -673,6 +706,15 @@ impl RunSpec {
         } else if !self.storage.is_empty() && !crate::store::storage::is_cloud_root(&self.root) {
             problems.push(("run.storage".into(), "storage options apply to s3://, gs:// and az:// roots only".into()));
         }
+        if self.rounds == 0 {
+            problems.push(("run.rounds".into(), "must be at least 1".into()));
+        } else if self.rounds > 1 && self.root.starts_with("memory://") {
+            // Round r reads round r-1's adapter back by URL, which an in-process memory store cannot serve.
+            problems.push((
+                "run.rounds".into(),
+                "rounds need a persistent root (a path, file://, s3://, gs://, az://)".into(),
+            ));
+        }
         if self.lock_ttl_s < 3 {
             problems.push(("run.lock_ttl_s".into(), "must be at least 3 seconds".into()));
         }
@@ -815,6 +857,11 @@ impl GenerateParams {
     fn check(&self, problems: &mut Vec<ValueProblem>) {
         if let Some(import) = &self.import {
             check_format("stages.generate.import", &import.path, import.format, problems);
+        }
+        if let Some(slice) = self.prompt_slice
+            && slice.index >= slice.count
+        {
+            problems.push(("stages.generate.prompt_slice".into(), "index must be below count".into()));
         }
         positive("stages.generate.samples", self.samples, problems);
         positive("stages.generate.max_new_tokens", self.max_new_tokens, problems);

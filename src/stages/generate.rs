@@ -71,10 +71,11 @@ async fn sample_policy(
         "SELECT prompt_id, source_id, language, text FROM prompts WHERE {} ORDER BY prompt_id",
         params.split.sql("split")
     );
-    // A shard answers only the prompts of its slice.
+    // A shard answers only the prompts of its slice, a round those of its own.
     let row = |batch: &RecordBatch, i: usize| {
         let prompt_id = text_at(batch, "prompt_id", i);
-        input.shard.is_none_or(|shard| shard.contains(&prompt_id)).then(|| PromptRow {
+        let in_slice = params.prompt_slice.is_none_or(|slice| slice.contains(&prompt_id));
+        (in_slice && input.shard.is_none_or(|shard| shard.contains(&prompt_id))).then(|| PromptRow {
             prompt_id,
             source_id: text_at(batch, "source_id", i),
             language: text_at(batch, "language", i),

@@ -204,3 +204,63 @@ async fn an_off_policy_variant_samples_the_second_bundle_and_pairs_its_responses
     let count = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
     assert_eq!(count, 0, "off-policy rows never reuse an on-policy generation id");
 }
+
+/// Online rounds: round 2 answers the other half of the training prompts,
+/// sampled by the policy with round 1's adapter (its checksum is in round
+/// 2's generate key), tunes on from that adapter against the base reference.
+#[tokio::test]
+async fn round_two_generates_with_round_one_adapter_on_its_own_prompts() {
+    use croco::stages::StageName::{Generate, RefLogps, Tune};
+    let dir = tempfile::tempdir().unwrap();
+    let base = crate::model_stages::model_pipeline(dir.path(), "");
+    let text = std::fs::read_to_string(&base).unwrap().replace("threads = 2\n", "threads = 2\nrounds = 2\n")
+        + "\n[stages.ref_logps]\nmax_length = 128\nmax_prompt_length = 64\n\n[stages.tune]\nlearning_rate = 1e-3\n\
+           micro_batch = 4\ngrad_accumulation = 1\nlora = { rank = 4, alpha = 8.0, dropout = 0.0 }\n";
+    let file = dir.path().join("online.toml");
+    std::fs::write(&file, text).unwrap();
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let planned = crate::util::plan(&file).await;
+    let names: Vec<String> = planned.all().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["base", "base.round2"]);
+    let (first, second) = (&planned, &planned.rounds[0]);
+    let bundle =
+        croco::model::bundle::Bundle::open(&repo().join("data/models/policy"), croco::model::bundle::Verify::Sizes)
+            .unwrap()
+            .checksum;
+    assert_eq!(first.stage(Generate).unwrap().models["policy"], bundle, "round 1 samples the base");
+    let adapter_dir = first.storage.path(&format!(
+        "{}/adapter",
+        croco::store::tables::version_dir(croco::store::Table::TrainLog, &first.stage(Tune).unwrap().key)
+    ));
+    let adapter_dir = std::path::PathBuf::from("/").join(adapter_dir.as_ref());
+    let weights = std::fs::read(adapter_dir.join("adapter_model.safetensors")).unwrap();
+    let config = std::fs::read(adapter_dir.join("adapter_config.json")).unwrap();
+    let checksum = croco::model::lora::checksum_of_files(&weights, &config);
+    assert_eq!(second.stage(Generate).unwrap().models["policy"], format!("{bundle}+adapter:{checksum}"));
+    assert_eq!(second.stage(RefLogps).unwrap().models["reference"], bundle, "the reference stays the base");
+    assert_eq!(second.stage(Tune).unwrap().models["policy"], format!("{bundle}+adapter:{checksum}"));
+
+    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let overlap = "SELECT COUNT(*) FROM (SELECT DISTINCT prompt_id FROM generations_by_variant WHERE pipeline_variant = 'base') a \
+                   JOIN (SELECT DISTINCT prompt_id FROM generations_by_variant WHERE pipeline_variant = 'base.round2') b \
+                   ON a.prompt_id = b.prompt_id";
+    let count = |sql: &str| {
+        let ctx = &ctx;
+        let sql = sql.to_string();
+        async move {
+            let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+            batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0)
+        }
+    };
+    assert_eq!(count(overlap).await, 0, "the rounds answer disjoint prompts");
+    let answered = count("SELECT COUNT(DISTINCT prompt_id) FROM generations_by_variant").await;
+    let train = count("SELECT COUNT(*) FROM prompts WHERE split = 'train'").await;
+    assert_eq!(answered, train, "together they answer every training prompt once");
+    let first_loss = "SELECT CAST(loss * 1000000 AS BIGINT) FROM train_log_by_variant WHERE pipeline_variant = 'base.round2' \
+                      AND step = 1";
+    let loss = count(first_loss).await as f64 / 1e6;
+    assert!((loss - std::f64::consts::LN_2).abs() > 1e-4, "round 2 starts from round 1's adapter, not B = 0: {loss}");
+}
