@@ -2,7 +2,8 @@
 --
 -- Reads: generations, scores, prompts, and pairs_params (one row: pool_scope
 -- 'in_lang' | 'all_lang', target_rule 'mean_minus_2std' | 'q1' | 'min',
--- min_margin). Writes one row per pool that yields a pair; the pairs stage
+-- min_margin, chosen_source and rejected_source 'any' | 'on_policy' |
+-- 'off_policy'). Writes one row per pool that yields a pair; the pairs stage
 -- adds pair_id.
 --
 -- The rule:
@@ -17,12 +18,15 @@
 --              smallest generation_id.
 --   A pool of one response, or with nothing strictly below its best, yields no
 --   pair; pairs whose margin is below min_margin are dropped.
+--   Mixed pools (the on/off-policy ablation): the pool and its target are all
+--   its responses, but the chosen is the best among chosen_source's and the
+--   rejected is picked among rejected_source's ('any': every response).
 --   In all_lang pools the prompt is the one in the chosen response's language.
 --
 -- Plain SQL (window functions, CTEs) so the same file runs in DataFusion and
 -- DuckDB (see benches/).
 WITH params AS (
-    SELECT pool_scope, target_rule, min_margin FROM pairs_params
+    SELECT pool_scope, target_rule, min_margin, chosen_source, rejected_source FROM pairs_params
 ),
 scored AS (
     SELECT
@@ -32,7 +36,9 @@ scored AS (
         g.language,
         g.text,
         s.reward,
-        CASE WHEN params.pool_scope = 'all_lang' THEN g.source_id ELSE g.prompt_id END AS pool_id
+        CASE WHEN params.pool_scope = 'all_lang' THEN g.source_id ELSE g.prompt_id END AS pool_id,
+        params.chosen_source IN ('any', g.source) AS chosen_ok,
+        params.rejected_source IN ('any', g.source) AS rejected_ok
     FROM generations AS g
     JOIN scores AS s ON s.generation_id = g.generation_id
     CROSS JOIN params
@@ -41,7 +47,9 @@ scored AS (
 ranked AS (
     SELECT
         scored.*,
-        ROW_NUMBER() OVER (PARTITION BY pool_id ORDER BY reward DESC, generation_id ASC) AS best_rank,
+        ROW_NUMBER() OVER (
+            PARTITION BY pool_id ORDER BY CASE WHEN chosen_ok THEN 0 ELSE 1 END, reward DESC, generation_id ASC
+        ) AS best_rank,
         ROW_NUMBER() OVER (PARTITION BY pool_id ORDER BY reward ASC, generation_id ASC) AS ascending_rank,
         COUNT(*) OVER (PARTITION BY pool_id) AS pool_size
     FROM scored
@@ -72,7 +80,7 @@ targets AS (
     CROSS JOIN params
 ),
 chosen AS (
-    SELECT * FROM ranked WHERE best_rank = 1
+    SELECT * FROM ranked WHERE best_rank = 1 AND chosen_ok
 ),
 candidates AS (
     SELECT
@@ -85,7 +93,7 @@ candidates AS (
     FROM ranked AS r
     JOIN targets AS t ON t.pool_id = r.pool_id
     JOIN chosen AS c ON c.pool_id = r.pool_id
-    WHERE r.reward < c.reward
+    WHERE r.reward < c.reward AND r.rejected_ok
 )
 SELECT
     c.pool_id,

@@ -254,6 +254,10 @@ pub struct GenerateParams {
     /// online rounds set it, round r answering slice r of R.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_slice: Option<PromptSlice>,
+    /// Responses imported in addition to the sampled (or imported) ones, e.g.
+    /// off-policy responses beside the policy's own for a mixed-pairs ablation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub also_import: Option<GenerationsImport>,
     /// Which bundle samples: `policy` (on-policy, the default) or `off_policy`
     /// (`models.off_policy`). Left out of keys when it is the default, so
     /// existing versions stay current.
@@ -464,6 +468,40 @@ pub struct PairsParams {
     /// Pairs whose reward gap is below this are dropped (and counted).
     #[serde(default)]
     pub min_margin: f64,
+    /// Where the chosen response may come from (the mixed on/off-policy ablation).
+    #[serde(default, skip_serializing_if = "SourceFilter::is_any")]
+    pub chosen_source: SourceFilter,
+    /// Where the rejected response may come from.
+    #[serde(default, skip_serializing_if = "SourceFilter::is_any")]
+    pub rejected_source: SourceFilter,
+}
+
+/// Which responses of a pool may take a role in its pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFilter {
+    /// Every response (the recipe).
+    #[default]
+    Any,
+    /// The policy's own.
+    OnPolicy,
+    /// Another model's or dataset's.
+    OffPolicy,
+}
+
+impl SourceFilter {
+    fn is_any(&self) -> bool {
+        *self == SourceFilter::Any
+    }
+
+    /// The value `sql/pairs.sql` compares with the `source` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFilter::Any => "any",
+            SourceFilter::OnPolicy => "on_policy",
+            SourceFilter::OffPolicy => "off_policy",
+        }
+    }
 }
 
 /// `[stages.ref_logps]`: the reference model's log-probs of every pair, and
@@ -857,6 +895,9 @@ impl GenerateParams {
     fn check(&self, problems: &mut Vec<ValueProblem>) {
         if let Some(import) = &self.import {
             check_format("stages.generate.import", &import.path, import.format, problems);
+        }
+        if let Some(import) = &self.also_import {
+            check_format("stages.generate.also_import", &import.path, import.format, problems);
         }
         if let Some(slice) = self.prompt_slice
             && slice.index >= slice.count

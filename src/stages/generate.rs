@@ -33,10 +33,16 @@ const IMPORTED: &str = "imported_generations";
 /// Runs the stage.
 pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
     let params = input.spec.stages.generate.as_ref().expect("the plan only runs configured stages");
-    match &params.import {
-        Some(import) => import_generations(input, import, sink).await,
-        None => sample_policy(input, params, sink).await,
+    let mut stats = match &params.import {
+        Some(import) => import_generations(input, import, sink).await?,
+        None => sample_policy(input, params, sink).await?,
+    };
+    if let Some(also) = &params.also_import {
+        let added = import_generations(input, also, sink).await?;
+        stats.extend(added.into_iter().map(|(name, value)| (format!("also_import_{name}"), value)));
+        stats.insert("generations".into(), sink.rows().into());
     }
+    Ok(stats)
 }
 
 /// A prompt to answer.
@@ -242,6 +248,8 @@ async fn import_generations(
     import: &GenerationsImport,
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
+    // The sink may already hold sampled rows (`also_import`): count this import's own.
+    let before = sink.rows();
     let columns = [
         Mapped { role: "prompt_id", column: &import.columns.prompt_id, kind: ColumnKind::Key },
         Mapped { role: "sample_idx", column: &import.columns.sample_idx, kind: ColumnKind::Integer },
@@ -275,7 +283,7 @@ async fn import_generations(
         sink.write(&identity.generations(&batch)?).await?;
         input.progress.set_position(sink.rows());
     }
-    let written = sink.rows();
+    let written = sink.rows() - before;
     if written == 0 && total > 0 {
         return Err(StageError::Input {
             file: url,

@@ -141,6 +141,8 @@ pub async fn open_keyed_import(
     columns: &[Mapped<'_>],
 ) -> Result<String, StageError> {
     let file = read_mapped(input.ctx, location, format, input, columns).await?;
+    // A stage may open two imports under one name (generate's `also_import`).
+    input.ctx.deregister_table(name)?;
     input.ctx.register_table(name, file.frame.into_view())?;
     super::check_import_keys(input.ctx, name, &file.url).await?;
     Ok(file.url)

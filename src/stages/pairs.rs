@@ -30,6 +30,8 @@ pub fn register_params(ctx: &SessionContext, params: &PairsParams) -> Result<(),
         Field::new("pool_scope", DataType::Utf8, false),
         Field::new("target_rule", DataType::Utf8, false),
         Field::new("min_margin", DataType::Float64, false),
+        Field::new("chosen_source", DataType::Utf8, false),
+        Field::new("rejected_source", DataType::Utf8, false),
     ]));
     let pool_scope = match params.pool {
         PoolScope::InLang => "in_lang",
@@ -44,8 +46,10 @@ pub fn register_params(ctx: &SessionContext, params: &PairsParams) -> Result<(),
         Arc::new(StringArray::from(vec![pool_scope])),
         Arc::new(StringArray::from(vec![target_rule])),
         Arc::new(Float64Array::from(vec![params.min_margin])),
+        Arc::new(StringArray::from(vec![params.chosen_source.as_str()])),
+        Arc::new(StringArray::from(vec![params.rejected_source.as_str()])),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).expect("three one-row columns");
+    let batch = RecordBatch::try_new(schema.clone(), columns).expect("five one-row columns");
     let table = MemTable::try_new(schema, vec![vec![batch]])?;
     ctx.deregister_table("pairs_params")?;
     ctx.register_table("pairs_params", Arc::new(table))?;

@@ -264,3 +264,38 @@ async fn round_two_generates_with_round_one_adapter_on_its_own_prompts() {
     let loss = count(first_loss).await as f64 / 1e6;
     assert!((loss - std::f64::consts::LN_2).abs() > 1e-4, "round 2 starts from round 1's adapter, not B = 0: {loss}");
 }
+
+/// The mixed ablation: the policy's own samples and imported off-policy
+/// responses in one generations table, pairs with an on-policy chosen and an
+/// off-policy rejected response, and the reverse.
+#[tokio::test]
+async fn mixed_pairs_take_each_role_from_the_named_source() {
+    use croco::pipeline::runner::RunOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let also = format!(
+        "also_import = {{ path = \"{}/data/demo/scored_generations.jsonl\", source = \"off_policy\", label = \"other\" }}",
+        repo().display()
+    );
+    let base = crate::model_stages::model_pipeline(dir.path(), &also);
+    let text = std::fs::read_to_string(&base).unwrap()
+        + "chosen_source = \"on_policy\"\nrejected_source = \"off_policy\"\n\n\
+           [variants.reverse.stages.pairs]\nchosen_source = \"off_policy\"\nrejected_source = \"on_policy\"\n";
+    let file = dir.path().join("mixed.toml");
+    std::fs::write(&file, text).unwrap();
+    let planned = crate::util::plan(&file).await;
+    for (_, plan) in planned.all() {
+        croco::pipeline::runner::run(plan, RunOptions::default()).await.unwrap();
+    }
+    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let sql = "SELECT DISTINCT p.pipeline_variant, c.source, r.source FROM pairs_by_variant AS p \
+               JOIN generations_by_variant AS c ON c.pipeline_variant = p.pipeline_variant AND c.generation_id = p.chosen_generation_id \
+               JOIN generations_by_variant AS r ON r.pipeline_variant = p.pipeline_variant AND r.generation_id = p.rejected_generation_id \
+               ORDER BY 1";
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    assert_eq!(strings(&batches, 0), ["base", "reverse"], "one source pairing per variant, and pairs exist");
+    assert_eq!(strings(&batches, 1), ["on_policy", "off_policy"]);
+    assert_eq!(strings(&batches, 2), ["off_policy", "on_policy"]);
+    let sources = "SELECT source, COUNT(*) FROM generations GROUP BY source ORDER BY source";
+    let batches = ctx.sql(sources).await.unwrap().collect().await.unwrap();
+    assert_eq!(strings(&batches, 0), ["off_policy", "on_policy"], "both sources in one table");
+}

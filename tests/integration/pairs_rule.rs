@@ -197,7 +197,12 @@ fn params() -> impl Strategy<Value = PairsParams> {
     let rejected =
         prop_oneof![Just(RejectedTarget::MeanMinus2std), Just(RejectedTarget::Q1), Just(RejectedTarget::Min)];
     let min_margin = prop_oneof![3 => Just(0.0), 1 => 0.0f64..2.0];
-    (pool, rejected, min_margin).prop_map(|(pool, rejected, min_margin)| PairsParams { pool, rejected, min_margin })
+    (pool, rejected, min_margin).prop_map(|(pool, rejected, min_margin)| PairsParams {
+        pool,
+        rejected,
+        min_margin,
+        ..Default::default()
+    })
 }
 
 proptest! {
