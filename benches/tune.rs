@@ -7,7 +7,8 @@
 //!     CROCO_BENCH_PYTHON=/opt/export-venv/bin/python cargo bench --bench tune
 //!
 //! `CROCO_BENCH_BUNDLE` (default `data/models/policy`), `CROCO_BENCH_DEVICE`
-//! (`cpu` or `cuda`) and `CROCO_BENCH_PAIRS` (default 4) point the croco side
+//! (`cpu` or `cuda`), `CROCO_BENCH_PAIRS` (default 4) and `CROCO_BENCH_STEPS`
+//! (default 10) point the croco side
 //! at another bundle or the GPU (`tools/gpu/check.sh` does; its PyTorch
 //! reference there is `tools/gpu/torch_dpo_step.py`). The Python references
 //! run only on the CPU defaults.
@@ -29,6 +30,7 @@ use rand::{Rng, SeedableRng};
 const PROMPT_TOKENS: usize = 32;
 const RESPONSE_TOKENS: usize = 96;
 const RANK: usize = 16;
+/// Steps timed (the median is reported); `CROCO_BENCH_STEPS` overrides it for big bundles.
 const STEPS: usize = 10;
 const THREADS: usize = 2;
 
@@ -125,7 +127,8 @@ fn croco_step(setup: &Setup) -> (f64, f64) {
     let sizes: Vec<usize> = adapter.named_tensors(|m| m.trainable).iter().map(|t| t.2.len()).collect();
     let mut optimizer = AdamW::new(&sizes, 0.01);
     let (mut steps, mut updates) = (Vec::new(), Vec::new());
-    for step in 0..=STEPS {
+    let timed = std::env::var("CROCO_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(STEPS);
+    for step in 0..=timed {
         let settings =
             LossSettings { beta: 0.1, label_smoothing: 0.0, ipo: false, dropout: 0.05, dropout_seed: step as i64 };
         let started = Instant::now();
