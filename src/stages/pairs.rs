@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use super::{StageError, StageInput, Stats};
 use crate::ids::stable_id;
-use crate::pipeline::spec::{PairsParams, PoolScope, RejectedTarget};
+use crate::pipeline::spec::{PairsParams, PoolScope, RejectedTarget, SourceFilter};
 use crate::store::schema::plain_strings;
 use crate::store::session::query;
 use crate::store::tables::TableWriter;
@@ -95,7 +95,11 @@ pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats
         ["pools", "pools_too_small", "pools_without_lower"].map(|k| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
     let candidates = pairable[0].saturating_sub(pairable[1] + pairable[2]);
     stats.insert("pairs".into(), sink.rows().into());
-    stats.insert("dropped_below_min_margin".into(), candidates.saturating_sub(sink.rows()).into());
+    // With source restrictions a pool can also lack an eligible chosen or
+    // rejected response; the report's counts cannot tell that from a margin drop.
+    let restricted = params.chosen_source != SourceFilter::Any || params.rejected_source != SourceFilter::Any;
+    let unpaired = if restricted { "unpaired_by_source_or_margin" } else { "dropped_below_min_margin" };
+    stats.insert(unpaired.into(), candidates.saturating_sub(sink.rows()).into());
     Ok(stats)
 }
 
