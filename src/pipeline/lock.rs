@@ -121,6 +121,7 @@ async fn create_retrying_transport_errors(
         match put(storage, file, record, PutMode::Create).await {
             Err(object_store::Error::Generic { source, .. }) if attempt < ATTEMPTS => {
                 tracing::warn!(attempt, "creating the run lock failed in transport, retrying: {source}");
+                crate::store::retries::record();
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 attempt += 1;
             }

@@ -19,6 +19,12 @@ pub fn count() -> u64 {
     RETRIES.load(Ordering::Relaxed)
 }
 
+/// Counts a retry croco makes itself, of a request object_store does not
+/// retry (the run lock's conditional create), so the summary counts it too.
+pub fn record() {
+    RETRIES.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Counts events, whatever their level filter elsewhere.
 pub struct RetryCounter;
 
