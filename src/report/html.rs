@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::cells::{ABLATION_COLUMNS, HEADLINE_COLUMNS, ablation_row, headline_row, percent, with_interval};
 use super::data::{Headline, MetricRow, ReportData};
 use super::svg::{Bars, bar_chart, box_chart, escape, line_chart};
 use crate::stages::evaluate::judge::TASK as OPEN_ENDED;
@@ -42,47 +43,29 @@ pub fn render(data: &ReportData) -> String {
     html
 }
 
-fn percent(value: Option<f64>) -> String {
-    value.map_or("–".into(), |v| format!("{:.1}", v * 100.0))
+/// A table row; a `yes`/`no` cell gets its colour class.
+fn table_row(cells: &[String]) -> String {
+    let cells: String = cells
+        .iter()
+        .map(|cell| match cell.as_str() {
+            "yes" | "no" => format!("<td class=\"{cell}\">{cell}</td>"),
+            _ => format!("<td>{}</td>", escape(cell)),
+        })
+        .collect();
+    format!("<tr>{cells}</tr>")
 }
 
-fn with_interval(metric: Option<&MetricRow>) -> String {
-    match metric {
-        Some(m) => match (m.ci_low, m.ci_high) {
-            (Some(low), Some(high)) => format!("{:.1} [{:.1}, {:.1}]", m.value * 100.0, low * 100.0, high * 100.0),
-            _ => format!("{:.1}", m.value * 100.0),
-        },
-        None => "–".into(),
-    }
-}
-
-fn verdict(value: Option<bool>) -> &'static str {
-    match value {
-        Some(true) => "<span class=\"yes\">yes</span>",
-        Some(false) => "<span class=\"no\">no</span>",
-        None => "–",
-    }
+/// A table's opening tag and header row.
+fn table_head(columns: &[&str]) -> String {
+    let cells: String = columns.iter().map(|c| format!("<th>{}</th>", escape(c))).collect();
+    format!("<table><tr>{cells}</tr>")
 }
 
 fn headline_section(html: &mut String, data: &ReportData) {
-    html.push_str(
-        "<h2>The recipe's verdict</h2><table><tr><th>language</th><th>structured acc. base → tuned (%)</th>\
-         <th>held</th><th>win rate (%)</th><th>LC win rate (%)</th><th>won</th><th>in prompt language base → tuned (%)</th></tr>",
-    );
+    html.push_str("<h2>The recipe's verdict</h2>");
+    html.push_str(&table_head(&HEADLINE_COLUMNS));
     for line in data.headline() {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} → {}</td></tr>",
-            escape(&line.language),
-            percent(line.base_accuracy),
-            percent(line.tuned_accuracy),
-            verdict(line.structured_held()),
-            with_interval(line.win_rate.as_ref()),
-            with_interval(line.lc_win_rate.as_ref()),
-            verdict(line.open_ended_won()),
-            percent(line.base_fidelity),
-            percent(line.tuned_fidelity),
-        );
+        html.push_str(&table_row(&headline_row(&line)));
     }
     html.push_str(
         "</table><p>held: the tuned policy's structured accuracy (mean over the choice tasks) is at least the base's. \
@@ -97,21 +80,11 @@ fn ablation_section(html: &mut String, data: &ReportData) {
     }
     html.push_str(
         "<h2>Ablations</h2><p>One row per variant and language (<code>sql/ablation_summary.sql</code>); the headline \
-         above is the base pipeline's.</p><table><tr><th>variant</th><th>language</th><th>structured Δ (points)</th>\
-         <th>win rate (%)</th><th>LC win rate (%)</th><th>pairs</th><th>mean margin</th></tr>",
+         above is the base pipeline's.</p>",
     );
+    html.push_str(&table_head(&ABLATION_COLUMNS));
     for row in &data.ablations {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&row.variant),
-            escape(&row.language),
-            row.accuracy_delta.map_or("–".into(), |d| format!("{:+.1}", d * 100.0)),
-            percent(row.win_rate),
-            percent(row.lc_win_rate),
-            row.pairs.map_or("–".into(), |p| p.to_string()),
-            row.mean_margin.map_or("–".into(), |m| format!("{m:.3}")),
-        );
+        html.push_str(&table_row(&ablation_row(row)));
     }
     html.push_str("</table>");
 }
@@ -236,21 +209,13 @@ fn pairs_section(html: &mut String, data: &ReportData) {
     if data.pairs.is_empty() {
         return;
     }
-    html.push_str(
-        "<h2>Preference pairs</h2><table><tr><th>language</th><th>pairs</th><th>mean pool size</th>\
-         <th>mean chosen reward</th><th>mean rejected reward</th><th>mean margin</th></tr>",
-    );
+    html.push_str("<h2>Preference pairs</h2>");
+    let columns = ["language", "pairs", "mean pool size", "mean chosen reward", "mean rejected reward", "mean margin"];
+    html.push_str(&table_head(&columns));
     for p in &data.pairs {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td></tr>",
-            escape(&p.language),
-            p.pairs,
-            p.pool_size,
-            p.chosen_reward,
-            p.rejected_reward,
-            p.margin
-        );
+        let numbers = [p.chosen_reward, p.rejected_reward, p.margin].map(|v| format!("{v:.3}"));
+        let cells = [vec![p.language.clone(), p.pairs.to_string(), format!("{:.1}", p.pool_size)], numbers.to_vec()];
+        html.push_str(&table_row(&cells.concat()));
     }
     html.push_str("</table>");
 }
@@ -258,18 +223,13 @@ fn pairs_section(html: &mut String, data: &ReportData) {
 fn lineage_section(html: &mut String, data: &ReportData) {
     html.push_str(
         "<h2>Lineage</h2><p>Every table version is named by a content key over its parameters, its inputs' keys \
-         and its models' checksums.</p><table><tr><th>stage</th><th>table</th><th>state</th><th>rows</th><th>key</th></tr>",
+         and its models' checksums.</p>",
     );
+    html.push_str(&table_head(&["stage", "table", "state", "rows", "key"]));
     for stage in &data.lineage {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            escape(&stage.stage),
-            escape(&stage.table),
-            escape(&stage.state),
-            stage.rows.map_or("–".into(), |r| r.to_string()),
-            escape(&stage.key)
-        );
+        let rows = stage.rows.map_or("–".into(), |r| r.to_string());
+        let cells = [stage.stage.clone(), stage.table.clone(), stage.state.clone(), rows, stage.key.clone()];
+        html.push_str(&table_row(&cells));
     }
     html.push_str("</table>");
     for stage in &data.lineage {

@@ -3,6 +3,7 @@
 //! pipeline's tables gathered ([`data`]) and rendered as one self-contained
 //! HTML file ([`html`], charts in [`svg`]) or as Markdown ([`markdown`]).
 
+pub mod cells;
 pub mod data;
 pub mod html;
 pub mod markdown;

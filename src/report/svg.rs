@@ -58,6 +58,22 @@ fn y_axis(svg: &mut String, range: (f64, f64), ticks: usize) {
     }
 }
 
+/// A vertical whisker at `x` from `y1` to `y2` (pixels).
+fn whisker(svg: &mut String, x: f64, y1: f64, y2: f64) {
+    let _ = write!(svg, r#"<line class="whisker" x1="{x:.1}" x2="{x:.1}" y1="{y1:.1}" y2="{y2:.1}"/>"#);
+}
+
+/// The label of category `index` under its slot on the x axis.
+fn category_label(svg: &mut String, index: usize, category: &str, slot: f64) {
+    let _ = write!(
+        svg,
+        r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{c}</text>"#,
+        x = LEFT + slot * (index as f64 + 0.5),
+        y = HEIGHT - BOTTOM + 14.0,
+        c = escape(category)
+    );
+}
+
 fn legend(svg: &mut String, entries: &[(&str, &str)]) {
     // Under the title, from the left: titles are long, legends short.
     let mut x = LEFT;
@@ -103,22 +119,10 @@ pub fn bar_chart(
                 name = escape(series.name)
             );
             if let Some((low, high)) = interval.filter(|(l, h)| l.is_finite() && h.is_finite()) {
-                let cx = x + (bar - 2.0) / 2.0;
-                let _ = write!(
-                    svg,
-                    r#"<line class="whisker" x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}"/>"#,
-                    y_of(low, range),
-                    y_of(high, range)
-                );
+                whisker(&mut svg, x + (bar - 2.0) / 2.0, y_of(low, range), y_of(high, range));
             }
         }
-        let _ = write!(
-            svg,
-            r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{c}</text>"#,
-            x = LEFT + slot * (c as f64 + 0.5),
-            y = HEIGHT - BOTTOM + 14.0,
-            c = escape(category)
-        );
+        category_label(&mut svg, c, category, slot);
     }
     if let Some(reference) = reference {
         let y = y_of(reference, range);
@@ -150,12 +154,10 @@ pub fn box_chart(title: &str, categories: &[String], groups: &[(&str, &str, Vec<
             let Some(sample) = per_category.get(c).filter(|s| !s.is_empty()) else { continue };
             let [min, q1, median, q3, max] = five_numbers(sample);
             let x = LEFT + slot * c as f64 + slot * 0.1 + width * g as f64;
-            let cx = x + (width - 2.0) / 2.0;
+            whisker(&mut svg, x + (width - 2.0) / 2.0, y_of(max, range), y_of(min, range));
             let _ = write!(
                 svg,
-                r#"<line class="whisker" x1="{cx:.1}" x2="{cx:.1}" y1="{:.1}" y2="{:.1}"/><rect class="mark" x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{} {}: median {median:.3}, n={}</title></rect><line class="median" x1="{x:.1}" x2="{:.1}" y1="{my:.1}" y2="{my:.1}"/>"#,
-                y_of(max, range),
-                y_of(min, range),
+                r#"<rect class="mark" x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{} {}: median {median:.3}, n={}</title></rect><line class="median" x1="{x:.1}" x2="{:.1}" y1="{my:.1}" y2="{my:.1}"/>"#,
                 y_of(q3, range),
                 width - 2.0,
                 (y_of(q1, range) - y_of(q3, range)).max(0.5),
@@ -166,13 +168,7 @@ pub fn box_chart(title: &str, categories: &[String], groups: &[(&str, &str, Vec<
                 my = y_of(median, range)
             );
         }
-        let _ = write!(
-            svg,
-            r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{c}</text>"#,
-            x = LEFT + slot * (c as f64 + 0.5),
-            y = HEIGHT - BOTTOM + 14.0,
-            c = escape(category)
-        );
+        category_label(&mut svg, c, category, slot);
     }
     legend(&mut svg, &groups.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>());
     svg.push_str("</svg>");
