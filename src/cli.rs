@@ -19,7 +19,7 @@ use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, validate
 use crate::report::ReportFormat;
 use crate::stages::StageName;
 use crate::store::session::{new_context, run_statements};
-use crate::store::tables::register_version;
+use crate::store::tables::{PartInfo, register_version};
 use crate::store::{StoreError, Table};
 
 /// Exit code of a run that failed (a stage, storage, an input file).
@@ -321,14 +321,13 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
 /// by then and skipped), each through all its rounds; stops at the first failure.
 async fn run_every_variant(plan: &Plan, options: RunOptions) -> Result<Vec<(String, Vec<StageReport>)>, CliError> {
     let mut runs = Vec::new();
-    let tops = std::iter::once(("base", plan)).chain(plan.variants.iter().map(|(name, p)| (name.as_str(), p)));
-    for (name, first) in tops {
+    for (name, first) in plan.variants_and_base() {
         tracing::info!(variant = name, "running");
         runs.push((name.to_string(), runner::run(first, options).await?));
         // A round can only be planned once the previous one committed its adapter.
         let mut previous = first.next_round().await?;
         while let Some(round) = previous {
-            let label = format!("{name}.round{}", round.round + 1);
+            let label = round.round_name(name);
             tracing::info!(variant = %label, "running");
             runs.push((label, runner::run(&round, options).await?));
             previous = round.next_round().await?;
@@ -416,7 +415,6 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
     for (name, variant) in plan.all() {
         variants.push((name, stage_rows(variant).await?));
     }
-    let variants: Vec<(String, Vec<serde_json::Value>)> = variants;
     if json {
         let (_, rows) = &variants[0];
         let others: serde_json::Map<String, serde_json::Value> =
@@ -464,6 +462,9 @@ async fn stage_rows(plan: &Plan) -> Result<Vec<serde_json::Value>, CliError> {
 pub async fn pipeline_session(plan: &Plan) -> Result<SessionContext, CliError> {
     let ctx = new_context();
     plan.storage.register(&ctx);
+    // Every committed version, by table and key: what is registered as
+    // `table@key`, and what tells which version of a stage is current.
+    let mut committed: std::collections::BTreeMap<(Table, String), Vec<PartInfo>> = Default::default();
     for table in Table::ALL {
         for version in manifest::list_versions(&plan.storage, table).await? {
             let name = format!("{}@{}", table.name(), version.key);
@@ -473,30 +474,37 @@ pub async fn pipeline_session(plan: &Plan) -> Result<SessionContext, CliError> {
                 Err(StoreError::Schema(e)) if version.schema_version != table.schema().version => {
                     tracing::warn!("not registering `{name}` (schema version {}): {e}", version.schema_version);
                 }
-                other => other?,
+                other => {
+                    other?;
+                    committed.insert((table, version.key), version.parts);
+                }
             }
         }
     }
     for stage in &plan.stages {
-        if let Some(current) = plan.current(stage).await? {
-            let table = stage.stage.writes();
-            register_version(&ctx, &plan.storage, table, &stage.key, &current.parts, table.name()).await?;
+        let table = stage.stage.writes();
+        if let Some(parts) = committed.get(&(table, stage.key.clone())) {
+            register_version(&ctx, &plan.storage, table, &stage.key, parts, table.name()).await?;
         }
     }
-    register_variant_views(plan, &ctx).await?;
+    register_variant_views(plan, &ctx, |table, key| committed.contains_key(&(table, key.to_string()))).await?;
     Ok(ctx)
 }
 
-/// Registers `<table>_by_variant` for every table some variant has current:
-/// the union of each variant's current version (the base's as `base`), with
-/// the variant's name in a first column, `pipeline_variant`. This is what
-/// `sql/ablation_summary.sql` compares.
-async fn register_variant_views(plan: &Plan, ctx: &SessionContext) -> Result<(), CliError> {
+/// Registers `<table>_by_variant` for every table some variant has current
+/// (`is_committed`): the union of each variant's current version (the base's
+/// as `base`), with the variant's name in a first column, `pipeline_variant`.
+/// This is what `sql/ablation_summary.sql` compares.
+async fn register_variant_views(
+    plan: &Plan,
+    ctx: &SessionContext,
+    is_committed: impl Fn(Table, &str) -> bool,
+) -> Result<(), CliError> {
     for table in Table::ALL {
         let mut selects = Vec::new();
         for (name, variant) in plan.all() {
             let Some(stage) = variant.stages.iter().find(|s| s.stage.writes() == table) else { continue };
-            if variant.current(stage).await?.is_some() {
+            if is_committed(table, &stage.key) {
                 let version = format!("{}@{}", table.name(), stage.key);
                 selects.push(format!("SELECT '{name}' AS pipeline_variant, * FROM \"{version}\""));
             }

@@ -75,6 +75,14 @@ pub fn policy_id(bundle_checksum: &str, adapter_checksum: Option<&str>) -> Strin
     }
 }
 
+/// The parts of a [`policy_id`]: `bundle:…` and, for a tuned policy, `adapter:…`.
+pub fn split_policy_id(id: &str) -> (&str, Option<&str>) {
+    match id.split_once('+') {
+        Some((bundle, adapter)) => (bundle, Some(adapter)),
+        None => (id, None),
+    }
+}
+
 /// A loaded policy.
 pub struct Policy {
     /// The bundle.

@@ -70,8 +70,6 @@ pub struct Plan {
     /// a stage whose inputs and parameters a variant does not change has the
     /// base's key, so it is computed once for all.
     pub variants: Vec<(String, Plan)>,
-    /// This plan's 0-based round of `run.rounds` (online preference optimisation).
-    pub round: u32,
     /// The later rounds whose previous round has committed its adapter (a
     /// round's keys depend on that adapter's checksum, so a round cannot be
     /// planned before the one it continues has run).
@@ -105,15 +103,31 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The base (`base`) and each variant, by name; each is its round 1.
+    pub fn variants_and_base(&self) -> impl Iterator<Item = (&str, &Plan)> {
+        std::iter::once(("base", self)).chain(self.variants.iter().map(|(name, plan)| (name.as_str(), plan)))
+    }
+
     /// Every plan of the file, named: `base`, its later rounds
     /// (`base.round2`, ...), then each variant and its rounds.
     pub fn all(&self) -> Vec<(String, &Plan)> {
-        let tops = std::iter::once(("base", self)).chain(self.variants.iter().map(|(n, p)| (n.as_str(), p)));
-        tops.flat_map(|(name, plan)| {
-            let later = plan.rounds.iter().map(move |round| (format!("{name}.round{}", round.round + 1), round));
-            std::iter::once((name.to_string(), plan)).chain(later)
-        })
-        .collect()
+        self.variants_and_base()
+            .flat_map(|(name, plan)| {
+                let later = plan.rounds.iter().map(move |round| (round.round_name(name), round));
+                std::iter::once((name.to_string(), plan)).chain(later)
+            })
+            .collect()
+    }
+
+    /// This plan's 0-based round of `run.rounds`: the slice its generate
+    /// stage answers (0 for an offline pipeline).
+    pub fn round(&self) -> u32 {
+        self.loaded.spec.stages.generate.as_ref().and_then(|g| g.prompt_slice).map_or(0, |slice| slice.index)
+    }
+
+    /// The name of this round of variant `variant`: `variant.round<r>` (1-based).
+    pub fn round_name(&self, variant: &str) -> String {
+        format!("{variant}.round{}", self.round() + 1)
     }
 
     /// Round 1 of `loaded`, with the later rounds that can be planned.
@@ -131,7 +145,7 @@ impl Plan {
     /// The plan of the round after this one, once this round's tune stage has
     /// committed its adapter; `None` after the last round or before that.
     pub async fn next_round(&self) -> Result<Option<Plan>, PlanError> {
-        let next = self.round + 1;
+        let next = self.round() + 1;
         if next >= self.loaded.spec.run.rounds {
             return Ok(None);
         }
@@ -168,8 +182,7 @@ impl Plan {
             let key = content_key(stage, &params, &inputs, &external, &models);
             stages.push(PlannedStage { stage, key, params, inputs, external, models });
         }
-        let round = loaded.spec.stages.generate.as_ref().and_then(|g| g.prompt_slice).map_or(0, |s| s.index);
-        Ok(Plan { loaded, storage, stages, variants: vec![], round, rounds: vec![] })
+        Ok(Plan { loaded, storage, stages, variants: vec![], rounds: vec![] })
     }
 
     /// The planned stage `stage`, if the pipeline configures it.

@@ -33,6 +33,20 @@ impl Outcome {
             Outcome::Loss => 0.0,
         }
     }
+
+    /// The value of `eval_items.outcome`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Win => "win",
+            Outcome::Tie => "tie",
+            Outcome::Loss => "loss",
+        }
+    }
+
+    /// The outcome named `name` ([`Outcome::name`]).
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        [Outcome::Win, Outcome::Tie, Outcome::Loss].into_iter().find(|o| o.name() == name)
+    }
 }
 
 /// One judged comparison.

@@ -163,3 +163,17 @@ pub async fn read_adapter_files(
     let config = read_input_file(&file(ADAPTER_CONFIG), base_dir, options, retry).await?;
     Ok((weights, config))
 }
+
+/// The LoRA adapter of the PEFT files `weights` + `config` for `bundle`, and
+/// its checksum ([`crate::model::lora::checksum_of_files`]); `origin` names
+/// the files in errors.
+pub fn adapter_from_files(
+    bundle: &crate::model::bundle::Bundle,
+    weights: &[u8],
+    config: &[u8],
+    origin: &str,
+) -> Result<(crate::model::lora::Adapter, String), StageError> {
+    let adapter = crate::model::lora::Adapter::from_peft(bundle, weights, config)
+        .map_err(|e| StageError::Input { file: origin.to_string(), problem: e.to_string() })?;
+    Ok((adapter, crate::model::lora::checksum_of_files(weights, config)))
+}

@@ -294,10 +294,8 @@ impl StageInput<'_> {
             return Ok(None);
         };
         let (weights, config) = input::read_adapter_files(self.spec, self.base_dir, location).await?;
-        let adapter = crate::model::lora::Adapter::from_peft(bundle, &weights, &config).map_err(|e| {
-            StageError::Input { file: format!("models.policy_adapter = {location:?}"), problem: e.to_string() }
-        })?;
-        Ok(Some((adapter, crate::model::lora::checksum_of_files(&weights, &config))))
+        let origin = format!("models.policy_adapter = {location:?}");
+        Ok(Some(input::adapter_from_files(bundle, &weights, &config, &origin)?))
     }
 }
 

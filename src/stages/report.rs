@@ -17,6 +17,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 
 use super::{StageError, StageInput, Stats};
+use crate::model::policy::split_policy_id;
 use crate::report::stats::{Judged, Outcome, bootstrap_95, lc_win_rate, win_rate};
 use crate::store::Table;
 use crate::store::tables::TableWriter;
@@ -135,16 +136,11 @@ async fn read_judged(input: &StageInput<'_>) -> Result<Vec<JudgedRow>, StageErro
 }
 
 fn parse_outcome(name: &str) -> Result<Outcome, StageError> {
-    match name {
-        "win" => Ok(Outcome::Win),
-        "tie" => Ok(Outcome::Tie),
-        "loss" => Ok(Outcome::Loss),
-        other => Err(StageError::Row {
-            file: "eval_items".into(),
-            row: format!("outcome={other}"),
-            problem: "outcome must be win, tie or loss".into(),
-        }),
-    }
+    Outcome::from_name(name).ok_or_else(|| StageError::Row {
+        file: "eval_items".into(),
+        row: format!("outcome={name}"),
+        problem: "outcome must be win, tie or loss".into(),
+    })
 }
 
 async fn collect(input: &StageInput<'_>, sql: &str) -> Result<Vec<RecordBatch>, StageError> {
@@ -199,7 +195,7 @@ pub fn judge_metrics(rows: &[JudgedRow], resample: &Resample, lambda: f64) -> Ve
 
 fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, lambda: f64) -> Vec<Metric> {
     let tuned_id = rows[0].policy_id.clone();
-    let base_id = tuned_id.split('+').next().unwrap_or_default().to_string();
+    let base_id = split_policy_id(&tuned_id).0.to_string();
     let metric = |variant: &str, metric, value, n, ci| Metric {
         policy_id: if variant == "base" { base_id.clone() } else { tuned_id.clone() },
         variant: variant.into(),
@@ -264,9 +260,9 @@ fn rows(metrics: &[Metric]) -> Result<RecordBatch, StageError> {
         |f: &dyn Fn(&Metric) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(metrics.iter().map(f))) };
     let floats =
         |f: &dyn Fn(&Metric) -> Option<f64>| -> ArrayRef { Arc::new(Float64Array::from_iter(metrics.iter().map(f))) };
-    let adapter = metrics.iter().map(|m| m.policy_id.split_once('+').map(|(_, adapter)| adapter.to_string()));
+    let adapter = metrics.iter().map(|m| split_policy_id(&m.policy_id).1);
     let given = vec![
-        ("model", strings(&|m| m.policy_id.split('+').next().unwrap_or_default().to_string())),
+        ("model", strings(&|m| split_policy_id(&m.policy_id).0.to_string())),
         ("adapter", Arc::new(StringArray::from_iter(adapter)) as ArrayRef),
         ("variant", strings(&|m| m.variant.clone())),
         ("task", strings(&|m| m.task.clone())),

@@ -4,39 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::array::Array;
 
-use crate::util::repo;
+use crate::util::{repo, strings};
 
 /// Imported en/fr responses (on-policy by label), a short tune and a small
 /// evaluation; variants: `all_lang` pools, a `beta` change (shares pairs and
 /// ref_logps), and `off_policy` (the same file imported as off-policy responses).
 fn ablation_pipeline(dir: &Path) -> PathBuf {
-    let data = repo().join("data");
     let text = format!(
-        r#"[run]
-name = "ablations"
-root = "{root}"
-languages = ["en", "fr"]
-device = "cpu"
-threads = 2
-
-[models]
-policy = "{data}/models/policy"
-
-[stages.prompts]
-source = "{data}/prompts/demo.jsonl"
-columns = {{ text = "prompt", source_id = "source_id" }}
-eval_fraction = 0.2
-
-[stages.generate.import]
-path = "{data}/demo/scored_generations.jsonl"
-
-[stages.score.import]
-path = "{data}/demo/scored_generations.jsonl"
-
-[stages.pairs]
-
+        r#"{head}
 [stages.ref_logps]
 max_length = 192
 max_prompt_length = 96
@@ -64,21 +41,10 @@ path = "{data}/demo/scored_generations.jsonl"
 source = "off_policy"
 label = "other-model"
 "#,
-        root = dir.join("root").display(),
-        data = data.display()
+        head = crate::util::imported_pairs_pipeline("ablations", dir),
+        data = repo().join("data").display()
     );
     crate::util::write_pipeline(dir, &text)
-}
-
-fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
-    let batches: Vec<RecordBatch> = batches.iter().map(croco::store::schema::plain_strings).collect();
-    batches
-        .iter()
-        .flat_map(|b| {
-            let values = b.column(column).as_any().downcast_ref::<StringArray>().unwrap();
-            (0..values.len()).map(|i| values.value(i).to_string()).collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 /// Every variant runs; each shared stage ran once across them, and the

@@ -7,14 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::array::{Array, RecordBatch};
 use croco::model::bundle::{Bundle, Verify};
 use croco::model::lora::{Adapter, AdapterConfig};
 use croco::model::policy::Policy;
 use croco::model::runtime::{Device, SessionConfig};
 use croco::pipeline::runner::RunOptions;
 
-use crate::util::repo;
+use crate::util::{repo, strings};
 
 const CPU: SessionConfig = SessionConfig { device: Device::Cpu, device_id: 0, threads: 2 };
 
@@ -55,24 +55,13 @@ fn eval_pipeline(dir: &Path, adapter_dir: &Path, choice_source: Option<&Path>) -
             })
             .join(",\n  "),
     };
+    let models = [
+        ("policy", crate::util::data("models/policy")),
+        ("policy_adapter", adapter_dir.display().to_string()),
+        ("reward", crate::util::data("models/reward")),
+    ];
     let text = format!(
-        r#"[run]
-name = "evaluation"
-root = "{root}"
-languages = ["en", "fr"]
-device = "cpu"
-threads = 2
-
-[models]
-policy = "{data}/models/policy"
-policy_adapter = "{adapter}"
-reward = "{data}/models/reward"
-
-[stages.prompts]
-source = "{data}/prompts/demo.jsonl"
-columns = {{ text = "prompt", source_id = "source_id" }}
-eval_fraction = 0.2
-
+        r#"{head}
 [stages.evaluate]
 batch_size = 8
 choice = [
@@ -88,9 +77,7 @@ max_prompts_per_language = 3
 [stages.report]
 bootstrap = 200
 "#,
-        root = dir.join("root").display(),
-        data = data.display(),
-        adapter = adapter_dir.display()
+        head = crate::util::en_fr_head("evaluation", dir, &models)
     );
     crate::util::write_pipeline(dir, &text)
 }
@@ -100,16 +87,6 @@ async fn query(file: &Path, sql: &str) -> Vec<RecordBatch> {
     let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     batches.iter().map(croco::store::schema::plain_strings).collect()
-}
-
-fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let values = b.column(column).as_any().downcast_ref::<StringArray>().unwrap();
-            (0..values.len()).map(|i| values.value(i).to_string()).collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 fn float(batches: &[RecordBatch]) -> f64 {

@@ -8,30 +8,15 @@ use std::time::{Duration, Instant};
 
 use croco::pipeline::runner::RunOptions;
 
-use crate::util::{plan, repo, run, write_pipeline};
+use crate::util::{data, en_fr_head, plan, repo, run, write_pipeline};
 
 const SAMPLES: u64 = 3;
 
 /// A small model pipeline: en and fr demo prompts, 3 samples of 8 tokens.
 pub fn model_pipeline(dir: &Path, extra_generate: &str) -> std::path::PathBuf {
-    let data = repo().join("data");
+    let models = [("policy", data("models/policy")), ("reward", data("models/reward"))];
     let text = format!(
-        r#"[run]
-name = "models"
-root = "{root}"
-languages = ["en", "fr"]
-device = "cpu"
-threads = 2
-
-[models]
-policy = "{data}/models/policy"
-reward = "{data}/models/reward"
-
-[stages.prompts]
-source = "{data}/prompts/demo.jsonl"
-columns = {{ text = "prompt", source_id = "source_id" }}
-eval_fraction = 0.2
-
+        r#"{head}
 [stages.generate]
 samples = {SAMPLES}
 max_new_tokens = 8
@@ -45,8 +30,7 @@ rows_per_part = 32
 
 [stages.pairs]
 "#,
-        root = dir.join("root").display(),
-        data = data.display()
+        head = en_fr_head("models", dir, &models)
     );
     write_pipeline(dir, &text)
 }

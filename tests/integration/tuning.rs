@@ -198,41 +198,9 @@ fn the_dpo_step_matches_the_torch_fixtures() {
 /// A pipeline over the demo's imported en/fr responses (no sampling: fast),
 /// with ref_logps and tune on the demo policy; `tune` is the [stages.tune] body.
 fn tuning_pipeline(dir: &std::path::Path, tune: &str) -> std::path::PathBuf {
-    let data = repo().join("data");
+    let head = crate::util::imported_pairs_pipeline("tuning", dir);
     let text = format!(
-        r#"[run]
-name = "tuning"
-root = "{root}"
-languages = ["en", "fr"]
-device = "cpu"
-threads = 2
-
-[models]
-policy = "{data}/models/policy"
-
-[stages.prompts]
-source = "{data}/prompts/demo.jsonl"
-columns = {{ text = "prompt", source_id = "source_id" }}
-eval_fraction = 0.2
-
-[stages.generate.import]
-path = "{data}/demo/scored_generations.jsonl"
-
-[stages.score.import]
-path = "{data}/demo/scored_generations.jsonl"
-
-[stages.pairs]
-
-[stages.ref_logps]
-max_length = 192
-max_prompt_length = 96
-rows_per_part = 16
-
-[stages.tune]
-{tune}
-"#,
-        root = dir.join("root").display(),
-        data = data.display()
+        "{head}\n[stages.ref_logps]\nmax_length = 192\nmax_prompt_length = 96\nrows_per_part = 16\n\n[stages.tune]\n{tune}\n"
     );
     crate::util::write_pipeline(dir, &text)
 }

@@ -65,3 +65,48 @@ pub async fn run(path: &Path, options: RunOptions) -> Vec<StageReport> {
 pub fn ran(reports: &[StageReport]) -> Vec<&'static str> {
     reports.iter().filter(|r| r.status == "ran").map(|r| r.stage.name()).collect()
 }
+
+/// `path` under the repository's `data/` directory, as pipeline-file text.
+pub fn data(path: &str) -> String {
+    repo().join("data").join(path).display().to_string()
+}
+
+/// The `[run]`, `[models]` and `[stages.prompts]` sections the model-running
+/// test pipelines share: the en and fr demo prompts (20 % held out), CPU, two
+/// threads, tables under `dir/root`. `models` are `[models]` entries, as
+/// (role, location).
+pub fn en_fr_head(name: &str, dir: &Path, models: &[(&str, String)]) -> String {
+    let models: Vec<String> = models.iter().map(|(role, location)| format!("{role} = \"{location}\"")).collect();
+    format!(
+        "[run]\nname = \"{name}\"\nroot = \"{root}\"\nlanguages = [\"en\", \"fr\"]\ndevice = \"cpu\"\nthreads = 2\n\n\
+         [models]\n{models}\n\n[stages.prompts]\nsource = \"{prompts}\"\n\
+         columns = {{ text = \"prompt\", source_id = \"source_id\" }}\neval_fraction = 0.2\n",
+        root = dir.join("root").display(),
+        models = models.join("\n"),
+        prompts = data("prompts/demo.jsonl"),
+    )
+}
+
+/// [`en_fr_head`] with the demo policy, then the demo's scored responses
+/// imported (no sampling: fast) and `[stages.pairs]`, ready for more sections.
+pub fn imported_pairs_pipeline(name: &str, dir: &Path) -> String {
+    let responses = data("demo/scored_generations.jsonl");
+    format!(
+        "{}\n[stages.generate.import]\npath = \"{responses}\"\n\n[stages.score.import]\npath = \"{responses}\"\n\n\
+         [stages.pairs]\n",
+        en_fr_head(name, dir, &[("policy", data("models/policy"))])
+    )
+}
+
+/// The values of string column `column` across `batches` (string views read as strings).
+pub fn strings(batches: &[arrow::array::RecordBatch], column: usize) -> Vec<String> {
+    use arrow::array::{Array, StringArray};
+    let batches: Vec<_> = batches.iter().map(croco::store::schema::plain_strings).collect();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let values = b.column(column).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..values.len()).map(|i| values.value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect()
+}

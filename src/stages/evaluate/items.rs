@@ -43,14 +43,18 @@ pub async fn read_task(
     }
     let languages = &input.spec.run.languages;
     let limit = task.max_items_per_language.map_or(usize::MAX, |n| n as usize);
+    let mut taken: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut kept: Vec<ChoiceItem> = Vec::new();
     let mut skipped = 0;
     for item in items {
-        let taken = kept.iter().filter(|k| k.language == item.language).count();
-        match languages.contains(&item.language) {
-            true if taken < limit => kept.push(item),
-            true => {}
-            false => skipped += 1,
+        if !languages.contains(&item.language) {
+            skipped += 1;
+            continue;
+        }
+        let count = taken.entry(item.language.clone()).or_default();
+        if *count < limit {
+            *count += 1;
+            kept.push(item);
         }
     }
     Ok((kept, skipped))

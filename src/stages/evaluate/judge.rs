@@ -162,9 +162,9 @@ pub fn pairwise_preferences(
     tuned: &[Response],
     params: &JudgeParams,
 ) -> Result<Vec<f64>, StageError> {
+    let firsts: Vec<bool> = prompts.iter().map(|p| tuned_first(params.seed, &p.prompt_id)).collect();
     let mut sequences = Vec::with_capacity(prompts.len() * 2);
-    for ((prompt, base), tuned) in prompts.iter().zip(base).zip(tuned) {
-        let first = tuned_first(params.seed, &prompt.prompt_id);
+    for (((prompt, base), tuned), &first) in prompts.iter().zip(base).zip(tuned).zip(&firsts) {
         let (a, b) = if first { (&tuned.text, &base.text) } else { (&base.text, &tuned.text) };
         let question = params.template.replace("{prompt}", &prompt.text).replace("{a}", a).replace("{b}", b);
         let prefix = judge.tokenizer.prompt_text(&question);
@@ -176,13 +176,11 @@ pub fn pairwise_preferences(
     for batch in sequences.chunks(params.batch_size as usize * 2) {
         logprobs.extend(judge.logprobs(batch)?.into_iter().map(|l| f64::from(l.sum)));
     }
-    Ok(prompts
-        .iter()
-        .zip(logprobs.chunks(2))
-        .map(|(prompt, pair)| {
-            let a_over_b = pair[0] - pair[1];
-            if tuned_first(params.seed, &prompt.prompt_id) { a_over_b } else { -a_over_b }
-        })
+    // The judge's log-odds of A over B, turned towards the tuned response.
+    Ok(logprobs
+        .chunks(2)
+        .zip(firsts)
+        .map(|(pair, first)| if first { pair[0] - pair[1] } else { pair[1] - pair[0] })
         .collect())
 }
 
@@ -219,6 +217,8 @@ pub struct Judged<'a> {
     pub rewards: Option<(Vec<f64>, Vec<f64>)>,
     /// The judge's preference for the tuned response.
     pub preferences: Vec<f64>,
+    /// The verdicts: the preferences against the tie margin.
+    pub outcomes: Vec<Outcome>,
     /// `reward` or `pairwise:<judge checksum>`.
     pub judge: String,
     /// Identity of the tuned model.
@@ -259,7 +259,7 @@ impl Judged<'_> {
             ("judge", text(&self.judge)),
             ("tuned_first", Arc::new(BooleanArray::from_iter(order)) as ArrayRef),
             ("preference", floats(&self.preferences)),
-            ("outcome", strings(&|i| outcome_name(outcome(self.preferences[i], params.tie_margin)).into())),
+            ("outcome", strings(&|i| self.outcomes[i].name().into())),
             ("base_detected", detect(self.base)),
             ("tuned_detected", detect(self.tuned)),
         ];
@@ -267,15 +267,6 @@ impl Judged<'_> {
             given.extend([("base_reward", floats(base)), ("tuned_reward", floats(tuned))]);
         }
         Ok(Table::EvalItems.schema().assemble(given, n)?)
-    }
-}
-
-/// The `outcome` column's value.
-pub fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Win => "win",
-        Outcome::Tie => "tie",
-        Outcome::Loss => "loss",
     }
 }
 

@@ -21,7 +21,7 @@ pub mod judge;
 
 use super::{StageError, StageInput, Stats};
 use crate::model::bundle::Bundle;
-use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, checksum_of_files};
+use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter};
 use crate::model::policy::{Policy, policy_id};
 use crate::model::reward::RewardModel;
 use crate::pipeline::spec::{EvaluateParams, JudgeKind, JudgeParams};
@@ -68,7 +68,7 @@ pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats
         let judged = judge_responses(input, judge, &prompts, (base, tuned), &variants[1].2)?;
         let batch = judged.rows(judge, &input.spec.run.languages)?;
         sink.write(&batch).await?;
-        stats.extend(outcome_counts(&judged, judge));
+        stats.extend(outcome_counts(&judged));
     }
     Ok(stats)
 }
@@ -85,9 +85,7 @@ async fn tuned_adapter(input: &StageInput<'_>, bundle: &Bundle) -> Result<(Adapt
     let dir = crate::stages::tune::ADAPTER_DIR;
     let weights = input.input_artifact(Table::TrainLog, &format!("{dir}/{ADAPTER_WEIGHTS}")).await?;
     let config = input.input_artifact(Table::TrainLog, &format!("{dir}/{ADAPTER_CONFIG}")).await?;
-    let adapter = Adapter::from_peft(bundle, &weights, &config)
-        .map_err(|e| StageError::Input { file: "train_log adapter".into(), problem: e.to_string() })?;
-    Ok((adapter, checksum_of_files(&weights, &config)))
+    super::input::adapter_from_files(bundle, &weights, &config, "train_log adapter")
 }
 
 /// Scores every choice task with `policy` and writes its rows.
@@ -143,15 +141,15 @@ fn judge_responses<'a>(
             (judge::pairwise_preferences(&mut model, prompts, base, tuned, params)?, name)
         }
     };
-    Ok(judge::Judged { prompts, base, tuned, rewards, preferences, judge, tuned_id })
+    let outcomes = preferences.iter().map(|&p| judge::outcome(p, params.tie_margin)).collect();
+    Ok(judge::Judged { prompts, base, tuned, rewards, preferences, outcomes, judge, tuned_id })
 }
 
-fn outcome_counts(judged: &judge::Judged<'_>, params: &JudgeParams) -> Stats {
-    let outcomes: Vec<_> = judged.preferences.iter().map(|&p| judge::outcome(p, params.tie_margin)).collect();
-    let count = |o| outcomes.iter().filter(|&&x| x == o).count() as u64;
+fn outcome_counts(judged: &judge::Judged<'_>) -> Stats {
     use crate::report::stats::Outcome;
+    let count = |o| judged.outcomes.iter().filter(|&&x| x == o).count() as u64;
     super::stats([
-        ("judged_prompts", outcomes.len() as u64),
+        ("judged_prompts", judged.outcomes.len() as u64),
         ("wins", count(Outcome::Win)),
         ("ties", count(Outcome::Tie)),
         ("losses", count(Outcome::Loss)),
