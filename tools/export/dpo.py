@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import tomllib
 
 import numpy as np
 import torch

@@ -71,10 +71,13 @@ def _rot_half(x):
 
 
 def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_mask, position_ids, past=None,
-                  head="lm", lora=None):
+                  head="lm", lora=None, sdpa=False):
     """Returns (logits or hidden, presents). past: list of (k, v) [B, KVH, P, D] or None.
-    lora: None, or {"modules": {weight name: (A [r, in], B [out, r], module index)}, "scale", "p", "seed"}:
-    every listed linear becomes x W^T + scale * (dropout(x) A^T) B^T (PEFT LoRA, see dpo.lora_dropout)."""
+    lora: None, or {"modules": {weight name: (A [r, in], B [out, r], module index)}, "scale", and either
+    "p" and "seed" (croco's hash dropout, dpo.lora_dropout) or "dropout": a function (x, module index) -> x}:
+    every listed linear becomes x W^T + scale * (dropout(x) A^T) B^T (PEFT LoRA).
+    sdpa: attention by F.scaled_dot_product_attention instead of the graphs' eager softmax (the GPU
+    benchmark's option; exports use the default)."""
     B, S = input_ids.shape
     H, KV, D, L = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"], A["num_layers"]
     eps = A["rms_norm_eps"]
@@ -88,7 +91,8 @@ def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_m
     key_pos = torch.arange(T, device=input_ids.device)
     q_pos = torch.arange(S, device=input_ids.device) + P
     allowed = (key_pos[None, :] <= q_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
-    bias = torch.where(allowed, torch.zeros((), dtype=torch.float32), torch.full((), torch.finfo(torch.float32).min))
+    bias = torch.where(allowed, torch.zeros((), dtype=torch.float32, device=x.device),
+                       torch.full((), torch.finfo(torch.float32).min, device=x.device))
     presents = []
     for i in range(L):
         p = f"model.layers.{i}."
@@ -102,7 +106,8 @@ def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_m
                 from .dpo import lora_dropout
 
                 la, lb, j = lora["modules"][p + name + ".weight"]
-                y = y + lora["scale"] * ((lora_dropout(t, lora["p"], lora["seed"], j) @ la.T) @ lb.T)
+                dropped = lora["dropout"](t, j) if "dropout" in lora else lora_dropout(t, lora["p"], lora["seed"], j)
+                y = y + lora["scale"] * ((dropped @ la.T) @ lb.T)
             return y
 
         q = lin("self_attn.q_proj", h).view(B, S, H, D).transpose(1, 2)
@@ -120,9 +125,12 @@ def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_m
         rep = H // KV
         kk = k[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
         vv = v[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
-        att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
-        att = torch.softmax(att, dim=-1)
-        o = (att @ vv).transpose(1, 2).reshape(B, S, H * D)
+        if sdpa:
+            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=bias)
+        else:
+            att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
+            o = torch.softmax(att, dim=-1) @ vv
+        o = o.transpose(1, 2).reshape(B, S, H * D)
         x = x + lin("self_attn.o_proj", o)
         h = _rms(x, W[p + "post_attention_layernorm.weight"], eps)
         x = x + lin("mlp.down_proj", F.silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))

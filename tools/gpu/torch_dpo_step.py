@@ -1,8 +1,8 @@
 """PyTorch baseline for croco's DPO tune step: the same LoRA-adapted Llama forward as the bundle's
-dpo.onnx (tools/export/export.py llama_forward), the DPO sigmoid loss against fixed reference
+dpo.onnx (tools/export/export.py llama_forward, imported), the DPO sigmoid loss against fixed reference
 log-probs, backward, gradient clipping and a torch.optim.AdamW step on the LoRA parameters.
 
-Self-contained: torch + numpy only. Reads BUNDLE/croco-model.toml ([architecture]) and
+Needs torch + numpy only (and the repository's tools/export, imported). Reads BUNDLE/croco-model.toml ([architecture]) and
 BUNDLE/model.safetensors (header parsed by hand; float32 only).
 
     python3 tools/gpu/torch_dpo_step.py BUNDLE --device cuda --pairs 8 --prompt-len 32 --response-len 96
@@ -33,6 +33,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# The model and croco's dropout mask are the export tool's own (torch + numpy only at import),
+# so this baseline runs exactly the forward the dpo graph was traced from.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from tools.export.dpo import dropout_keep  # noqa: E402
+from tools.export.export import llama_forward  # noqa: E402
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DTYPES = {"F32": np.float32}
@@ -78,46 +84,6 @@ def load_safetensors(path, device):
     return W
 
 
-# ---------------------------------------------------------------- model (export.py llama_forward)
-def _rms(x, w, eps):
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf
-
-
-def _rot_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
-HASH_P = 2147483647
-
-
-def _mix(h, mul, add):
-    h = h + torch.remainder(h, 65536) * 32768
-    return torch.remainder(h * mul + add, HASH_P)
-
-
-def hash_dropout_keep(x, p, seed, j):
-    """croco's dpo graph dropout mask (tools/export/dpo.py dropout_keep), for --hash-dropout."""
-    Fd = x.shape[-1]
-    n = x.numel() // Fd
-    seed = torch.tensor(seed, dtype=torch.int64, device=x.device)
-    k = _mix(_mix(torch.remainder(seed, HASH_P), 1103515245, j + 1), 1597334677, 7)
-    pos = torch.arange(n, dtype=torch.int64, device=x.device).view(*x.shape[:-1], 1)
-    hr = _mix(_mix(pos, 1597334677, k), 1103515245, 12345)
-    feat = torch.arange(Fd, dtype=torch.int64, device=x.device)
-    hf = _mix(_mix(feat, 1103515245, k), 1597334677, 54321)
-    hf2 = _mix(hf, 1597334677, 777)
-    # x -> x^2 mod Q is the non-linear step: without it h would be A(n) + B(i) mod Q and two
-    # positions' masks would be shifts of each other (correlated).
-    h = torch.remainder(hr + hf, HASH_P)
-    h = torch.remainder(h * h, HASH_P)
-    h = torch.remainder((h + hf2) * 1103515245, HASH_P)
-    h = torch.remainder(h * h, HASH_P)
-    return h >= int(p * 2147483648.0)
-
-
 class Lora:
     def __init__(self, W, A, r, alpha, p, device, seed, hash_dropout):
         self.scale, self.p, self.hash_dropout, self.seed = alpha / r, p, hash_dropout, seed
@@ -143,69 +109,16 @@ class Lora:
         if not training or self.p == 0.0:
             return x
         if self.hash_dropout:
-            return x * (hash_dropout_keep(x, self.p, self.seed, j).to(x.dtype) * (1.0 / (1.0 - self.p)))
+            return x * (dropout_keep(x, torch.tensor(self.p), torch.tensor(self.seed, device=x.device), j).to(x.dtype) * (1.0 / (1.0 - self.p)))
         return F.dropout(x, self.p, training=True)
-
-
-def llama_forward(W, A, inv_freq, rope_scale, input_ids, attention_mask, position_ids, lora=None, training=False,
-                  sdpa=False):
-    B, S = input_ids.shape
-    H, KV, D, L = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"], A["num_layers"]
-    eps = A["rms_norm_eps"]
-    x = F.embedding(input_ids, W["model.embed_tokens.weight"])
-    freqs = position_ids.float()[..., None] * inv_freq[None, None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos = (emb.cos() * rope_scale)[:, None]
-    sin = (emb.sin() * rope_scale)[:, None]
-    T = S
-    key_pos = torch.arange(T, device=input_ids.device)
-    q_pos = torch.arange(S, device=input_ids.device)
-    allowed = (key_pos[None, :] <= q_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
-    bias = torch.where(allowed, torch.zeros((), dtype=torch.float32, device=x.device),
-                       torch.full((), torch.finfo(torch.float32).min, device=x.device))
-    for i in range(L):
-        p = f"model.layers.{i}."
-        h = _rms(x, W[p + "input_layernorm.weight"], eps)
-
-        def lin(name, t):
-            y = t @ W[p + name + ".weight"].T
-            b = W.get(p + name + ".bias")
-            y = y + b if b is not None else y
-            if lora is not None and p + name + ".weight" in lora.modules:
-                la, lb, j = lora.modules[p + name + ".weight"]
-                y = y + lora.scale * ((lora.dropout(t, j, training) @ la.T) @ lb.T)
-            return y
-
-        q = lin("self_attn.q_proj", h).view(B, S, H, D).transpose(1, 2)
-        k = lin("self_attn.k_proj", h).view(B, S, KV, D).transpose(1, 2)
-        v = lin("self_attn.v_proj", h).view(B, S, KV, D).transpose(1, 2)
-        if p + "self_attn.q_norm.weight" in W:
-            q = _rms(q, W[p + "self_attn.q_norm.weight"], eps)
-            k = _rms(k, W[p + "self_attn.k_norm.weight"], eps)
-        q = q * cos + _rot_half(q) * sin
-        k = k * cos + _rot_half(k) * sin
-        rep = H // KV
-        kk = k[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
-        vv = v[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
-        if sdpa:
-            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=bias)
-        else:
-            att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
-            att = torch.softmax(att, dim=-1)
-            o = att @ vv
-        o = o.transpose(1, 2).reshape(B, S, H * D)
-        x = x + lin("self_attn.o_proj", o)
-        h = _rms(x, W[p + "post_attention_layernorm.weight"], eps)
-        x = x + lin("mlp.down_proj", F.silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))
-    x = _rms(x, W["model.norm.weight"], eps)
-    wl = W.get("lm_head.weight", W["model.embed_tokens.weight"])
-    return x @ wl.T
 
 
 def sequence_logps(W, A, inv_freq, rope_scale, ids, mask, rmask, lora, training, sdpa):
     pos = mask.long().cumsum(-1) - 1
     pos = pos.masked_fill(mask == 0, 1)
-    logits = llama_forward(W, A, inv_freq, rope_scale, ids, mask, pos, lora, training, sdpa)
+    adapter = None if lora is None else {
+        "modules": lora.modules, "scale": lora.scale, "dropout": lambda x, j: lora.dropout(x, j, training)}
+    logits, _ = llama_forward(W, A, inv_freq, rope_scale, ids, mask, pos, lora=adapter, sdpa=sdpa)
     lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     tok = torch.gather(lp, 2, ids[:, 1:, None])[..., 0]
     tok = torch.cat((torch.zeros_like(tok[:, :1]), tok), dim=1) * rmask
