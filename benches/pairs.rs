@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray};
 use croco::pipeline::runner::{self, RunOptions};
-use croco::pipeline::spec::PairsParams;
 use croco::pipeline::{Plan, validate};
+use croco::spec::pairs::PairsParams;
 use croco::stages::pairs::compute;
 use croco::store::Table;
 use croco::store::session::new_context;

@@ -7,19 +7,16 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
-use datafusion::prelude::SessionContext;
 
 use crate::pipeline::gc::{self, GcOptions};
 use crate::pipeline::lock::{self, LockError, RunLock};
-use crate::pipeline::manifest;
 use crate::pipeline::runner::{self, RunOptions, StageReport};
-use crate::pipeline::shard::Shard;
-use crate::pipeline::spec::PipelineSpec;
+use crate::pipeline::session::pipeline_session;
 use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, validate};
 use crate::report::ReportFormat;
-use crate::stages::StageName;
-use crate::store::session::{new_context, run_statements};
-use crate::store::tables::{PartInfo, register_version};
+use crate::spec::{BASE_VARIANT, PipelineSpec, StageName};
+use crate::store::session::run_statements;
+use crate::store::shard::Shard;
 use crate::store::{StoreError, Table};
 
 /// Exit code of a run that failed (a stage, storage, an input file).
@@ -426,7 +423,7 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
     }
     println!("root: {}", plan.storage.display());
     for (name, rows) in &variants {
-        if name != "base" {
+        if name != BASE_VARIANT {
             println!("variant {name}:");
         }
         for row in rows {
@@ -455,69 +452,6 @@ async fn stage_rows(plan: &Plan) -> Result<Vec<serde_json::Value>, CliError> {
         }));
     }
     Ok(rows)
-}
-
-/// A session with every table of the pipeline registered: the current
-/// version under the table's name, every committed version as `table@key`.
-pub async fn pipeline_session(plan: &Plan) -> Result<SessionContext, CliError> {
-    let ctx = new_context();
-    plan.storage.register(&ctx);
-    // Every committed version, by table and key: what is registered as
-    // `table@key`, and what tells which version of a stage is current.
-    let mut committed: std::collections::BTreeMap<(Table, String), Vec<PartInfo>> = Default::default();
-    for table in Table::ALL {
-        for version in manifest::list_versions(&plan.storage, table).await? {
-            let name = format!("{}@{}", table.name(), version.key);
-            // An old version written under an older schema must not make the
-            // whole session unusable: it is skipped, with the reason logged.
-            match register_version(&ctx, &plan.storage, table, &version.key, &version.parts, &name).await {
-                Err(StoreError::Schema(e)) if version.schema_version != table.schema().version => {
-                    tracing::warn!("not registering `{name}` (schema version {}): {e}", version.schema_version);
-                }
-                other => {
-                    other?;
-                    committed.insert((table, version.key), version.parts);
-                }
-            }
-        }
-    }
-    for stage in &plan.stages {
-        let table = stage.stage.writes();
-        if let Some(parts) = committed.get(&(table, stage.key.clone())) {
-            register_version(&ctx, &plan.storage, table, &stage.key, parts, table.name()).await?;
-        }
-    }
-    register_variant_views(plan, &ctx, |table, key| committed.contains_key(&(table, key.to_string()))).await?;
-    Ok(ctx)
-}
-
-/// Registers `<table>_by_variant` for every table some variant has current
-/// (`is_committed`): the union of each variant's current version (the base's
-/// as `base`), with the variant's name in a first column, `pipeline_variant`.
-/// This is what `sql/ablation_summary.sql` compares.
-async fn register_variant_views(
-    plan: &Plan,
-    ctx: &SessionContext,
-    is_committed: impl Fn(Table, &str) -> bool,
-) -> Result<(), CliError> {
-    for table in Table::ALL {
-        let mut selects = Vec::new();
-        for (name, variant) in plan.all() {
-            let Some(stage) = variant.stages.iter().find(|s| s.stage.writes() == table) else { continue };
-            if is_committed(table, &stage.key) {
-                let version = format!("{}@{}", table.name(), stage.key);
-                selects.push(format!("SELECT '{name}' AS pipeline_variant, * FROM \"{version}\""));
-            }
-        }
-        if selects.is_empty() {
-            continue;
-        }
-        let sql = format!("CREATE VIEW {}_by_variant AS {}", table.name(), selects.join(" UNION ALL "));
-        let context = format!("registering {}_by_variant", table.name());
-        let query = |source| StoreError::Query { context: context.clone(), source };
-        ctx.sql(&sql).await.map_err(query)?.collect().await.map_err(query)?;
-    }
-    Ok(())
 }
 
 async fn sql_command(

@@ -218,7 +218,7 @@ impl Bundle {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
         let manifest: BundleManifest =
-            toml::from_slice(&text).map_err(|e| ModelError::Manifest { path: path.clone(), message: e.to_string() })?;
+            toml::from_slice(&text).map_err(|source| ModelError::Manifest { path: path.clone(), source })?;
         let bundle = Bundle { dir: dir.to_path_buf(), manifest, checksum: sha256_hex(&text) };
         bundle.check_format()?;
         bundle.check_files(verify)?;

@@ -7,7 +7,6 @@
 
 use ort::value::{DynValue, Tensor};
 
-use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::graph::BoundGraph;
 use super::lora::Adapter;
@@ -15,6 +14,7 @@ use super::policy::left_pad;
 use super::runtime::{SessionConfig, Target, resolve_target};
 use super::tokenizer::ChatTokenizer;
 use super::weights::Weights;
+use super::{ModelError, tensor_error};
 
 /// One tokenized pair: the prompt + chosen and prompt + rejected sequences,
 /// and where the response starts in each.
@@ -182,9 +182,10 @@ impl DpoGraph {
         let borrowed: Vec<(&str, &DynValue)> = inputs.iter().map(|(n, v)| (n.as_str(), v)).collect();
         let outputs = self.graph.run(&borrowed, &on_host)?;
         let values = |name: &str| -> Result<Vec<f32>, ModelError> {
-            let value =
-                outputs.get(name).ok_or_else(|| ModelError::Runtime(format!("dpo graph: no output `{name}`")))?;
-            let (_, data) = value.try_extract_tensor::<f32>().map_err(|e| ModelError::Runtime(e.to_string()))?;
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| ModelError::MissingOutput { graph: "dpo".into(), output: name.into() })?;
+            let (_, data) = value.try_extract_tensor::<f32>().map_err(|source| tensor_error(name, source))?;
             Ok(data.to_vec())
         };
         let logps = values("policy_logps")?;
@@ -203,7 +204,7 @@ fn tensor<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 
     shape: Vec<usize>,
     data: Vec<T>,
 ) -> Result<DynValue, ModelError> {
-    Ok(Tensor::from_array((shape, data)).map_err(|e| ModelError::Runtime(e.to_string()))?.into_dyn())
+    Ok(Tensor::from_array((shape, data)).map_err(|source| tensor_error("input", source))?.into_dyn())
 }
 
 fn scalar<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(

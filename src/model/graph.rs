@@ -71,7 +71,7 @@ impl BoundGraph {
                 });
             }
         }
-        let error = |e: ort::Error| ModelError::Session { path: path.clone(), message: e.to_string() };
+        let error = |source: ort::Error| ModelError::Session { path: path.clone(), source };
         let mut binding = session.create_binding().map_err(error)?;
         for (weight, value) in &weights.tensors {
             binding.bind_input(weight.as_str(), value).map_err(error)?;
@@ -88,7 +88,7 @@ impl BoundGraph {
         inputs: &[(&str, &DynValue)],
         on_host: &[&str],
     ) -> Result<BTreeMap<String, DynValue>, ModelError> {
-        let error = |e: ort::Error| ModelError::Session { path: self.path.clone(), message: e.to_string() };
+        let error = |source: ort::Error| ModelError::Session { path: self.path.clone(), source };
         for (name, value) in inputs {
             self.binding.bind_input(*name, *value).map_err(error)?;
         }

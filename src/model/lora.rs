@@ -21,12 +21,16 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use super::bundle::Bundle;
+use super::tensors::{f32_values, safetensors_bytes};
 use crate::ids::sha256_hex;
 
 /// File name of the tensors in a PEFT adapter directory.
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// File name of the configuration in a PEFT adapter directory.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// The directory of the tuned adapter among a `train_log` version's
+/// artifacts (a PEFT directory: [`ADAPTER_WEIGHTS`] and [`ADAPTER_CONFIG`]).
+pub const ADAPTER_DIR: &str = "adapter";
 
 /// The adapter settings, as PEFT's `adapter_config.json` spells them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,7 +167,8 @@ impl Adapter {
     pub fn to_peft(&self) -> Result<(Vec<u8>, Vec<u8>), ModelError> {
         let tensors = self.named_tensors(|m| m.trainable);
         let bytes = safetensors_bytes(&tensors)?;
-        let config = serde_json::to_vec_pretty(&self.config).map_err(|e| ModelError::Runtime(e.to_string()))?;
+        let config = serde_json::to_vec_pretty(&self.config)
+            .map_err(|source| ModelError::Json { context: ADAPTER_CONFIG.into(), source })?;
         Ok((bytes, config))
     }
 
@@ -256,38 +261,5 @@ fn read_tensor(file: &SafeTensors, key: &str, shape: &[usize]) -> Result<Vec<f32
     if view.dtype() != Dtype::F32 || view.shape() != shape {
         return Err(format!("adapter: `{key}` is {:?} {:?}, expected float32 {shape:?}", view.dtype(), view.shape()));
     }
-    Ok(super::weights::f32_values(view.data()))
-}
-
-/// Serialises float32 tensors `(name, shape, values)` as a safetensors file.
-pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>, ModelError> {
-    let bytes: Vec<Vec<u8>> =
-        tensors.iter().map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), bytes)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|view| (name.clone(), view))
-                .map_err(|e| ModelError::Runtime(format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
-    safetensors::serialize(views, None).map_err(|e| ModelError::Runtime(e.to_string()))
-}
-
-/// Float32 tensors by name: (shape, values).
-pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
-/// Reads every float32 tensor of a safetensors file by name.
-pub fn read_f32_tensors(bytes: &[u8]) -> Result<NamedTensors, String> {
-    let file = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            if view.dtype() != Dtype::F32 {
-                return Err(format!("tensor `{name}` is {:?}, expected float32", view.dtype()));
-            }
-            Ok((name, (view.shape().to_vec(), super::weights::f32_values(view.data()))))
-        })
-        .collect()
+    Ok(f32_values(view.data()))
 }

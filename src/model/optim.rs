@@ -11,7 +11,18 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::spec::LrSchedule;
+/// How the learning rate moves over the run (after warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Half a cosine from the peak to 0: the recipe's.
+    #[default]
+    Cosine,
+    /// Straight line from the peak to 0.
+    Linear,
+    /// The peak throughout.
+    Constant,
+}
 
 /// AdamW (decoupled weight decay, bias-corrected moments), as `torch.optim.AdamW`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,6 @@
 use ort::value::{DynValue, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::graph::BoundGraph;
 use super::lora::Adapter;
@@ -17,6 +16,7 @@ use super::runtime::{SessionConfig, Target, resolve_target};
 use super::sampling::{SamplingParams, next_token, sequence_rng};
 use super::tokenizer::ChatTokenizer;
 use super::weights::Weights;
+use super::{ModelError, tensor_error};
 
 /// Why a sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +121,11 @@ pub(super) fn left_pad(sequences: &[&[i64]], pad: i64) -> Padded {
 }
 
 fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, ModelError> {
-    Ok(Tensor::from_array((shape, data)).map_err(|e| ModelError::Runtime(e.to_string()))?.into_dyn())
+    Ok(Tensor::from_array((shape, data)).map_err(|source| tensor_error("input", source))?.into_dyn())
 }
 
 fn host_f32(value: &DynValue) -> Result<(Vec<usize>, &[f32]), ModelError> {
-    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| ModelError::Runtime(e.to_string()))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|source| tensor_error("output", source))?;
     Ok((shape.iter().map(|&d| d as usize).collect(), data))
 }
 
@@ -159,7 +159,7 @@ impl Policy {
             for part in ["key", "value"] {
                 let shape = [rows, arch.num_kv_heads, 0, arch.head_dim];
                 let empty = Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
-                    .map_err(|e| ModelError::Runtime(e.to_string()))?;
+                    .map_err(|source| tensor_error("empty KV cache", source))?;
                 cache.push((format!("past_key_values.{layer}.{part}"), empty.into_dyn()));
             }
         }
@@ -236,7 +236,7 @@ impl Policy {
             let repeated: Vec<f32> =
                 data.chunks(block).flat_map(|b| std::iter::repeat_n(b, samples).flatten().copied()).collect();
             let expanded = [shape[0] * samples, shape[1], shape[2], shape[3]];
-            let tensor = Tensor::from_array((expanded, repeated)).map_err(|e| ModelError::Runtime(e.to_string()))?;
+            let tensor = Tensor::from_array((expanded, repeated)).map_err(|source| tensor_error("KV cache", source))?;
             cache.push((name.replacen("present.", "past_key_values.", 1), tensor.into_dyn()));
         }
         Ok((last, cache))

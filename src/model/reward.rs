@@ -3,12 +3,12 @@
 
 use ort::value::Tensor;
 
-use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::graph::BoundGraph;
 use super::runtime::{SessionConfig, resolve_target};
 use super::tokenizer::ChatTokenizer;
 use super::weights::Weights;
+use super::{ModelError, tensor_error};
 
 /// A loaded reward model.
 pub struct RewardModel {
@@ -46,12 +46,12 @@ impl RewardModel {
         }
         let shape = [sequences.len(), width];
         let tensor = |data: Vec<i64>| {
-            Tensor::from_array((shape, data)).map(|t| t.into_dyn()).map_err(|e| ModelError::Runtime(e.to_string()))
+            Tensor::from_array((shape, data)).map(|t| t.into_dyn()).map_err(|source| tensor_error("input", source))
         };
         let (ids, mask) = (tensor(ids)?, tensor(mask)?);
         let outputs = self.score.run(&[("input_ids", &ids), ("attention_mask", &mask)], &["score"])?;
         let (_, scores) =
-            outputs["score"].try_extract_tensor::<f32>().map_err(|e| ModelError::Runtime(e.to_string()))?;
+            outputs["score"].try_extract_tensor::<f32>().map_err(|source| tensor_error("score", source))?;
         Ok(scores.to_vec())
     }
 

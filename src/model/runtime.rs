@@ -63,7 +63,7 @@ pub fn environment() -> Result<&'static Environment, ModelError> {
         builder.with_name("croco").build().map_err(|e| e.to_string())
     })
     .as_ref()
-    .map_err(|message| ModelError::Runtime(message.clone()))
+    .map_err(|message| ModelError::Unavailable(message.clone()))
 }
 
 /// Finds `libonnxruntime`: `ORT_DYLIB_PATH`, else the Python package.
@@ -73,11 +73,11 @@ pub fn find_library() -> Result<PathBuf, ModelError> {
         return match path.is_file() {
             true => Ok(path),
             false => {
-                Err(ModelError::Runtime(format!("ORT_DYLIB_PATH={} is not a file; {INSTALL_HINT}", path.display())))
+                Err(ModelError::Unavailable(format!("ORT_DYLIB_PATH={} is not a file; {INSTALL_HINT}", path.display())))
             }
         };
     }
-    python_package_library().ok_or_else(|| ModelError::Runtime(format!("ONNX Runtime not found; {INSTALL_HINT}")))
+    python_package_library().ok_or_else(|| ModelError::Unavailable(format!("ONNX Runtime not found; {INSTALL_HINT}")))
 }
 
 /// `libonnxruntime.so*` inside the `onnxruntime` package of `python3`, if any.
@@ -118,7 +118,7 @@ pub fn resolve_target(config: &SessionConfig) -> Result<Target, ModelError> {
 /// that cannot register its provider fails here instead of silently falling
 /// back to the CPU.
 pub fn session(path: &Path, target: Target, threads: usize) -> Result<Session, ModelError> {
-    let error = |e: ort::Error| ModelError::Session { path: path.to_path_buf(), message: e.to_string() };
+    let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
     let mut builder = Session::builder(environment()?).map_err(error)?;
     builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| error(e.into()))?;
     if threads > 0 {

@@ -53,7 +53,7 @@ impl ChatTokenizer {
         let encoding = self
             .tokenizer
             .encode(text, self.chat.add_special_tokens)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            .map_err(|source| ModelError::Tokenizer { source })?;
         Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
     }
 
@@ -88,7 +88,7 @@ impl ChatTokenizer {
         let ids = self.encode_text(&text)?;
         let prompt_ids = self.encode_prompt(prompt)?;
         if !ids.starts_with(&prompt_ids) {
-            return Err(ModelError::Tokenizer(format!(
+            return Err(ModelError::Template(format!(
                 "the prompt's tokens are not a prefix of the exchange's tokens for prompt {prompt:?}"
             )));
         }
@@ -98,6 +98,6 @@ impl ChatTokenizer {
     /// Text of generated ids, special tokens dropped.
     pub fn decode(&self, ids: &[i64]) -> Result<String, ModelError> {
         let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
-        self.tokenizer.decode(&ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.tokenizer.decode(&ids, true).map_err(|source| ModelError::Tokenizer { source })
     }
 }

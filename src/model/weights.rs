@@ -7,6 +7,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::ModelError;
 use super::bundle::Bundle;
 use super::lora::Adapter;
+use super::tensors::f32_values;
 
 /// Named weight tensors in the manifest's (graph-input) order.
 pub struct Weights {
@@ -57,9 +58,4 @@ impl Weights {
         }
         Ok(Weights { tensors })
     }
-}
-
-/// Little-endian float32 bytes as values.
-pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }

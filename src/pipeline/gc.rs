@@ -18,8 +18,8 @@ use object_store::ObjectMeta;
 use object_store::path::Path;
 use serde::Serialize;
 
-use super::manifest::{MANIFEST_FILE, Manifest};
 use super::plan::Plan;
+use crate::store::manifest::{MANIFEST_FILE, Manifest};
 use crate::store::tables::RESUME_DIR;
 use crate::store::{StoreError, Table};
 
@@ -50,11 +50,11 @@ pub async fn find(plan: &Plan, options: GcOptions) -> Result<Vec<(Path, Garbage)
     let current: BTreeSet<(Table, String)> =
         plan.all().into_iter().flat_map(|(_, p)| p.stages.iter()).map(|s| (s.stage.writes(), s.key.clone())).collect();
     let mut garbage = Vec::new();
-    for table in Table::ALL {
+    for &table in Table::ALL {
         let table_dir = plan.storage.path(&format!("tables/{}", table.name()));
         let objects = plan.storage.list(&table_dir).await?;
         for (key, objects) in by_version(&table_dir, &objects) {
-            let manifest = crate::pipeline::manifest::read(&plan.storage, table, &key).await?;
+            let manifest = crate::store::manifest::read(&plan.storage, table, &key).await?;
             let unused = options.versions && !current.contains(&(table, key.clone()));
             let found = match &manifest {
                 Some(m) if unused && parse_time(&m.committed_at) < cutoff => whole_version(&objects),

@@ -1,17 +1,15 @@
-//! Pipelines: the file format ([`spec`], [`validate`]), the stage graph with
-//! content keys ([`plan`]), execution ([`runner`]) and the commit record of
-//! every table version ([`manifest`]).
+//! Pipelines: reading the file ([`validate`]), the stage graph with
+//! content keys ([`plan`]), execution ([`runner`]) under the run lock
+//! ([`lock`]), garbage collection ([`gc`]) and the SQL session over every
+//! table ([`session`]).
 
-mod eval_spec;
 pub mod gc;
 pub mod lock;
-pub mod manifest;
 pub mod plan;
 pub mod runner;
-pub mod shard;
-pub mod spec;
+pub mod session;
 pub mod validate;
 
 pub use plan::{Plan, PlanError, PlannedStage, StageState};
-pub use runner::{RunError, RunOptions, StageReport};
+pub use runner::{RunError, RunOptions, StageReport, StageStatus};
 pub use validate::{LoadedSpec, SpecError, SpecProblem};

@@ -13,16 +13,17 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::manifest::{self, ExternalInput, Manifest};
 use super::validate::LoadedSpec;
 use crate::ids::{sha256_hex, stable_id};
 use crate::model::bundle::{Bundle, Verify};
-use crate::model::lora::checksum_of_files;
-use crate::stages::StageName;
-use crate::stages::input::read_adapter_files;
-use crate::stages::tune::ADAPTER_DIR;
-use crate::store::storage::resolve_input;
+use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, checksum_of_files};
+use crate::spec::generate::PromptSlice;
+use crate::spec::{BASE_VARIANT, StageName};
+use crate::stages::registry;
+use crate::store::manifest::{self, ExternalInput, Manifest};
+use crate::store::storage::{read_input_files, resolve_input};
 use crate::store::{Storage, StoreError, Table};
+use crate::vocab::roles::ModelRole;
 
 /// Bumped when the way keys are derived changes, so old versions are not
 /// mistaken for current ones.
@@ -38,10 +39,11 @@ pub struct PlannedStage {
     /// Resolved parameters.
     pub params: serde_json::Value,
     /// Keys of the table versions it reads.
-    pub inputs: BTreeMap<String, String>,
+    #[serde(serialize_with = "by_table_name")]
+    pub inputs: BTreeMap<Table, String>,
     /// Files it reads from outside the root.
     pub external: Vec<ExternalInput>,
-    /// Model bundles it runs, by role: their checksums.
+    /// Model bundles it runs, by role name ([`ModelRole::name`]): their checksums.
     pub models: BTreeMap<String, String>,
 }
 
@@ -86,8 +88,8 @@ pub enum PlanError {
     #[error("{file}: `models.{role}`: {source}")]
     Model { file: String, role: String, source: crate::model::ModelError },
     /// An input file named in the pipeline cannot be read.
-    #[error("{file}: `{key}`: cannot read `{location}`: {reason}")]
-    MissingInput { file: String, key: String, location: String, reason: String },
+    #[error("{file}: `{key}`: cannot read `{location}`: {source}")]
+    MissingInput { file: String, key: String, location: String, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 impl Plan {
@@ -105,7 +107,7 @@ impl Plan {
 
     /// The base (`base`) and each variant, by name; each is its round 1.
     pub fn variants_and_base(&self) -> impl Iterator<Item = (&str, &Plan)> {
-        std::iter::once(("base", self)).chain(self.variants.iter().map(|(name, plan)| (name.as_str(), plan)))
+        std::iter::once((BASE_VARIANT, self)).chain(self.variants.iter().map(|(name, plan)| (name.as_str(), plan)))
     }
 
     /// Every plan of the file, named: `base`, its later rounds
@@ -162,20 +164,20 @@ impl Plan {
         let storage =
             Storage::open(&loaded.spec.run.root, &loaded.base_dir, &loaded.spec.run.storage, &loaded.spec.run.retry)?;
         let mut stages: Vec<PlannedStage> = Vec::new();
-        for stage in StageName::ALL {
-            let Some(params) = stage.params(&loaded.spec) else {
+        for &stage in StageName::ALL {
+            let Some(params) = registry::stage(stage).params(&loaded.spec) else {
                 continue;
             };
-            let inputs: BTreeMap<String, String> = stage
+            let inputs: BTreeMap<Table, String> = stage
                 .reads()
                 .iter()
-                .filter_map(|table| {
-                    let writer = StageName::writer_of(*table)?;
-                    stages.iter().find(|s| s.stage == writer).map(|s| (table.name().to_string(), s.key.clone()))
+                .filter_map(|&table| {
+                    let writer = StageName::writer_of(table)?;
+                    stages.iter().find(|s| s.stage == writer).map(|s| (table, s.key.clone()))
                 })
                 .collect();
             let mut external = Vec::new();
-            for (key, location) in stage.external_inputs(&loaded.spec) {
+            for (key, location) in registry::stage(stage).external_inputs(&loaded.spec) {
                 external.push(fingerprint(&loaded, &key, &location).await?);
             }
             let models = bundle_checksums(&loaded, stage).await?;
@@ -215,7 +217,7 @@ fn round_spec(mut loaded: LoadedSpec, round: u32, adapter: Option<String>) -> Lo
         return loaded;
     }
     if let Some(generate) = loaded.spec.stages.generate.as_mut() {
-        generate.prompt_slice = Some(crate::pipeline::spec::PromptSlice { index: round, count: rounds });
+        generate.prompt_slice = Some(PromptSlice { index: round, count: rounds });
     }
     if let Some(adapter) = adapter {
         loaded.spec.models.policy_adapter = Some(adapter);
@@ -223,15 +225,30 @@ fn round_spec(mut loaded: LoadedSpec, round: u32, adapter: Option<String>) -> Lo
     loaded
 }
 
+impl PlannedStage {
+    /// The keys of its inputs by table name, as manifests record them.
+    pub fn input_keys_by_name(&self) -> BTreeMap<String, String> {
+        self.inputs.iter().map(|(table, key)| (table.name().to_string(), key.clone())).collect()
+    }
+}
+
+/// Serializes a map by table as a map by table name, in name order (the
+/// order content keys were first derived in).
+fn by_table_name<S: serde::Serializer>(inputs: &BTreeMap<Table, String>, serializer: S) -> Result<S::Ok, S::Error> {
+    let by_name: BTreeMap<&str, &str> = inputs.iter().map(|(table, key)| (table.name(), key.as_str())).collect();
+    serializer.collect_map(by_name)
+}
+
 fn content_key(
     stage: StageName,
     params: &serde_json::Value,
-    inputs: &BTreeMap<String, String>,
+    inputs: &BTreeMap<Table, String>,
     external: &[ExternalInput],
     models: &BTreeMap<String, String>,
 ) -> String {
     let table: Table = stage.writes();
     let fingerprints: Vec<&str> = external.iter().map(|e| e.fingerprint.as_str()).collect();
+    let inputs: BTreeMap<&str, &str> = inputs.iter().map(|(table, key)| (table.name(), key.as_str())).collect();
     let material = serde_json::json!({
         "derivation": KEY_DERIVATION_VERSION,
         "stage": stage.name(),
@@ -250,22 +267,21 @@ fn content_key(
 /// policy with `models.policy_adapter` is identified by both checksums.
 async fn bundle_checksums(loaded: &LoadedSpec, stage: StageName) -> Result<BTreeMap<String, String>, PlanError> {
     let mut checksums = BTreeMap::new();
-    for (role, location) in stage.models(&loaded.spec) {
+    for (role, location) in registry::stage(stage).models(&loaded.spec) {
         let failed =
             |source| PlanError::Model { file: loaded.file.display().to_string(), role: role.to_string(), source };
         let bundle = Bundle::open(&loaded.base_dir.join(&location), Verify::Sizes).map_err(failed)?;
         let checksum = match (&loaded.spec.models.policy_adapter, role) {
-            (Some(adapter), "policy") => {
-                let (weights, config) =
-                    read_adapter_files(&loaded.spec, &loaded.base_dir, adapter).await.map_err(|e| {
-                        PlanError::MissingInput {
-                            file: loaded.file.display().to_string(),
-                            key: "models.policy_adapter".into(),
-                            location: adapter.clone(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                format!("{}+adapter:{}", bundle.checksum, checksum_of_files(&weights, &config))
+            (Some(adapter), ModelRole::Policy) => {
+                let (run, names) = (&loaded.spec.run, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]);
+                let files = read_input_files(adapter, &names, &loaded.base_dir, &run.storage, &run.retry).await;
+                let files = files.map_err(|e| PlanError::MissingInput {
+                    file: loaded.file.display().to_string(),
+                    key: "models.policy_adapter".into(),
+                    location: adapter.clone(),
+                    source: e.into(),
+                })?;
+                format!("{}+adapter:{}", bundle.checksum, checksum_of_files(&files[0], &files[1]))
             }
             _ => bundle.checksum,
         };
@@ -278,22 +294,23 @@ async fn bundle_checksums(loaded: &LoadedSpec, stage: StageName) -> Result<BTree
 /// ETag (or size and modification time) of a remote object, so that editing
 /// the file makes the stage stale and merely touching it does not.
 async fn fingerprint(loaded: &LoadedSpec, key: &str, location: &str) -> Result<ExternalInput, PlanError> {
-    let missing = |reason: String| PlanError::MissingInput {
+    let missing = |source: Box<dyn std::error::Error + Send + Sync>| PlanError::MissingInput {
         file: loaded.file.display().to_string(),
         key: key.to_string(),
         location: location.to_string(),
-        reason,
+        source,
     };
     let (storage, path) = resolve_input(location, &loaded.base_dir, &loaded.spec.run.storage, &loaded.spec.run.retry)
-        .map_err(|e| missing(e.to_string()))?;
+        .map_err(|e| missing(e.into()))?;
     let url = storage.url_of(&path);
     let fingerprint = if url.starts_with("file://") {
         let local = Path::new("/").join(path.as_ref());
-        let bytes = std::fs::read(&local).map_err(|e| missing(format!("{}: {e}", local.display())))?;
+        let bytes =
+            std::fs::read(&local).map_err(|source| missing(StoreError::Io { path: local.clone(), source }.into()))?;
         format!("sha256:{}", sha256_hex(&bytes))
     } else {
         use object_store::ObjectStoreExt;
-        let meta = storage.store().head(&path).await.map_err(|e| missing(e.to_string()))?;
+        let meta = storage.store().head(&path).await.map_err(|e| missing(e.into()))?;
         match meta.e_tag {
             Some(tag) => format!("etag:{tag}"),
             None => format!("meta:{}:{}", meta.size, meta.last_modified.to_rfc3339()),

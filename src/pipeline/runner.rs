@@ -9,11 +9,14 @@ use serde::Serialize;
 
 use datafusion::prelude::SessionContext;
 
-use super::manifest::{self, Manifest};
 use super::plan::{Plan, PlannedStage};
-use super::shard::{self, Shard, ShardRecord};
-use crate::stages::{self, StageError, StageInput, StageName, Stats};
+use crate::model::runtime::SessionConfig;
+use crate::spec::StageName;
+use crate::stages::registry;
+use crate::stages::stage::{StageError, StageInput};
+use crate::store::manifest::{self, Manifest, Stats};
 use crate::store::session::new_context;
+use crate::store::shard::{self, Shard, ShardRecord};
 use crate::store::tables::{ArtifactInfo, PartInfo, TableWriter, register_version};
 use crate::store::{StoreError, Table};
 
@@ -26,7 +29,7 @@ pub struct RunOptions {
     pub force: bool,
     /// Show progress bars (on a terminal).
     pub progress: bool,
-    /// Process only this shard of the model stages (see [`super::shard`]).
+    /// Process only this shard of the model stages (see [`crate::store::shard`]).
     pub shard: Option<Shard>,
 }
 
@@ -37,10 +40,8 @@ pub struct StageReport {
     pub stage: StageName,
     /// Its output key.
     pub key: String,
-    /// `ran`, `skipped` (already current), `merged` (shards committed as one
-    /// version), `shard` (this shard's part committed) or `deferred` (waits
-    /// for all shards; a plain run computes it).
-    pub status: &'static str,
+    /// What the run did with it.
+    pub status: StageStatus,
     /// Rows of its output version.
     pub rows: u64,
     /// Seconds spent (0 when skipped).
@@ -50,6 +51,48 @@ pub struct StageReport {
     /// Object-store requests retried while the stage ran (counted when the
     /// binary's tracing layer is installed).
     pub retries: u64,
+}
+
+/// What a run did with one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    /// Computed and committed.
+    Ran,
+    /// Already current (or, in a shard run, this shard already committed).
+    Skipped,
+    /// Its shards' parts committed as one version.
+    Merged,
+    /// This shard's part committed.
+    Shard,
+    /// Waits for all shards; a plain run computes it.
+    Deferred,
+}
+
+impl StageStatus {
+    /// The status as `croco run` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StageStatus::Ran => "ran",
+            StageStatus::Skipped => "skipped",
+            StageStatus::Merged => "merged",
+            StageStatus::Shard => "shard",
+            StageStatus::Deferred => "deferred",
+        }
+    }
+}
+
+impl PartialEq<&str> for StageStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+impl std::fmt::Display for StageStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, not `write_str`: `croco run` prints statuses in a padded column.
+        f.pad(self.name())
+    }
 }
 
 /// Errors while running a plan.
@@ -117,16 +160,15 @@ async fn run_shard(
     shard: Shard,
     options: RunOptions,
 ) -> Result<StageReport, RunError> {
-    let spec = &plan.loaded.spec;
-    if stage.stage.shardable(spec) {
+    if registry::stage(stage.stage).shardable(&plan.loaded.spec) {
         let table = stage.stage.writes();
         return match shard::read_record(&plan.storage, table, &stage.key, shard).await? {
-            Some(record) if !options.force => Ok(report(stage, "skipped", record.rows, 0.0, record.stats)),
+            Some(record) if !options.force => Ok(report(stage, StageStatus::Skipped, record.rows, 0.0, record.stats)),
             _ => execute(plan, stage, options).await,
         };
     }
     match downstream_of_shards(plan, stage) {
-        true => Ok(report(stage, "deferred", 0, 0.0, Stats::new())),
+        true => Ok(report(stage, StageStatus::Deferred, 0, 0.0, Stats::new())),
         false => run_plain(plan, stage, RunOptions { shard: None, ..options }).await,
     }
 }
@@ -135,17 +177,18 @@ async fn run_shard(
 /// shards write: such a stage waits for the plain run that merges them.
 fn downstream_of_shards(plan: &Plan, stage: &PlannedStage) -> bool {
     let spec = &plan.loaded.spec;
-    stage.inputs.keys().filter_map(|t| Table::from_name(t).and_then(StageName::writer_of)).any(|writer| {
-        writer.shardable(spec) || plan.stage(writer).is_some_and(|upstream| downstream_of_shards(plan, upstream))
+    stage.inputs.keys().filter_map(|&table| StageName::writer_of(table)).any(|writer| {
+        registry::stage(writer).shardable(spec)
+            || plan.stage(writer).is_some_and(|upstream| downstream_of_shards(plan, upstream))
     })
 }
 
-fn report(stage: &PlannedStage, status: &'static str, rows: u64, seconds: f64, stats: Stats) -> StageReport {
+fn report(stage: &PlannedStage, status: StageStatus, rows: u64, seconds: f64, stats: Stats) -> StageReport {
     StageReport { stage: stage.stage, key: stage.key.clone(), status, rows, seconds, stats, retries: 0 }
 }
 
 fn skipped(stage: &PlannedStage, current: &Manifest) -> StageReport {
-    report(stage, "skipped", current.rows, 0.0, current.stats.clone())
+    report(stage, StageStatus::Skipped, current.rows, 0.0, current.stats.clone())
 }
 
 /// Commits the shards of `stage` as one version, if all `count` are there.
@@ -172,7 +215,7 @@ async fn merge(
     let now = chrono::Utc::now().to_rfc3339();
     let manifest = commit_manifest(plan, stage, Written { parts, artifacts: vec![] }, stats, now).await?;
     tracing::info!(stage = %stage.stage, rows = manifest.rows, shards = count, "merged shards");
-    Ok(report(stage, "merged", manifest.rows, 0.0, manifest.stats))
+    Ok(report(stage, StageStatus::Merged, manifest.rows, 0.0, manifest.stats))
 }
 
 /// What a stage wrote.
@@ -194,7 +237,7 @@ async fn commit_manifest(
         stage: stage.stage.name().to_string(),
         schema_version: stage.stage.writes().schema().version,
         params: stage.params.clone(),
-        inputs: stage.inputs.clone(),
+        inputs: stage.input_keys_by_name(),
         external: stage.external.clone(),
         models: stage.models.clone(),
         rows: written.parts.iter().map(|p| p.rows).sum(),
@@ -220,9 +263,9 @@ async fn register_inputs(
     shard: Option<Shard>,
 ) -> Result<BTreeMap<Table, Manifest>, RunError> {
     let mut manifests = BTreeMap::new();
-    for (table, key) in &stage.inputs {
-        let table = Table::from_name(table).expect("plans name known tables");
-        let sharded = shard.filter(|_| StageName::writer_of(table).is_some_and(|w| w.shardable(&plan.loaded.spec)));
+    for (&table, key) in &stage.inputs {
+        let sharded = shard
+            .filter(|_| StageName::writer_of(table).is_some_and(|w| registry::stage(w).shardable(&plan.loaded.spec)));
         let missing = || RunError::InputMissing { stage: stage.stage, table, key: key.clone() };
         let parts = match sharded {
             Some(shard) => shard::read_record(&plan.storage, table, key, shard).await?.ok_or_else(missing)?.parts,
@@ -241,27 +284,35 @@ async fn register_inputs(
 async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Result<StageReport, RunError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339();
-    let shard = options.shard.filter(|_| stage.stage.shardable(&plan.loaded.spec));
+    let spec = &plan.loaded.spec;
+    let implementation = registry::stage(stage.stage);
+    let shard = options.shard.filter(|_| implementation.shardable(spec));
     tracing::info!(stage = %stage.stage, key = %stage.key, ?shard, "running");
     let ctx = new_context();
     plan.storage.register(&ctx);
     let inputs = register_inputs(plan, stage, &ctx, shard).await?;
     let progress = progress_bar(stage.stage, options.progress);
     let resume = !options.force && options.only.is_none();
+    let models = implementation.models(spec).into_iter().collect();
     let input = StageInput {
         ctx: &ctx,
-        spec: &plan.loaded.spec,
         base_dir: &plan.loaded.base_dir,
         progress: &progress,
         resume,
         shard,
         inputs: &inputs,
         storage: &plan.storage,
+        languages: &spec.run.languages,
+        storage_options: &spec.run.storage,
+        retry: &spec.run.retry,
+        session: SessionConfig { device: spec.run.device, device_id: spec.run.device_id, threads: spec.run.threads },
+        models: &models,
+        policy_adapter: spec.models.policy_adapter.as_deref(),
     };
     let scope = shard.map_or_else(|| "all".to_string(), |s| s.name());
     let mut writer =
         TableWriter::new(&plan.storage, stage.stage.writes(), &stage.key, &attempt_nonce()).with_scope(&scope);
-    let stats = match stages::run(stage.stage, &input, &mut writer).await {
+    let stats = match implementation.run(spec, &input, &mut writer).await {
         Ok(stats) => stats,
         Err(source) => {
             progress.abandon();
@@ -280,12 +331,12 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
         let record = ShardRecord { shard, parts, rows, stats: stats.clone() };
         shard::write_record(&plan.storage, stage.stage.writes(), &stage.key, &record).await?;
         tracing::info!(stage = %stage.stage, rows, shard = %shard.name(), "committed shard");
-        return Ok(report(stage, "shard", rows, started.elapsed().as_secs_f64(), stats));
+        return Ok(report(stage, StageStatus::Shard, rows, started.elapsed().as_secs_f64(), stats));
     }
     commit_manifest(plan, stage, Written { parts, artifacts }, stats.clone(), started_at).await?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(stage = %stage.stage, rows, seconds, "committed");
-    Ok(report(stage, "ran", rows, seconds, stats))
+    Ok(report(stage, StageStatus::Ran, rows, seconds, stats))
 }
 
 fn progress_bar(stage: StageName, visible: bool) -> ProgressBar {

@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::spec::{ModelsSpec, PipelineSpec, RunSpec, StagesSpec};
+use crate::spec::models::ModelsSpec;
+use crate::spec::run::RunSpec;
+use crate::spec::{BASE_VARIANT, PipelineSpec, SectionReader, StageName, StagesSpec};
 
 /// One problem in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -132,7 +134,8 @@ fn read_variants(
     for (name, overlay) in overlays.iter() {
         let name = name.get_ref().to_string();
         let key = format!("variants.{name}");
-        let valid_name = name != "base" && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        let valid_name =
+            name != BASE_VARIANT && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
         let Some(table) = overlay.get_ref().as_table().filter(|_| valid_name) else {
             let message = "a variant is a table named with letters, digits, `-` or `_` (not `base`)";
             problems.push(Some(overlay.span()), &key, message);
@@ -213,7 +216,6 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
 }
 
 const TOP_LEVEL: [&str; 4] = ["run", "models", "stages", "variants"];
-const STAGES: [&str; 8] = ["prompts", "generate", "score", "pairs", "ref_logps", "tune", "evaluate", "report"];
 
 /// Reads every section on its own and value-checks each one that parsed, so
 /// one file shows all its problems; `None` when any section failed.
@@ -248,23 +250,15 @@ fn read_stages(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<St
         problems.push(Some(value.span()), "stages", "must be a table of stage sections");
         return None;
     };
+    let names: Vec<&str> = StageName::ALL.iter().map(|s| s.name()).collect();
     for (key, _) in table.iter() {
-        if !STAGES.contains(&key.get_ref().as_ref()) {
-            let message = format!("unknown stage `{}`, expected one of: {}", key.get_ref(), STAGES.join(", "));
+        if !names.contains(&key.get_ref().as_ref()) {
+            let message = format!("unknown stage `{}`, expected one of: {}", key.get_ref(), names.join(", "));
             problems.push(Some(key.span()), &format!("stages.{}", key.get_ref()), message);
         }
     }
     let before = problems.list.len();
-    let stages = StagesSpec {
-        prompts: optional_section(table, "stages.prompts", problems),
-        generate: optional_section(table, "stages.generate", problems),
-        score: optional_section(table, "stages.score", problems),
-        pairs: optional_section(table, "stages.pairs", problems),
-        ref_logps: optional_section(table, "stages.ref_logps", problems),
-        tune: optional_section(table, "stages.tune", problems),
-        evaluate: optional_section(table, "stages.evaluate", problems),
-        report: optional_section(table, "stages.report", problems),
-    };
+    let stages = StagesSpec::read(&mut StageSections { table, problems });
     // Dependencies are only meaningful once every stage section was read.
     let complete = problems.list.len() == before;
     problems.locate_all(document, stages.value_problems());
@@ -288,10 +282,18 @@ fn required_section<T: DeserializeOwned>(document: &DeTable<'_>, name: &str, pro
     }
 }
 
-/// A stage section that may be absent: `Some(None)` when absent, `None` on error.
-fn optional_section<T: DeserializeOwned>(table: &DeTable<'_>, key: &str, problems: &mut Problems<'_>) -> Option<T> {
-    let name = key.rsplit('.').next().unwrap_or(key);
-    entry(table, name).and_then(|value| section(value, key, problems))
+/// The `[stages]` table of a document, read section by section; a section
+/// that fails to deserialize is recorded in `problems` and read as absent.
+struct StageSections<'t, 'i, 'p, 's> {
+    table: &'t DeTable<'i>,
+    problems: &'p mut Problems<'s>,
+}
+
+impl SectionReader for StageSections<'_, '_, '_, '_> {
+    fn section<T: DeserializeOwned>(&mut self, key: &str) -> Option<T> {
+        let name = key.rsplit('.').next().unwrap_or(key);
+        entry(self.table, name).and_then(|value| section(value, key, self.problems))
+    }
 }
 
 fn section<T: DeserializeOwned>(value: &Spanned<DeValue<'_>>, key: &str, problems: &mut Problems<'_>) -> Option<T> {

@@ -8,8 +8,25 @@ use datafusion::prelude::SessionContext;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::ReportError;
 use crate::pipeline::Plan;
+use crate::vocab::eval::EvalModel;
+
+/// Errors while building a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Reading a table failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A table the report needs has no current version.
+    #[error("{0}")]
+    NotComputed(String),
+    /// A query's rows could not be turned into JSON.
+    #[error("report data: {sql}: {source}")]
+    Rows { sql: String, source: arrow::error::ArrowError },
+    /// A query's rows are not the report's row type.
+    #[error("report data: {sql}: {source}")]
+    Json { sql: String, source: serde_json::Error },
+}
 
 /// One row of `eval_results`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -204,7 +221,7 @@ async fn lineage(plan: &Plan) -> Result<Vec<Lineage>, ReportError> {
             state,
             key: stage.key.clone(),
             rows: current.map(|m| m.rows),
-            inputs: stage.inputs.clone(),
+            inputs: stage.input_keys_by_name(),
             models: stage.models.clone(),
             params: stage.params.clone(),
         });
@@ -228,19 +245,20 @@ async fn rows<T: DeserializeOwned>(ctx: &SessionContext, sql: &str) -> Result<Ve
         .map_err(|source| crate::store::StoreError::Query { context: format!("report query `{sql}`"), source })?;
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
     for batch in &batches {
-        writer.write(batch).map_err(|e| ReportError::Data(e.to_string()))?;
+        writer.write(batch).map_err(|source| ReportError::Rows { sql: sql.into(), source })?;
     }
-    writer.finish().map_err(|e| ReportError::Data(e.to_string()))?;
+    writer.finish().map_err(|source| ReportError::Rows { sql: sql.into(), source })?;
     let json = writer.into_inner();
     if json.is_empty() {
         return Ok(vec![]);
     }
-    serde_json::from_slice(&json).map_err(|e| ReportError::Data(format!("{sql}: {e}")))
+    serde_json::from_slice(&json).map_err(|source| ReportError::Json { sql: sql.into(), source })
 }
 
 impl ReportData {
     /// The metric `(variant, task, language, metric)`, if computed.
-    pub fn metric(&self, variant: &str, task: &str, language: &str, metric: &str) -> Option<&MetricRow> {
+    pub fn metric(&self, model: EvalModel, task: &str, language: &str, metric: &str) -> Option<&MetricRow> {
+        let variant = model.name();
         self.metrics
             .iter()
             .find(|m| m.variant == variant && m.task == task && m.language == language && m.metric == metric)
@@ -260,38 +278,38 @@ impl ReportData {
             .metrics
             .iter()
             .map(|m| m.language.clone())
-            .filter(|l| l != crate::stages::report::ALL_LANGUAGES)
+            .filter(|l| l != crate::vocab::eval::ALL_LANGUAGES)
             .collect();
         languages.sort();
         languages.dedup();
-        languages.push(crate::stages::report::ALL_LANGUAGES.into());
+        languages.push(crate::vocab::eval::ALL_LANGUAGES.into());
         languages
     }
 
     /// Mean over the choice tasks of `variant`'s accuracy in `language`.
-    pub fn mean_accuracy(&self, variant: &str, language: &str) -> Option<f64> {
+    pub fn mean_accuracy(&self, model: EvalModel, language: &str) -> Option<f64> {
         let values: Vec<f64> = self
             .choice_tasks()
             .iter()
-            .filter_map(|task| self.metric(variant, task, language, "accuracy").map(|m| m.value))
+            .filter_map(|task| self.metric(model, task, language, "accuracy").map(|m| m.value))
             .collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     }
 
     /// The recipe's headline per language.
     pub fn headline(&self) -> Vec<Headline> {
-        let open = crate::stages::evaluate::judge::TASK;
+        let open = crate::vocab::eval::OPEN_ENDED;
         self.languages()
             .into_iter()
             .map(|language| {
-                let value = |variant: &str, metric: &str| self.metric(variant, open, &language, metric).cloned();
+                let value = |model: EvalModel, metric: &str| self.metric(model, open, &language, metric).cloned();
                 Headline {
-                    base_accuracy: self.mean_accuracy("base", &language),
-                    tuned_accuracy: self.mean_accuracy("tuned", &language),
-                    win_rate: value("tuned", "win_rate"),
-                    lc_win_rate: value("tuned", "lc_win_rate"),
-                    base_fidelity: value("base", "language_fidelity").map(|m| m.value),
-                    tuned_fidelity: value("tuned", "language_fidelity").map(|m| m.value),
+                    base_accuracy: self.mean_accuracy(EvalModel::Base, &language),
+                    tuned_accuracy: self.mean_accuracy(EvalModel::Tuned, &language),
+                    win_rate: value(EvalModel::Tuned, "win_rate"),
+                    lc_win_rate: value(EvalModel::Tuned, "lc_win_rate"),
+                    base_fidelity: value(EvalModel::Base, "language_fidelity").map(|m| m.value),
+                    tuned_fidelity: value(EvalModel::Tuned, "language_fidelity").map(|m| m.value),
                     language,
                 }
             })

@@ -6,8 +6,7 @@ use std::fmt::Write;
 use super::cells::{ABLATION_COLUMNS, HEADLINE_COLUMNS, ablation_row, headline_row, percent, with_interval};
 use super::data::{Headline, MetricRow, ReportData};
 use super::svg::{Bars, bar_chart, box_chart, escape, line_chart};
-use crate::stages::evaluate::judge::TASK as OPEN_ENDED;
-use crate::stages::report::ALL_LANGUAGES;
+use crate::vocab::eval::{ALL_LANGUAGES, EvalModel, OPEN_ENDED};
 
 const BASE: &str = "#8c9aa8";
 const TUNED: &str = "#1f6fb2";
@@ -114,12 +113,12 @@ fn charts_section(html: &mut String, data: &ReportData) {
     if headline.iter().any(|h| h.base_accuracy.is_some()) {
         let series = [
             Bars {
-                name: "base",
+                name: EvalModel::Base.name(),
                 color: BASE,
                 values: headline.iter().map(|h| h.base_accuracy.map(|v| (v, None))).collect(),
             },
             Bars {
-                name: "tuned",
+                name: EvalModel::Tuned.name(),
                 color: TUNED,
                 values: headline.iter().map(|h| h.tuned_accuracy.map(|v| (v, None))).collect(),
             },
@@ -131,7 +130,10 @@ fn charts_section(html: &mut String, data: &ReportData) {
         let pick = |side: fn(&super::data::RewardRow) -> f64| -> Vec<Vec<f64>> {
             per_language.iter().map(|l| data.rewards.iter().filter(|r| &r.language == l).map(side).collect()).collect()
         };
-        let groups = [("base", BASE, pick(|r| r.base_reward)), ("tuned", TUNED, pick(|r| r.tuned_reward))];
+        let groups = [
+            (EvalModel::Base.name(), BASE, pick(|r| r.base_reward)),
+            (EvalModel::Tuned.name(), TUNED, pick(|r| r.tuned_reward)),
+        ];
         html.push_str(&box_chart("Rewards of the judged responses", &per_language, &groups));
     }
 }
@@ -156,8 +158,10 @@ fn tasks_section(html: &mut String, data: &ReportData) {
         for language in data.languages() {
             let _ = write!(html, "<tr><td>{}</td>", escape(&language));
             for task in &tasks {
-                let (base, tuned) =
-                    (data.metric("base", task, &language, metric), data.metric("tuned", task, &language, metric));
+                let (base, tuned) = (
+                    data.metric(EvalModel::Base, task, &language, metric),
+                    data.metric(EvalModel::Tuned, task, &language, metric),
+                );
                 let _ = write!(
                     html,
                     "<td title=\"{}\">{} → {}</td>",
@@ -170,17 +174,17 @@ fn tasks_section(html: &mut String, data: &ReportData) {
         }
         html.push_str("</table>");
     }
-    if data.metric("tuned", OPEN_ENDED, ALL_LANGUAGES, "mean_tokens").is_some() {
+    if data.metric(EvalModel::Tuned, OPEN_ENDED, ALL_LANGUAGES, "mean_tokens").is_some() {
         let value = |variant, metric| {
             data.metric(variant, OPEN_ENDED, ALL_LANGUAGES, metric).map_or("–".into(), |m| format!("{:.2}", m.value))
         };
         let _ = write!(
             html,
             "<p>Open-ended responses, all languages: mean length {} → {} tokens, mean reward {} → {}.</p>",
-            value("base", "mean_tokens"),
-            value("tuned", "mean_tokens"),
-            value("base", "mean_reward"),
-            value("tuned", "mean_reward")
+            value(EvalModel::Base, "mean_tokens"),
+            value(EvalModel::Tuned, "mean_tokens"),
+            value(EvalModel::Base, "mean_reward"),
+            value(EvalModel::Tuned, "mean_reward")
         );
     }
 }

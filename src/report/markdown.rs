@@ -25,10 +25,11 @@ pub fn render(data: &ReportData) -> String {
     }
     let tasks = data.choice_tasks();
     if !tasks.is_empty() {
-        let all = crate::stages::report::ALL_LANGUAGES;
+        let all = crate::vocab::eval::ALL_LANGUAGES;
+        use crate::vocab::eval::EvalModel::{Base, Tuned};
         let row = |task: &String| {
             let cell = |variant, metric| with_interval(data.metric(variant, task, all, metric));
-            [task.clone(), cell("base", "accuracy"), cell("tuned", "accuracy"), cell("tuned", "accuracy_norm")]
+            [task.clone(), cell(Base, "accuracy"), cell(Tuned, "accuracy"), cell(Tuned, "accuracy_norm")]
         };
         md.push('\n');
         table(

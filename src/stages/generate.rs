@@ -17,32 +17,62 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray, UInt64Array};
 use futures::StreamExt;
 
-use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
-use super::{Chunks, StageError, StageInput, Stats, count, text_at};
+use super::files::{ColumnKind, Mapped, file_name, open_keyed_import};
+use super::stage::{Stage, StageError, StageInput, stats};
 use crate::ids::stable_id;
 use crate::model::policy::{Generated, GenerationRequest, Policy, policy_id};
 use crate::model::sampling::SamplingParams;
-use crate::pipeline::spec::{GenerateParams, GenerationsImport, ResponseSource, SamplingModel, SplitFilter};
+use crate::spec::common::SplitFilter;
+use crate::spec::generate::{GenerateParams, GenerationsImport, ResponseSource, SamplingModel};
+use crate::spec::{PipelineSpec, StageName};
+use crate::store::manifest::Stats;
+use crate::store::rows::{Chunks, count, first_row, text_at};
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
+use crate::vocab::roles::ModelRole;
 
 /// Name under which the imported file is registered for the stage's queries.
 const IMPORTED: &str = "imported_generations";
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.generate.as_ref().expect("the plan only runs configured stages");
-    let mut stats = match &params.import {
-        Some(import) => import_generations(input, import, sink).await?,
-        None => sample_policy(input, params, sink).await?,
-    };
-    if let Some(also) = &params.also_import {
-        let added = import_generations(input, also, sink).await?;
-        stats.extend(added.into_iter().map(|(name, value)| (format!("also_import_{name}"), value)));
-        stats.insert("generations".into(), sink.rows().into());
+/// The generate stage.
+pub struct Generate;
+
+impl Stage for Generate {
+    type Params = GenerateParams;
+    const NAME: StageName = StageName::Generate;
+    const SHARDS: bool = true;
+
+    fn params(spec: &PipelineSpec) -> Option<GenerateParams> {
+        spec.stages.generate.clone()
     }
-    Ok(stats)
+
+    fn models(spec: &PipelineSpec) -> Vec<(ModelRole, String)> {
+        let sampled = spec.stages.generate.as_ref().filter(|g| g.import.is_none());
+        let model = sampled.and_then(|g| match g.model {
+            SamplingModel::Policy => spec.models.policy.clone().map(|p| (ModelRole::Policy, p)),
+            SamplingModel::OffPolicy => spec.models.off_policy.clone().map(|p| (ModelRole::OffPolicy, p)),
+        });
+        model.into_iter().collect()
+    }
+
+    fn external_inputs(spec: &PipelineSpec) -> Vec<(String, String)> {
+        let import = spec.stages.generate.as_ref().and_then(|g| g.import.as_ref());
+        import.map(|i| ("stages.generate.import.path".to_string(), i.path.clone())).into_iter().collect()
+    }
+
+    async fn run(input: &StageInput<'_>, params: &GenerateParams, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        let mut stats = match &params.import {
+            Some(import) => import_generations(input, import, params.split, sink).await?,
+            None => sample_policy(input, params, sink).await?,
+        };
+        if let Some(also) = &params.also_import {
+            let added = import_generations(input, also, params.split, sink).await?;
+            stats.extend(added.into_iter().map(|(name, value)| (format!("also_import_{name}"), value)));
+            stats.insert("generations".into(), sink.rows().into());
+        }
+        Ok(stats)
+    }
 }
 
 /// A prompt to answer.
@@ -58,19 +88,18 @@ async fn sample_policy(
     params: &GenerateParams,
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
-    let models = &input.spec.models;
-    let (role, location, source) = match params.model {
-        SamplingModel::Policy => ("policy", models.policy.as_ref(), ResponseSource::OnPolicy),
-        SamplingModel::OffPolicy => ("off_policy", models.off_policy.as_ref(), ResponseSource::OffPolicy),
+    let (role, source) = match params.model {
+        SamplingModel::Policy => (ModelRole::Policy, ResponseSource::OnPolicy),
+        SamplingModel::OffPolicy => (ModelRole::OffPolicy, ResponseSource::OffPolicy),
     };
-    let bundle = input.bundle(role, location)?;
+    let bundle = input.bundle(role)?;
     // The adapter tunes the policy; another model is sampled as it is.
     let adapter = match params.model {
         SamplingModel::Policy => input.policy_adapter(&bundle).await?,
         SamplingModel::OffPolicy => None,
     };
     let policy_id = policy_id(&bundle.checksum, adapter.as_ref().map(|(_, c)| c.as_str()));
-    let mut policy = Policy::load_tuned(bundle, adapter.as_ref().map(|(a, _)| a), &input.session_config())?;
+    let mut policy = Policy::load_tuned(bundle, adapter.as_ref().map(|(a, _)| a), &input.session)?;
     tracing::info!(target = ?policy.target(), "generate: policy loaded");
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
     let sql = format!(
@@ -101,7 +130,7 @@ async fn sample_policy(
     while let Some((index, prompts)) = chunks.next().await? {
         sampler.chunk(index, &prompts, &done, sink, input).await?;
     }
-    Ok(super::stats([
+    Ok(stats([
         ("prompts", sampler.prompts),
         ("generations", sink.rows()),
         ("resumed_parts", done.len() as u64),
@@ -246,6 +275,7 @@ impl GenerationRows {
 async fn import_generations(
     input: &StageInput<'_>,
     import: &GenerationsImport,
+    split: SplitFilter,
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
     // The sink may already hold sampled rows (`also_import`): count this import's own.
@@ -257,7 +287,7 @@ async fn import_generations(
     ];
     let url = open_keyed_import(input, IMPORTED, &import.path, import.format, &columns).await?;
     let null_text = format!("SELECT prompt_id, sample_idx FROM {IMPORTED} WHERE text IS NULL");
-    if let Some(row) = super::first_row(input.ctx, &null_text, &url).await? {
+    if let Some(row) = first_row(input.ctx, &null_text, &url).await? {
         return Err(StageError::Row {
             file: url,
             row,
@@ -268,7 +298,6 @@ async fn import_generations(
     let label = import.label.clone().unwrap_or_else(|| format!("import:{}", file_name(&import.path)));
     // Like sampling, an import answers one split (train by default): responses
     // to held-out prompts must not reach the pairs the policy is tuned on.
-    let split = input.spec.stages.generate.as_ref().map_or(SplitFilter::Train, |g| g.split);
     let matched = format!(
         "SELECT i.prompt_id, p.source_id, p.language, i.sample_idx, i.text \
          FROM {IMPORTED} AS i JOIN prompts AS p ON p.prompt_id = i.prompt_id WHERE {} \
@@ -276,7 +305,7 @@ async fn import_generations(
         split.sql("p.split")
     );
     let frame = crate::store::session::query(input.ctx, &matched, &url).await?;
-    let mut stream = frame.execute_stream().await?;
+    let mut stream = frame.execute_stream().await.map_err(StoreError::query(format!("importing {url}")))?;
     let identity = Identity { source: import.source.as_str(), policy_id: &label };
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|source| StoreError::Query { context: format!("importing {url}"), source })?;
@@ -301,7 +330,7 @@ async fn import_generations(
     if unknown > 0 {
         tracing::warn!("{url}: {unknown} row(s) answer prompts that are not in the prompts table; dropped");
     }
-    Ok(super::stats([
+    Ok(stats([
         ("rows_read", total),
         ("generations", written),
         ("dropped_unknown_prompt", unknown),

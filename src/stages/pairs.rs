@@ -11,9 +11,11 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::{StageError, StageInput, Stats};
+use super::stage::{Stage, StageError, StageInput};
 use crate::ids::stable_id;
-use crate::pipeline::spec::{PairsParams, PoolScope, RejectedTarget, SourceFilter};
+use crate::spec::pairs::{PairsParams, PoolScope, RejectedTarget, SourceFilter};
+use crate::spec::{PipelineSpec, StageName};
+use crate::store::manifest::Stats;
 use crate::store::schema::plain_strings;
 use crate::store::session::query;
 use crate::store::tables::TableWriter;
@@ -50,9 +52,10 @@ pub fn register_params(ctx: &SessionContext, params: &PairsParams) -> Result<(),
         Arc::new(StringArray::from(vec![params.rejected_source.as_str()])),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).expect("five one-row columns");
-    let table = MemTable::try_new(schema, vec![vec![batch]])?;
-    ctx.deregister_table("pairs_params")?;
-    ctx.register_table("pairs_params", Arc::new(table))?;
+    let registering = || StoreError::query("registering pairs_params");
+    let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(registering())?;
+    ctx.deregister_table("pairs_params").map_err(registering())?;
+    ctx.register_table("pairs_params", Arc::new(table)).map_err(registering())?;
     Ok(())
 }
 
@@ -81,32 +84,43 @@ fn string_column<'b>(batch: &'b RecordBatch, name: &str) -> &'b StringArray {
     batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>()).expect("id columns are strings")
 }
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.pairs.clone().unwrap_or_default();
-    let mut stream = compute(input.ctx, &params).await?.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| StoreError::Query { context: "sql/pairs.sql".into(), source })?;
-        sink.write(&with_pair_ids(&batch)?).await?;
-        input.progress.set_position(sink.rows());
+/// The pairs stage.
+pub struct Pairs;
+
+impl Stage for Pairs {
+    type Params = PairsParams;
+    const NAME: StageName = StageName::Pairs;
+
+    fn params(spec: &PipelineSpec) -> Option<PairsParams> {
+        spec.stages.pairs.clone()
     }
-    let mut stats = report(input.ctx).await?;
-    let pairable =
-        ["pools", "pools_too_small", "pools_without_lower"].map(|k| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
-    let candidates = pairable[0].saturating_sub(pairable[1] + pairable[2]);
-    stats.insert("pairs".into(), sink.rows().into());
-    // With source restrictions a pool can also lack an eligible chosen or
-    // rejected response; the report's counts cannot tell that from a margin drop.
-    let restricted = params.chosen_source != SourceFilter::Any || params.rejected_source != SourceFilter::Any;
-    let unpaired = if restricted { "unpaired_by_source_or_margin" } else { "dropped_below_min_margin" };
-    stats.insert(unpaired.into(), candidates.saturating_sub(sink.rows()).into());
-    Ok(stats)
+
+    async fn run(input: &StageInput<'_>, params: &PairsParams, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        let frame = compute(input.ctx, params).await?;
+        let mut stream = frame.execute_stream().await.map_err(StoreError::query("sql/pairs.sql"))?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|source| StoreError::Query { context: "sql/pairs.sql".into(), source })?;
+            sink.write(&with_pair_ids(&batch)?).await?;
+            input.progress.set_position(sink.rows());
+        }
+        let mut stats = report(input.ctx).await?;
+        let pairable = ["pools", "pools_too_small", "pools_without_lower"]
+            .map(|k| stats.get(k).and_then(|v| v.as_u64()).unwrap_or(0));
+        let candidates = pairable[0].saturating_sub(pairable[1] + pairable[2]);
+        stats.insert("pairs".into(), sink.rows().into());
+        // With source restrictions a pool can also lack an eligible chosen or
+        // rejected response; the report's counts cannot tell that from a margin drop.
+        let restricted = params.chosen_source != SourceFilter::Any || params.rejected_source != SourceFilter::Any;
+        let unpaired = if restricted { "unpaired_by_source_or_margin" } else { "dropped_below_min_margin" };
+        stats.insert(unpaired.into(), candidates.saturating_sub(sink.rows()).into());
+        Ok(stats)
+    }
 }
 
 /// The counts of `sql/pairs_report.sql` as a stats map.
 pub async fn report(ctx: &SessionContext) -> Result<Stats, StageError> {
     let frame = query(ctx, PAIRS_REPORT_SQL, "sql/pairs_report.sql").await?;
-    let batches = frame.collect().await?;
+    let batches = frame.collect().await.map_err(StoreError::query("sql/pairs_report.sql"))?;
     let mut stats = Stats::new();
     if let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) {
         for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {

@@ -8,12 +8,16 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, StringBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 
-use super::input::{ColumnKind, Mapped, read_mapped};
-use super::{StageError, StageInput, Stats};
+use serde::Serialize;
+
+use super::files::{ColumnKind, Mapped, read_mapped};
+use super::stage::{Stage, StageError, StageInput, stats};
 use crate::ids::{prompt_id, unit_interval};
 use crate::langs::is_iso_639_1;
-use crate::pipeline::spec::PromptsParams;
+use crate::spec::prompts::PromptsParams;
+use crate::spec::{PipelineSpec, StageName};
 use crate::store::StoreError;
+use crate::store::manifest::Stats;
 use crate::store::tables::TableWriter;
 
 /// Counts of what ingestion dropped.
@@ -24,33 +28,62 @@ struct Dropped {
     other_language: BTreeMap<String, u64>,
 }
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.prompts.as_ref().expect("the plan only runs configured stages");
-    // One partition keeps file order, so row numbers in errors are exact and
-    // the output order is the input order.
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let file = read_mapped(&ctx, &params.source, params.format, input, &mapping(params)).await?;
-    let mut stream = file
-        .frame
-        .execute_stream()
-        .await
-        .map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
-    let mut ingest = Ingest {
-        params,
-        languages: &input.spec.run.languages,
-        url: &file.url,
-        seen: HashSet::new(),
-        rows: 0,
-        dropped: Dropped::default(),
-    };
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
-        let out = ingest.batch(&batch)?;
-        sink.write(&out).await?;
-        input.progress.set_position(sink.rows());
+/// The prompts stage.
+pub struct Prompts;
+
+/// What the prompts stage runs with: its section and the run's languages,
+/// which filter the prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptsStage {
+    /// `[stages.prompts]`.
+    #[serde(flatten)]
+    pub section: PromptsParams,
+    /// `run.languages`.
+    pub languages: Vec<String>,
+}
+
+impl Stage for Prompts {
+    type Params = PromptsStage;
+    const NAME: StageName = StageName::Prompts;
+
+    fn params(spec: &PipelineSpec) -> Option<PromptsStage> {
+        let section = spec.stages.prompts.clone()?;
+        Some(PromptsStage { section, languages: spec.run.languages.clone() })
     }
-    Ok(ingest.stats(sink.rows()))
+
+    fn external_inputs(spec: &PipelineSpec) -> Vec<(String, String)> {
+        let source = spec.stages.prompts.as_ref().map(|p| p.source.clone());
+        source.map(|s| ("stages.prompts.source".to_string(), s)).into_iter().collect()
+    }
+
+    async fn run(input: &StageInput<'_>, stage: &PromptsStage, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        let params = &stage.section;
+        // One partition keeps file order, so row numbers in errors are exact and
+        // the output order is the input order.
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let file = read_mapped(&ctx, &params.source, params.format, input, &mapping(params)).await?;
+        let mut stream = file
+            .frame
+            .execute_stream()
+            .await
+            .map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
+        let mut ingest = Ingest {
+            params,
+            languages: &stage.languages,
+            url: &file.url,
+            seen: HashSet::new(),
+            rows: 0,
+            dropped: Dropped::default(),
+        };
+        while let Some(batch) = stream.next().await {
+            let batch =
+                batch.map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
+            let out = ingest.batch(&batch)?;
+            sink.write(&out).await?;
+            input.progress.set_position(sink.rows());
+        }
+        Ok(ingest.stats(sink.rows()))
+    }
 }
 
 fn mapping(params: &PromptsParams) -> Vec<Mapped<'_>> {
@@ -124,7 +157,7 @@ impl Ingest<'_> {
     }
 
     fn stats(&self, written: u64) -> Stats {
-        let mut stats = super::stats([
+        let mut stats = stats([
             ("rows_read", self.rows),
             ("prompts", written),
             ("dropped_empty", self.dropped.empty),

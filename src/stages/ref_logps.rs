@@ -15,41 +15,60 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 
-use super::{Chunks, StageError, StageInput, Stats, text_at};
-use crate::model::dpo::{PairTokens, Truncation, encode_pair};
+use super::stage::{Stage, StageError, StageInput, stats};
+use crate::model::dpo::{PairTokens, encode_pair};
 use crate::model::policy::Policy;
-use crate::pipeline::spec::RefLogpsParams;
+use crate::spec::ref_logps::RefLogpsParams;
+use crate::spec::{PipelineSpec, StageName};
 use crate::store::Table;
+use crate::store::manifest::Stats;
+use crate::store::rows::{Chunks, text_at};
 use crate::store::tables::TableWriter;
+use crate::vocab::roles::ModelRole;
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.ref_logps.as_ref().expect("the plan only runs configured stages");
-    let models = &input.spec.models;
-    let bundle = input.bundle("reference", models.reference.as_ref().or(models.policy.as_ref()))?;
-    let label = format!("bundle:{}", &bundle.checksum[..16]);
-    let mut model = Policy::load(bundle, &input.session_config())?;
-    let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
-    let sql = "SELECT pair_id, prompt_text, chosen_text, rejected_text FROM pairs ORDER BY pair_id";
-    let row = |batch: &RecordBatch, i: usize| {
-        Some(PairText {
-            pair_id: text_at(batch, "pair_id", i),
-            prompt: text_at(batch, "prompt_text", i),
-            chosen: text_at(batch, "chosen_text", i),
-            rejected: text_at(batch, "rejected_text", i),
-        })
-    };
-    let mut chunks = Chunks::new(input.ctx, sql, "pairs", params.rows_per_part as usize, row).await?;
-    let mut worker = Worker { model: &mut model, label: &label, params, computed: 0, truncated: 0 };
-    while let Some((index, pairs)) = chunks.next().await? {
-        worker.chunk(index, &pairs, &done, sink, input).await?;
+/// The ref_logps stage.
+pub struct RefLogps;
+
+impl Stage for RefLogps {
+    type Params = RefLogpsParams;
+    const NAME: StageName = StageName::RefLogps;
+
+    fn params(spec: &PipelineSpec) -> Option<RefLogpsParams> {
+        spec.stages.ref_logps.clone()
     }
-    Ok(super::stats([
-        ("pairs", sink.rows()),
-        ("computed_now", worker.computed),
-        ("truncated_now", worker.truncated),
-        ("resumed_parts", done.len() as u64),
-    ]))
+
+    /// The reference defaults to the policy's bundle, without its adapter.
+    fn models(spec: &PipelineSpec) -> Vec<(ModelRole, String)> {
+        let reference = spec.models.reference.clone().or_else(|| spec.models.policy.clone());
+        reference.map(|r| (ModelRole::Reference, r)).into_iter().collect()
+    }
+
+    async fn run(input: &StageInput<'_>, params: &RefLogpsParams, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        let bundle = input.bundle(ModelRole::Reference)?;
+        let label = format!("bundle:{}", &bundle.checksum[..16]);
+        let mut model = Policy::load(bundle, &input.session)?;
+        let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
+        let sql = "SELECT pair_id, prompt_text, chosen_text, rejected_text FROM pairs ORDER BY pair_id";
+        let row = |batch: &RecordBatch, i: usize| {
+            Some(PairText {
+                pair_id: text_at(batch, "pair_id", i),
+                prompt: text_at(batch, "prompt_text", i),
+                chosen: text_at(batch, "chosen_text", i),
+                rejected: text_at(batch, "rejected_text", i),
+            })
+        };
+        let mut chunks = Chunks::new(input.ctx, sql, "pairs", params.rows_per_part as usize, row).await?;
+        let mut worker = Worker { model: &mut model, label: &label, params, computed: 0, truncated: 0 };
+        while let Some((index, pairs)) = chunks.next().await? {
+            worker.chunk(index, &pairs, &done, sink, input).await?;
+        }
+        Ok(stats([
+            ("pairs", sink.rows()),
+            ("computed_now", worker.computed),
+            ("truncated_now", worker.truncated),
+            ("resumed_parts", done.len() as u64),
+        ]))
+    }
 }
 
 /// The texts of one pair.
@@ -66,11 +85,6 @@ struct PairLogps {
     rejected: f64,
     tokens: PairTokens,
     truncated: bool,
-}
-
-/// The truncation of `params`, shared with the tune stage.
-pub fn truncation(params: &RefLogpsParams) -> Truncation {
-    Truncation { max_length: params.max_length as usize, max_prompt_length: params.max_prompt_length as usize }
 }
 
 struct Worker<'m> {
@@ -104,7 +118,7 @@ impl Worker<'_> {
 
     /// Log-probs in `pairs` order; the 2·n sequences are batched by length.
     fn compute(&mut self, pairs: &[PairText]) -> Result<Vec<PairLogps>, StageError> {
-        let limits = truncation(self.params);
+        let limits = self.params.truncation();
         let encoded = pairs
             .iter()
             .map(|p| encode_pair(&self.model.tokenizer, &p.prompt, &p.chosen, &p.rejected, limits))

@@ -16,14 +16,16 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 
-use super::{StageError, StageInput, Stats};
+use super::stage::{Stage, StageError, StageInput, stats};
 use crate::model::policy::split_policy_id;
-use crate::report::stats::{Judged, Outcome, bootstrap_95, lc_win_rate, win_rate};
-use crate::store::Table;
+use crate::spec::report::ReportParams;
+use crate::spec::{PipelineSpec, StageName};
+use crate::store::manifest::Stats;
+use crate::store::rows::text_at;
 use crate::store::tables::TableWriter;
-
-/// The pooled language's name.
-pub const ALL_LANGUAGES: &str = "all";
+use crate::store::{StoreError, Table};
+use crate::vocab::eval::{ALL_LANGUAGES, EvalModel};
+use crate::vocab::stats::{Judged, Outcome, bootstrap_95, lc_win_rate, win_rate};
 
 /// One metric value.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,14 +48,24 @@ pub struct Metric {
     pub ci: Option<(f64, f64)>,
 }
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.report.as_ref().expect("the plan only runs configured stages");
-    let resample = Resample { count: params.bootstrap as usize, seed: params.seed };
-    let mut metrics = choice_metrics(&read_choice(input).await?, &resample);
-    metrics.extend(judge_metrics(&read_judged(input).await?, &resample, params.lc_lambda));
-    sink.write(&rows(&metrics)?).await?;
-    Ok(super::stats([("metrics", metrics.len() as u64)]))
+/// The report stage.
+pub struct Report;
+
+impl Stage for Report {
+    type Params = ReportParams;
+    const NAME: StageName = StageName::Report;
+
+    fn params(spec: &PipelineSpec) -> Option<ReportParams> {
+        spec.stages.report.clone()
+    }
+
+    async fn run(input: &StageInput<'_>, params: &ReportParams, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        let resample = Resample { count: params.bootstrap as usize, seed: params.seed };
+        let mut metrics = choice_metrics(&read_choice(input).await?, &resample);
+        metrics.extend(judge_metrics(&read_judged(input).await?, &resample, params.lc_lambda));
+        sink.write(&rows(&metrics)?).await?;
+        Ok(stats([("metrics", metrics.len() as u64)]))
+    }
 }
 
 /// How intervals are drawn.
@@ -101,7 +113,7 @@ async fn read_choice(input: &StageInput<'_>) -> Result<Vec<ChoiceRow>, StageErro
     for batch in collect(input, sql).await? {
         let (correct, norm) = (booleans(&batch, "correct"), booleans(&batch, "correct_norm"));
         rows.extend((0..batch.num_rows()).map(|i| {
-            let text = |name| super::text_at(&batch, name, i);
+            let text = |name| text_at(&batch, name, i);
             ((text("policy_id"), text("variant"), text("task"), text("language")), (correct.value(i), norm.value(i)))
         }));
     }
@@ -120,7 +132,7 @@ async fn read_judged(input: &StageInput<'_>) -> Result<Vec<JudgedRow>, StageErro
         let (base_reward, tuned_reward) =
             (float("base_reward").expect("schema"), float("tuned_reward").expect("schema"));
         for i in 0..batch.num_rows() {
-            let text = |name| super::text_at(&batch, name, i);
+            let text = |name| text_at(&batch, name, i);
             let language = text("language");
             let outcome = parse_outcome(&text("outcome"))?;
             let tokens = (base_tokens.value(i), tuned_tokens.value(i));
@@ -145,7 +157,8 @@ fn parse_outcome(name: &str) -> Result<Outcome, StageError> {
 
 async fn collect(input: &StageInput<'_>, sql: &str) -> Result<Vec<RecordBatch>, StageError> {
     let frame = crate::store::session::query(input.ctx, sql, "eval_items").await?;
-    Ok(frame.collect().await?.iter().map(crate::store::schema::plain_strings).collect())
+    let batches = frame.collect().await.map_err(StoreError::query("eval_items"))?;
+    Ok(batches.iter().map(crate::store::schema::plain_strings).collect())
 }
 
 fn booleans(batch: &RecordBatch, name: &str) -> BooleanArray {
@@ -196,10 +209,13 @@ pub fn judge_metrics(rows: &[JudgedRow], resample: &Resample, lambda: f64) -> Ve
 fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, lambda: f64) -> Vec<Metric> {
     let tuned_id = rows[0].policy_id.clone();
     let base_id = split_policy_id(&tuned_id).0.to_string();
-    let metric = |variant: &str, metric, value, n, ci| Metric {
-        policy_id: if variant == "base" { base_id.clone() } else { tuned_id.clone() },
-        variant: variant.into(),
-        task: crate::stages::evaluate::judge::TASK.into(),
+    let metric = |model: EvalModel, metric, value, n, ci| Metric {
+        policy_id: match model {
+            EvalModel::Base => base_id.clone(),
+            EvalModel::Tuned => tuned_id.clone(),
+        },
+        variant: model.name().into(),
+        task: crate::vocab::eval::OPEN_ENDED.into(),
         language: language.into(),
         metric,
         value,
@@ -210,19 +226,19 @@ fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, la
     let count = |o: Outcome| judged.iter().filter(|j| j.outcome == o).count() as f64;
     let n = judged.len();
     let mut metrics = vec![
-        metric("tuned", "win_rate", win_rate(&judged), n, resample.interval(&judged, win_rate)),
+        metric(EvalModel::Tuned, "win_rate", win_rate(&judged), n, resample.interval(&judged, win_rate)),
         metric(
-            "tuned",
+            EvalModel::Tuned,
             "lc_win_rate",
             lc_win_rate(&judged, lambda),
             n,
             resample.interval(&judged, |j| lc_win_rate(j, lambda)),
         ),
-        metric("tuned", "wins", count(Outcome::Win), n, None),
-        metric("tuned", "ties", count(Outcome::Tie), n, None),
-        metric("tuned", "losses", count(Outcome::Loss), n, None),
+        metric(EvalModel::Tuned, "wins", count(Outcome::Win), n, None),
+        metric(EvalModel::Tuned, "ties", count(Outcome::Tie), n, None),
+        metric(EvalModel::Tuned, "losses", count(Outcome::Loss), n, None),
     ];
-    for (variant, pick) in [("base", 0), ("tuned", 1)] {
+    for (variant, pick) in [(EvalModel::Base, 0), (EvalModel::Tuned, 1)] {
         let side = |pair: (f64, f64)| if pick == 0 { pair.0 } else { pair.1 };
         let tokens: Vec<f64> = rows.iter().map(|r| side(r.tokens)).collect();
         metrics.push(metric(variant, "mean_tokens", mean(&tokens), n, resample.interval(&tokens, mean)));

@@ -15,22 +15,48 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
 use futures::StreamExt;
 
-use super::input::{ColumnKind, Mapped, file_name, open_keyed_import};
-use super::{Chunks, StageError, StageInput, Stats, count, first_row, text_at};
+use super::files::{ColumnKind, Mapped, file_name, open_keyed_import};
+use super::stage::{Stage, StageError, StageInput, stats};
 use crate::model::reward::RewardModel;
-use crate::pipeline::spec::{ScoreParams, ScoresImport};
+use crate::spec::score::{ScoreParams, ScoresImport};
+use crate::spec::{PipelineSpec, StageName};
+use crate::store::manifest::Stats;
+use crate::store::rows::{Chunks, count, first_row, text_at};
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
+use crate::vocab::roles::ModelRole;
 
 const IMPORTED: &str = "imported_scores";
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.score.as_ref().expect("the plan only runs configured stages");
-    match &params.import {
-        Some(import) => import_scores(input, import, sink).await,
-        None => score_with_model(input, params, sink).await,
+/// The score stage.
+pub struct Score;
+
+impl Stage for Score {
+    type Params = ScoreParams;
+    const NAME: StageName = StageName::Score;
+    const SHARDS: bool = true;
+
+    fn params(spec: &PipelineSpec) -> Option<ScoreParams> {
+        spec.stages.score.clone()
+    }
+
+    fn models(spec: &PipelineSpec) -> Vec<(ModelRole, String)> {
+        let scored = spec.stages.score.as_ref().is_some_and(|s| s.import.is_none());
+        let reward = spec.models.reward.clone().filter(|_| scored);
+        reward.map(|r| (ModelRole::Reward, r)).into_iter().collect()
+    }
+
+    fn external_inputs(spec: &PipelineSpec) -> Vec<(String, String)> {
+        let import = spec.stages.score.as_ref().and_then(|s| s.import.as_ref());
+        import.map(|i| ("stages.score.import.path".to_string(), i.path.clone())).into_iter().collect()
+    }
+
+    async fn run(input: &StageInput<'_>, params: &ScoreParams, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        match &params.import {
+            Some(import) => import_scores(input, import, sink).await,
+            None => score_with_model(input, params, sink).await,
+        }
     }
 }
 
@@ -46,9 +72,9 @@ async fn score_with_model(
     params: &ScoreParams,
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
-    let bundle = input.bundle("reward", input.spec.models.reward.as_ref())?;
+    let bundle = input.bundle(ModelRole::Reward)?;
     let label = format!("bundle:{}", &bundle.checksum[..16]);
-    let mut model = RewardModel::load(bundle, &input.session_config())?;
+    let mut model = RewardModel::load(bundle, &input.session)?;
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
     let sql = "SELECT g.generation_id, p.text AS prompt, g.text AS response FROM generations AS g \
                JOIN prompts AS p ON p.prompt_id = g.prompt_id ORDER BY g.generation_id";
@@ -65,7 +91,7 @@ async fn score_with_model(
     while let Some((index, exchanges)) = chunks.next().await? {
         scorer.chunk(index, &exchanges, &done, sink, input).await?;
     }
-    Ok(super::stats([("scores", sink.rows()), ("scored_now", scorer.scored), ("resumed_parts", done.len() as u64)]))
+    Ok(stats([("scores", sink.rows()), ("scored_now", scorer.scored), ("resumed_parts", done.len() as u64)]))
 }
 
 struct Scorer<'m> {
@@ -154,7 +180,8 @@ async fn import_scores(
         "SELECT g.generation_id, s.reward, s.prompt_id, s.sample_idx FROM {IMPORTED} AS s \
          JOIN generations AS g ON g.prompt_id = s.prompt_id AND g.sample_idx = s.sample_idx ORDER BY g.generation_id"
     );
-    let mut stream = crate::store::session::query(input.ctx, &matched, &url).await?.execute_stream().await?;
+    let frame = crate::store::session::query(input.ctx, &matched, &url).await?;
+    let mut stream = frame.execute_stream().await.map_err(StoreError::query(format!("importing {url}")))?;
     let mut nulls = 0;
     while let Some(batch) = stream.next().await {
         let batch =
@@ -172,7 +199,7 @@ async fn import_scores(
             problem: format!("none of its {total} rows matches a generation by (prompt_id, sample_idx)"),
         });
     }
-    Ok(super::stats([
+    Ok(stats([
         ("rows_read", total),
         ("scores", written),
         ("null_rewards", nulls),

@@ -29,62 +29,91 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::ref_logps::truncation;
-use super::{StageError, StageInput, Stats, text_at};
+use super::stage::{Stage, StageError, StageInput, stats};
 use crate::model::bundle::Bundle;
-use crate::model::dpo::{DpoGraph, LossSettings, PairTokens, StepOutput, encode_pair};
-use crate::model::lora::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, AdapterConfig, read_f32_tensors, safetensors_bytes,
-};
+use crate::model::dpo::{DpoGraph, LossSettings, PairTokens, StepOutput, Truncation, encode_pair};
+use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, Adapter, AdapterConfig};
 use crate::model::optim::{AdamW, clip_grad_norm, learning_rate, warmup_steps};
+use crate::model::tensors::{read_f32_tensors, safetensors_bytes};
 use crate::model::tokenizer::ChatTokenizer;
-use crate::pipeline::spec::{DpoLoss, TuneParams};
+use crate::spec::ref_logps::RefLogpsParams;
+use crate::spec::tune::{DpoLoss, TuneParams};
+use crate::spec::{PipelineSpec, StageName};
+use crate::store::manifest::Stats;
+use crate::store::rows::text_at;
 use crate::store::schema::plain_strings;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
+use crate::vocab::roles::ModelRole;
 
-/// Directory of the adapter inside the committed `train_log` version.
-pub const ADAPTER_DIR: &str = "adapter";
+/// The tune stage.
+pub struct Tune;
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.tune.as_ref().expect("the plan only runs configured stages");
-    let bundle = input.bundle("policy", input.spec.models.policy.as_ref())?;
-    let tokenizer = ChatTokenizer::load(&bundle)?;
-    let examples = load_examples(input, &tokenizer).await?;
-    let schedule = Schedule::new(examples.len(), params);
-    let mut state = match input.resume {
-        true => resume(sink, &bundle).await?,
-        false => None,
-    };
-    let resumed_at = state.as_ref().map_or(0, |s| s.step);
-    if state.is_none() {
-        state = Some(TrainState::fresh(input, &bundle, params).await?);
+/// What the tune stage runs with: its section and the truncation of
+/// `[stages.ref_logps]`, which it must apply exactly as the reference did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TuneStage {
+    /// `[stages.tune]`.
+    pub tune: TuneParams,
+    /// The truncation shared with `ref_logps`.
+    pub truncation: RefLogpsParams,
+}
+
+impl Stage for Tune {
+    type Params = TuneStage;
+    const NAME: StageName = StageName::Tune;
+
+    fn params(spec: &PipelineSpec) -> Option<TuneStage> {
+        let tune = spec.stages.tune.clone()?;
+        Some(TuneStage { tune, truncation: spec.stages.truncation() })
     }
-    let mut state = state.expect("set above");
-    let mut graph = DpoGraph::load(&bundle, tokenizer.pad_token_id, &input.session_config())?;
-    tracing::info!(target = ?graph.target(), pairs = examples.len(), steps = schedule.total, resumed_at, "tune");
-    input.progress.set_position(state.step);
-    let mut rows = Vec::new();
-    while state.step < schedule.total {
-        rows.push(state.optimizer_step(&mut graph, &examples, &schedule, params)?);
-        input.progress.set_position(state.step);
-        if state.step % u64::from(params.checkpoint_every) == 0 && state.step < schedule.total {
-            checkpoint(sink, &mut state, &mut rows).await?;
+
+    fn models(spec: &PipelineSpec) -> Vec<(ModelRole, String)> {
+        spec.models.policy.clone().map(|p| (ModelRole::Policy, p)).into_iter().collect()
+    }
+
+    async fn run(input: &StageInput<'_>, stage: &TuneStage, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        let params = &stage.tune;
+        let bundle = input.bundle(ModelRole::Policy)?;
+        let tokenizer = ChatTokenizer::load(&bundle)?;
+        let examples = load_examples(input, &tokenizer, stage.truncation.truncation()).await?;
+        let schedule = Schedule::new(examples.len(), params);
+        let mut state = match input.resume {
+            true => resume(sink, &bundle).await?,
+            false => None,
+        };
+        let resumed_at = state.as_ref().map_or(0, |s| s.step);
+        if state.is_none() {
+            state = Some(TrainState::fresh(input, &bundle, params).await?);
         }
+        let mut state = state.expect("set above");
+        let mut graph = DpoGraph::load(&bundle, tokenizer.pad_token_id, &input.session)?;
+        tracing::info!(target = ?graph.target(), pairs = examples.len(), steps = schedule.total, resumed_at, "tune");
+        input.progress.set_position(state.step);
+        let mut rows = Vec::new();
+        while state.step < schedule.total {
+            rows.push(state.optimizer_step(&mut graph, &examples, &schedule, params)?);
+            input.progress.set_position(state.step);
+            if state.step % u64::from(params.checkpoint_every) == 0 && state.step < schedule.total {
+                checkpoint(sink, &mut state, &mut rows).await?;
+            }
+        }
+        sink.write(&log_batch(&rows)?).await?;
+        write_adapter(sink, &state.adapter, &bundle).await?;
+        let mut stats = stats([
+            ("pairs", examples.len() as u64),
+            ("steps", schedule.total),
+            ("steps_per_epoch", schedule.steps_per_epoch),
+            ("warmup_steps", schedule.warmup),
+            ("resumed_at_step", resumed_at),
+            (
+                "trainable_parameters",
+                state.adapter.named_tensors(|m| m.trainable).iter().map(|t| t.2.len() as u64).sum(),
+            ),
+        ]);
+        stats.insert("adapter".into(), sink.url_of_artifact(ADAPTER_DIR).into());
+        Ok(stats)
     }
-    sink.write(&log_batch(&rows)?).await?;
-    write_adapter(sink, &state.adapter, &bundle).await?;
-    let mut stats = super::stats([
-        ("pairs", examples.len() as u64),
-        ("steps", schedule.total),
-        ("steps_per_epoch", schedule.steps_per_epoch),
-        ("warmup_steps", schedule.warmup),
-        ("resumed_at_step", resumed_at),
-        ("trainable_parameters", state.adapter.named_tensors(|m| m.trainable).iter().map(|t| t.2.len() as u64).sum()),
-    ]);
-    stats.insert("adapter".into(), sink.url_of_artifact(ADAPTER_DIR).into());
-    Ok(stats)
 }
 
 /// One pair, tokenized as ref_logps tokenized it, with its reference log-probs.
@@ -97,8 +126,11 @@ struct Example {
 /// and checks that the token counts agree with the ones the reference
 /// log-probs were computed on (another tokenizer or truncation would make
 /// every DPO log-ratio wrong without failing).
-async fn load_examples(input: &StageInput<'_>, tokenizer: &ChatTokenizer) -> Result<Vec<Example>, StageError> {
-    let limits = truncation(&input.spec.stages.ref_logps.clone().unwrap_or_default());
+async fn load_examples(
+    input: &StageInput<'_>,
+    tokenizer: &ChatTokenizer,
+    limits: Truncation,
+) -> Result<Vec<Example>, StageError> {
     let sql = "SELECT p.pair_id, p.prompt_text, p.chosen_text, p.rejected_text, r.chosen_logp, r.rejected_logp, \
                r.chosen_tokens, r.rejected_tokens, r.prompt_tokens \
                FROM pairs AS p LEFT JOIN ref_logps AS r ON r.pair_id = p.pair_id ORDER BY p.pair_id";
@@ -479,23 +511,21 @@ async fn resume(sink: &mut TableWriter, bundle: &Bundle) -> Result<Option<TrainS
         })?;
         files.insert(file, bytes);
     }
-    let corrupt = |problem: String| StageError::Input {
-        file: storage.url_of(&sink.resume_path(&format!("step-{step:08}"))),
-        problem: format!("unreadable checkpoint: {problem}; rerun with --force"),
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StageError::Checkpoint {
+        url: storage.url_of(&sink.resume_path(&format!("step-{step:08}"))),
+        source,
     };
-    let scalars: CheckpointState =
-        serde_json::from_slice(&files[CHECKPOINT_STATE]).map_err(|e| corrupt(e.to_string()))?;
+    let scalars: CheckpointState = serde_json::from_slice(&files[CHECKPOINT_STATE]).map_err(|e| corrupt(e.into()))?;
     let config = serde_json::to_vec(&scalars.adapter).expect("config serializes");
-    let adapter =
-        Adapter::from_peft(bundle, &files[CHECKPOINT_ADAPTER], &config).map_err(|e| corrupt(e.to_string()))?;
-    let moments = read_f32_tensors(&files[CHECKPOINT_OPTIMIZER]).map_err(&corrupt)?;
+    let adapter = Adapter::from_peft(bundle, &files[CHECKPOINT_ADAPTER], &config).map_err(|e| corrupt(e.into()))?;
+    let moments = read_f32_tensors(&files[CHECKPOINT_OPTIMIZER]).map_err(|e| corrupt(e.into()))?;
     let mut optimizer = scalars.optimizer;
     for (name, _, _) in adapter.named_tensors(|m| m.trainable) {
         let moment = |prefix: &str| {
             moments
                 .get(&format!("{prefix}.{name}"))
                 .map(|t| t.1.clone())
-                .ok_or_else(|| corrupt(format!("no {prefix}.{name}")))
+                .ok_or_else(|| corrupt(format!("no {prefix}.{name}").into()))
         };
         optimizer.m.push(moment("m")?);
         optimizer.v.push(moment("v")?);

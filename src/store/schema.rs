@@ -11,76 +11,65 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::Deserialize;
 
-/// The tables croco knows. Each has one schema file in `schemas/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Table {
+/// Declares [`Table`] from one list: variant, name, description. Each table
+/// has one schema file, `schemas/<name>.json`, embedded in the binary.
+macro_rules! tables {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// The tables croco knows, in pipeline order.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Table {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Table {
+            /// Every table, in pipeline order.
+            pub const ALL: &'static [Table] = &[$(Table::$variant),*];
+
+            /// The table's name in storage paths and SQL.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Table::$variant => $name,)*
+                }
+            }
+
+            fn schema_source(self) -> &'static str {
+                match self {
+                    $(Table::$variant => include_str!(concat!("../../schemas/", $name, ".json")),)*
+                }
+            }
+        }
+    };
+}
+
+tables! {
     /// Ingested instruction prompts.
-    Prompts,
+    Prompts = "prompts",
     /// Responses, on- and off-policy.
-    Generations,
+    Generations = "generations",
     /// One reward per generation.
-    Scores,
+    Scores = "scores",
     /// Chosen/rejected preference pairs.
-    Pairs,
+    Pairs = "pairs",
     /// Reference log-probs of every pair.
-    RefLogps,
+    RefLogps = "ref_logps",
     /// Per-step tuning log.
-    TrainLog,
+    TrainLog = "train_log",
     /// Every evaluation judgment, item by item.
-    EvalItems,
+    EvalItems = "eval_items",
     /// Evaluation metrics.
-    EvalResults,
+    EvalResults = "eval_results",
 }
 
 impl Table {
-    /// Every table, in pipeline order.
-    pub const ALL: [Table; 8] = [
-        Table::Prompts,
-        Table::Generations,
-        Table::Scores,
-        Table::Pairs,
-        Table::RefLogps,
-        Table::TrainLog,
-        Table::EvalItems,
-        Table::EvalResults,
-    ];
-
-    /// The table's name in storage paths and SQL.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Prompts => "prompts",
-            Table::Generations => "generations",
-            Table::Scores => "scores",
-            Table::Pairs => "pairs",
-            Table::RefLogps => "ref_logps",
-            Table::TrainLog => "train_log",
-            Table::EvalItems => "eval_items",
-            Table::EvalResults => "eval_results",
-        }
-    }
-
     /// The table named `name`, if any.
     pub fn from_name(name: &str) -> Option<Table> {
-        Table::ALL.into_iter().find(|table| table.name() == name)
+        Table::ALL.iter().copied().find(|table| table.name() == name)
     }
 
     /// The parsed schema of this table.
     pub fn schema(self) -> &'static TableSchema {
         static SCHEMAS: OnceLock<BTreeMap<Table, TableSchema>> = OnceLock::new();
         &SCHEMAS.get_or_init(parse_embedded_schemas)[&self]
-    }
-
-    fn schema_source(self) -> &'static str {
-        match self {
-            Table::Prompts => include_str!("../../schemas/prompts.json"),
-            Table::Generations => include_str!("../../schemas/generations.json"),
-            Table::Scores => include_str!("../../schemas/scores.json"),
-            Table::Pairs => include_str!("../../schemas/pairs.json"),
-            Table::RefLogps => include_str!("../../schemas/ref_logps.json"),
-            Table::TrainLog => include_str!("../../schemas/train_log.json"),
-            Table::EvalItems => include_str!("../../schemas/eval_items.json"),
-            Table::EvalResults => include_str!("../../schemas/eval_results.json"),
-        }
     }
 }
 
@@ -92,8 +81,8 @@ impl fmt::Display for Table {
 
 fn parse_embedded_schemas() -> BTreeMap<Table, TableSchema> {
     Table::ALL
-        .into_iter()
-        .map(|table| {
+        .iter()
+        .map(|&table| {
             // The files are part of the build; a broken one is a programming
             // error caught by the unit test below, not a user error.
             let schema: TableSchema = serde_json::from_str(table.schema_source())
@@ -323,7 +312,7 @@ mod tests {
 
     #[test]
     fn every_schema_file_parses_and_names_its_table() {
-        for table in Table::ALL {
+        for &table in Table::ALL {
             assert_eq!(table.schema().table, table.name());
             assert!(!table.schema().columns.is_empty());
             assert_eq!(Table::from_name(table.name()), Some(table));

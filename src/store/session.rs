@@ -5,7 +5,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// A session configured the way every croco query runs.
 ///

@@ -21,7 +21,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use url::Url;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// A storage root: an object store plus the prefix under which a pipeline
 /// keeps its tables.
@@ -108,43 +108,16 @@ impl Storage {
     }
 
     fn open_url(url: Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Self, StoreError> {
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "file" => {
-                let path = url.to_file_path().map_err(|_| StoreError::BadRoot {
-                    root: url.to_string(),
-                    reason: "a file:// URL needs an absolute path".into(),
-                })?;
-                return Self::open_local(&path);
-            }
-            "memory" => memory_store(url.host_str().unwrap_or("")),
-            "s3" | "s3a" => {
-                let builder = configure(&url, options, AmazonS3Builder::from_env(), AmazonS3Builder::with_config)?
-                    .with_retry(retry.config());
-                Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
-            }
-            "gs" => {
-                let builder = configure(
-                    &url,
-                    options,
-                    GoogleCloudStorageBuilder::from_env(),
-                    GoogleCloudStorageBuilder::with_config,
-                )?
-                .with_retry(retry.config());
-                Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
-            }
-            "az" | "abfs" | "abfss" | "azure" => {
-                let builder =
-                    configure(&url, options, MicrosoftAzureBuilder::from_env(), MicrosoftAzureBuilder::with_config)?
-                        .with_retry(retry.config());
-                Arc::new(builder.build().map_err(|source| open_error(&url, source))?)
-            }
-            other => {
-                return Err(StoreError::BadRoot {
-                    root: url.to_string(),
-                    reason: format!("unsupported scheme `{other}` (use file, memory, s3, gs or az)"),
-                });
-            }
+        let scheme = Scheme::named(url.scheme())
+            .ok_or_else(|| StoreError::BadRoot { root: url.to_string(), reason: Scheme::unsupported(url.scheme()) })?;
+        let Some(open) = scheme.open else {
+            let path = url.to_file_path().map_err(|_| StoreError::BadRoot {
+                root: url.to_string(),
+                reason: "a file:// URL needs an absolute path".into(),
+            })?;
+            return Self::open_local(&path);
         };
+        let store = open(&url, options, retry)?;
         let store_url =
             Url::parse(&format!("{}://{}/", url.scheme(), url.authority())).expect("scheme and authority form a URL");
         let prefix = Path::parse(url.path().trim_matches('/'))
@@ -222,6 +195,60 @@ impl Storage {
     pub fn error(&self, path: &Path, source: object_store::Error) -> StoreError {
         StoreError::Object { url: self.url_of(path), source }
     }
+}
+
+/// Builds the object store of a root URL.
+type OpenStore = fn(&Url, &StorageOptions, &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError>;
+
+/// A URL scheme a storage root may use: the one registry of schemes, after
+/// Lance's one provider per scheme. A new scheme is one entry of [`SCHEMES`].
+struct Scheme {
+    /// The scheme and its aliases.
+    names: &'static [&'static str],
+    /// Builds the store; `None` for `file`, a directory on local disk.
+    open: Option<OpenStore>,
+    /// A cloud object store: it takes `[run.storage]` options and its URL
+    /// must name a bucket (or container).
+    cloud: bool,
+}
+
+const SCHEMES: [Scheme; 5] = [
+    Scheme { names: &["file"], open: None, cloud: false },
+    Scheme { names: &["memory"], open: Some(open_memory), cloud: false },
+    Scheme { names: &["s3", "s3a"], open: Some(open_s3), cloud: true },
+    Scheme { names: &["gs"], open: Some(open_gcs), cloud: true },
+    Scheme { names: &["az", "abfs", "abfss", "azure"], open: Some(open_azure), cloud: true },
+];
+
+impl Scheme {
+    fn named(name: &str) -> Option<&'static Scheme> {
+        SCHEMES.iter().find(|scheme| scheme.names.contains(&name))
+    }
+
+    fn unsupported(name: &str) -> String {
+        let names: Vec<&str> = SCHEMES.iter().flat_map(|scheme| scheme.names.iter().copied()).collect();
+        format!("unsupported scheme `{name}` (use one of: {})", names.join(", "))
+    }
+}
+
+fn open_memory(url: &Url, _: &StorageOptions, _: &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    Ok(memory_store(url.host_str().unwrap_or("")))
+}
+
+fn open_s3(url: &Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let builder = configure(url, options, AmazonS3Builder::from_env(), AmazonS3Builder::with_config)?;
+    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, source))?))
+}
+
+fn open_gcs(url: &Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let builder =
+        configure(url, options, GoogleCloudStorageBuilder::from_env(), GoogleCloudStorageBuilder::with_config)?;
+    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, source))?))
+}
+
+fn open_azure(url: &Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let builder = configure(url, options, MicrosoftAzureBuilder::from_env(), MicrosoftAzureBuilder::with_config)?;
+    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, source))?))
 }
 
 fn open_error(url: &Url, source: object_store::Error) -> StoreError {
@@ -316,6 +343,23 @@ pub async fn read_input_file(
     })
 }
 
+/// Reads the files `names` of the directory at `location` (resolved as
+/// [`resolve_input`] does), in the order of `names`.
+pub async fn read_input_files(
+    location: &str,
+    names: &[&str],
+    base_dir: &FsPath,
+    options: &StorageOptions,
+    retry: &RetrySpec,
+) -> Result<Vec<Bytes>, StoreError> {
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let file = format!("{}/{name}", location.trim_end_matches('/'));
+        files.push(read_input_file(&file, base_dir, options, retry).await?);
+    }
+    Ok(files)
+}
+
 fn local_input(file: &FsPath) -> Result<(Storage, Path), StoreError> {
     let storage = Storage::open_local(FsPath::new("/"))?;
     let absolute = absolute_lexical(file)?;
@@ -341,12 +385,9 @@ fn absolute_lexical(path: &FsPath) -> Result<PathBuf, StoreError> {
     Ok(normal)
 }
 
-/// URL schemes a storage root may use.
-pub const SUPPORTED_SCHEMES: [&str; 9] = ["file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss", "azure"];
-
 /// Whether `root` names a cloud object store (the roots storage options apply to).
 pub fn is_cloud_root(root: &str) -> bool {
-    Url::parse(root).is_ok_and(|url| matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure"))
+    Url::parse(root).is_ok_and(|url| Scheme::named(url.scheme()).is_some_and(|scheme| scheme.cloud))
 }
 
 /// Why `root` cannot be a storage root, without opening it (for validation).
@@ -354,15 +395,10 @@ pub fn root_problem(root: &str) -> Option<String> {
     if root.trim().is_empty() {
         return Some("the storage root is empty".into());
     }
-    match Url::parse(root) {
-        Ok(url) if url.scheme().len() > 1 && !SUPPORTED_SCHEMES.contains(&url.scheme()) => {
-            Some(format!("unsupported scheme `{}` (use one of: {})", url.scheme(), SUPPORTED_SCHEMES.join(", ")))
-        }
-        Ok(url)
-            if matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss") && url.host_str().is_none() =>
-        {
-            Some(format!("`{root}` names no bucket"))
-        }
-        _ => None,
+    let url = Url::parse(root).ok().filter(|url| url.scheme().len() > 1)?;
+    match Scheme::named(url.scheme()) {
+        None => Some(Scheme::unsupported(url.scheme())),
+        Some(scheme) if scheme.cloud && url.host_str().is_none() => Some(format!("`{root}` names no bucket")),
+        Some(_) => None,
     }
 }

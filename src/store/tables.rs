@@ -3,7 +3,7 @@
 //!
 //! Layout: `tables/<table>/<key>/part-<nonce>-<n>.parquet`. The parts of a
 //! version are only ever found through the manifest that lists them (written
-//! last, see `pipeline::manifest`), so a crash mid-write leaves parts nobody
+//! last, see [`super::manifest`]), so a crash mid-write leaves parts nobody
 //! reads rather than a half-written table.
 
 use std::sync::Arc;
@@ -18,7 +18,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StoreError, Table};
+use super::error::StoreError;
+use super::schema::Table;
+use super::storage::Storage;
 
 /// Rows per Parquet part: small enough that a resumed stage loses little,
 /// large enough that part overhead stays negligible.

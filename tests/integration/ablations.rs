@@ -78,7 +78,7 @@ async fn variants_share_every_table_they_do_not_change_and_are_compared_in_one_t
     assert_eq!(ran("evaluate"), ["base", "all_lang", "beta", "off_policy"]);
 
     let planned = crate::util::plan(&file).await;
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     // Off-policy pairs are made of off-policy responses only, and on-policy ones of on-policy responses.
     let sources = "SELECT DISTINCT p.pipeline_variant, g.source FROM pairs_by_variant AS p \
                    JOIN generations_by_variant AS g ON g.pipeline_variant = p.pipeline_variant \
@@ -152,12 +152,12 @@ async fn an_off_policy_variant_samples_the_second_bundle_and_pairs_its_responses
     }
     let (base_plan, other) = (&planned, &planned.variants[0].1);
     let key = |plan: &croco::pipeline::Plan, stage| plan.stage(stage).unwrap().key.clone();
-    use croco::stages::StageName::{Generate, Prompts};
+    use croco::spec::StageName::{Generate, Prompts};
     assert_eq!(key(base_plan, Prompts), key(other, Prompts));
     assert_ne!(key(base_plan, Generate), key(other, Generate));
     assert!(other.stage(Generate).unwrap().models.contains_key("off_policy"));
 
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     let sql = "SELECT DISTINCT p.pipeline_variant, g.source FROM pairs_by_variant AS p \
                JOIN generations_by_variant AS g ON g.pipeline_variant = p.pipeline_variant \
                AND g.generation_id IN (p.chosen_generation_id, p.rejected_generation_id) ORDER BY 1, 2";
@@ -176,7 +176,7 @@ async fn an_off_policy_variant_samples_the_second_bundle_and_pairs_its_responses
 /// 2's generate key), tunes on from that adapter against the base reference.
 #[tokio::test]
 async fn round_two_generates_with_round_one_adapter_on_its_own_prompts() {
-    use croco::stages::StageName::{Generate, RefLogps, Tune};
+    use croco::spec::StageName::{Generate, RefLogps, Tune};
     let dir = tempfile::tempdir().unwrap();
     let base = crate::model_stages::model_pipeline(dir.path(), "");
     let text = std::fs::read_to_string(&base).unwrap().replace("threads = 2\n", "threads = 2\nrounds = 2\n")
@@ -209,7 +209,7 @@ async fn round_two_generates_with_round_one_adapter_on_its_own_prompts() {
     assert_eq!(second.stage(RefLogps).unwrap().models["reference"], bundle, "the reference stays the base");
     assert_eq!(second.stage(Tune).unwrap().models["policy"], format!("{bundle}+adapter:{checksum}"));
 
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     let overlap = "SELECT COUNT(*) FROM (SELECT DISTINCT prompt_id FROM generations_by_variant WHERE pipeline_variant = 'base') a \
                    JOIN (SELECT DISTINCT prompt_id FROM generations_by_variant WHERE pipeline_variant = 'base.round2') b \
                    ON a.prompt_id = b.prompt_id";
@@ -252,7 +252,7 @@ async fn mixed_pairs_take_each_role_from_the_named_source() {
     for (_, plan) in planned.all() {
         croco::pipeline::runner::run(plan, RunOptions::default()).await.unwrap();
     }
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     let sql = "SELECT DISTINCT p.pipeline_variant, c.source, r.source FROM pairs_by_variant AS p \
                JOIN generations_by_variant AS c ON c.pipeline_variant = p.pipeline_variant AND c.generation_id = p.chosen_generation_id \
                JOIN generations_by_variant AS r ON r.pipeline_variant = p.pipeline_variant AND r.generation_id = p.rejected_generation_id \

@@ -84,7 +84,7 @@ bootstrap = 200
 
 async fn query(file: &Path, sql: &str) -> Vec<RecordBatch> {
     let planned = crate::util::plan(file).await;
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     batches.iter().map(croco::store::schema::plain_strings).collect()
 }
@@ -214,7 +214,7 @@ async fn a_bad_task_file_is_named_with_its_line_and_nothing_is_committed() {
         let plan = croco::pipeline::Plan::build(loaded).await.unwrap();
         let error = croco::pipeline::runner::run(&plan, RunOptions::default()).await.unwrap_err().to_string();
         assert!(error.contains("task.jsonl") && error.contains("line 2") && error.contains(problem), "{error}");
-        let evaluate = plan.stage(croco::stages::StageName::Evaluate).unwrap();
+        let evaluate = plan.stage(croco::spec::StageName::Evaluate).unwrap();
         assert!(plan.current(evaluate).await.unwrap().is_none(), "nothing of evaluate is committed");
     }
 }
@@ -313,7 +313,7 @@ async fn a_pairwise_judge_reads_its_own_prompts_and_undoes_the_order_it_recorded
     let same = rows[0].column(4).as_any().downcast_ref::<arrow::array::BooleanArray>().unwrap();
     assert!(same.iter().all(|s| s == Some(true)), "a zero adapter answers like the base");
     let mut policy = Policy::load(policy_bundle(), &CPU).unwrap();
-    let template = croco::pipeline::spec::JudgeParams::default_template();
+    let template = croco::spec::evaluate::JudgeParams::default_template();
     for (i, (id, preference)) in strings(&rows, 0).iter().zip(strings(&rows, 3)).enumerate() {
         let question = format!("Question {id}: name a colour.");
         let response = query_response(&file, id).await;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use croco::pipeline::runner::{self, RunOptions};
-use croco::stages::StageName;
+use croco::spec::StageName;
 
 use crate::util::{demo_pipeline_text, plan, run, write_pipeline};
 
@@ -192,7 +192,7 @@ async fn the_split_keeps_translations_together_and_all_lang_pairs_once_per_sourc
     let file = write_pipeline(dir.path(), &demo_pipeline_text(root.to_str().unwrap(), "", "pool = \"all_lang\""));
     let reports = run(&file, RunOptions::default()).await;
     let planned = plan(&file).await;
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     // Imported responses to held-out prompts are not imported (they would be
     // tuned on, then evaluated on): one pair per training source prompt.
     let train_sources = "SELECT COUNT(DISTINCT source_id) FROM prompts WHERE split = 'train'";

@@ -37,7 +37,7 @@ rows_per_part = 32
 
 async fn query(file: &Path, sql: &str) -> String {
     let planned = plan(file).await;
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray};
-use croco::pipeline::spec::{PairsParams, PoolScope, RejectedTarget};
+use croco::spec::pairs::{PairsParams, PoolScope, RejectedTarget};
 use croco::stages::pairs::compute;
 use croco::store::Table;
 use datafusion::datasource::MemTable;

@@ -3,14 +3,14 @@
 //! are missing.
 
 use croco::pipeline::runner::{self, RunError, RunOptions};
-use croco::pipeline::shard::Shard;
+use croco::store::shard::Shard;
 
 use crate::model_stages::model_pipeline;
 use crate::util::{plan, run};
 
 async fn rows(file: &std::path::Path, sql: &str) -> String {
     let planned = plan(file).await;
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
 }
@@ -30,7 +30,7 @@ async fn three_shards_and_a_merge_equal_one_unsharded_run() {
     let mut shard_rows = 0;
     for index in [2, 0] {
         let reports = run(&file, RunOptions { shard: Some(Shard { index, count: 3 }), ..Default::default() }).await;
-        let statuses: Vec<&str> = reports.iter().map(|r| r.status).collect();
+        let statuses: Vec<&str> = reports.iter().map(|r| r.status.name()).collect();
         assert_eq!(statuses[1..], ["shard", "shard", "deferred"], "generate and score do their slice, pairs waits");
         shard_rows += reports[1].rows;
     }
@@ -43,7 +43,7 @@ async fn three_shards_and_a_merge_equal_one_unsharded_run() {
     shard_rows += reports[1].rows;
 
     let merged = run(&file, RunOptions::default()).await;
-    let statuses: Vec<&str> = merged.iter().map(|r| r.status).collect();
+    let statuses: Vec<&str> = merged.iter().map(|r| r.status.name()).collect();
     assert_eq!(statuses, ["skipped", "merged", "merged", "ran"]);
     assert_eq!(merged[1].rows, shard_rows);
     assert_eq!(rows(&file, TABLES).await, rows(&reference, TABLES).await, "same rows as one unsharded run");

@@ -2,7 +2,7 @@
 
 use croco::pipeline::StageState;
 use croco::pipeline::runner::RunOptions;
-use croco::stages::StageName;
+use croco::spec::StageName;
 
 use crate::util::{demo_pipeline_text, plan, ran, run, write_pipeline};
 
@@ -30,7 +30,7 @@ async fn changing_a_parameter_reruns_that_stage_and_its_dependents_only() {
     write_pipeline(dir.path(), &demo_pipeline_text(root, "", "rejected = \"min\""));
     assert_eq!(ran(&run(&file, RunOptions::default()).await), ["pairs"]);
     let versions =
-        croco::pipeline::manifest::list_versions(&plan(&file).await.storage, croco::store::Table::Pairs).await.unwrap();
+        croco::store::manifest::list_versions(&plan(&file).await.storage, croco::store::Table::Pairs).await.unwrap();
     assert!(versions.iter().any(|v| v.key == before) && versions.len() == 2);
 
     // A prompts parameter: prompts and everything downstream rerun.

@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
-use croco::pipeline::manifest::{self, Manifest};
 use croco::pipeline::runner::RunOptions;
+use croco::store::manifest::{self, Manifest};
 use croco::store::session::new_context;
 use croco::store::storage::StorageOptions;
 use croco::store::tables::{TableWriter, register_version};

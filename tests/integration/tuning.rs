@@ -124,7 +124,7 @@ fn truncation_cuts_the_prompt_from_the_left_then_the_responses_from_the_right() 
 #[test]
 fn the_dpo_step_matches_the_torch_fixtures() {
     use croco::model::dpo::{DpoGraph, LossSettings, PairTokens};
-    use croco::model::lora::{read_f32_tensors, safetensors_bytes};
+    use croco::model::tensors::{read_f32_tensors, safetensors_bytes};
     let bundle = policy_bundle();
     let dir = repo().join("data/models/policy/parity");
     let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("dpo.json")).unwrap()).unwrap();
@@ -207,7 +207,7 @@ fn tuning_pipeline(dir: &std::path::Path, tune: &str) -> std::path::PathBuf {
 
 async fn query(file: &std::path::Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
     let planned = crate::util::plan(file).await;
-    let ctx = croco::cli::pipeline_session(&planned).await.unwrap();
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
     ctx.sql(sql).await.unwrap().collect().await.unwrap()
 }
 
@@ -289,7 +289,7 @@ async fn a_killed_tune_resumes_from_its_checkpoint_and_ends_with_the_uninterrupt
     let adapter = |reports: &[croco::pipeline::StageReport]| {
         let dir = std::path::PathBuf::from(reports[5].stats["adapter"].as_str().unwrap().trim_start_matches("file://"));
         let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
-        croco::model::lora::read_f32_tensors(&weights).unwrap()
+        croco::model::tensors::read_f32_tensors(&weights).unwrap()
     };
     let (expected, got) = (adapter(&reference), adapter(&resumed));
     assert_eq!(expected.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());

@@ -13,8 +13,8 @@ use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray}
 use super::items::ChoiceItem;
 use crate::model::policy::Policy;
 use crate::model::tokenizer::ChatTokenizer;
-use crate::pipeline::spec::ChoicePrompt;
-use crate::stages::StageError;
+use crate::spec::evaluate::ChoicePrompt;
+use crate::stages::stage::StageError;
 use crate::store::Table;
 
 /// One item scored by one model.

@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::pipeline::spec::{ChoiceTask, OptionFields};
-use crate::stages::{StageError, StageInput};
+use crate::spec::evaluate::{ChoiceTask, OptionFields};
+use crate::stages::stage::{StageError, StageInput};
 
 /// One multiple-choice item.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +30,7 @@ pub async fn read_task(
     index: usize,
     task: &ChoiceTask,
 ) -> Result<(Vec<ChoiceItem>, u64), StageError> {
-    let (options, retry) = (&input.spec.run.storage, &input.spec.run.retry);
+    let (options, retry) = (input.storage_options, input.retry);
     let bytes = crate::store::storage::read_input_file(&task.source, input.base_dir, options, retry).await?;
     let file = format!("stages.evaluate.choice[{index}].source = {:?}", task.source);
     let items = parse_items(&bytes, task).map_err(|(line, problem)| StageError::Row {
@@ -41,7 +41,7 @@ pub async fn read_task(
     if items.is_empty() {
         return Err(StageError::Input { file, problem: "has no items".into() });
     }
-    let languages = &input.spec.run.languages;
+    let languages = input.languages;
     let limit = task.max_items_per_language.map_or(usize::MAX, |n| n as usize);
     let mut taken: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut kept: Vec<ChoiceItem> = Vec::new();
@@ -172,7 +172,7 @@ fn fill_template(template: &str, object: &Map<String, Value>) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::spec::{ChoiceColumns, ChoicePrompt};
+    use crate::spec::evaluate::{ChoiceColumns, ChoicePrompt};
 
     fn task(columns: ChoiceColumns, gold_base: u32, context_template: Option<&str>) -> ChoiceTask {
         ChoiceTask {

@@ -18,13 +18,12 @@ use crate::ids::{stable_id, unit_interval};
 use crate::model::policy::{GenerationRequest, Policy};
 use crate::model::reward::RewardModel;
 use crate::model::sampling::SamplingParams;
-use crate::pipeline::spec::{JudgeKind, JudgeParams};
-use crate::report::stats::Outcome;
-use crate::stages::{StageError, StageInput, text_at};
-use crate::store::Table;
-
-/// The name of the open-ended task in `eval_items` and `eval_results`.
-pub const TASK: &str = "open_ended";
+use crate::spec::evaluate::{JudgeKind, JudgeParams};
+use crate::stages::stage::{StageError, StageInput};
+use crate::store::rows::{first_row, text_at};
+use crate::store::{StoreError, Table};
+use crate::vocab::eval::{EvalModel, OPEN_ENDED};
+use crate::vocab::stats::Outcome;
 
 /// A held-out prompt.
 #[derive(Debug, Clone)]
@@ -54,7 +53,7 @@ pub async fn eval_prompts(input: &StageInput<'_>, params: &JudgeParams) -> Resul
         Some(file) => (register_prompt_file(input, file).await?, "stages.evaluate.judge.prompts".to_string()),
         None => ("(SELECT * FROM prompts WHERE split = 'eval')".to_string(), "prompts (eval split)".to_string()),
     };
-    let languages: Vec<String> = input.spec.run.languages.iter().map(|l| format!("'{l}'")).collect();
+    let languages: Vec<String> = input.languages.iter().map(|l| format!("'{l}'")).collect();
     let limit = params.max_prompts_per_language.map_or(i64::MAX, i64::from);
     let sql = format!(
         "SELECT prompt_id, language, text FROM (SELECT prompt_id, language, text, \
@@ -62,7 +61,8 @@ pub async fn eval_prompts(input: &StageInput<'_>, params: &JudgeParams) -> Resul
          WHERE language IN ({})) WHERE rank <= {limit} ORDER BY prompt_id",
         languages.join(", ")
     );
-    let batches = crate::store::session::query(input.ctx, &sql, &context).await?.collect().await?;
+    let frame = crate::store::session::query(input.ctx, &sql, &context).await?;
+    let batches = frame.collect().await.map_err(StoreError::query(&context))?;
     let mut prompts = Vec::new();
     for batch in batches.iter().map(crate::store::schema::plain_strings) {
         prompts.extend((0..batch.num_rows()).map(|i| EvalPrompt {
@@ -83,9 +83,9 @@ pub async fn eval_prompts(input: &StageInput<'_>, params: &JudgeParams) -> Resul
 /// ids are filled and unique; returns the table name.
 async fn register_prompt_file(
     input: &StageInput<'_>,
-    file: &crate::pipeline::spec::JudgePrompts,
+    file: &crate::spec::evaluate::JudgePrompts,
 ) -> Result<String, StageError> {
-    use crate::stages::input::{ColumnKind, Mapped, read_mapped};
+    use crate::stages::files::{ColumnKind, Mapped, read_mapped};
     let columns = &file.columns;
     let mapping = [
         Mapped { role: "prompt_id", column: &columns.prompt_id, kind: ColumnKind::Key },
@@ -93,10 +93,13 @@ async fn register_prompt_file(
         Mapped { role: "text", column: &columns.text, kind: ColumnKind::Text },
     ];
     let opened = read_mapped(input.ctx, &file.source, file.format, input, &mapping).await?;
-    input.ctx.register_table("judge_prompts", opened.frame.into_view())?;
+    input
+        .ctx
+        .register_table("judge_prompts", opened.frame.into_view())
+        .map_err(StoreError::query(format!("registering {}", opened.url)))?;
     let bad = "SELECT prompt_id, COUNT(*) AS copies FROM judge_prompts GROUP BY prompt_id \
                HAVING COUNT(*) > 1 OR prompt_id IS NULL ORDER BY prompt_id";
-    if let Some(row) = crate::stages::first_row(input.ctx, bad, &opened.url).await? {
+    if let Some(row) = first_row(input.ctx, bad, &opened.url).await? {
         return Err(StageError::Row { file: opened.url, row, problem: "prompt ids must be set and unique".into() });
     }
     Ok("judge_prompts".into())
@@ -245,11 +248,11 @@ impl Judged<'_> {
         let pairwise = params.kind == JudgeKind::Pairwise;
         let order = self.prompts.iter().map(|p| pairwise.then(|| tuned_first(params.seed, &p.prompt_id)));
         let mut given = vec![
-            ("task", text(TASK)),
+            ("task", text(OPEN_ENDED)),
             ("kind", text("judge")),
             ("language", strings(&|i| self.prompts[i].language.clone())),
             ("item_id", strings(&|i| self.prompts[i].prompt_id.clone())),
-            ("variant", text("tuned")),
+            ("variant", text(EvalModel::Tuned.name())),
             ("policy_id", text(self.tuned_id)),
             ("prompt", strings(&|i| self.prompts[i].text.clone())),
             ("base_response", strings(&|i| self.base[i].text.clone())),

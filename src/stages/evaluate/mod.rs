@@ -19,73 +19,113 @@ pub mod choice;
 pub mod items;
 pub mod judge;
 
-use super::{StageError, StageInput, Stats};
+use super::stage::{Stage, StageError, StageInput, adapter_from_files, stats};
 use crate::model::bundle::Bundle;
-use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter};
+use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, Adapter};
 use crate::model::policy::{Policy, policy_id};
 use crate::model::reward::RewardModel;
-use crate::pipeline::spec::{EvaluateParams, JudgeKind, JudgeParams};
+use crate::spec::evaluate::{EvaluateParams, JudgeKind, JudgeParams};
+use crate::spec::{PipelineSpec, StageName};
 use crate::store::Table;
+use crate::store::manifest::Stats;
 use crate::store::tables::TableWriter;
+use crate::vocab::eval::EvalModel;
+use crate::vocab::roles::ModelRole;
 use items::ChoiceItem;
 use judge::{EvalPrompt, Response};
 
-/// Runs the stage.
-pub async fn run(input: &StageInput<'_>, sink: &mut TableWriter) -> Result<Stats, StageError> {
-    let params = input.spec.stages.evaluate.as_ref().expect("the plan only runs configured stages");
-    let bundle = input.bundle("policy", input.spec.models.policy.as_ref())?;
-    let (adapter, adapter_checksum) = tuned_adapter(input, &bundle).await?;
-    let mut tasks = Vec::new();
-    let mut skipped = 0;
-    for (index, task) in params.choice.iter().enumerate() {
-        let (items, other_languages) = items::read_task(input, index, task).await?;
-        skipped += other_languages;
-        tasks.push(items);
+/// The evaluate stage.
+pub struct Evaluate;
+
+impl Stage for Evaluate {
+    type Params = EvaluateParams;
+    const NAME: StageName = StageName::Evaluate;
+
+    fn params(spec: &PipelineSpec) -> Option<EvaluateParams> {
+        spec.stages.evaluate.clone()
     }
-    let prompts = match &params.judge {
-        Some(judge) => judge::eval_prompts(input, judge).await?,
-        None => vec![],
-    };
-    let variants = [
-        ("base", None, policy_id(&bundle.checksum, None)),
-        ("tuned", Some(&adapter), policy_id(&bundle.checksum, Some(&adapter_checksum))),
-    ];
-    let mut responses = Vec::new();
-    for (variant, adapter, id) in &variants {
-        let mut policy = Policy::load_tuned(bundle.clone(), *adapter, &input.session_config())?;
-        tracing::info!(variant, target = ?policy.target(), "evaluate: policy loaded");
-        score_tasks(input, params, &tasks, &mut policy, (variant, id), sink).await?;
-        if let Some(judge) = &params.judge {
-            input.progress.set_message(format!("{variant}: answering {} eval prompts", prompts.len()));
-            responses.push(judge::respond(&mut policy, &prompts, judge)?);
+
+    /// The policy (base and tuned), the reward model when configured (it
+    /// scores the judged responses), the pairwise judge.
+    fn models(spec: &PipelineSpec) -> Vec<(ModelRole, String)> {
+        let models = &spec.models;
+        let Some(judge) = spec.stages.evaluate.as_ref().and_then(|e| e.judge.as_ref()) else {
+            return models.policy.clone().map(|p| (ModelRole::Policy, p)).into_iter().collect();
+        };
+        let pairwise = (judge.kind == JudgeKind::Pairwise).then(|| models.judge.clone()).flatten();
+        let roles = [
+            (ModelRole::Policy, models.policy.clone()),
+            (ModelRole::Reward, models.reward.clone()),
+            (ModelRole::Judge, pairwise),
+        ];
+        roles.into_iter().filter_map(|(role, location)| location.map(|l| (role, l))).collect()
+    }
+
+    fn external_inputs(spec: &PipelineSpec) -> Vec<(String, String)> {
+        let evaluate = spec.stages.evaluate.as_ref();
+        let tasks = evaluate.into_iter().flat_map(|e| e.choice.iter().enumerate());
+        let tasks = tasks.map(|(i, t)| (format!("stages.evaluate.choice[{i}].source"), t.source.clone()));
+        let judge = evaluate.and_then(|e| e.judge.as_ref()?.prompts.as_ref());
+        let judge = judge.map(|p| ("stages.evaluate.judge.prompts.source".to_string(), p.source.clone()));
+        tasks.chain(judge).collect()
+    }
+
+    async fn run(input: &StageInput<'_>, params: &EvaluateParams, sink: &mut TableWriter) -> Result<Stats, StageError> {
+        let bundle = input.bundle(ModelRole::Policy)?;
+        let (adapter, adapter_checksum) = tuned_adapter(input, &bundle).await?;
+        let mut tasks = Vec::new();
+        let mut skipped = 0;
+        for (index, task) in params.choice.iter().enumerate() {
+            let (items, other_languages) = items::read_task(input, index, task).await?;
+            skipped += other_languages;
+            tasks.push(items);
         }
+        let prompts = match &params.judge {
+            Some(judge) => judge::eval_prompts(input, judge).await?,
+            None => vec![],
+        };
+        let variants = [
+            (EvalModel::Base, None, policy_id(&bundle.checksum, None)),
+            (EvalModel::Tuned, Some(&adapter), policy_id(&bundle.checksum, Some(&adapter_checksum))),
+        ];
+        let mut responses = Vec::new();
+        for (variant, adapter, id) in &variants {
+            let mut policy = Policy::load_tuned(bundle.clone(), *adapter, &input.session)?;
+            tracing::info!(variant = variant.name(), target = ?policy.target(), "evaluate: policy loaded");
+            score_tasks(input, params, &tasks, &mut policy, (*variant, id), sink).await?;
+            if let Some(judge) = &params.judge {
+                input.progress.set_message(format!("{variant}: answering {} eval prompts", prompts.len()));
+                responses.push(judge::respond(&mut policy, &prompts, judge)?);
+            }
+        }
+        let mut stats = stats([
+            ("choice_items", tasks.iter().map(|t| t.len() as u64).sum()),
+            ("skipped_items_other_languages", skipped),
+        ]);
+        if let (Some(judge), [base, tuned]) = (&params.judge, responses.as_slice()) {
+            let judged = judge_responses(input, judge, &prompts, (base, tuned), &variants[1].2)?;
+            let batch = judged.rows(judge, input.languages)?;
+            sink.write(&batch).await?;
+            stats.extend(outcome_counts(&judged));
+        }
+        Ok(stats)
     }
-    let mut stats = super::stats([
-        ("choice_items", tasks.iter().map(|t| t.len() as u64).sum()),
-        ("skipped_items_other_languages", skipped),
-    ]);
-    if let (Some(judge), [base, tuned]) = (&params.judge, responses.as_slice()) {
-        let judged = judge_responses(input, judge, &prompts, (base, tuned), &variants[1].2)?;
-        let batch = judged.rows(judge, &input.spec.run.languages)?;
-        sink.write(&batch).await?;
-        stats.extend(outcome_counts(&judged));
-    }
-    Ok(stats)
 }
 
 /// The tuned adapter and its checksum: the tune stage's, else `models.policy_adapter`.
 async fn tuned_adapter(input: &StageInput<'_>, bundle: &Bundle) -> Result<(Adapter, String), StageError> {
-    if input.spec.stages.tune.is_none() {
+    // The plan registers `train_log` exactly when the pipeline tunes.
+    if !input.inputs.contains_key(&Table::TrainLog) {
         let adapter = input.policy_adapter(bundle).await?;
         return adapter.ok_or_else(|| StageError::Input {
             file: "[models]".into(),
             problem: "evaluate needs a tuned policy: add [stages.tune] or set `policy_adapter`".into(),
         });
     }
-    let dir = crate::stages::tune::ADAPTER_DIR;
+    let dir = ADAPTER_DIR;
     let weights = input.input_artifact(Table::TrainLog, &format!("{dir}/{ADAPTER_WEIGHTS}")).await?;
     let config = input.input_artifact(Table::TrainLog, &format!("{dir}/{ADAPTER_CONFIG}")).await?;
-    super::input::adapter_from_files(bundle, &weights, &config, "train_log adapter")
+    adapter_from_files(bundle, &weights, &config, "train_log adapter")
 }
 
 /// Scores every choice task with `policy` and writes its rows.
@@ -94,14 +134,14 @@ async fn score_tasks(
     params: &EvaluateParams,
     tasks: &[Vec<ChoiceItem>],
     policy: &mut Policy,
-    (variant, id): (&str, &str),
+    (variant, id): (EvalModel, &str),
     sink: &mut TableWriter,
 ) -> Result<(), StageError> {
     for (task, items) in params.choice.iter().zip(tasks) {
         input.progress.set_message(format!("{variant}: {} ({} items)", task.name, items.len()));
         let file = format!("stages.evaluate.choice `{}` ({})", task.name, task.source);
         let scores = choice::score_items(policy, items, task.prompt, params.batch_size as usize, &file)?;
-        sink.write(&choice::rows(&task.name, variant, id, items, &scores)?).await?;
+        sink.write(&choice::rows(&task.name, variant.name(), id, items, &scores)?).await?;
         input.progress.set_position(sink.rows());
     }
     Ok(())
@@ -117,17 +157,17 @@ fn judge_responses<'a>(
     tuned_id: &'a str,
 ) -> Result<judge::Judged<'a>, StageError> {
     input.progress.set_message(format!("judging {} pairs", prompts.len()));
-    let config = input.session_config();
+    let config = input.session;
     let batch = params.batch_size as usize;
-    let rewards = match &input.spec.models.reward {
-        Some(location) => {
-            let mut model = RewardModel::load(input.bundle("reward", Some(location))?, &config)?;
+    let rewards = match input.models.contains_key(&ModelRole::Reward) {
+        true => {
+            let mut model = RewardModel::load(input.bundle(ModelRole::Reward)?, &config)?;
             Some((
                 judge::rewards(&mut model, prompts, base, batch)?,
                 judge::rewards(&mut model, prompts, tuned, batch)?,
             ))
         }
-        None => None,
+        false => None,
     };
     let (preferences, judge) = match params.kind {
         JudgeKind::Reward => {
@@ -135,7 +175,7 @@ fn judge_responses<'a>(
             (t.iter().zip(b).map(|(t, b)| t - b).collect(), "reward".to_string())
         }
         JudgeKind::Pairwise => {
-            let bundle = input.bundle("judge", input.spec.models.judge.as_ref())?;
+            let bundle = input.bundle(ModelRole::Judge)?;
             let name = format!("pairwise:{}", &bundle.checksum[..16]);
             let mut model = Policy::load(bundle, &config)?;
             (judge::pairwise_preferences(&mut model, prompts, base, tuned, params)?, name)
@@ -146,9 +186,9 @@ fn judge_responses<'a>(
 }
 
 fn outcome_counts(judged: &judge::Judged<'_>) -> Stats {
-    use crate::report::stats::Outcome;
+    use crate::vocab::stats::Outcome;
     let count = |o| judged.outcomes.iter().filter(|&&x| x == o).count() as u64;
-    super::stats([
+    stats([
         ("judged_prompts", judged.outcomes.len() as u64),
         ("wins", count(Outcome::Win)),
         ("ties", count(Outcome::Tie)),

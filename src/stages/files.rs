@@ -6,9 +6,10 @@ use arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext, cast, ident};
 
-use super::{StageError, StageInput};
-use crate::pipeline::spec::FileFormat;
+use super::stage::{StageError, StageInput};
+use crate::spec::common::FileFormat;
 use crate::store::StoreError;
+use crate::store::rows::first_row;
 use crate::store::storage::resolve_input;
 
 /// What kind of values a mapped column must hold.
@@ -81,7 +82,7 @@ pub async fn read_mapped(
     input: &StageInput<'_>,
     columns: &[Mapped<'_>],
 ) -> Result<InputFile, StageError> {
-    let (storage, path) = resolve_input(location, input.base_dir, &input.spec.run.storage, &input.spec.run.retry)?;
+    let (storage, path) = resolve_input(location, input.base_dir, input.storage_options, input.retry)?;
     storage.register(ctx);
     let url = storage.url_of(&path);
     let format = format.or_else(|| FileFormat::from_extension(location)).ok_or_else(|| StageError::Input {
@@ -142,38 +143,34 @@ pub async fn open_keyed_import(
 ) -> Result<String, StageError> {
     let file = read_mapped(input.ctx, location, format, input, columns).await?;
     // A stage may open two imports under one name (generate's `also_import`).
-    input.ctx.deregister_table(name)?;
-    input.ctx.register_table(name, file.frame.into_view())?;
-    super::check_import_keys(input.ctx, name, &file.url).await?;
+    let registering = || StoreError::query(format!("registering {} as `{name}`", file.url));
+    input.ctx.deregister_table(name).map_err(registering())?;
+    input.ctx.register_table(name, file.frame.into_view()).map_err(registering())?;
+    check_import_keys(input.ctx, name, &file.url).await?;
     Ok(file.url)
 }
 
-/// The two files (`adapter_model.safetensors`, `adapter_config.json`) of the
-/// PEFT adapter directory at `location` (a path relative to `base_dir` or a URL).
-pub async fn read_adapter_files(
-    spec: &crate::pipeline::spec::PipelineSpec,
-    base_dir: &std::path::Path,
-    location: &str,
-) -> Result<(bytes::Bytes, bytes::Bytes), StoreError> {
-    use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-    use crate::store::storage::read_input_file;
-    let file = |name: &str| format!("{}/{name}", location.trim_end_matches('/'));
-    let (options, retry) = (&spec.run.storage, &spec.run.retry);
-    let weights = read_input_file(&file(ADAPTER_WEIGHTS), base_dir, options, retry).await?;
-    let config = read_input_file(&file(ADAPTER_CONFIG), base_dir, options, retry).await?;
-    Ok((weights, config))
-}
-
-/// The LoRA adapter of the PEFT files `weights` + `config` for `bundle`, and
-/// its checksum ([`crate::model::lora::checksum_of_files`]); `origin` names
-/// the files in errors.
-pub fn adapter_from_files(
-    bundle: &crate::model::bundle::Bundle,
-    weights: &[u8],
-    config: &[u8],
-    origin: &str,
-) -> Result<(crate::model::lora::Adapter, String), StageError> {
-    let adapter = crate::model::lora::Adapter::from_peft(bundle, weights, config)
-        .map_err(|e| StageError::Input { file: origin.to_string(), problem: e.to_string() })?;
-    Ok((adapter, crate::model::lora::checksum_of_files(weights, config)))
+/// Checks that the imported table `table` (read from `file`) has its key
+/// columns `prompt_id` and `sample_idx` filled and unique.
+pub async fn check_import_keys(ctx: &SessionContext, table: &str, file: &str) -> Result<(), StageError> {
+    let null_keys = format!("SELECT prompt_id, sample_idx FROM {table} WHERE prompt_id IS NULL OR sample_idx IS NULL");
+    if let Some(row) = first_row(ctx, &null_keys, file).await? {
+        return Err(StageError::Row {
+            file: file.into(),
+            row,
+            problem: "prompt_id and sample_idx must both be set".into(),
+        });
+    }
+    let duplicates = format!(
+        "SELECT prompt_id, sample_idx, COUNT(*) AS copies FROM {table} GROUP BY prompt_id, sample_idx \
+         HAVING COUNT(*) > 1 ORDER BY prompt_id, sample_idx"
+    );
+    if let Some(row) = first_row(ctx, &duplicates, file).await? {
+        return Err(StageError::Row {
+            file: file.into(),
+            row,
+            problem: "(prompt_id, sample_idx) occurs more than once".into(),
+        });
+    }
+    Ok(())
 }

@@ -1,12 +1,10 @@
-//! The evaluation sections of a pipeline file: `[stages.evaluate]` (its
-//! multiple-choice tasks and its open-ended judge) and `[stages.report]`.
-//! Kept apart from [`super::spec`] because they are the largest sections and
-//! only the evaluate and report stages read them.
+//! `[stages.evaluate]`: its multiple-choice tasks and its open-ended judge.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::spec::{FileFormat, ModelsSpec, ValueProblem};
+use super::common::{FileFormat, Section, ValueProblem, check_format, positive};
+use super::models::ModelsSpec;
 
 /// `[stages.evaluate]`: the recipe's verdict, base policy against tuned policy.
 ///
@@ -153,6 +151,33 @@ fn default_judge_max_new_tokens() -> u32 {
 }
 
 impl JudgeParams {
+    fn check(&self, problems: &mut Vec<ValueProblem>) {
+        if !self.tie_margin.is_finite() || self.tie_margin < 0.0 {
+            problems.push(("stages.evaluate.judge.tie_margin".into(), "must be a finite number >= 0".into()));
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            problems
+                .push(("stages.evaluate.judge.temperature".into(), "must be a finite number >= 0 (0 = greedy)".into()));
+        }
+        positive("stages.evaluate.judge.max_new_tokens", self.max_new_tokens, problems);
+        positive("stages.evaluate.judge.batch_size", self.batch_size, problems);
+        if let Some(limit) = self.max_prompts_per_language {
+            positive("stages.evaluate.judge.max_prompts_per_language", limit, problems);
+        }
+        if let Some(prompts) = &self.prompts {
+            check_format("stages.evaluate.judge.prompts", &prompts.source, prompts.format, problems);
+        }
+        if self.kind == JudgeKind::Pairwise {
+            for placeholder in ["{prompt}", "{a}", "{b}"] {
+                if !self.template.contains(placeholder) {
+                    problems.push(("stages.evaluate.judge.template".into(), format!("must contain `{placeholder}`")));
+                }
+            }
+        }
+    }
+}
+
+impl JudgeParams {
     /// The pairwise judge's default prompt.
     pub fn default_template() -> String {
         default_judge_template()
@@ -209,39 +234,15 @@ pub enum JudgeKind {
     Pairwise,
 }
 
-/// `[stages.report]`: how `eval_results` is computed from `eval_items`.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReportParams {
-    /// Bootstrap resamples behind every 95 % interval.
-    #[serde(default = "default_bootstrap")]
-    pub bootstrap: u32,
-    /// Seed of the bootstrap.
-    #[serde(default)]
-    pub seed: u64,
-    /// L2 penalty on the length coefficient of the length-controlled win rate.
-    #[serde(default = "default_lc_lambda")]
-    pub lc_lambda: f64,
-}
-
-fn default_bootstrap() -> u32 {
-    1000
-}
-
-fn default_lc_lambda() -> f64 {
-    crate::report::stats::LC_LAMBDA
-}
-
-impl EvaluateParams {
-    /// Checks the section's values.
-    pub fn check(&self, problems: &mut Vec<ValueProblem>) {
+impl Section for EvaluateParams {
+    fn value_problems(&self, problems: &mut Vec<ValueProblem>) {
         if self.choice.is_empty() && self.judge.is_none() {
             problems.push((
                 "stages.evaluate".into(),
                 "configure at least one [[stages.evaluate.choice]] task or a [stages.evaluate.judge]".into(),
             ));
         }
-        super::spec::positive("stages.evaluate.batch_size", self.batch_size, problems);
+        positive("stages.evaluate.batch_size", self.batch_size, problems);
         for (i, task) in self.choice.iter().enumerate() {
             task.check(&format!("stages.evaluate.choice[{i}]"), problems);
             if self.choice[..i].iter().any(|t| t.name == task.name) {
@@ -253,17 +254,9 @@ impl EvaluateParams {
         }
     }
 
-    /// Checks that the models the section needs are configured.
-    pub fn model_problems(&self, models: &ModelsSpec, tuned: bool, problems: &mut Vec<ValueProblem>) {
+    fn model_problems(&self, models: &ModelsSpec, problems: &mut Vec<ValueProblem>) {
         if models.policy.is_none() {
             problems.push(("stages.evaluate".into(), "evaluates the policy: set `policy` in [models]".into()));
-        }
-        if !tuned && models.policy_adapter.is_none() {
-            problems.push((
-                "stages.evaluate".into(),
-                "compares a tuned policy with its base: add a [stages.tune] section or set `policy_adapter` in [models]"
-                    .into(),
-            ));
         }
         match self.judge.as_ref().map(|j| j.kind) {
             Some(JudgeKind::Reward) if models.reward.is_none() => problems.push((
@@ -298,51 +291,12 @@ impl ChoiceTask {
             problems.push((format!("{key}.columns.options"), "name at least two option fields".into()));
         }
         if let Some(limit) = self.max_items_per_language {
-            super::spec::positive(&format!("{key}.max_items_per_language"), limit, problems);
+            positive(&format!("{key}.max_items_per_language"), limit, problems);
         }
         for (value, code) in &self.language_map {
             if !crate::langs::is_iso_639_1(code) {
                 problems.push((format!("{key}.language_map.{value}"), format!("`{code}` is not an ISO 639-1 code")));
             }
-        }
-    }
-}
-
-impl JudgeParams {
-    fn check(&self, problems: &mut Vec<ValueProblem>) {
-        if !self.tie_margin.is_finite() || self.tie_margin < 0.0 {
-            problems.push(("stages.evaluate.judge.tie_margin".into(), "must be a finite number >= 0".into()));
-        }
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            problems
-                .push(("stages.evaluate.judge.temperature".into(), "must be a finite number >= 0 (0 = greedy)".into()));
-        }
-        super::spec::positive("stages.evaluate.judge.max_new_tokens", self.max_new_tokens, problems);
-        super::spec::positive("stages.evaluate.judge.batch_size", self.batch_size, problems);
-        if let Some(limit) = self.max_prompts_per_language {
-            super::spec::positive("stages.evaluate.judge.max_prompts_per_language", limit, problems);
-        }
-        if let Some(prompts) = &self.prompts {
-            super::spec::check_format("stages.evaluate.judge.prompts", &prompts.source, prompts.format, problems);
-        }
-        if self.kind == JudgeKind::Pairwise {
-            for placeholder in ["{prompt}", "{a}", "{b}"] {
-                if !self.template.contains(placeholder) {
-                    problems.push(("stages.evaluate.judge.template".into(), format!("must contain `{placeholder}`")));
-                }
-            }
-        }
-    }
-}
-
-impl ReportParams {
-    /// Checks the section's values.
-    pub fn check(&self, problems: &mut Vec<ValueProblem>) {
-        if self.bootstrap < 100 {
-            problems.push(("stages.report.bootstrap".into(), "must be at least 100 resamples".into()));
-        }
-        if !self.lc_lambda.is_finite() || self.lc_lambda < 0.0 {
-            problems.push(("stages.report.lc_lambda".into(), "must be a finite number >= 0".into()));
         }
     }
 }

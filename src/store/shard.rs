@@ -9,10 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::StoreError;
+use super::manifest::Stats;
+use super::schema::Table;
+use super::storage::Storage;
+use super::tables::{PartInfo, version_dir};
 use crate::ids::unit_interval;
-use crate::stages::Stats;
-use crate::store::tables::{PartInfo, version_dir};
-use crate::store::{Storage, StoreError, Table};
 
 /// Shard `index` of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,8 +11,13 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::store::tables::{ArtifactInfo, PartInfo, version_dir};
-use crate::store::{Storage, StoreError, Table};
+use super::error::StoreError;
+use super::schema::Table;
+use super::storage::Storage;
+use super::tables::{ArtifactInfo, PartInfo, version_dir};
+
+/// Stage-specific counts recorded in the manifest (dropped rows, pools, ...).
+pub type Stats = serde_json::Map<String, serde_json::Value>;
 
 /// File name of the manifest inside a version directory.
 pub const MANIFEST_FILE: &str = "_manifest.json";
@@ -56,7 +61,7 @@ pub struct Manifest {
     /// Total rows.
     pub rows: u64,
     /// Stage-specific counts (dropped rows, pools, ...).
-    pub stats: serde_json::Map<String, serde_json::Value>,
+    pub stats: Stats,
     /// Name of the run that wrote it.
     pub run: String,
     /// When the stage started (RFC 3339, UTC).

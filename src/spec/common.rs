@@ -1,0 +1,94 @@
+//! What several stage sections share: input file formats, the train/eval
+//! split filter, shared defaults, and the value checks' vocabulary.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::models::ModelsSpec;
+
+/// What a `[stages.NAME]` section checks about itself once it is read.
+pub trait Section {
+    /// The problems of its values that serde cannot express, by dotted key.
+    fn value_problems(&self, problems: &mut Vec<ValueProblem>);
+
+    /// The problems with the bundles it needs from `[models]`.
+    fn model_problems(&self, _models: &ModelsSpec, _problems: &mut Vec<ValueProblem>) {}
+}
+
+/// A tabular input file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// Newline-delimited JSON objects.
+    Jsonl,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl FileFormat {
+    /// The format implied by a file name's extension.
+    pub fn from_extension(location: &str) -> Option<FileFormat> {
+        let lower = location.to_ascii_lowercase();
+        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+            Some(FileFormat::Jsonl)
+        } else if lower.ends_with(".csv") {
+            Some(FileFormat::Csv)
+        } else if lower.ends_with(".parquet") {
+            Some(FileFormat::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which split of the prompts table a stage reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitFilter {
+    /// Training prompts.
+    #[default]
+    Train,
+    /// Held-out prompts.
+    Eval,
+    /// Every prompt.
+    All,
+}
+
+impl SplitFilter {
+    /// SQL condition on the split column `column` (e.g. `split`, `p.split`).
+    pub fn sql(self, column: &str) -> String {
+        match self {
+            SplitFilter::Train => format!("{column} = 'train'"),
+            SplitFilter::Eval => format!("{column} = 'eval'"),
+            SplitFilter::All => "TRUE".into(),
+        }
+    }
+}
+
+/// A value problem found after the types were read: the dotted key and what is wrong.
+pub type ValueProblem = (String, String);
+
+pub fn positive(key: &str, value: u32, problems: &mut Vec<ValueProblem>) {
+    if value == 0 {
+        problems.push((key.into(), "must be at least 1".into()));
+    }
+}
+
+pub fn check_format(section: &str, location: &str, format: Option<FileFormat>, problems: &mut Vec<ValueProblem>) {
+    if format.is_none() && FileFormat::from_extension(location).is_none() {
+        problems.push((
+            format!("{section}.format"),
+            format!("cannot infer the format of `{location}` from its extension: set format = \"jsonl\", \"csv\" or \"parquet\""),
+        ));
+    }
+}
+
+pub(super) fn default_rows_per_part() -> u32 {
+    2048
+}
+
+pub(super) fn default_score_batch_size() -> u32 {
+    16
+}

@@ -1,0 +1,79 @@
+//! `[stages.score]`: the reward model, or imported rewards.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    FileFormat, Section, ValueProblem, check_format, default_rows_per_part, default_score_batch_size, positive,
+};
+use super::models::ModelsSpec;
+
+/// `[stages.score]`: reward scoring, or an import of existing rewards.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreParams {
+    /// Import rewards from a file instead of running the reward model.
+    #[serde(default)]
+    pub import: Option<ScoresImport>,
+    /// Sequences per batch (batches are formed from sequences of similar length).
+    #[serde(default = "default_score_batch_size")]
+    pub batch_size: u32,
+    /// Generations per committed part: a crashed run resumes after the last committed part.
+    #[serde(default = "default_rows_per_part")]
+    pub rows_per_part: u32,
+}
+
+/// `[stages.score.import]`: rewards computed elsewhere, matched to generations
+/// by (prompt_id, sample_idx).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoresImport {
+    /// Input file: a path relative to the pipeline file, or an object-store URL.
+    pub path: String,
+    /// Input format; inferred from the extension when absent.
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// Which input columns hold the fields.
+    #[serde(default)]
+    pub columns: ScoreColumns,
+    /// Identity recorded in `reward_model` (default: `import:` + the file name).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// Column mapping of a scores import.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreColumns {
+    /// Column holding the prompt id.
+    pub prompt_id: String,
+    /// Column holding the sample index.
+    pub sample_idx: String,
+    /// Column holding the reward.
+    pub reward: String,
+}
+
+impl Default for ScoreColumns {
+    fn default() -> Self {
+        ScoreColumns { prompt_id: "prompt_id".into(), sample_idx: "sample_idx".into(), reward: "reward".into() }
+    }
+}
+
+impl Section for ScoreParams {
+    fn value_problems(&self, problems: &mut Vec<ValueProblem>) {
+        if let Some(import) = &self.import {
+            check_format("stages.score.import", &import.path, import.format, problems);
+        }
+        positive("stages.score.batch_size", self.batch_size, problems);
+        positive("stages.score.rows_per_part", self.rows_per_part, problems);
+    }
+
+    fn model_problems(&self, models: &ModelsSpec, problems: &mut Vec<ValueProblem>) {
+        if self.import.is_none() && models.reward.is_none() {
+            problems.push((
+                "stages.score".into(),
+                "runs the reward model: set `reward` in [models] (or import rewards)".into(),
+            ));
+        }
+    }
+}
