@@ -16,8 +16,6 @@ import tomllib
 
 import torch
 
-from .export import rope_inv_freq  # noqa: F401  (re-exported for callers that build graphs from a bundle)
-
 
 def load_bundle(bundle):
     """(manifest, {weight name: float32 tensor} in the manifest's (graph input) order)."""

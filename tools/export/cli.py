@@ -154,7 +154,8 @@ def cmd_demo_world(a):
     policy.cpu()
 
     # 5. bundles
-    from .export import export_policy, export_reward
+    from .export import export_reward
+    from .policy import export_policy
 
     demo_prompts = _parity_prompts(held_ex, policy, tok)
     res_p = export_policy(ppath, tpath, os.path.join(a.out, "policy"), chat_template=train.CHAT_TEMPLATE,
@@ -225,7 +226,7 @@ def _template(a, tpath):
 
 def cmd_policy(a):
     _setup_torch(a.threads)
-    from .export import export_policy
+    from .policy import export_policy
 
     tpath = a.tokenizer or os.path.join(a.checkpoint, "tokenizer.json")
     export_policy(a.checkpoint, tpath, a.out, chat_template=_template(a, tpath),
@@ -247,7 +248,7 @@ def cmd_reward(a):
 
 def cmd_random_llama(a):
     _setup_torch(a.threads)
-    from .export import random_llama
+    from .policy import random_llama
 
     random_llama(a.out, a.tokenizer, hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads,
                  intermediate=a.intermediate, vocab=a.vocab, seed=a.seed, log=_log, dpo=not a.no_dpo)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 # The model and croco's dropout mask are the export tool's own (torch + numpy only at import),
 # so this baseline runs exactly the forward the dpo graph was traced from.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-from tools.export.dpo import dropout_keep  # noqa: E402
+from tools.export.dropout import dropout_keep  # noqa: E402
 from tools.export.export import llama_forward  # noqa: E402
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -6,12 +6,12 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from tools.export import dpo  # noqa: E402
+from tools.export import dpo, dropout  # noqa: E402
 
 
 class _Mask(torch.nn.Module):
     def forward(self, x, p, seed):
-        return dpo.dropout_keep(x, p, seed, 3), dpo.lora_dropout(x, p, seed, 5)
+        return dropout.dropout_keep(x, p, seed, 3), dropout.lora_dropout(x, p, seed, 5)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,9 @@ def test_dropout_mask_bit_identical(mask_session, shape, p, seed):
 
 def test_dropout_masks_independent():
     x = torch.zeros(1, 500, 1000)
-    a = dpo.dropout_keep(x, torch.tensor(0.5), torch.tensor(1), 0).float().flatten().numpy()
-    b = dpo.dropout_keep(x, torch.tensor(0.5), torch.tensor(1), 1).float().flatten().numpy()
-    c = dpo.dropout_keep(x, torch.tensor(0.5), torch.tensor(2), 0).float().flatten().numpy()
+    a = dropout.dropout_keep(x, torch.tensor(0.5), torch.tensor(1), 0).float().flatten().numpy()
+    b = dropout.dropout_keep(x, torch.tensor(0.5), torch.tensor(1), 1).float().flatten().numpy()
+    c = dropout.dropout_keep(x, torch.tensor(0.5), torch.tensor(2), 0).float().flatten().numpy()
     for u, v in [(a[:-1], a[1:]), (a, b), (a, c), (a[:-1000], a[1000:])]:
         assert abs(np.corrcoef(u, v)[0, 1]) < 0.01
     rows = a.reshape(500, 1000)[:300] - 0.5  # no pair of positions has strongly correlated masks

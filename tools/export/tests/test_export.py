@@ -10,6 +10,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("transformers")
 
 from tools.export import export as ex  # noqa: E402
+from tools.export import policy  # noqa: E402
 from tools.export.train import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def _tiny(kind, family, path):
 def test_policy_export_parity(tmp_path, tokenizer_path, family):
     _tiny("policy", family, tmp_path / "ckpt")
     out = tmp_path / "bundle"
-    rep = ex.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE,
+    rep = policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE,
                            ["Hello there", "Wie geht es dir heute?", "Dia duit"], log=lambda *_: None, max_new=6)
     assert max(rep.values()) < ex.ATOL
     for f in ["croco-model.toml", "decode.onnx", "logprob.onnx", "dpo.onnx", "model.safetensors", "tokenizer.json",
