@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::error::ArrowError;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::pipeline::gc::{self, GcOptions};
@@ -25,6 +26,22 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of a run refused because another run holds the storage root's lock.
 pub const EXIT_LOCKED: u8 = 3;
+/// Exit code of a run stopped by SIGINT (Ctrl-C): 128 + 2, as shells report it.
+pub const EXIT_SIGINT: u8 = 130;
+/// Exit code of a run stopped by SIGTERM (what Kubernetes and Slurm send first): 128 + 15.
+pub const EXIT_SIGTERM: u8 = 143;
+
+/// Writes one line to standard output, turning a write error (a closed pipe
+/// among them: [`CliError::is_closed_pipe`]) into a [`CliError`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)?
+    };
+}
+
+fn stdout_error(source: std::io::Error) -> CliError {
+    CliError::Output { path: PathBuf::from("<stdout>"), source: source.into() }
+}
 
 /// croco: cross-lingual contrastive preference tuning as a Parquet dataflow.
 #[derive(Debug, Parser)]
@@ -186,6 +203,47 @@ pub enum CliError {
     /// The report could not be built.
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
+    /// `croco run` was stopped by a signal; what was committed stays.
+    #[error("stopped by {0}: the run lock is released and the committed versions stay; rerun to resume")]
+    Interrupted(Signal),
+}
+
+/// The signals that stop `croco run` at its next safe point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Ctrl-C.
+    Interrupt,
+    /// `kill`, Kubernetes, Slurm.
+    Terminate,
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        })
+    }
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM. The handlers are
+/// installed when this is called, so call it before the work it guards.
+fn stop_signal() -> Result<impl std::future::Future<Output = Signal>, CliError> {
+    #[cfg(unix)]
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::Usage(format!("cannot handle SIGTERM: {e}")))?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => Signal::Interrupt,
+            _ = terminate.recv() => Signal::Terminate,
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Interrupt
+        }
+    })
 }
 
 impl CliError {
@@ -194,8 +252,28 @@ impl CliError {
         match self {
             CliError::Spec(_) | CliError::Usage(_) => EXIT_USAGE,
             CliError::Lock(LockError::Held { .. }) => EXIT_LOCKED,
+            CliError::Interrupted(Signal::Interrupt) => EXIT_SIGINT,
+            CliError::Interrupted(Signal::Terminate) => EXIT_SIGTERM,
             _ => EXIT_FAILURE,
         }
+    }
+
+    /// Whether the error is a write to a closed pipe (`croco status | head`):
+    /// the reader has what it wanted, so the binary exits quietly with 0, as
+    /// ripgrep does.
+    pub fn is_closed_pipe(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            let io = error.downcast_ref::<std::io::Error>().or_else(|| match error.downcast_ref::<ArrowError>() {
+                Some(ArrowError::IoError(_, io)) => Some(io),
+                _ => None,
+            });
+            if io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
     }
 }
 
@@ -238,7 +316,7 @@ async fn report_command(file: &Path, format: ReportFormat, output: Option<&Path>
     match output {
         Some(path) => std::fs::write(path, text).map_err(|e| CliError::Output { path: path.into(), source: e.into() }),
         None => {
-            print!("{text}");
+            write!(std::io::stdout().lock(), "{text}").map_err(stdout_error)?;
             Ok(())
         }
     }
@@ -246,10 +324,10 @@ async fn report_command(file: &Path, format: ReportFormat, output: Option<&Path>
 
 fn validate_command(file: &Path, json: bool) -> Result<(), CliError> {
     match (validate::load(file), json) {
-        (Ok(_), true) => print_json(&serde_json::json!({ "file": file, "valid": true, "problems": [] })),
-        (Ok(_), false) => println!("{}: ok", file.display()),
+        (Ok(_), true) => print_json(&serde_json::json!({ "file": file, "valid": true, "problems": [] }))?,
+        (Ok(_), false) => out!("{}: ok", file.display()),
         (Err(SpecError::Invalid { path, problems }), true) => {
-            print_json(&serde_json::json!({ "file": path, "valid": false, "problems": problems }));
+            print_json(&serde_json::json!({ "file": path, "valid": false, "problems": problems }))?;
             return Err(CliError::Spec(SpecError::Invalid { path, problems }));
         }
         (Err(e), _) => return Err(e.into()),
@@ -259,8 +337,7 @@ fn validate_command(file: &Path, json: bool) -> Result<(), CliError> {
 
 fn schema_command(what: &str) -> Result<(), CliError> {
     if what == "pipeline" {
-        print_json(&schemars::schema_for!(PipelineSpec));
-        return Ok(());
+        return print_json(&schemars::schema_for!(PipelineSpec));
     }
     let table = Table::from_name(what).ok_or_else(|| {
         let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
@@ -274,8 +351,7 @@ fn schema_command(what: &str) -> Result<(), CliError> {
         .collect();
     print_json(
         &serde_json::json!({"table": schema.table, "version": schema.version, "description": schema.description, "columns": columns}),
-    );
-    Ok(())
+    )
 }
 
 async fn load_plan(file: &Path) -> Result<Plan, CliError> {
@@ -290,10 +366,29 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
     // Shards run side by side, each under its own lock; a plain run takes the root's.
     let lock_file =
         options.shard.map_or_else(|| lock::LOCK_FILE.to_string(), |s| format!("_lock-shard-{}.json", s.name()));
+    let stop = stop_signal()?;
     let lock = RunLock::acquire(&plan.storage, &plan.loaded.spec.run.name, ttl, &lock_file).await?;
-    let result = run_every_variant(&plan, options).await;
+    let mut runs = Vec::new();
+    // A signal drops the run at its next await: a stage's parts are written
+    // and its manifest put only at awaits, so nothing half-committed remains,
+    // and resumable stages keep their committed chunks for the rerun.
+    let outcome = tokio::select! {
+        result = run_every_variant(&plan, options, &mut runs) => Ok(result),
+        signal = stop => Err(signal),
+    };
     lock.release().await?;
-    let mut runs = result?;
+    if let Err(signal) = outcome {
+        runs.retain(|(_, reports)| !reports.is_empty());
+        eprintln!("{signal}: stopping; committed before the signal:");
+        for (name, reports) in &runs {
+            eprintln!("{name}:");
+            for report in reports {
+                eprintln!("  {}", report_line(report));
+            }
+        }
+        return Err(CliError::Interrupted(signal));
+    }
+    outcome.expect("the signal case returned")?;
     let (_, reports) = runs.remove(0);
     if json {
         // Retries of the whole command: planning and locking talk to the store too.
@@ -301,50 +396,67 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
         let root = plan.storage.display();
         let variants: serde_json::Map<String, serde_json::Value> =
             runs.into_iter().map(|(name, reports)| (name, serde_json::json!(reports))).collect();
-        print_json(&serde_json::json!({
+        return print_json(&serde_json::json!({
             "run": plan.loaded.spec.run.name, "root": root, "retries": retries, "stages": reports, "variants": variants
         }));
-        return Ok(());
     }
-    print_reports(&reports);
+    print_reports(&reports)?;
     for (name, reports) in &runs {
-        println!("variant {name}:");
-        print_reports(reports);
+        out!("variant {name}:");
+        print_reports(reports)?;
     }
     Ok(())
 }
 
 /// Runs the base pipeline, then each variant (stages they share are current
-/// by then and skipped), each through all its rounds; stops at the first failure.
-async fn run_every_variant(plan: &Plan, options: RunOptions) -> Result<Vec<(String, Vec<StageReport>)>, CliError> {
-    let mut runs = Vec::new();
+/// by then and skipped), each through all its rounds; stops at the first
+/// failure. Each run's reports are pushed onto `runs` as its stages finish.
+async fn run_every_variant(
+    plan: &Plan,
+    options: RunOptions,
+    runs: &mut Vec<(String, Vec<StageReport>)>,
+) -> Result<(), CliError> {
     for (name, first) in plan.variants_and_base() {
-        tracing::info!(variant = name, "running");
-        runs.push((name.to_string(), runner::run(first, options).await?));
+        run_one(first, name.to_string(), options, runs).await?;
         // A round can only be planned once the previous one committed its adapter.
         let mut previous = first.next_round().await?;
         while let Some(round) = previous {
-            let label = round.round_name(name);
-            tracing::info!(variant = %label, "running");
-            runs.push((label, runner::run(&round, options).await?));
+            run_one(&round, round.round_name(name), options, runs).await?;
             previous = round.next_round().await?;
         }
     }
-    Ok(runs)
+    Ok(())
 }
 
-fn print_reports(reports: &[StageReport]) {
+async fn run_one(
+    plan: &Plan,
+    label: String,
+    options: RunOptions,
+    runs: &mut Vec<(String, Vec<StageReport>)>,
+) -> Result<(), CliError> {
+    tracing::info!(variant = %label, "running");
+    runs.push((label, Vec::new()));
+    let (_, reports) = runs.last_mut().expect("just pushed");
+    Ok(runner::run_into(plan, options, reports).await?)
+}
+
+fn print_reports(reports: &[StageReport]) -> Result<(), CliError> {
     for report in reports {
-        println!(
-            "{:<9} {:<7} {:>9} rows {:>8.2}s  {}  {}",
-            report.stage.name(),
-            report.status,
-            report.rows,
-            report.seconds,
-            report.key,
-            serde_json::Value::Object(report.stats.clone())
-        );
+        out!("{}", report_line(report));
     }
+    Ok(())
+}
+
+fn report_line(report: &StageReport) -> String {
+    format!(
+        "{:<9} {:<7} {:>9} rows {:>8.2}s  {}  {}",
+        report.stage.name(),
+        report.status,
+        report.rows,
+        report.seconds,
+        report.key,
+        serde_json::Value::Object(report.stats.clone())
+    )
 }
 
 /// Parses an age like `30s`, `15m`, `1h` or `7d`.
@@ -374,16 +486,15 @@ async fn gc_command(file: &Path, apply: bool, options: GcOptions, json: bool) ->
     let bytes: u64 = found.iter().map(|(_, g)| g.bytes).sum();
     let items: Vec<&gc::Garbage> = found.iter().map(|(_, g)| g).collect();
     if json {
-        print_json(
+        return print_json(
             &serde_json::json!({ "root": plan.storage.display(), "deleted": deleted, "objects": items, "bytes": bytes }),
         );
-        return Ok(());
     }
     for item in &items {
-        println!("{:>10}  {}  ({})", item.bytes, item.url, item.reason);
+        out!("{:>10}  {}  ({})", item.bytes, item.url, item.reason);
     }
     let verb = if deleted { "deleted" } else { "would delete (dry run; --apply deletes)" };
-    println!("{verb}: {} object(s), {bytes} bytes", items.len());
+    out!("{verb}: {} object(s), {bytes} bytes", items.len());
     Ok(())
 }
 
@@ -393,7 +504,7 @@ async fn unlock_command(file: &Path) -> Result<(), CliError> {
         None => println!("{}: not locked", plan.storage.display()),
         Some((holder, _)) => {
             plan.storage.delete(&plan.storage.path(lock::LOCK_FILE)).await?;
-            println!(
+            out!(
                 "{}: removed the lock of run `{}` ({}, pid {}, last heartbeat {})",
                 plan.storage.display(),
                 holder.run,
@@ -416,20 +527,19 @@ async fn status_command(file: &Path, json: bool) -> Result<(), CliError> {
         let (_, rows) = &variants[0];
         let others: serde_json::Map<String, serde_json::Value> =
             variants[1..].iter().map(|(name, rows)| (name.clone(), serde_json::json!(rows))).collect();
-        print_json(&serde_json::json!({
+        return print_json(&serde_json::json!({
             "run": plan.loaded.spec.run.name, "root": plan.storage.display(), "stages": rows, "variants": others
         }));
-        return Ok(());
     }
-    println!("root: {}", plan.storage.display());
+    out!("root: {}", plan.storage.display());
     for (name, rows) in &variants {
         if name != BASE_VARIANT {
-            println!("variant {name}:");
+            out!("variant {name}:");
         }
         for row in rows {
             let count = row["rows"].as_u64().map_or("-".to_string(), |r| r.to_string());
             let text = |field: &str| row[field].as_str().unwrap_or_default().to_string();
-            println!("{:<9} {:<8} {:>9} rows  {}", text("stage"), text("state"), count, text("key"));
+            out!("{:<9} {:<8} {:>9} rows  {}", text("stage"), text("state"), count, text("key"));
         }
     }
     Ok(())
@@ -506,6 +616,7 @@ fn write_batches(batches: &[RecordBatch], format: OutputFormat, output: Option<&
     Ok(())
 }
 
-fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+    out!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+    Ok(())
 }

@@ -14,6 +14,8 @@ fn main() -> ExitCode {
     init_logging(cli.verbose, cli.log_format);
     match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output has gone (`croco status | head`): it has what it wanted.
+        Err(error) if error.is_closed_pipe() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())

@@ -5,7 +5,9 @@
 //! win, on local disk or on a bucket. It names its holder and carries a
 //! heartbeat that a background task renews; a lock whose heartbeat is older
 //! than the pipeline's `lock_ttl_s` belongs to a dead run and is taken over
-//! (logged). `croco unlock` removes a lock by hand.
+//! (logged), and so at once is a lock whose holder ran on this host under a
+//! pid that no longer runs (a run killed before it could release it).
+//! `croco unlock` removes a lock by hand.
 
 use std::time::Duration;
 
@@ -176,7 +178,8 @@ async fn take_over_if_stale(
         return Ok(());
     }
     let age = Utc::now().signed_duration_since(held.heartbeat_at);
-    if age.to_std().unwrap_or_default() < ttl {
+    let dead_here = held.host == record.host && !process_runs(held.pid);
+    if age.to_std().unwrap_or_default() < ttl && !dead_here {
         return Err(LockError::Held { root, holder: Box::new(held) });
     }
     let taken = match put(storage, file, record, PutMode::Update(version)).await {
@@ -188,7 +191,12 @@ async fn take_over_if_stale(
     };
     match taken {
         Ok(()) => {
-            tracing::warn!(run = %held.run, owner = %held.owner, pid = held.pid, heartbeat = %held.heartbeat_at, "took over a stale run lock");
+            let why = if dead_here {
+                "its process no longer runs on this host"
+            } else {
+                "its heartbeat is older than lock_ttl_s"
+            };
+            tracing::warn!(run = %held.run, owner = %held.owner, pid = held.pid, heartbeat = %held.heartbeat_at, "took over a stale run lock: {why}");
             Ok(())
         }
         Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
@@ -197,6 +205,14 @@ async fn take_over_if_stale(
         }
         Err(source) => Err(storage.error(&path, source).into()),
     }
+}
+
+/// Whether process `pid` of this host runs. Where `/proc` cannot tell (not
+/// Linux), every process is taken to run, and only the heartbeat's age
+/// makes a lock stale.
+fn process_runs(pid: u32) -> bool {
+    let proc = std::path::Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// Renews the heartbeat every `every` while the lock is still ours.

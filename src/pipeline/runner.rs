@@ -122,11 +122,20 @@ pub enum RunError {
 
 /// Runs `plan` and reports on every stage it touched.
 pub async fn run(plan: &Plan, options: RunOptions) -> Result<Vec<StageReport>, RunError> {
+    let mut reports = Vec::new();
+    run_into(plan, options, &mut reports).await?;
+    Ok(reports)
+}
+
+/// Runs `plan`, pushing each stage's report onto `reports` as soon as the
+/// stage is done, so a caller that stops the run early (a signal) still
+/// knows what was committed.
+pub async fn run_into(plan: &Plan, options: RunOptions, reports: &mut Vec<StageReport>) -> Result<(), RunError> {
     if let Some(only) = options.only {
         let stage = plan.stage(only).ok_or(RunError::NotConfigured(only))?;
-        return Ok(vec![execute(plan, stage, options).await?]);
+        reports.push(execute(plan, stage, options).await?);
+        return Ok(());
     }
-    let mut reports = Vec::new();
     for stage in &plan.stages {
         let retries_before = crate::store::retries::count();
         let mut report = match options.shard {
@@ -136,7 +145,7 @@ pub async fn run(plan: &Plan, options: RunOptions) -> Result<Vec<StageReport>, R
         report.retries = crate::store::retries::count() - retries_before;
         reports.push(report);
     }
-    Ok(reports)
+    Ok(())
 }
 
 /// A stage in a plain run: skipped when current, merged when its shards are

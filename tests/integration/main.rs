@@ -4,6 +4,7 @@ mod ablations;
 mod bundles;
 mod cli;
 mod evaluation;
+mod exits;
 mod faults;
 mod gc;
 mod imports;
