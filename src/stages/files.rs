@@ -6,11 +6,17 @@ use arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext, cast, ident};
 
+use std::path::Path as FsPath;
+
+use datafusion::error::DataFusionError;
+use object_store::path::Path;
+
 use super::stage::{StageError, StageInput};
+use crate::ids::stable_id;
 use crate::spec::common::FileFormat;
-use crate::store::StoreError;
 use crate::store::rows::first_row;
 use crate::store::storage::resolve_input;
+use crate::store::{Storage, StoreError, lines};
 
 /// What kind of values a mapped column must hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +77,17 @@ pub struct InputFile {
     pub frame: DataFrame,
     /// The file's URL, for messages.
     pub url: String,
+    /// Where it lives and its format, to explain a read error by its line.
+    source: (Storage, Path, FileFormat),
+}
+
+impl InputFile {
+    /// `source`, an error DataFusion raised while reading the file, as the
+    /// file's own line and column where a line-oriented file has a bad line.
+    pub async fn explain(&self, source: DataFusionError) -> StageError {
+        let (storage, path, format) = &self.source;
+        explain_read_error(storage, path, *format, &self.url, source).await
+    }
 }
 
 /// Opens `location` (resolved against `base_dir`) in `ctx` and selects the
@@ -83,29 +100,121 @@ pub async fn read_mapped(
     columns: &[Mapped<'_>],
 ) -> Result<InputFile, StageError> {
     let (storage, path) = resolve_input(location, input.base_dir, input.storage_options, input.retry)?;
-    storage.register(ctx);
     let url = storage.url_of(&path);
     let format = format.or_else(|| FileFormat::from_extension(location)).ok_or_else(|| StageError::Input {
         file: url.clone(),
         problem: "cannot infer the format from the extension; set `format`".into(),
     })?;
+    if lines::size(&storage, &path).await? == 0 {
+        return Err(StageError::Input { file: url, problem: "the file is empty".into() });
+    }
+    // DataFusion's text readers take a byte-order mark for data: such a file
+    // is read from memory without it (editors write it on small files).
+    let text = matches!(format, FileFormat::Jsonl | FileFormat::Csv);
+    let (reader, read_path) = match text && lines::starts_with_bom(&storage, &path).await? {
+        true => without_bom(&storage, &path).await?,
+        false => (storage.clone(), path.clone()),
+    };
+    reader.register(ctx);
+    let read_url = reader.url_of(&read_path);
     // Match the file's own extension so DataFusion does not filter it out.
     let extension = location.rsplit_once('.').map(|(_, ext)| format!(".{ext}")).unwrap_or_default();
-    let read_error = |source| StageError::Store(StoreError::Query { context: format!("reading {url}"), source });
     let frame = match format {
-        FileFormat::Jsonl => ctx.read_json(url.as_str(), JsonReadOptions::default().file_extension(&extension)).await,
+        FileFormat::Jsonl => ctx.read_json(&read_url, JsonReadOptions::default().file_extension(&extension)).await,
         FileFormat::Csv => {
-            ctx.read_csv(url.as_str(), CsvReadOptions::new().has_header(true).file_extension(&extension)).await
+            ctx.read_csv(&read_url, CsvReadOptions::new().has_header(true).file_extension(&extension)).await
         }
         FileFormat::Parquet => {
             let options = ParquetReadOptions { file_extension: &extension, ..Default::default() };
-            ctx.read_parquet(url.as_str(), options).await
+            ctx.read_parquet(&read_url, options).await
+        }
+    };
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(source) => return Err(explain_read_error(&storage, &path, format, &url, source).await),
+    };
+    if frame.schema().fields().is_empty() {
+        return Err(StageError::Input { file: url, problem: "has no rows (only blank lines)".into() });
+    }
+    let exprs = columns.iter().map(|m| check_column(&frame, &url, m)).collect::<Result<Vec<_>, _>>()?;
+    let frame = frame.select(exprs).map_err(StoreError::query(format!("reading {url}")))?;
+    Ok(InputFile { frame, url, source: (storage, path, format) })
+}
+
+/// A copy of the object at `path` without its leading byte-order mark, in a
+/// process-local memory store.
+async fn without_bom(storage: &Storage, path: &Path) -> Result<(Storage, Path), StoreError> {
+    let url = storage.url_of(path);
+    let bytes = storage.get_if_exists(path).await?.unwrap_or_default();
+    let copy = Storage::open(
+        &format!("memory://croco-bom-{}", stable_id(&[&url])),
+        FsPath::new("."),
+        &Default::default(),
+        &Default::default(),
+    )?;
+    let name = path.filename().unwrap_or("input");
+    let copy_path = copy.path(name);
+    copy.put(&copy_path, bytes.slice(lines::BOM.len().min(bytes.len())..)).await?;
+    tracing::info!(file = %url, "read without its UTF-8 byte-order mark");
+    Ok((copy, copy_path))
+}
+
+/// `source`, a read error of the file at `url`, as the line and column of
+/// the file's first bad line (JSONL: invalid UTF-8, invalid JSON, not an
+/// object), or as a query error where no line explains it.
+async fn explain_read_error(
+    storage: &Storage,
+    path: &Path,
+    format: FileFormat,
+    url: &str,
+    source: DataFusionError,
+) -> StageError {
+    let unexplained = |source| StageError::Store(StoreError::Query { context: format!("reading {url}"), source });
+    if format != FileFormat::Jsonl {
+        return unexplained(source);
+    }
+    match first_bad_json_line(storage, path).await {
+        Ok(Some((line, column, problem))) => StageError::Line { file: url.to_string(), line, column, problem },
+        Ok(None) | Err(_) => unexplained(source),
+    }
+}
+
+/// The first line of a JSONL object that is not valid UTF-8 or not one JSON
+/// object: its number, the column (1-based, in characters) and the problem.
+async fn first_bad_json_line(
+    storage: &Storage,
+    path: &Path,
+) -> Result<Option<(usize, Option<usize>, String)>, StoreError> {
+    let mut found = None;
+    lines::visit_lines(storage, path, |number, bytes| {
+        found = bad_json_line(bytes).map(|(column, problem)| (number, column, problem));
+        found.is_none()
+    })
+    .await?;
+    Ok(found)
+}
+
+/// What is wrong with one JSONL line, if anything: (column, problem).
+fn bad_json_line(bytes: &[u8]) -> Option<(Option<usize>, String)> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let column = String::from_utf8_lossy(&bytes[..e.valid_up_to()]).chars().count() + 1;
+            return Some((Some(column), "invalid UTF-8".into()));
+        }
+    };
+    if text.trim().is_empty() {
+        return None;
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => None,
+        Ok(_) => Some((None, "not a JSON object".into())),
+        Err(e) => {
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            Some((Some(e.column()), format!("invalid JSON: {message}")))
         }
     }
-    .map_err(read_error)?;
-    let exprs = columns.iter().map(|m| check_column(&frame, &url, m)).collect::<Result<Vec<_>, _>>()?;
-    let frame = frame.select(exprs).map_err(read_error)?;
-    Ok(InputFile { frame, url })
 }
 
 fn check_column(frame: &DataFrame, url: &str, mapped: &Mapped<'_>) -> Result<datafusion::prelude::Expr, StageError> {
@@ -145,9 +254,12 @@ pub async fn open_keyed_import(
     // A stage may open two imports under one name (generate's `also_import`).
     let registering = || StoreError::query(format!("registering {} as `{name}`", file.url));
     input.ctx.deregister_table(name).map_err(registering())?;
-    input.ctx.register_table(name, file.frame.into_view()).map_err(registering())?;
-    check_import_keys(input.ctx, name, &file.url).await?;
-    Ok(file.url)
+    input.ctx.register_table(name, file.frame.clone().into_view()).map_err(registering())?;
+    // The key check reads the whole file: a bad line anywhere surfaces here.
+    match check_import_keys(input.ctx, name, &file.url).await {
+        Err(StageError::Store(StoreError::Query { source, .. })) => Err(file.explain(source).await),
+        other => other.map(|()| file.url),
+    }
 }
 
 /// Checks that the imported table `table` (read from `file`) has its key

@@ -16,7 +16,6 @@ use crate::ids::{prompt_id, unit_interval};
 use crate::langs::is_iso_639_1;
 use crate::spec::prompts::PromptsParams;
 use crate::spec::{PipelineSpec, StageName};
-use crate::store::StoreError;
 use crate::store::manifest::Stats;
 use crate::store::tables::TableWriter;
 
@@ -62,11 +61,10 @@ impl Stage for Prompts {
         // the output order is the input order.
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let file = read_mapped(&ctx, &params.source, params.format, input, &mapping(params)).await?;
-        let mut stream = file
-            .frame
-            .execute_stream()
-            .await
-            .map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
+        let mut stream = match file.frame.clone().execute_stream().await {
+            Ok(stream) => stream,
+            Err(source) => return Err(file.explain(source).await),
+        };
         let mut ingest = Ingest {
             params,
             languages: &stage.languages,
@@ -76,8 +74,10 @@ impl Stage for Prompts {
             dropped: Dropped::default(),
         };
         while let Some(batch) = stream.next().await {
-            let batch =
-                batch.map_err(|source| StoreError::Query { context: format!("reading {}", file.url), source })?;
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(source) => return Err(file.explain(source).await),
+            };
             let out = ingest.batch(&batch)?;
             sink.write(&out).await?;
             input.progress.set_position(sink.rows());

@@ -176,6 +176,9 @@ pub enum StageError {
     /// An input file lacks a mapped column or has it with an unusable type.
     #[error("{file}: column `{column}` ({role}): {problem}")]
     Column { file: String, column: String, role: String, problem: String },
+    /// A line of a line-oriented input file (JSONL) is unusable.
+    #[error("{file}: line {line}{}: {problem}", column.map(|c| format!(", column {c}")).unwrap_or_default())]
+    Line { file: String, line: usize, column: Option<usize>, problem: String },
     /// A row of an input file is unusable.
     #[error("{file}: row {row}: {problem}")]
     Row { file: String, row: String, problem: String },

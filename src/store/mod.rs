@@ -3,6 +3,7 @@
 //! them, and reading query results in chunks.
 
 pub mod error;
+pub mod lines;
 pub mod manifest;
 pub mod retries;
 pub mod rows;

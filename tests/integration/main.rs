@@ -8,6 +8,7 @@ mod exits;
 mod faults;
 mod gc;
 mod imports;
+mod inputs;
 mod interop;
 mod lock;
 mod model_parity;

@@ -33,9 +33,10 @@ pub async fn read_task(
     let (options, retry) = (input.storage_options, input.retry);
     let bytes = crate::store::storage::read_input_file(&task.source, input.base_dir, options, retry).await?;
     let file = format!("stages.evaluate.choice[{index}].source = {:?}", task.source);
-    let items = parse_items(&bytes, task).map_err(|(line, problem)| StageError::Row {
+    let items = parse_items(&bytes, task).map_err(|(line, problem)| StageError::Line {
         file: file.clone(),
-        row: format!("line {line}"),
+        line,
+        column: None,
         problem,
     })?;
     if items.is_empty() {
@@ -62,11 +63,15 @@ pub async fn read_task(
 
 /// Parses every line of a task file; an error is `(line number, problem)`.
 pub fn parse_items(bytes: &[u8], task: &ChoiceTask) -> Result<Vec<ChoiceItem>, (usize, String)> {
-    let text = std::str::from_utf8(bytes).map_err(|e| (0, format!("not UTF-8: {e}")))?;
+    let bytes = bytes.strip_prefix(crate::store::lines::BOM).unwrap_or(bytes);
     let mut items: Vec<ChoiceItem> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line_number = i + 1;
+        let line = std::str::from_utf8(line).map_err(|e| (line_number, format!("invalid UTF-8: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
         let object: Map<String, Value> =
             serde_json::from_str(line).map_err(|e| (line_number, format!("not a JSON object: {e}")))?;
         let item = parse_item(&object, task).map_err(|problem| (line_number, problem))?;

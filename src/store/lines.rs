@@ -1,0 +1,65 @@
+//! Text objects line by line: what the readers of line-oriented inputs
+//! (JSONL, CSV) need to accept a UTF-8 byte-order mark and to name the
+//! file's own line numbers in errors.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use super::error::StoreError;
+use super::storage::Storage;
+
+/// The UTF-8 byte-order mark that editors on Windows and some exporters
+/// write at the start of a text file.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Whether the object at `path` starts with a [`BOM`].
+pub async fn starts_with_bom(storage: &Storage, path: &Path) -> Result<bool, StoreError> {
+    let size = storage.store().head(path).await.map_err(|source| storage.error(path, source))?.size;
+    if size < BOM.len() as u64 {
+        return Ok(false);
+    }
+    let head = storage.store().get_range(path, 0..BOM.len() as u64).await;
+    Ok(head.map_err(|source| storage.error(path, source))?.as_ref() == BOM)
+}
+
+/// The size in bytes of the object at `path`.
+pub async fn size(storage: &Storage, path: &Path) -> Result<u64, StoreError> {
+    Ok(storage.store().head(path).await.map_err(|source| storage.error(path, source))?.size)
+}
+
+/// Calls `visit` with every line of the object at `path` (1-based number,
+/// bytes without the line end or a leading [`BOM`]), streamed, until `visit`
+/// returns `false`.
+pub async fn visit_lines(
+    storage: &Storage,
+    path: &Path,
+    mut visit: impl FnMut(usize, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let object = storage.store().get(path).await.map_err(|source| storage.error(path, source))?;
+    let mut stream = object.into_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut number = 0;
+    let mut emit = |number: &mut usize, line: &[u8]| {
+        *number += 1;
+        let line = if *number == 1 { line.strip_prefix(BOM).unwrap_or(line) } else { line };
+        visit(*number, line.strip_suffix(b"\r").unwrap_or(line))
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk: Bytes = chunk.map_err(|source| storage.error(path, source))?;
+        pending.extend_from_slice(&chunk);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+            if !emit(&mut number, &pending[start..start + end]) {
+                return Ok(());
+            }
+            start += end + 1;
+        }
+        pending.drain(..start);
+    }
+    if !pending.is_empty() {
+        emit(&mut number, &pending);
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Input files as other tools write them: a byte-order mark, a syntax error
+//! or invalid UTF-8 on some line, an empty file. Each is accepted or refused
+//! naming the file's own line, and a refused file commits nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use rstest::rstest;
+
+/// A pipeline of the prompts stage alone over `prompts`, under `dir/root`.
+fn prompts_pipeline(dir: &Path, prompts: &Path) -> String {
+    let text = format!(
+        "[run]\nname = \"inputs\"\nroot = \"{root}\"\nlanguages = [\"en\", \"fr\"]\n\n\
+         [stages.prompts]\nsource = \"{source}\"\neval_fraction = 0.5\n",
+        root = dir.join("root").display(),
+        source = prompts.display(),
+    );
+    crate::util::write_pipeline(dir, &text).display().to_string()
+}
+
+/// Runs `croco run` on a prompts file with `content`: exit code and stderr.
+fn run_prompts(name: &str, content: &[u8]) -> (Option<i32>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join(name);
+    std::fs::write(&prompts, content).unwrap();
+    let file = prompts_pipeline(dir.path(), &prompts);
+    let output = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", &file]).output().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned(), dir)
+}
+
+fn committed_prompts(dir: &Path) -> usize {
+    let versions = std::fs::read_dir(dir.join("root/tables/prompts")).into_iter().flatten();
+    versions.filter(|v| v.as_ref().unwrap().path().join("_manifest.json").exists()).count()
+}
+
+const LINES: &str =
+    "{\"text\": \"Hello there\", \"language\": \"en\"}\n{\"text\": \"Bonjour\", \"language\": \"fr\"}\n";
+
+#[rstest]
+#[case::jsonl_with_a_byte_order_mark("prompts.jsonl", [b"\xEF\xBB\xBF", LINES.as_bytes()].concat())]
+#[case::jsonl_with_crlf_line_ends("prompts.jsonl", LINES.replace('\n', "\r\n").into_bytes())]
+#[case::csv_with_a_byte_order_mark("prompts.csv", b"\xEF\xBB\xBFtext,language\nHello there,en\nBonjour,fr\n".to_vec())]
+fn regression_files_with_a_byte_order_mark_are_read_like_files_without(#[case] name: &str, #[case] content: Vec<u8>) {
+    let (code, stderr, dir) = run_prompts(name, &content);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(committed_prompts(dir.path()), 1);
+    let status = Command::new(env!("CARGO_BIN_EXE_croco"))
+        .args(["status", "--json", &dir.path().join("pipeline.toml").display().to_string()])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["stages"][0]["rows"], 2, "both prompts, the first one's text intact: {status}");
+}
+
+#[rstest]
+#[case::syntax_error_on_line_3(
+    [LINES, "{\"text\": \"Guten Tag\" \"language\": \"de\"}\n"].concat().into_bytes(),
+    "prompts.jsonl: line 3, column 22: invalid JSON: expected `,` or `}`"
+)]
+#[case::invalid_utf8_on_line_2(
+    b"{\"text\": \"Hello\", \"language\": \"en\"}\n{\"text\": \"Bon\xFFjour\", \"language\": \"fr\"}\n".to_vec(),
+    "prompts.jsonl: line 2, column 14: invalid UTF-8"
+)]
+#[case::not_an_object_on_line_2([LINES.lines().next().unwrap(), "\n[1, 2]\n"].concat().into_bytes(), "prompts.jsonl: line 2: not a JSON object")]
+#[case::an_empty_file(Vec::new(), "prompts.jsonl: the file is empty")]
+#[case::only_blank_lines(b"\n\n  \n".to_vec(), "prompts.jsonl: has no rows (only blank lines)")]
+fn regression_bad_jsonl_lines_are_named_by_the_files_own_line(#[case] content: Vec<u8>, #[case] expected: &str) {
+    let (code, stderr, dir) = run_prompts("prompts.jsonl", &content);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(expected), "expected `{expected}` in:\n{stderr}");
+    assert_eq!(committed_prompts(dir.path()), 0, "nothing is committed");
+}
+
+#[test]
+fn choice_task_files_accept_a_byte_order_mark_and_name_the_line_of_invalid_utf8() {
+    use croco::spec::evaluate::ChoiceTask;
+    use croco::stages::evaluate::items::parse_items;
+    let task: ChoiceTask = toml::from_str("name = \"t\"\nsource = \"t.jsonl\"\n").unwrap();
+    let item = r#"{"item_id": "a", "language": "en", "context": "2 + 2 =", "options": ["3", "4"], "gold": 1}"#;
+    let with_bom = [b"\xEF\xBB\xBF".as_slice(), item.as_bytes(), b"\r\n"].concat();
+    assert_eq!(parse_items(&with_bom, &task).unwrap().len(), 1);
+    let bad = [item.as_bytes(), b"\n{\"item_id\": \"b\xFF\"}\n"].concat();
+    let (line, problem) = parse_items(&bad, &task).unwrap_err();
+    assert_eq!(line, 2);
+    assert!(problem.starts_with("invalid UTF-8"), "{problem}");
+}
+
+#[test]
+fn a_bad_line_in_an_imported_responses_file_is_named_by_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let responses = dir.path().join("responses.jsonl");
+    let lines = "{\"prompt_id\": \"p1\", \"sample_idx\": 0, \"text\": \"a\"}\n{\"prompt_id\": \"p1\", \"sample_idx\": 1, \"text\": }\n";
+    std::fs::write(&responses, [b"\xEF\xBB\xBF".as_slice(), lines.as_bytes()].concat()).unwrap();
+    let text = format!(
+        "{}\n[stages.generate.import]\npath = \"{}\"\n",
+        crate::util::en_fr_head("imports", dir.path(), &[]),
+        responses.display()
+    );
+    let file = crate::util::write_pipeline(dir.path(), &text);
+    let output = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("responses.jsonl: line 2, column 46: invalid JSON: expected value"), "{stderr}");
+}
