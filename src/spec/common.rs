@@ -70,12 +70,15 @@ impl SplitFilter {
 /// A value problem found after the types were read: the dotted key and what is wrong.
 pub type ValueProblem = (String, String);
 
+/// Records a problem at `key` when a count that must be positive is 0.
 pub fn positive(key: &str, value: u32, problems: &mut Vec<ValueProblem>) {
     if value == 0 {
         problems.push((key.into(), "must be at least 1".into()));
     }
 }
 
+/// Records a problem at `{section}.format` when `format` is unset and
+/// `location`'s extension does not tell it.
 pub fn check_format(section: &str, location: &str, format: Option<FileFormat>, problems: &mut Vec<ValueProblem>) {
     if format.is_none() && FileFormat::from_extension(location).is_none() {
         problems.push((
@@ -85,10 +88,12 @@ pub fn check_format(section: &str, location: &str, format: Option<FileFormat>, p
     }
 }
 
+/// Rows per committed part of the chunked model stages (score, ref_logps).
 pub(super) fn default_rows_per_part() -> u32 {
     2048
 }
 
+/// Sequences per batch of the scoring stages (score, ref_logps).
 pub(super) fn default_score_batch_size() -> u32 {
     16
 }

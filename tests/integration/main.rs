@@ -6,6 +6,7 @@ mod cli;
 mod evaluation;
 mod exits;
 mod faults;
+mod fuzz;
 mod gc;
 mod imports;
 mod inputs;
