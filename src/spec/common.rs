@@ -88,6 +88,26 @@ pub fn check_format(section: &str, location: &str, format: Option<FileFormat>, p
     }
 }
 
+/// `prompt` as the policy reads it: with `instruction` appended, `{language}`
+/// in it replaced by the English name of `language` (the code itself when
+/// ISO 639-1 has no name for it).
+pub fn with_instruction(prompt: &str, instruction: Option<&str>, language: &str) -> String {
+    match instruction {
+        Some(instruction) => {
+            let name = crate::langs::english_name(language).unwrap_or(language);
+            format!("{prompt}{}", instruction.replace("{language}", name))
+        }
+        None => prompt.to_string(),
+    }
+}
+
+/// Records a problem at `key` when a prompt instruction is set but empty.
+pub fn check_instruction(key: &str, instruction: Option<&str>, problems: &mut Vec<ValueProblem>) {
+    if instruction.is_some_and(|i| i.trim().is_empty()) {
+        problems.push((key.into(), "is empty: leave it out for prompts as they are".into()));
+    }
+}
+
 /// Rows per committed part of the chunked model stages (score, ref_logps).
 pub(super) fn default_rows_per_part() -> u32 {
     2048
@@ -96,4 +116,23 @@ pub(super) fn default_rows_per_part() -> u32 {
 /// Sequences per batch of the scoring stages (score, ref_logps).
 pub(super) fn default_score_batch_size() -> u32 {
     16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instruction_names_the_language_in_english() {
+        let instruction = Some(" Please respond in {language} and nothing else.");
+        assert_eq!(
+            with_instruction("Bonjour ?", instruction, "fr"),
+            "Bonjour ? Please respond in French and nothing else."
+        );
+        assert_eq!(
+            with_instruction("Dia duit", instruction, "ga"),
+            "Dia duit Please respond in Irish and nothing else."
+        );
+        assert_eq!(with_instruction("Hi", None, "en"), "Hi");
+    }
 }

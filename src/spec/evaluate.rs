@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{FileFormat, Section, ValueProblem, check_format, positive};
+use super::common::{FileFormat, Section, ValueProblem, check_format, check_instruction, positive};
 use super::models::ModelsSpec;
 
 /// `[stages.evaluate]`: the recipe's verdict, base policy against tuned policy.
@@ -121,6 +121,11 @@ pub struct JudgeParams {
     /// A preference within ± this margin is a tie (reward units, or log-odds for `pairwise`).
     #[serde(default)]
     pub tie_margin: f64,
+    /// Appended to every judged prompt before the chat template, `{language}` replaced by the prompt
+    /// language's English name; the recipe's is " Please respond in {language} and nothing else."
+    /// (mind the leading space). Unset (the default): prompts as they are. Left out of keys when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
     /// Response length limit, in tokens.
     #[serde(default = "default_judge_max_new_tokens")]
     pub max_new_tokens: u32,
@@ -159,6 +164,7 @@ impl JudgeParams {
             problems
                 .push(("stages.evaluate.judge.temperature".into(), "must be a finite number >= 0 (0 = greedy)".into()));
         }
+        check_instruction("stages.evaluate.judge.instruction", self.instruction.as_deref(), problems);
         positive("stages.evaluate.judge.max_new_tokens", self.max_new_tokens, problems);
         positive("stages.evaluate.judge.batch_size", self.batch_size, problems);
         if let Some(limit) = self.max_prompts_per_language {

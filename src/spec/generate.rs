@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{FileFormat, Section, SplitFilter, ValueProblem, check_format, positive};
+use super::common::{FileFormat, Section, SplitFilter, ValueProblem, check_format, check_instruction, positive};
 use super::models::ModelsSpec;
 
 /// Where a set of responses came from.
@@ -83,6 +83,11 @@ pub struct GenerateParams {
     /// existing versions stay current.
     #[serde(default, skip_serializing_if = "SamplingModel::is_policy")]
     pub model: SamplingModel,
+    /// Appended to every prompt before the chat template, `{language}` replaced by the prompt
+    /// language's English name; the recipe's is " Please respond in {language} and nothing else."
+    /// (mind the leading space). Unset (the default): prompts as they are. Left out of keys when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
     /// Responses per prompt (the recipe: 64).
     #[serde(default = "default_samples")]
     pub samples: u32,
@@ -183,6 +188,7 @@ impl Section for GenerateParams {
         {
             problems.push(("stages.generate.prompt_slice".into(), "index must be below count".into()));
         }
+        check_instruction("stages.generate.instruction", self.instruction.as_deref(), problems);
         positive("stages.generate.samples", self.samples, problems);
         positive("stages.generate.max_new_tokens", self.max_new_tokens, problems);
         positive("stages.generate.batch_size", self.batch_size, problems);

@@ -22,7 +22,7 @@ use super::stage::{Stage, StageError, StageInput, stats};
 use crate::ids::stable_id;
 use crate::model::policy::{Generated, GenerationRequest, Policy, policy_id};
 use crate::model::sampling::SamplingParams;
-use crate::spec::common::SplitFilter;
+use crate::spec::common::{SplitFilter, with_instruction};
 use crate::spec::generate::{GenerateParams, GenerationsImport, ResponseSource, SamplingModel};
 use crate::spec::{PipelineSpec, StageName};
 use crate::store::manifest::Stats;
@@ -179,7 +179,8 @@ impl Sampler<'_> {
         let requests = prompts
             .iter()
             .map(|p| {
-                let prompt = self.policy.tokenizer.encode_prompt(&p.text)?;
+                let text = with_instruction(&p.text, self.params.instruction.as_deref(), &p.language);
+                let prompt = self.policy.tokenizer.encode_prompt(&text)?;
                 let seeds = (0..samples).map(|k| sample_seed(self.params.seed, &p.prompt_id, k)).collect();
                 Ok(GenerationRequest { prompt, seeds })
             })

@@ -200,3 +200,32 @@ async fn kill_nine_at_ten_points_then_rerun_matches_an_uninterrupted_run() {
     assert_eq!(query(&file, tables).await, expected);
     assert_eq!(query(&file, "SELECT pair_id FROM pairs ORDER BY pair_id").await, expected_pairs);
 }
+
+#[tokio::test]
+async fn the_prompt_instruction_reaches_the_policy_and_its_key() {
+    let generations = |dir: &Path, instruction: &str| {
+        let text = format!(
+            "{}\n[stages.generate]\nsamples = 1\nmax_new_tokens = 2\n{instruction}\n",
+            en_fr_head("instructed", dir, &[("policy", data("models/policy"))])
+        );
+        write_pipeline(dir, &text)
+    };
+    let (plain_dir, instructed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let plain = generations(plain_dir.path(), "");
+    let instructed =
+        generations(instructed_dir.path(), "instruction = \" Please respond in {language} and nothing else.\"");
+    let (plain_reports, instructed_reports) =
+        (run(&plain, RunOptions::default()).await, run(&instructed, RunOptions::default()).await);
+    assert_eq!(plain_reports[0].key, instructed_reports[0].key, "prompts are the same");
+    assert_ne!(plain_reports[1].key, instructed_reports[1].key, "the instruction is part of generate's key");
+    let sql = "SELECT prompt_id, prompt_tokens FROM generations ORDER BY prompt_id";
+    let (plain_rows, instructed_rows) = (query(&plain, sql).await, query(&instructed, sql).await);
+    let tokens =
+        |table: &str| -> Vec<i64> { table.lines().filter_map(|l| l.split('|').nth(2)?.trim().parse().ok()).collect() };
+    let (before, after) = (tokens(&plain_rows), tokens(&instructed_rows));
+    assert!(!before.is_empty() && before.len() == after.len());
+    assert!(
+        before.iter().zip(&after).all(|(b, a)| a > b),
+        "every prompt grew by the instruction:\n{plain_rows}\n{instructed_rows}"
+    );
+}

@@ -18,6 +18,7 @@ use crate::ids::{stable_id, unit_interval};
 use crate::model::policy::{GenerationRequest, Policy};
 use crate::model::reward::RewardModel;
 use crate::model::sampling::SamplingParams;
+use crate::spec::common::with_instruction;
 use crate::spec::evaluate::{JudgeKind, JudgeParams};
 use crate::stages::stage::{StageError, StageInput};
 use crate::store::rows::{first_row, text_at};
@@ -116,7 +117,8 @@ pub fn respond(policy: &mut Policy, prompts: &[EvalPrompt], params: &JudgeParams
             .map(|p| {
                 let seed = stable_id(&[&params.seed.to_string(), &p.prompt_id]);
                 let seed = u64::from_str_radix(&seed, 16).expect("16 hex digits");
-                Ok(GenerationRequest { prompt: policy.tokenizer.encode_prompt(&p.text)?, seeds: vec![seed] })
+                let text = with_instruction(&p.text, params.instruction.as_deref(), &p.language);
+                Ok(GenerationRequest { prompt: policy.tokenizer.encode_prompt(&text)?, seeds: vec![seed] })
             })
             .collect::<Result<Vec<_>, StageError>>()?;
         for mut samples in policy.generate(&requests, &sampling, params.max_new_tokens as usize)? {
