@@ -21,6 +21,28 @@ pub struct ScoreParams {
     /// Generations per committed part: a crashed run resumes after the last committed part.
     #[serde(default = "default_rows_per_part")]
     pub rows_per_part: u32,
+    /// A (prompt, response) longer than the reward model's context
+    /// (`max_position_embeddings`): `skip` (the recipe's: no reward, counted) or
+    /// `truncate` (the response cut to fit). Left out of keys when `skip`.
+    #[serde(default, skip_serializing_if = "TooLong::is_skip")]
+    pub too_long: TooLong,
+}
+
+/// What the score stage does with an exchange longer than the reward model's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TooLong {
+    /// No reward (null): the pairs never use it. The recipe's rule.
+    #[default]
+    Skip,
+    /// Cut the response's tokens from the right until the exchange fits.
+    Truncate,
+}
+
+impl TooLong {
+    fn is_skip(&self) -> bool {
+        *self == TooLong::Skip
+    }
 }
 
 /// `[stages.score.import]`: rewards computed elsewhere, matched to generations

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use super::files::{ColumnKind, Mapped, file_name, open_keyed_import};
 use super::stage::{Stage, StageError, StageInput, stats};
 use crate::model::reward::RewardModel;
-use crate::spec::score::{ScoreParams, ScoresImport};
+use crate::spec::score::{ScoreParams, ScoresImport, TooLong};
 use crate::spec::{PipelineSpec, StageName};
 use crate::store::manifest::Stats;
 use crate::store::rows::{Chunks, count, first_row, text_at};
@@ -87,18 +87,35 @@ async fn score_with_model(
         })
     };
     let mut chunks = Chunks::new(input.ctx, sql, "generations", params.rows_per_part as usize, row).await?;
-    let mut scorer = Scorer { model: &mut model, label: &label, batch_size: params.batch_size as usize, scored: 0 };
+    let context = model.bundle.manifest.architecture.max_position_embeddings;
+    let mut scorer = Scorer {
+        model: &mut model,
+        label: &label,
+        batch_size: params.batch_size as usize,
+        limit: (context, params.too_long),
+        scored: 0,
+        too_long: 0,
+    };
     while let Some((index, exchanges)) = chunks.next().await? {
         scorer.chunk(index, &exchanges, &done, sink, input).await?;
     }
-    Ok(stats([("scores", sink.rows()), ("scored_now", scorer.scored), ("resumed_parts", done.len() as u64)]))
+    Ok(stats([
+        ("scores", sink.rows()),
+        ("scored_now", scorer.scored),
+        ("too_long_now", scorer.too_long),
+        ("resumed_parts", done.len() as u64),
+    ]))
 }
 
 struct Scorer<'m> {
     model: &'m mut RewardModel,
     label: &'m str,
     batch_size: usize,
+    /// The reward model's context and what to do with longer exchanges.
+    limit: (usize, TooLong),
     scored: u64,
+    /// Exchanges skipped or truncated for their length, in this run.
+    too_long: u64,
 }
 
 impl Scorer<'_> {
@@ -127,18 +144,29 @@ impl Scorer<'_> {
         Ok(())
     }
 
-    /// Rewards in `exchanges` order; batches group sequences of similar
-    /// length so little compute goes to padding.
-    fn score(&mut self, exchanges: &[Exchange]) -> Result<Vec<f64>, StageError> {
-        let encoded = exchanges
-            .iter()
-            .map(|e| self.model.tokenizer.encode_exchange(&e.prompt, &e.response).map(|(ids, _)| ids))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
-        order.sort_by_key(|&i| encoded[i].len());
-        let mut rewards = vec![0.0; encoded.len()];
+    /// Rewards in `exchanges` order (`None`: skipped as too long); batches
+    /// group sequences of similar length so little compute goes to padding.
+    fn score(&mut self, exchanges: &[Exchange]) -> Result<Vec<Option<f64>>, StageError> {
+        let (context, too_long) = self.limit;
+        let mut encoded = Vec::with_capacity(exchanges.len());
+        for exchange in exchanges {
+            let (mut ids, _) = self.model.tokenizer.encode_exchange(&exchange.prompt, &exchange.response)?;
+            let fits = ids.len() <= context;
+            self.too_long += u64::from(!fits);
+            encoded.push(match (fits, too_long) {
+                (true, _) => Some(ids),
+                (false, TooLong::Skip) => None,
+                (false, TooLong::Truncate) => {
+                    ids.truncate(context);
+                    Some(ids)
+                }
+            });
+        }
+        let mut order: Vec<usize> = (0..encoded.len()).filter(|&i| encoded[i].is_some()).collect();
+        order.sort_by_key(|&i| encoded[i].as_ref().map_or(0, Vec::len));
+        let mut rewards = vec![None; encoded.len()];
         for batch in order.chunks(self.batch_size) {
-            let sequences: Vec<Vec<i64>> = batch.iter().map(|&i| encoded[i].clone()).collect();
+            let sequences: Vec<Vec<i64>> = batch.iter().filter_map(|&i| encoded[i].clone()).collect();
             for (&i, score) in batch.iter().zip(self.model.score_ids(&sequences)?) {
                 if !score.is_finite() {
                     return Err(StageError::Row {
@@ -147,7 +175,7 @@ impl Scorer<'_> {
                         problem: format!("the reward is {score}; rewards must be finite"),
                     });
                 }
-                rewards[i] = f64::from(score);
+                rewards[i] = Some(f64::from(score));
             }
         }
         Ok(rewards)

@@ -229,3 +229,32 @@ async fn the_prompt_instruction_reaches_the_policy_and_its_key() {
         "every prompt grew by the instruction:\n{plain_rows}\n{instructed_rows}"
     );
 }
+
+#[rstest::rstest]
+#[case::skip("", 1, 1)]
+#[case::truncate("too_long = \"truncate\"", 0, 1)]
+#[tokio::test]
+async fn exchanges_longer_than_the_reward_models_context_are_skipped_or_truncated(
+    #[case] setting: &str,
+    #[case] null_rewards: usize,
+    #[case] too_long: u64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "Explain in simple terms why the sky is blue during the day and red at sunset.";
+    let prompt_id = croco::ids::prompt_id("en", prompt);
+    // The demo reward model reads 512 tokens: the second response is far longer.
+    let long = "The light of the sun scatters in the air. ".repeat(200);
+    let responses = dir.path().join("responses.jsonl");
+    let line = |k: usize, text: &str| serde_json::json!({"prompt_id": prompt_id, "sample_idx": k, "text": text});
+    std::fs::write(&responses, format!("{}\n{}\n", line(0, "Rayleigh scattering."), line(1, &long))).unwrap();
+    let text = format!(
+        "{}\n[stages.generate]\nsplit = \"all\"\n\n[stages.generate.import]\npath = \"{}\"\n\n[stages.score]\n{setting}\n",
+        en_fr_head("too_long", dir.path(), &[("reward", data("models/reward"))]),
+        responses.display()
+    );
+    let file = write_pipeline(dir.path(), &text);
+    let reports = run(&file, RunOptions::default()).await;
+    assert_eq!(reports[2].stats["too_long_now"], too_long, "{:?}", reports[2].stats);
+    let nulls = query(&file, "SELECT COUNT(*) AS n FROM scores WHERE reward IS NULL").await;
+    assert!(nulls.contains(&format!("| {null_rewards} ")), "{nulls}");
+}
