@@ -18,7 +18,7 @@ def main():
     con = duckdb.connect()
     for table in ("generations", "scores", "prompts"):
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{directory}/{table}.parquet')")
-    con.execute("CREATE TABLE pairs_params AS SELECT 'in_lang' AS pool_scope, 'mean_minus_2std' AS target_rule, 0.0::DOUBLE AS min_margin, 'any' AS chosen_source, 'any' AS rejected_source")
+    con.execute("CREATE TABLE pairs_params AS SELECT 'in_lang' AS pool_scope, 'mean_minus_2std' AS target_rule, 0.0::DOUBLE AS min_margin, 'any' AS chosen_source, 'any' AS rejected_source, 'chosen' AS prompt_source, 0::UBIGINT AS prompt_seed")
     best, count = float("inf"), 0
     for _ in range(repeats):
         start = time.perf_counter()

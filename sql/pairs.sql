@@ -3,8 +3,8 @@
 -- Reads: generations, scores, prompts, and pairs_params (one row: pool_scope
 -- 'in_lang' | 'all_lang', target_rule 'mean_minus_2std' | 'q1' | 'min',
 -- min_margin, chosen_source and rejected_source 'any' | 'on_policy' |
--- 'off_policy'). Writes one row per pool that yields a pair; the pairs stage
--- adds pair_id.
+-- 'off_policy', prompt_source 'chosen' | 'rejected' | 'random', prompt_seed).
+-- Writes one row per pool that yields a pair; the pairs stage adds pair_id.
 --
 -- The rule:
 --   pool     = the responses of one prompt (in_lang), or of one source prompt
@@ -21,12 +21,18 @@
 --   Mixed pools (the on/off-policy ablation): the pool and its target are all
 --   its responses, but the chosen is the best among chosen_source's and the
 --   rejected is picked among rejected_source's ('any': every response).
---   In all_lang pools the prompt is the one in the chosen response's language.
+--   In all_lang pools the prompt (prompt_id, language, prompt_text) is the
+--   source prompt in the chosen response's language (prompt_source 'chosen',
+--   the recipe's default), in the rejected one's ('rejected'), or in one of
+--   the pool's languages drawn per pool ('random': the least md5 (hex) of
+--   prompt_seed:pool_id:prompt_id, the same in every engine). An in_lang pool
+--   has one prompt, so prompt_source changes nothing there.
 --
 -- Plain SQL (window functions, CTEs) so the same file runs in DataFusion and
 -- DuckDB (see benches/).
 WITH params AS (
-    SELECT pool_scope, target_rule, min_margin, chosen_source, rejected_source FROM pairs_params
+    SELECT pool_scope, target_rule, min_margin, chosen_source, rejected_source, prompt_source, prompt_seed
+    FROM pairs_params
 ),
 scored AS (
     SELECT
@@ -82,6 +88,21 @@ targets AS (
 chosen AS (
     SELECT * FROM ranked WHERE best_rank = 1 AND chosen_ok
 ),
+drawn AS (
+    SELECT pool_id, prompt_id
+    FROM (
+        SELECT
+            pool_id,
+            prompt_id,
+            ROW_NUMBER() OVER (
+                PARTITION BY pool_id
+                ORDER BY md5(CAST(params.prompt_seed AS VARCHAR) || ':' || pool_id || ':' || prompt_id), prompt_id
+            ) AS draw
+        FROM (SELECT DISTINCT pool_id, prompt_id FROM scored) AS pool_prompts
+        CROSS JOIN params
+    ) AS draws
+    WHERE draw = 1
+),
 candidates AS (
     SELECT
         r.*,
@@ -97,9 +118,9 @@ candidates AS (
 )
 SELECT
     c.pool_id,
-    c.prompt_id,
+    p.prompt_id,
     c.source_id,
-    c.language,
+    p.language,
     p.text AS prompt_text,
     c.generation_id AS chosen_generation_id,
     c.text AS chosen_text,
@@ -116,7 +137,12 @@ SELECT
 FROM chosen AS c
 JOIN candidates AS r ON r.pool_id = c.pool_id AND r.closeness_rank = 1
 JOIN targets AS t ON t.pool_id = c.pool_id
-JOIN prompts AS p ON p.prompt_id = c.prompt_id
+JOIN drawn AS d ON d.pool_id = c.pool_id
 CROSS JOIN params
+JOIN prompts AS p ON p.prompt_id = CASE params.prompt_source
+    WHEN 'rejected' THEN r.prompt_id
+    WHEN 'random' THEN d.prompt_id
+    ELSE c.prompt_id
+END
 WHERE c.reward - r.reward >= params.min_margin
 ORDER BY c.pool_id

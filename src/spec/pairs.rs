@@ -49,6 +49,47 @@ pub struct PairsParams {
     /// Where the rejected response may come from.
     #[serde(default, skip_serializing_if = "SourceFilter::is_any")]
     pub rejected_source: SourceFilter,
+    /// In `all_lang` pools, whose language the prompt is taken in: the
+    /// `chosen` response's (the recipe's default), the `rejected` one's, or a
+    /// `random` one of the pool's, drawn per pool from `seed`. Left out of keys
+    /// when `chosen`.
+    #[serde(default, skip_serializing_if = "PromptSource::is_chosen")]
+    pub prompt_source: PromptSource,
+    /// Seed of the `random` prompt draw. Left out of keys when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seed: u64,
+}
+
+fn is_zero(seed: &u64) -> bool {
+    *seed == 0
+}
+
+/// Whose language an `all_lang` pair's prompt is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptSource {
+    /// The chosen response's (the recipe's default).
+    #[default]
+    Chosen,
+    /// The rejected response's.
+    Rejected,
+    /// One of the pool's languages, drawn per pool.
+    Random,
+}
+
+impl PromptSource {
+    fn is_chosen(&self) -> bool {
+        *self == PromptSource::Chosen
+    }
+
+    /// The value `sql/pairs.sql` reads in `pairs_params.prompt_source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromptSource::Chosen => "chosen",
+            PromptSource::Rejected => "rejected",
+            PromptSource::Random => "random",
+        }
+    }
 }
 
 /// Which responses of a pool may take a role in its pair.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
@@ -34,6 +34,8 @@ pub fn register_params(ctx: &SessionContext, params: &PairsParams) -> Result<(),
         Field::new("min_margin", DataType::Float64, false),
         Field::new("chosen_source", DataType::Utf8, false),
         Field::new("rejected_source", DataType::Utf8, false),
+        Field::new("prompt_source", DataType::Utf8, false),
+        Field::new("prompt_seed", DataType::UInt64, false),
     ]));
     let pool_scope = match params.pool {
         PoolScope::InLang => "in_lang",
@@ -50,8 +52,10 @@ pub fn register_params(ctx: &SessionContext, params: &PairsParams) -> Result<(),
         Arc::new(Float64Array::from(vec![params.min_margin])),
         Arc::new(StringArray::from(vec![params.chosen_source.as_str()])),
         Arc::new(StringArray::from(vec![params.rejected_source.as_str()])),
+        Arc::new(StringArray::from(vec![params.prompt_source.as_str()])),
+        Arc::new(UInt64Array::from(vec![params.seed])),
     ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).expect("five one-row columns");
+    let batch = RecordBatch::try_new(schema.clone(), columns).expect("seven one-row columns");
     let registering = || StoreError::query("registering pairs_params");
     let table = MemTable::try_new(schema, vec![vec![batch]]).map_err(registering())?;
     ctx.deregister_table("pairs_params").map_err(registering())?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray};
-use croco::spec::pairs::{PairsParams, PoolScope, RejectedTarget};
+use croco::spec::pairs::{PairsParams, PoolScope, PromptSource, RejectedTarget};
 use croco::stages::pairs::compute;
 use croco::store::Table;
 use datafusion::datasource::MemTable;
@@ -31,6 +31,15 @@ struct Pair {
     chosen: String,
     rejected: String,
     target: f64,
+}
+
+/// The pool's prompt that `prompt_source = "random"` draws: the least hex
+/// md5 of `seed:pool_id:prompt_id`.
+fn drawn_prompt(members: &[&Response], pool_id: &str, seed: u64) -> String {
+    use md5::{Digest, Md5};
+    let draw = |prompt: &str| hex::encode(Md5::digest(format!("{seed}:{pool_id}:{prompt}")));
+    let prompts: std::collections::BTreeSet<&str> = members.iter().map(|r| r.prompt_id.as_str()).collect();
+    prompts.into_iter().min_by_key(|p| (draw(p), p.to_string())).unwrap().to_string()
 }
 
 /// The rule, written the obvious way: group, sort, scan.
@@ -70,9 +79,14 @@ fn reference(rows: &[Response], params: &PairsParams) -> Vec<Pair> {
                 .then_with(|| a.generation_id.cmp(&b.generation_id))
         });
         if let Some(rejected) = rejected.filter(|r| reward(chosen) - reward(r) >= params.min_margin) {
+            let prompt_id = match params.prompt_source {
+                PromptSource::Chosen => chosen.prompt_id.clone(),
+                PromptSource::Rejected => rejected.prompt_id.clone(),
+                PromptSource::Random => drawn_prompt(&members, &pool_id, params.seed),
+            };
             pairs.push(Pair {
                 pool_id,
-                prompt_id: chosen.prompt_id.clone(),
+                prompt_id,
                 chosen: chosen.generation_id.clone(),
                 rejected: rejected.generation_id.clone(),
                 target,
@@ -197,12 +211,18 @@ fn params() -> impl Strategy<Value = PairsParams> {
     let rejected =
         prop_oneof![Just(RejectedTarget::MeanMinus2std), Just(RejectedTarget::Q1), Just(RejectedTarget::Min)];
     let min_margin = prop_oneof![3 => Just(0.0), 1 => 0.0f64..2.0];
-    (pool, rejected, min_margin).prop_map(|(pool, rejected, min_margin)| PairsParams {
-        pool,
-        rejected,
-        min_margin,
-        ..Default::default()
-    })
+    let prompt_source =
+        prop_oneof![Just(PromptSource::Chosen), Just(PromptSource::Rejected), Just(PromptSource::Random)];
+    (pool, rejected, min_margin, prompt_source, 0..4u64).prop_map(
+        |(pool, rejected, min_margin, prompt_source, seed)| PairsParams {
+            pool,
+            rejected,
+            min_margin,
+            prompt_source,
+            seed,
+            ..Default::default()
+        },
+    )
 }
 
 proptest! {
