@@ -136,7 +136,25 @@ pub async fn read_mapped(
     if frame.schema().fields().is_empty() {
         return Err(StageError::Input { file: url, problem: "has no rows (only blank lines)".into() });
     }
-    let exprs = columns.iter().map(|m| check_column(&frame, &url, m)).collect::<Result<Vec<_>, _>>()?;
+    let mut exprs = Vec::with_capacity(columns.len());
+    for mapped in columns {
+        match check_column(&frame, &url, mapped) {
+            Ok(expr) => exprs.push(expr),
+            // A column of the wrong type: name the first line that made it so.
+            Err(StageError::Column { file, column, role, mut problem }) => {
+                let present = frame.schema().fields().iter().any(|f| f.name() == mapped.column);
+                let first = match present {
+                    true => first_mistyped_line(&storage, &path, format, mapped).await.ok().flatten(),
+                    false => None,
+                };
+                if let Some((line, value)) = first {
+                    problem = format!("{problem}; line {line} holds `{value}`");
+                }
+                return Err(StageError::Column { file, column, role, problem });
+            }
+            Err(other) => return Err(other),
+        }
+    }
     let frame = frame.select(exprs).map_err(StoreError::query(format!("reading {url}")))?;
     Ok(InputFile { frame, url, source: (storage, path, format) })
 }
@@ -233,6 +251,72 @@ fn check_column(frame: &DataFrame, url: &str, mapped: &Mapped<'_>) -> Result<dat
         return Err(column_error(format!("holds {}, expected {}", field.data_type(), mapped.kind.describe())));
     }
     Ok(cast(ident(mapped.column), mapped.kind.target()).alias(mapped.role))
+}
+
+impl ColumnKind {
+    /// Whether a CSV field's text is a value of this kind.
+    fn accepts_text(self, text: &str) -> bool {
+        match self {
+            ColumnKind::Text | ColumnKind::Key => true,
+            ColumnKind::Integer => text.trim().parse::<i64>().is_ok(),
+            ColumnKind::Number => text.trim().parse::<f64>().is_ok(),
+        }
+    }
+
+    /// Whether a JSON value is a value of this kind (null is a missing value, not a wrong one).
+    fn accepts_json(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match (self, value) {
+            (_, Value::Null) => true,
+            (ColumnKind::Text, Value::String(_)) => true,
+            (ColumnKind::Key, Value::String(_)) => true,
+            (ColumnKind::Key | ColumnKind::Integer, Value::Number(n)) => n.is_i64() || n.is_u64(),
+            (ColumnKind::Number, Value::Number(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The first line of a CSV or JSONL file whose `mapped` field holds a value
+/// of the wrong kind, and that value. CSV files are read whole: this runs
+/// only once their column was found mistyped.
+async fn first_mistyped_line(
+    storage: &Storage,
+    path: &Path,
+    format: FileFormat,
+    mapped: &Mapped<'_>,
+) -> Result<Option<(usize, String)>, StoreError> {
+    match format {
+        FileFormat::Jsonl => {
+            let mut found = None;
+            lines::visit_lines(storage, path, |number, bytes| {
+                let object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).ok();
+                let value = object.and_then(|mut o| o.remove(mapped.column));
+                if let Some(value) = value.filter(|v| !mapped.kind.accepts_json(v)) {
+                    found = Some((number, value.to_string()));
+                }
+                found.is_none()
+            })
+            .await?;
+            Ok(found)
+        }
+        FileFormat::Csv => {
+            let bytes = storage.get_if_exists(path).await?.unwrap_or_default();
+            let bytes = bytes.strip_prefix(lines::BOM).unwrap_or(&bytes);
+            let mut reader = csv::Reader::from_reader(bytes);
+            let index = reader.headers().ok().and_then(|h| h.iter().position(|name| name == mapped.column));
+            let Some(index) = index else { return Ok(None) };
+            for record in reader.records().flatten() {
+                let value = record.get(index).unwrap_or_default();
+                if !value.is_empty() && !mapped.kind.accepts_text(value) {
+                    let line = record.position().map_or(0, |p| p.line() as usize);
+                    return Ok(Some((line, value.to_string())));
+                }
+            }
+            Ok(None)
+        }
+        FileFormat::Parquet => Ok(None),
+    }
 }
 
 /// The file name of a location, for default import labels.

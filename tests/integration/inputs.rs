@@ -102,3 +102,30 @@ fn a_bad_line_in_an_imported_responses_file_is_named_by_its_line() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("responses.jsonl: line 2, column 46: invalid JSON: expected value"), "{stderr}");
 }
+
+#[rstest]
+#[case::csv(
+    "responses.csv",
+    "prompt_id,sample_idx,text\np1,0,a\np1,1,b\np1,zz,c\n",
+    "responses.csv: column `sample_idx` (sample_idx): holds Utf8, expected integers; line 4 holds `zz`"
+)]
+#[case::jsonl(
+    "responses.jsonl",
+    "{\"prompt_id\": \"p1\", \"sample_idx\": 0, \"text\": \"a\"}\n{\"prompt_id\": \"p1\", \"sample_idx\": \"one\", \"text\": \"b\"}\n",
+    "responses.jsonl: column `sample_idx` (sample_idx): holds Utf8, expected integers; line 2 holds `\"one\"`"
+)]
+fn regression_a_mistyped_value_is_named_by_its_line(#[case] name: &str, #[case] content: &str, #[case] expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let responses = dir.path().join(name);
+    std::fs::write(&responses, content).unwrap();
+    let text = format!(
+        "{}\n[stages.generate.import]\npath = \"{}\"\n",
+        crate::util::en_fr_head("imports", dir.path(), &[]),
+        responses.display()
+    );
+    let file = crate::util::write_pipeline(dir.path(), &text);
+    let output = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(expected), "expected `{expected}` in:\n{stderr}");
+}
