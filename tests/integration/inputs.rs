@@ -85,12 +85,12 @@ fn choice_task_files_accept_a_byte_order_mark_and_name_the_line_of_invalid_utf8(
     assert!(problem.starts_with("invalid UTF-8"), "{problem}");
 }
 
-#[test]
-fn a_bad_line_in_an_imported_responses_file_is_named_by_its_line() {
+/// Runs `croco run` on the en/fr demo prompts with `content` imported as
+/// the responses file `name`: exit code and stderr.
+fn run_import(name: &str, content: &[u8]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let responses = dir.path().join("responses.jsonl");
-    let lines = "{\"prompt_id\": \"p1\", \"sample_idx\": 0, \"text\": \"a\"}\n{\"prompt_id\": \"p1\", \"sample_idx\": 1, \"text\": }\n";
-    std::fs::write(&responses, [b"\xEF\xBB\xBF".as_slice(), lines.as_bytes()].concat()).unwrap();
+    let responses = dir.path().join(name);
+    std::fs::write(&responses, content).unwrap();
     let text = format!(
         "{}\n[stages.generate.import]\npath = \"{}\"\n",
         crate::util::en_fr_head("imports", dir.path(), &[]),
@@ -98,8 +98,14 @@ fn a_bad_line_in_an_imported_responses_file_is_named_by_its_line() {
     );
     let file = crate::util::write_pipeline(dir.path(), &text);
     let output = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn a_bad_line_in_an_imported_responses_file_is_named_by_its_line() {
+    let lines = "{\"prompt_id\": \"p1\", \"sample_idx\": 0, \"text\": \"a\"}\n{\"prompt_id\": \"p1\", \"sample_idx\": 1, \"text\": }\n";
+    let (code, stderr) = run_import("responses.jsonl", &[b"\xEF\xBB\xBF".as_slice(), lines.as_bytes()].concat());
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("responses.jsonl: line 2, column 46: invalid JSON: expected value"), "{stderr}");
 }
 
@@ -115,17 +121,7 @@ fn a_bad_line_in_an_imported_responses_file_is_named_by_its_line() {
     "responses.jsonl: column `sample_idx` (sample_idx): holds Utf8, expected integers; line 2 holds `\"one\"`"
 )]
 fn regression_a_mistyped_value_is_named_by_its_line(#[case] name: &str, #[case] content: &str, #[case] expected: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let responses = dir.path().join(name);
-    std::fs::write(&responses, content).unwrap();
-    let text = format!(
-        "{}\n[stages.generate.import]\npath = \"{}\"\n",
-        crate::util::en_fr_head("imports", dir.path(), &[]),
-        responses.display()
-    );
-    let file = crate::util::write_pipeline(dir.path(), &text);
-    let output = Command::new(env!("CARGO_BIN_EXE_croco")).args(["run", file.to_str().unwrap()]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = run_import(name, content.as_bytes());
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(expected), "expected `{expected}` in:\n{stderr}");
 }
