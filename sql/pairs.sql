@@ -100,6 +100,7 @@ drawn AS (
             ) AS draw
         FROM (SELECT DISTINCT pool_id, prompt_id FROM scored) AS pool_prompts
         CROSS JOIN params
+        WHERE params.prompt_source = 'random'
     ) AS draws
     WHERE draw = 1
 ),
@@ -137,7 +138,7 @@ SELECT
 FROM chosen AS c
 JOIN candidates AS r ON r.pool_id = c.pool_id AND r.closeness_rank = 1
 JOIN targets AS t ON t.pool_id = c.pool_id
-JOIN drawn AS d ON d.pool_id = c.pool_id
+LEFT JOIN drawn AS d ON d.pool_id = c.pool_id
 CROSS JOIN params
 JOIN prompts AS p ON p.prompt_id = CASE params.prompt_source
     WHEN 'rejected' THEN r.prompt_id

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::error::ArrowError;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::pipeline::gc::{self, GcOptions};
@@ -264,10 +263,8 @@ impl CliError {
     pub fn is_closed_pipe(&self) -> bool {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(error) = cause {
-            let io = error.downcast_ref::<std::io::Error>().or_else(|| match error.downcast_ref::<ArrowError>() {
-                Some(ArrowError::IoError(_, io)) => Some(io),
-                _ => None,
-            });
+            // Arrow's and Parquet's writer errors give their io::Error as source().
+            let io = error.downcast_ref::<std::io::Error>();
             if io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
                 return true;
             }

@@ -75,10 +75,10 @@ def deepest_module(segments: list[str]) -> list[str]:
 
 def expand_use_tree(tree: str) -> list[str]:
     """`a::{b, c::{d, e}}` -> [a::b, a::c::d, a::c::e]."""
-    tree = re.sub(r"\s+", "", tree)
+    tree = re.sub(r"\s+", "", re.sub(r"\s+as\s+\w+", "", tree))
     brace = tree.find("{")
     if brace < 0:
-        return [re.sub(r"as\w+$", "", tree)] if tree else []
+        return [tree] if tree else []
     prefix, inner = tree[:brace], tree[brace + 1 : tree.rfind("}")]
     items, depth, start = [], 0, 0
     for i, ch in enumerate(inner):

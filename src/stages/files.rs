@@ -105,13 +105,14 @@ pub async fn read_mapped(
         file: url.clone(),
         problem: "cannot infer the format from the extension; set `format`".into(),
     })?;
-    if lines::size(&storage, &path).await? == 0 {
+    let (size, bom) = lines::size_and_bom(&storage, &path).await?;
+    if size == 0 {
         return Err(StageError::Input { file: url, problem: "the file is empty".into() });
     }
     // DataFusion's text readers take a byte-order mark for data: such a file
     // is read from memory without it (editors write it on small files).
     let text = matches!(format, FileFormat::Jsonl | FileFormat::Csv);
-    let (reader, read_path) = match text && lines::starts_with_bom(&storage, &path).await? {
+    let (reader, read_path) = match text && bom {
         true => without_bom(&storage, &path).await?,
         false => (storage.clone(), path.clone()),
     };

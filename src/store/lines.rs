@@ -14,19 +14,15 @@ use super::storage::Storage;
 /// write at the start of a text file.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Whether the object at `path` starts with a [`BOM`].
-pub async fn starts_with_bom(storage: &Storage, path: &Path) -> Result<bool, StoreError> {
+/// The size in bytes of the object at `path`, and whether it starts with a
+/// [`BOM`] (one HEAD, and a 3-byte range read when there is room for one).
+pub async fn size_and_bom(storage: &Storage, path: &Path) -> Result<(u64, bool), StoreError> {
     let size = storage.store().head(path).await.map_err(|source| storage.error(path, source))?.size;
     if size < BOM.len() as u64 {
-        return Ok(false);
+        return Ok((size, false));
     }
     let head = storage.store().get_range(path, 0..BOM.len() as u64).await;
-    Ok(head.map_err(|source| storage.error(path, source))?.as_ref() == BOM)
-}
-
-/// The size in bytes of the object at `path`.
-pub async fn size(storage: &Storage, path: &Path) -> Result<u64, StoreError> {
-    Ok(storage.store().head(path).await.map_err(|source| storage.error(path, source))?.size)
+    Ok((size, head.map_err(|source| storage.error(path, source))?.as_ref() == BOM))
 }
 
 /// Calls `visit` with every line of the object at `path` (1-based number,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use croco::pipeline::lock::{LOCK_FILE, LockRecord};
 
 use crate::model_stages::{count_markers, model_pipeline};
-use crate::util::{demo_pipeline_text, repo, write_pipeline};
+use crate::util::{committed_versions, demo_pipeline_text, repo, write_pipeline};
 
 fn croco() -> Command {
     Command::new(env!("CARGO_BIN_EXE_croco"))
@@ -69,24 +69,25 @@ fn signal(child: &Child, name: &str) {
     assert!(sent.success());
 }
 
-/// Whether a committed version of generations exists (its manifest).
-fn generations_committed(dir: &Path) -> bool {
-    let tables = dir.join("root/tables/generations");
-    std::fs::read_dir(tables).into_iter().flatten().any(|v| v.unwrap().path().join("_manifest.json").exists())
-}
-
-#[test]
-fn sigterm_during_a_run_releases_the_lock_commits_nothing_partial_exits_143_and_a_rerun_resumes() {
+#[rstest::rstest]
+#[case::sigterm("TERM", "SIGTERM", 143)]
+#[case::sigint("INT", "SIGINT", 130)]
+fn a_signal_during_a_run_releases_the_lock_commits_nothing_partial_and_a_rerun_resumes(
+    #[case] name: &str,
+    #[case] shown: &str,
+    #[case] code: i32,
+) {
     let dir = tempfile::tempdir().unwrap();
     let (child, file) = run_until_generate_committed_a_chunk(dir.path());
-    signal(&child, "TERM");
+    signal(&child, name);
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(143), "{stderr}");
-    assert!(stderr.contains("stopped by SIGTERM") && stderr.contains("rerun to resume"), "{stderr}");
+    assert_eq!(output.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(&format!("stopped by {shown}")) && stderr.contains("rerun to resume"), "{stderr}");
     assert!(stderr.contains("prompts   skipped") || stderr.contains("prompts   ran"), "lists the commits: {stderr}");
     assert!(!dir.path().join("root").join(LOCK_FILE).exists(), "the lock is released");
-    assert!(!generations_committed(dir.path()), "generate was stopped before its manifest");
+    let root = dir.path().join("root");
+    assert_eq!(committed_versions(&root, "generations"), 0, "generate was stopped before its manifest");
 
     let rerun = croco().args(["run", file.to_str().unwrap(), "--json"]).output().unwrap();
     assert!(rerun.status.success(), "{}", String::from_utf8_lossy(&rerun.stderr));
@@ -94,19 +95,6 @@ fn sigterm_during_a_run_releases_the_lock_commits_nothing_partial_exits_143_and_
     let generate = &reports["stages"][1];
     assert_eq!(generate["status"], "ran");
     assert!(generate["stats"]["resumed_parts"].as_u64().unwrap() >= 1, "{generate}");
-}
-
-#[test]
-fn sigint_during_a_run_releases_the_lock_and_exits_130() {
-    let dir = tempfile::tempdir().unwrap();
-    let (child, _) = run_until_generate_committed_a_chunk(dir.path());
-    signal(&child, "INT");
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
-    assert!(!dir.path().join("root").join(LOCK_FILE).exists(), "the lock is released");
-    assert!(!generations_committed(dir.path()));
 }
 
 #[test]

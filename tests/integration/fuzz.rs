@@ -58,10 +58,8 @@ fn apply(seed: &[u8], edits: &[Edit]) -> Vec<u8> {
             Edit::RepeatLine { line } => {
                 let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
                 let picked = lines[line % lines.len()].to_vec();
-                let mut copy = text.clone();
-                copy.extend_from_slice(b"\n");
-                copy.extend_from_slice(&picked);
-                text = copy;
+                text.push(b'\n');
+                text.extend_from_slice(&picked);
             }
             Edit::Truncate { at } => text.truncate(at % n),
         }

@@ -48,8 +48,7 @@ async fn run_error(file: &Path) -> String {
 }
 
 fn committed(root: &Path, table: &str) -> bool {
-    std::fs::read_dir(root.join("tables").join(table))
-        .is_ok_and(|mut versions| versions.any(|v| v.unwrap().path().join("_manifest.json").exists()))
+    crate::util::committed_versions(root, table) > 0
 }
 
 fn files_under(dir: &Path) -> usize {

@@ -29,8 +29,7 @@ fn run_prompts(name: &str, content: &[u8]) -> (Option<i32>, String, tempfile::Te
 }
 
 fn committed_prompts(dir: &Path) -> usize {
-    let versions = std::fs::read_dir(dir.join("root/tables/prompts")).into_iter().flatten();
-    versions.filter(|v| v.as_ref().unwrap().path().join("_manifest.json").exists()).count()
+    crate::util::committed_versions(&dir.join("root"), "prompts")
 }
 
 const LINES: &str =

@@ -66,6 +66,12 @@ pub fn ran(reports: &[StageReport]) -> Vec<&'static str> {
     reports.iter().filter(|r| r.status == "ran").map(|r| r.stage.name()).collect()
 }
 
+/// The committed versions (those with a manifest) of `table` under the storage root `root`.
+pub fn committed_versions(root: &Path, table: &str) -> usize {
+    let versions = std::fs::read_dir(root.join("tables").join(table)).into_iter().flatten();
+    versions.filter(|v| v.as_ref().is_ok_and(|v| v.path().join("_manifest.json").exists())).count()
+}
+
 /// `path` under the repository's `data/` directory, as pipeline-file text.
 pub fn data(path: &str) -> String {
     repo().join("data").join(path).display().to_string()
