@@ -36,13 +36,43 @@ fn main() {
     let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/pairs.sql");
     let numpy = python(&["benches/pairs_numpy.py", dir.path().to_str().unwrap()]);
     let duckdb = python(&["benches/pairs_duckdb.py", dir.path().to_str().unwrap(), sql.to_str().unwrap()]);
+    let mut rows = Vec::new();
     for (name, result) in [("numpy (benches/pairs_numpy.py)", numpy), ("DuckDB (same sql/pairs.sql)", duckdb)] {
         match result {
-            Some((seconds, pairs)) => report(name, seconds, pairs, croco_time),
+            Some((seconds, pairs)) => {
+                report(name, seconds, pairs, croco_time);
+                rows.push(serde_json::json!({
+                    "case": format!("pairs, {ROWS} scored generations, {POOL} per pool"),
+                    "metric": "seconds (best of 3)",
+                    "croco": croco_time.as_secs_f64(),
+                    "reference": name,
+                    "reference_value": seconds.as_secs_f64(),
+                    "ratio": seconds.as_secs_f64() / croco_time.as_secs_f64(),
+                }));
+            }
             None => println!("  {name:<36} unavailable (python3 with numpy, pyarrow, duckdb needed)"),
         }
     }
     runtime.block_on(noop_run());
+    write_json("pairs", rows);
+}
+
+/// Writes `target/croco-bench/<bench>.json`: the machine and every row
+/// (ratio > 1: croco is faster), so a README figure is one command away.
+fn write_json(bench: &str, rows: Vec<serde_json::Value>) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
+        info.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|m| m.trim().to_string())
+    });
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/croco-bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let json = serde_json::json!({ "bench": bench, "machine": { "cpu": cpu, "cores": cores }, "rows": rows });
+    let path = out.join(format!("{bench}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    println!("wrote {}", path.display());
 }
 
 fn report(name: &str, seconds: Duration, pairs: usize, croco: Duration) {
