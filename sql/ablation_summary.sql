@@ -29,7 +29,7 @@ open_ended AS (
         MAX(CASE WHEN metric = 'win_rate' THEN value END) AS win_rate,
         MAX(CASE WHEN metric = 'lc_win_rate' THEN value END) AS lc_win_rate
     FROM eval_results_by_variant
-    WHERE task = 'open_ended' AND variant = 'tuned'
+    WHERE task = 'open_ended' AND variant = 'tuned' AND category IS NULL
     GROUP BY pipeline_variant, language
 ),
 pair_stats AS (

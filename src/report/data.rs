@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Plan;
 use crate::vocab::eval::EvalModel;
+use crate::vocab::stats::Verdict;
 
 /// Errors while building a report.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub struct MetricRow {
     pub task: String,
     /// Language or `all`.
     pub language: String,
+    /// The prompt category of an open-ended metric; `None`: every prompt.
+    pub category: Option<String>,
     /// Metric name.
     pub metric: String,
     /// Value.
@@ -167,8 +170,8 @@ pub async fn gather(plan: &Plan, ctx: &SessionContext) -> Result<ReportData, Rep
     }
     let metrics = rows(
         ctx,
-        "SELECT variant, task, language, metric, value, n, ci_low, ci_high FROM eval_results \
-                           ORDER BY task, language, metric, variant",
+        "SELECT variant, task, language, category, metric, value, n, ci_low, ci_high FROM eval_results \
+                           ORDER BY task, language, category NULLS FIRST, metric, variant",
     )
     .await?;
     let rewards = optional(
@@ -256,12 +259,36 @@ async fn rows<T: DeserializeOwned>(ctx: &SessionContext, sql: &str) -> Result<Ve
 }
 
 impl ReportData {
-    /// The metric `(variant, task, language, metric)`, if computed.
+    /// The metric `(variant, task, language, metric)` over every prompt, if computed.
     pub fn metric(&self, model: EvalModel, task: &str, language: &str, metric: &str) -> Option<&MetricRow> {
+        self.category_metric(model, task, language, None, metric)
+    }
+
+    /// The metric `(variant, task, language, category, metric)`, if computed.
+    pub fn category_metric(
+        &self,
+        model: EvalModel,
+        task: &str,
+        language: &str,
+        category: Option<&str>,
+        metric: &str,
+    ) -> Option<&MetricRow> {
         let variant = model.name();
-        self.metrics
-            .iter()
-            .find(|m| m.variant == variant && m.task == task && m.language == language && m.metric == metric)
+        self.metrics.iter().find(|m| {
+            m.variant == variant
+                && m.task == task
+                && m.language == language
+                && m.category.as_deref() == category
+                && m.metric == metric
+        })
+    }
+
+    /// The open-ended prompt categories, sorted (empty when prompts have none).
+    pub fn categories(&self) -> Vec<String> {
+        let mut categories: Vec<String> = self.metrics.iter().filter_map(|m| m.category.clone()).collect();
+        categories.sort();
+        categories.dedup();
+        categories
     }
 
     /// The choice tasks, in order.
@@ -303,7 +330,9 @@ impl ReportData {
             .into_iter()
             .map(|language| {
                 let value = |model: EvalModel, metric: &str| self.metric(model, open, &language, metric).cloned();
+                let structured = crate::vocab::eval::STRUCTURED;
                 Headline {
+                    accuracy_delta: self.metric(EvalModel::Tuned, structured, &language, "accuracy_delta").cloned(),
                     base_accuracy: self.mean_accuracy(EvalModel::Base, &language),
                     tuned_accuracy: self.mean_accuracy(EvalModel::Tuned, &language),
                     win_rate: value(EvalModel::Tuned, "win_rate"),
@@ -326,6 +355,9 @@ pub struct Headline {
     pub base_accuracy: Option<f64>,
     /// Tuned accuracy, mean over choice tasks.
     pub tuned_accuracy: Option<f64>,
+    /// Tuned minus base accuracy on the same items, mean over choice tasks,
+    /// with its paired interval.
+    pub accuracy_delta: Option<MetricRow>,
     /// Open-ended win rate of the tuned policy.
     pub win_rate: Option<MetricRow>,
     /// Its length-controlled version.
@@ -337,13 +369,25 @@ pub struct Headline {
 }
 
 impl Headline {
-    /// Whether structured accuracy held (tuned ≥ base), if measured.
-    pub fn structured_held(&self) -> Option<bool> {
-        Some(self.tuned_accuracy? >= self.base_accuracy?)
+    /// Whether structured accuracy held: `Yes` when the paired 95 % interval
+    /// of Δ accuracy lies at or above 0, `No` when wholly below, if measured.
+    pub fn structured_held(&self) -> Option<Verdict> {
+        Some(Verdict::of_interval(interval(self.accuracy_delta.as_ref()?)?, 0.0, false))
     }
 
-    /// Whether the tuned policy wins more than half the open-ended comparisons.
-    pub fn open_ended_won(&self) -> Option<bool> {
-        self.win_rate.as_ref().map(|m| m.value > 0.5)
+    /// Whether the tuned policy wins: `Yes` when the win rate's 95 % interval
+    /// lies above ½, `No` when wholly at or below it, if measured.
+    pub fn open_ended_won(&self) -> Option<Verdict> {
+        Some(Verdict::of_interval(interval(self.win_rate.as_ref()?)?, 0.5, true))
+    }
+}
+
+/// A metric's interval; a metric measured without one (no resamples) is
+/// its own point.
+fn interval(metric: &MetricRow) -> Option<(f64, f64)> {
+    match metric.ci_low.zip(metric.ci_high) {
+        Some(ci) if !ci.0.is_nan() && !ci.1.is_nan() => Some(ci),
+        _ if metric.value.is_nan() => None,
+        _ => Some((metric.value, metric.value)),
     }
 }

@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::cells::{ABLATION_COLUMNS, HEADLINE_COLUMNS, ablation_row, headline_row, percent, with_interval};
+use super::cells::{
+    ABLATION_COLUMNS, HEADLINE_COLUMNS, OPEN_ENDED_COLUMNS, OPEN_ENDED_LEGEND, VERDICT_LEGEND, ablation_row,
+    headline_row, open_ended_rows, percent, with_interval,
+};
 use super::data::{Headline, MetricRow, ReportData};
 use super::svg::{Bars, bar_chart, box_chart, escape, line_chart};
 use crate::vocab::eval::{ALL_LANGUAGES, EvalModel, OPEN_ENDED};
@@ -66,11 +69,14 @@ fn headline_section(html: &mut String, data: &ReportData) {
     for line in data.headline() {
         html.push_str(&table_row(&headline_row(&line)));
     }
-    html.push_str(
-        "</table><p>held: the tuned policy's structured accuracy (mean over the choice tasks) is at least the base's. \
-         won: its open-ended win rate (ties ½) is above ½. LC: length-controlled. Language fidelity counts only \
-         languages the detector knows.</p>",
-    );
+    html.push_str(&format!("</table><p>{}</p>", escape(VERDICT_LEGEND)));
+    let open_ended = open_ended_rows(data);
+    if !open_ended.is_empty() {
+        html.push_str("<h3>Open-ended comparisons, all languages</h3>");
+        html.push_str(&table_head(&OPEN_ENDED_COLUMNS));
+        open_ended.iter().for_each(|row| html.push_str(&table_row(row)));
+        html.push_str(&format!("</table><p>{}</p>", escape(OPEN_ENDED_LEGEND)));
+    }
 }
 
 fn ablation_section(html: &mut String, data: &ReportData) {

@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::cells::{ABLATION_COLUMNS, HEADLINE_COLUMNS, ablation_row, headline_row, with_interval};
+use super::cells::{
+    ABLATION_COLUMNS, HEADLINE_COLUMNS, OPEN_ENDED_COLUMNS, OPEN_ENDED_LEGEND, VERDICT_LEGEND, ablation_row,
+    headline_row, open_ended_rows, with_interval,
+};
 use super::data::ReportData;
 
 /// A Markdown table: header, rule, rows.
@@ -19,6 +22,13 @@ fn table<const N: usize>(md: &mut String, columns: &[&str; N], rows: impl Iterat
 pub fn render(data: &ReportData) -> String {
     let mut md = format!("# croco report: {}\n\nBase against tuned policy; 95 % bootstrap intervals.\n\n", data.run);
     table(&mut md, &HEADLINE_COLUMNS, data.headline().iter().map(headline_row));
+    let _ = writeln!(md, "\n{VERDICT_LEGEND}");
+    let open_ended = open_ended_rows(data);
+    if !open_ended.is_empty() {
+        md.push('\n');
+        table(&mut md, &OPEN_ENDED_COLUMNS, open_ended.into_iter());
+        let _ = writeln!(md, "\n{OPEN_ENDED_LEGEND}");
+    }
     if !data.ablations.is_empty() {
         md.push('\n');
         table(&mut md, &ABLATION_COLUMNS, data.ablations.iter().map(ablation_row));

@@ -44,18 +44,37 @@ fn open(svg: &mut String, title: &str, marks: usize) {
     );
 }
 
-fn y_axis(svg: &mut String, range: (f64, f64), ticks: usize) {
-    for i in 0..=ticks {
-        let value = range.0 + (range.1 - range.0) * i as f64 / ticks as f64;
+/// Round tick values for an axis over `(low, high)`: a step of 1, 2, 2.5 or
+/// 5 times a power of ten giving about `target` intervals, and the range
+/// widened to whole steps. Returns the widened range, the ticks, and the
+/// decimals a label needs.
+pub fn nice_ticks((low, high): (f64, f64), target: usize) -> ((f64, f64), Vec<f64>, usize) {
+    let (low, high) = if high > low { (low, high) } else { (low - 0.5, high + 0.5) };
+    let raw = (high - low) / target.max(1) as f64;
+    let power = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0].into_iter().map(|m| m * power).find(|s| *s >= raw * 0.999).unwrap_or(power);
+    // Snap to whole steps, forgiving float noise (0.30000000000000004 / 0.1).
+    let (first, last) = ((low / step + 1e-9).floor(), (high / step - 1e-9).ceil());
+    let ticks: Vec<f64> = (0..=(last - first) as usize).map(|i| (first + i as f64) * step).collect();
+    let decimals = (0..6).find(|d| ((step * 10f64.powi(*d)).round() - step * 10f64.powi(*d)).abs() < 1e-9);
+    ((first * step, last * step), ticks, decimals.unwrap_or(6) as usize)
+}
+
+/// Grid lines and labels at round values; returns the axis range the
+/// marks are drawn on (the given one widened to whole steps).
+fn y_axis(svg: &mut String, range: (f64, f64)) -> (f64, f64) {
+    let (range, ticks, decimals) = nice_ticks(range, 4);
+    for value in ticks {
         let y = y_of(value, range);
         let _ = write!(
             svg,
-            r#"<line x1="{LEFT}" x2="{x2}" y1="{y:.1}" y2="{y:.1}" class="grid"/><text x="{tx}" y="{ty:.1}" class="tick" text-anchor="end">{value:.2}</text>"#,
+            r#"<line x1="{LEFT}" x2="{x2}" y1="{y:.1}" y2="{y:.1}" class="grid"/><text x="{tx}" y="{ty:.1}" class="tick" text-anchor="end">{value:.decimals$}</text>"#,
             x2 = WIDTH - RIGHT,
             tx = LEFT - 4.0,
             ty = y + 3.0
         );
     }
+    range
 }
 
 /// A vertical whisker at `x` from `y1` to `y2` (pixels).
@@ -100,7 +119,7 @@ pub fn bar_chart(
     let marks = series.iter().flat_map(|s| s.values.iter()).filter(|v| v.is_some()).count();
     let mut svg = String::new();
     open(&mut svg, title, marks);
-    y_axis(&mut svg, range, 4);
+    let range = y_axis(&mut svg, range);
     let slot = (WIDTH - LEFT - RIGHT) / categories.len().max(1) as f64;
     let bar = (slot * 0.8) / series.len().max(1) as f64;
     for (c, category) in categories.iter().enumerate() {
@@ -146,7 +165,7 @@ pub fn box_chart(title: &str, categories: &[String], groups: &[(&str, &str, Vec<
     let range = if low.is_finite() && high > low { (low, high) } else { (low.min(0.0) - 1.0, high.max(0.0) + 1.0) };
     let mut svg = String::new();
     open(&mut svg, title, marks);
-    y_axis(&mut svg, range, 4);
+    let range = y_axis(&mut svg, range);
     let slot = (WIDTH - LEFT - RIGHT) / categories.len().max(1) as f64;
     let width = (slot * 0.8) / groups.len().max(1) as f64;
     for (c, category) in categories.iter().enumerate() {
@@ -198,9 +217,7 @@ pub fn line_chart(title: &str, points: &[(f64, f64)], color: &str) -> String {
         svg.push_str("</svg>");
         return svg;
     }
-    let pad = ((y_high - y_low) * 0.05).max(1e-6);
-    let range = (y_low - pad, y_high + pad);
-    y_axis(&mut svg, range, 4);
+    let range = y_axis(&mut svg, (y_low, y_high));
     let x_of =
         |x: f64| LEFT + (WIDTH - LEFT - RIGHT) * if x_high > x_low { (x - x_low) / (x_high - x_low) } else { 0.5 };
     let path: Vec<String> = finite.iter().map(|&(x, y)| format!("{:.1},{:.1}", x_of(x), y_of(y, range))).collect();
@@ -223,6 +240,22 @@ mod tests {
     fn quartiles_interpolate() {
         assert_eq!(five_numbers(&[4.0, 1.0, 3.0, 2.0, 5.0]), [1.0, 2.0, 3.0, 4.0, 5.0]);
         assert_eq!(five_numbers(&[1.0, 2.0]), [1.0, 1.25, 1.5, 1.75, 2.0]);
+    }
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        let (range, ticks, decimals) = nice_ticks((0.0, 1.0), 4);
+        assert_eq!((range, ticks, decimals), ((0.0, 1.0), vec![0.0, 0.25, 0.5, 0.75, 1.0], 2));
+        // A loss curve from 0.6137 to 0.6925: steps of 0.02.
+        let (range, ticks, decimals) = nice_ticks((0.6137, 0.6925), 4);
+        assert_eq!(decimals, 2);
+        assert!((range.0 - 0.6).abs() < 1e-12 && (range.1 - 0.7).abs() < 1e-12, "{range:?}");
+        assert_eq!(ticks.len(), 6);
+        let (range, ticks, decimals) = nice_ticks((-3.7, 12.2), 4);
+        assert_eq!((range, decimals), ((-5.0, 15.0), 0));
+        assert_eq!(ticks, vec![-5.0, 0.0, 5.0, 10.0, 15.0]);
+        let (range, _, _) = nice_ticks((2.0, 2.0), 4);
+        assert!(range.0 < 2.0 && range.1 > 2.0, "a flat series still gets an axis");
     }
 
     #[test]

@@ -22,10 +22,18 @@ pub struct EvaluateParams {
     /// Sequences per log-likelihood batch.
     #[serde(default = "default_eval_batch_size")]
     pub batch_size: u32,
+    /// Choice items (per model and task) or judged prompts committed
+    /// together: an interrupted evaluation resumes after the last committed part.
+    #[serde(default = "default_items_per_part")]
+    pub items_per_part: u32,
 }
 
 fn default_eval_batch_size() -> u32 {
     16
+}
+
+fn default_items_per_part() -> u32 {
+    256
 }
 
 /// One multiple-choice task: a JSONL file of items, native
@@ -115,7 +123,9 @@ pub enum ChoicePrompt {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JudgeParams {
-    /// `reward` (the reward model's score difference) or `pairwise` (`models.judge` is asked).
+    /// `reward` (the reward model's score difference), `pairwise`
+    /// (`models.judge`'s log-odds of A over B) or `generative` (`models.judge`
+    /// writes an analysis ending in a verdict tag, as in the recipe).
     #[serde(default)]
     pub kind: JudgeKind,
     /// A preference within ± this margin is a tie (reward units, or log-odds for `pairwise`).
@@ -145,10 +155,77 @@ pub struct JudgeParams {
     /// prompts table's eval split.
     #[serde(default)]
     pub prompts: Option<JudgePrompts>,
-    /// The pairwise judge's prompt, with `{prompt}`, `{a}` and `{b}`; it must
-    /// make `A` or `B` the natural answer.
-    #[serde(default = "default_judge_template")]
-    pub template: String,
+    /// The judge's prompt, with `{prompt}`, `{a}` and `{b}` (the two answers in
+    /// the order shown). Pairwise: it must make `A` or `B` the natural answer;
+    /// generative: it must ask for one of the `verdicts` tags. Default: the
+    /// kind's own ([`JudgeParams::default_template`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The judge's prompt from a file (path relative to the pipeline file, or
+    /// a URL), instead of `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<String>,
+    /// Generative: the tags that end the judge's answer.
+    #[serde(default)]
+    pub verdicts: VerdictTags,
+    /// Generative: the judge's sampling temperature (the recipe: 0.7; 0 is greedy).
+    #[serde(default = "default_judge_temperature")]
+    pub judge_temperature: f64,
+    /// Generative: the judge's answer length limit, in tokens.
+    #[serde(default = "default_judge_answer_tokens")]
+    pub judge_max_new_tokens: u32,
+    /// The unit of the response lengths the length-controlled win rate
+    /// corrects for: `chars` (the recipe) or `tokens`.
+    #[serde(default)]
+    pub length_unit: LengthUnit,
+}
+
+fn default_judge_temperature() -> f64 {
+    0.7
+}
+
+fn default_judge_answer_tokens() -> u32 {
+    1024
+}
+
+/// The generative judge's verdict tags: the first answer shown is better,
+/// the second is, or neither.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerdictTags {
+    /// The first answer shown wins.
+    pub first: String,
+    /// The second answer shown wins.
+    pub second: String,
+    /// A tie.
+    pub tie: String,
+}
+
+impl Default for VerdictTags {
+    fn default() -> Self {
+        VerdictTags { first: "[[1]]".into(), second: "[[2]]".into(), tie: "[[T]]".into() }
+    }
+}
+
+/// How response lengths are measured for length control.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LengthUnit {
+    /// Unicode scalar values of the decoded text (the recipe).
+    #[default]
+    Chars,
+    /// Tokens the policy generated.
+    Tokens,
+}
+
+impl LengthUnit {
+    /// The value stored in `eval_items.length_unit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LengthUnit::Chars => "chars",
+            LengthUnit::Tokens => "tokens",
+        }
+    }
 }
 
 fn default_judge_max_new_tokens() -> u32 {
@@ -173,28 +250,88 @@ impl JudgeParams {
         if let Some(prompts) = &self.prompts {
             check_format("stages.evaluate.judge.prompts", &prompts.source, prompts.format, problems);
         }
-        if self.kind == JudgeKind::Pairwise {
-            for placeholder in ["{prompt}", "{a}", "{b}"] {
-                if !self.template.contains(placeholder) {
-                    problems.push(("stages.evaluate.judge.template".into(), format!("must contain `{placeholder}`")));
-                }
+        if !self.judge_temperature.is_finite() || self.judge_temperature < 0.0 {
+            let problem = "must be a finite number >= 0 (0 = greedy)".into();
+            problems.push(("stages.evaluate.judge.judge_temperature".into(), problem));
+        }
+        positive("stages.evaluate.judge.judge_max_new_tokens", self.judge_max_new_tokens, problems);
+        if self.template.is_some() && self.template_file.is_some() {
+            problems.push((
+                "stages.evaluate.judge.template_file".into(),
+                "set `template` or `template_file`, not both".into(),
+            ));
+        }
+        if self.kind != JudgeKind::Reward
+            && self.template_file.is_none()
+            && let Err(problem) = self.check_template(&self.template())
+        {
+            problems.push(("stages.evaluate.judge.template".into(), problem));
+        }
+        let tags = [&self.verdicts.first, &self.verdicts.second, &self.verdicts.tie];
+        for (name, tag) in ["first", "second", "tie"].iter().zip(tags) {
+            if tag.trim().is_empty() {
+                problems.push((format!("stages.evaluate.judge.verdicts.{name}"), "must not be empty".into()));
             }
+        }
+        let compact: Vec<String> = tags.iter().map(|t| compact_tag(t)).collect();
+        if compact
+            .iter()
+            .enumerate()
+            .any(|(i, t)| compact[..i].iter().any(|u| t.contains(u.as_str()) || u.contains(t.as_str())))
+        {
+            let problem = "the three tags must differ, and none may contain another (spaces and case aside)".into();
+            problems.push(("stages.evaluate.judge.verdicts".into(), problem));
+        }
+    }
+
+    /// The judge's prompt as configured inline, else the kind's default (a
+    /// `template_file` is read by the stage).
+    pub fn template(&self) -> String {
+        self.template.clone().unwrap_or_else(|| Self::default_template(self.kind))
+    }
+
+    /// Whether `template` has what the judge's kind needs: `{prompt}`, `{a}`
+    /// and `{b}`, and for the generative judge its verdict tags.
+    pub fn check_template(&self, template: &str) -> Result<(), String> {
+        for placeholder in ["{prompt}", "{a}", "{b}"] {
+            if !template.contains(placeholder) {
+                return Err(format!("must contain `{placeholder}`"));
+            }
+        }
+        let tags = [&self.verdicts.first, &self.verdicts.second, &self.verdicts.tie];
+        match tags.iter().find(|tag| self.kind == JudgeKind::Generative && !template.contains(tag.as_str())) {
+            Some(tag) => Err(format!("must name the verdict tag `{tag}` so the judge knows to write it")),
+            None => Ok(()),
+        }
+    }
+
+    /// The default prompt of a judge kind: a question answered `A` or `B`
+    /// (pairwise), or the recipe's style of instruction, an analysis then
+    /// `[[1]]`, `[[2]]` or `[[T]]` (generative).
+    pub fn default_template(kind: JudgeKind) -> String {
+        match kind {
+            JudgeKind::Generative => GENERATIVE_TEMPLATE.into(),
+            _ => PAIRWISE_TEMPLATE.into(),
         }
     }
 }
 
-impl JudgeParams {
-    /// The pairwise judge's default prompt.
-    pub fn default_template() -> String {
-        default_judge_template()
-    }
+/// A verdict tag as it is matched: without whitespace, lower case.
+pub fn compact_tag(tag: &str) -> String {
+    tag.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
 }
 
-fn default_judge_template() -> String {
-    "Which response answers the instruction better?\n\nInstruction:\n{prompt}\n\nResponse A:\n{a}\n\n\
-     Response B:\n{b}\n\nAnswer with A or B."
-        .into()
-}
+const PAIRWISE_TEMPLATE: &str = "Which response answers the instruction better?\n\nInstruction:\n{prompt}\n\n\
+     Response A:\n{a}\n\nResponse B:\n{b}\n\nAnswer with A or B.";
+
+const GENERATIVE_TEMPLATE: &str = "Please act as an impartial judge and evaluate the quality of the responses \
+     provided by two AI assistants to the user prompt below. Consider helpfulness, relevance, accuracy, depth and \
+     whether the response is written in the language of the prompt. Do not let the order of the responses, their \
+     length or the assistants' names influence you. Begin with a short explanation, then output your final \
+     verdict on a line of its own, strictly in this format: \"[[1]]\" if assistant 1 is better, \"[[2]]\" if \
+     assistant 2 is better, \"[[T]]\" for a tie.\n\n[User prompt]\n{prompt}\n\n[The start of assistant 1's \
+     answer]\n{a}\n[The end of assistant 1's answer]\n\n[The start of assistant 2's answer]\n{b}\n[The end of \
+     assistant 2's answer]";
 
 /// `[stages.evaluate.judge.prompts]`: a file of held-out prompts.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -220,11 +357,20 @@ pub struct JudgePromptColumns {
     pub language: String,
     /// The instruction.
     pub text: String,
+    /// The prompt's category (m-ArenaHard's, say): the report gives the
+    /// open-ended metrics per category too. Unset: no categories.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 impl Default for JudgePromptColumns {
     fn default() -> Self {
-        JudgePromptColumns { prompt_id: "prompt_id".into(), language: "language".into(), text: "prompt".into() }
+        JudgePromptColumns {
+            prompt_id: "prompt_id".into(),
+            language: "language".into(),
+            text: "prompt".into(),
+            category: None,
+        }
     }
 }
 
@@ -238,6 +384,21 @@ pub enum JudgeKind {
     /// A policy bundle (`models.judge`) is shown both, in a random order, and
     /// the log-odds of it answering `A` against `B` decide.
     Pairwise,
+    /// A policy bundle (`models.judge`) is shown both, in a random order, and
+    /// writes (sampled) an analysis ending in a verdict tag; an answer without
+    /// a readable tag is counted as unparseable, not as a tie.
+    Generative,
+}
+
+impl JudgeKind {
+    /// The kind as the pipeline file spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JudgeKind::Reward => "reward",
+            JudgeKind::Pairwise => "pairwise",
+            JudgeKind::Generative => "generative",
+        }
+    }
 }
 
 impl Section for EvaluateParams {
@@ -249,6 +410,7 @@ impl Section for EvaluateParams {
             ));
         }
         positive("stages.evaluate.batch_size", self.batch_size, problems);
+        positive("stages.evaluate.items_per_part", self.items_per_part, problems);
         for (i, task) in self.choice.iter().enumerate() {
             task.check(&format!("stages.evaluate.choice[{i}]"), problems);
             if self.choice[..i].iter().any(|t| t.name == task.name) {
@@ -269,9 +431,9 @@ impl Section for EvaluateParams {
                 "stages.evaluate.judge.kind".into(),
                 "`reward` judges with the reward model: set `reward` in [models]".into(),
             )),
-            Some(JudgeKind::Pairwise) if models.judge.is_none() => problems.push((
+            Some(kind @ (JudgeKind::Pairwise | JudgeKind::Generative)) if models.judge.is_none() => problems.push((
                 "stages.evaluate.judge.kind".into(),
-                "`pairwise` asks a judge policy: set `judge` in [models]".into(),
+                format!("`{}` asks a judge policy: set `judge` in [models]", kind.name()),
             )),
             _ => {}
         }
@@ -281,10 +443,10 @@ impl Section for EvaluateParams {
 impl ChoiceTask {
     fn check(&self, key: &str, problems: &mut Vec<ValueProblem>) {
         let valid_name = !self.name.is_empty() && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_name || self.name == "open_ended" {
+        if !valid_name || crate::vocab::eval::RESERVED_TASKS.contains(&self.name.as_str()) {
             problems.push((
                 format!("{key}.name"),
-                format!("`{}` must be letters, digits or `_`, and not `open_ended`", self.name),
+                format!("`{}` must be letters, digits or `_`, and not `open_ended` or `structured`", self.name),
             ));
         }
         if FileFormat::from_extension(&self.source) != Some(FileFormat::Jsonl) {

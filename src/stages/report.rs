@@ -24,8 +24,10 @@ use crate::store::manifest::Stats;
 use crate::store::rows::text_at;
 use crate::store::tables::TableWriter;
 use crate::store::{StoreError, Table};
-use crate::vocab::eval::{ALL_LANGUAGES, EvalModel};
-use crate::vocab::stats::{Judged, Outcome, bootstrap_95, lc_win_rate, win_rate};
+use crate::vocab::eval::{ALL_LANGUAGES, EvalModel, STRUCTURED};
+use crate::vocab::stats::{
+    Judged, Outcome, bootstrap_95, lc_win_rate, mean_of_means, stratified_bootstrap_95, win_rate,
+};
 
 /// One metric value.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +40,8 @@ pub struct Metric {
     pub task: String,
     /// ISO 639-1 code or `all`.
     pub language: String,
+    /// The prompt category the metric is restricted to; `None`: every prompt.
+    pub category: Option<String>,
     /// Metric name.
     pub metric: &'static str,
     /// Its value.
@@ -61,7 +65,9 @@ impl Stage for Report {
 
     async fn run(input: &StageInput<'_>, params: &ReportParams, sink: &mut TableWriter) -> Result<Stats, StageError> {
         let resample = Resample { count: params.bootstrap as usize, seed: params.seed };
-        let mut metrics = choice_metrics(&read_choice(input).await?, &resample);
+        let choice = read_choice(input).await?;
+        let mut metrics = choice_metrics(&choice, &resample);
+        metrics.extend(delta_metrics(&choice, &resample));
         metrics.extend(judge_metrics(&read_judged(input).await?, &resample, params.lc_lambda));
         sink.write(&rows(&metrics)?).await?;
         Ok(stats([("metrics", metrics.len() as u64)]))
@@ -85,8 +91,8 @@ impl Resample {
 /// The group of a choice row: (policy_id, variant, task, language).
 type ChoiceGroup = (String, String, String, String);
 
-/// A choice row: its group and (correct, correct_norm).
-type ChoiceRow = (ChoiceGroup, (bool, bool));
+/// A choice row: its group, (correct, correct_norm), and the item's id.
+type ChoiceRow = (ChoiceGroup, (bool, bool), String);
 
 /// One judged prompt.
 #[derive(Debug, Clone)]
@@ -95,8 +101,11 @@ pub struct JudgedRow {
     pub policy_id: String,
     /// The prompt's language.
     pub language: String,
-    /// The verdict and the length difference.
-    pub judged: Judged,
+    /// The prompt's category, if it has one.
+    pub category: Option<String>,
+    /// The verdict and the length difference; `None` when the judge's
+    /// answer was unparseable.
+    pub judged: Option<Judged>,
     /// Base and tuned token counts.
     pub tokens: (f64, f64),
     /// Base and tuned rewards, when computed.
@@ -107,41 +116,48 @@ pub struct JudgedRow {
 }
 
 async fn read_choice(input: &StageInput<'_>) -> Result<Vec<ChoiceRow>, StageError> {
-    let sql = "SELECT policy_id, variant, task, language, correct, correct_norm FROM eval_items \
+    let sql = "SELECT policy_id, variant, task, language, item_id, correct, correct_norm FROM eval_items \
                WHERE kind = 'choice' ORDER BY task, language, item_id, variant";
     let mut rows = Vec::new();
     for batch in collect(input, sql).await? {
         let (correct, norm) = (booleans(&batch, "correct"), booleans(&batch, "correct_norm"));
         rows.extend((0..batch.num_rows()).map(|i| {
             let text = |name| text_at(&batch, name, i);
-            ((text("policy_id"), text("variant"), text("task"), text("language")), (correct.value(i), norm.value(i)))
+            let group = (text("policy_id"), text("variant"), text("task"), text("language"));
+            (group, (correct.value(i), norm.value(i)), text("item_id"))
         }));
     }
     Ok(rows)
 }
 
 async fn read_judged(input: &StageInput<'_>) -> Result<Vec<JudgedRow>, StageError> {
-    let sql = "SELECT policy_id, language, outcome, CAST(base_tokens AS DOUBLE) AS base_tokens, \
-               CAST(tuned_tokens AS DOUBLE) AS tuned_tokens, base_reward, tuned_reward, base_detected, tuned_detected \
+    let sql = "SELECT policy_id, language, category, outcome, CAST(base_tokens AS DOUBLE) AS base_tokens, \
+               CAST(tuned_tokens AS DOUBLE) AS tuned_tokens, CAST(base_length AS DOUBLE) AS base_length, \
+               CAST(tuned_length AS DOUBLE) AS tuned_length, base_reward, tuned_reward, base_detected, tuned_detected \
                FROM eval_items WHERE kind = 'judge' ORDER BY language, item_id";
     let mut rows = Vec::new();
     for batch in collect(input, sql).await? {
         let float =
             |name: &str| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned());
         let (base_tokens, tuned_tokens) = (float("base_tokens").expect("cast"), float("tuned_tokens").expect("cast"));
+        let (base_length, tuned_length) = (float("base_length").expect("cast"), float("tuned_length").expect("cast"));
+        let (category, outcome) = (strings(&batch, "category"), strings(&batch, "outcome"));
         let (base_reward, tuned_reward) =
             (float("base_reward").expect("schema"), float("tuned_reward").expect("schema"));
         for i in 0..batch.num_rows() {
             let text = |name| text_at(&batch, name, i);
             let language = text("language");
-            let outcome = parse_outcome(&text("outcome"))?;
+            let outcome = outcome.is_valid(i).then(|| parse_outcome(outcome.value(i))).transpose()?;
             let tokens = (base_tokens.value(i), tuned_tokens.value(i));
             let rewards = (base_reward.is_valid(i) && tuned_reward.is_valid(i))
                 .then(|| (base_reward.value(i), tuned_reward.value(i)));
             let in_language = crate::langs::detector_language(&language)
                 .map(|_| (text("base_detected") == language, text("tuned_detected") == language));
-            let judged = Judged { outcome, length_delta: tokens.1 - tokens.0 };
-            rows.push(JudgedRow { policy_id: text("policy_id"), language, judged, tokens, rewards, in_language });
+            let length_delta = tuned_length.value(i) - base_length.value(i);
+            let judged = outcome.map(|outcome| Judged { outcome, length_delta });
+            let category = category.is_valid(i).then(|| category.value(i).to_string());
+            let policy_id = text("policy_id");
+            rows.push(JudgedRow { policy_id, language, category, judged, tokens, rewards, in_language });
         }
     }
     Ok(rows)
@@ -161,6 +177,11 @@ async fn collect(input: &StageInput<'_>, sql: &str) -> Result<Vec<RecordBatch>, 
     Ok(batches.iter().map(crate::store::schema::plain_strings).collect())
 }
 
+fn strings(batch: &RecordBatch, name: &str) -> StringArray {
+    let column = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+    column.expect("eval_items schema")
+}
+
 fn booleans(batch: &RecordBatch, name: &str) -> BooleanArray {
     let column = batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<BooleanArray>().cloned());
     column.expect("eval_items schema")
@@ -169,7 +190,7 @@ fn booleans(batch: &RecordBatch, name: &str) -> BooleanArray {
 /// Accuracy and per-byte accuracy per (model, task, language) and pooled.
 pub fn choice_metrics(rows: &[ChoiceRow], resample: &Resample) -> Vec<Metric> {
     let mut groups: BTreeMap<ChoiceGroup, Vec<(bool, bool)>> = BTreeMap::new();
-    for ((policy_id, variant, task, language), outcome) in rows {
+    for ((policy_id, variant, task, language), outcome, _) in rows {
         for language in [language.as_str(), ALL_LANGUAGES] {
             let key = (policy_id.clone(), variant.clone(), task.clone(), language.to_string());
             groups.entry(key).or_default().push(*outcome);
@@ -184,6 +205,7 @@ pub fn choice_metrics(rows: &[ChoiceRow], resample: &Resample) -> Vec<Metric> {
                 variant: variant.clone(),
                 task: task.clone(),
                 language: language.clone(),
+                category: None,
                 metric,
                 value: mean(&hits),
                 n: hits.len(),
@@ -196,14 +218,77 @@ pub fn choice_metrics(rows: &[ChoiceRow], resample: &Resample) -> Vec<Metric> {
     metrics
 }
 
-/// The open-ended metrics per language and pooled.
-pub fn judge_metrics(rows: &[JudgedRow], resample: &Resample, lambda: f64) -> Vec<Metric> {
-    let mut groups: BTreeMap<String, Vec<&JudgedRow>> = BTreeMap::new();
-    for row in rows {
-        groups.entry(row.language.clone()).or_default().push(row);
-        groups.entry(ALL_LANGUAGES.into()).or_default().push(row);
+/// Tuned minus base accuracy on the same items, per (task, language), and
+/// the structured Δ per language (task [`STRUCTURED`]: the mean over the
+/// choice tasks of their Δ), each pooled over languages too, with paired
+/// bootstrap intervals: an item's Δ is `correct(tuned) - correct(base)`, and
+/// the structured interval resamples each task's items on their own. Items
+/// scored by one model only (an interrupted evaluation) are left out.
+pub fn delta_metrics(rows: &[ChoiceRow], resample: &Resample) -> Vec<Metric> {
+    // (task, language, item) → (base, tuned) correctness, and the tuned model.
+    let mut paired: BTreeMap<(&str, &str, &str), [Option<bool>; 2]> = BTreeMap::new();
+    let mut tuned_id = None;
+    for ((policy_id, variant, task, language), (correct, _), item) in rows {
+        let side = usize::from(variant == EvalModel::Tuned.name());
+        if side == 1 {
+            tuned_id = Some(policy_id.clone());
+        }
+        paired.entry((task.as_str(), language.as_str(), item.as_str())).or_default()[side] = Some(*correct);
     }
-    groups.into_iter().flat_map(|(language, rows)| language_metrics(&language, &rows, resample, lambda)).collect()
+    let Some(tuned_id) = tuned_id else { return vec![] };
+    // language → task → item deltas.
+    let mut deltas: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for ((task, language, _), sides) in &paired {
+        let [Some(base), Some(tuned)] = sides else { continue };
+        let delta = f64::from(u8::from(*tuned)) - f64::from(u8::from(*base));
+        for language in [*language, ALL_LANGUAGES] {
+            deltas.entry(language).or_default().entry(*task).or_default().push(delta);
+        }
+    }
+    let metric = |task: &str, language: &str, value, n, ci| Metric {
+        policy_id: tuned_id.clone(),
+        variant: EvalModel::Tuned.name().into(),
+        task: task.into(),
+        language: language.into(),
+        category: None,
+        metric: "accuracy_delta",
+        value,
+        n,
+        ci,
+    };
+    let mut metrics = Vec::new();
+    for (language, tasks) in &deltas {
+        for (task, values) in tasks {
+            metrics.push(metric(task, language, mean(values), values.len(), resample.interval(values, mean)));
+        }
+        let strata: Vec<Vec<f64>> = tasks.values().cloned().collect();
+        let n = strata.iter().map(Vec::len).sum();
+        let ci = stratified_bootstrap_95(&strata, resample.count, resample.seed);
+        metrics.push(metric(STRUCTURED, language, mean_of_means(&strata), n, Some(ci)));
+    }
+    metrics
+}
+
+/// The open-ended metrics per language and pooled, and again per prompt
+/// category (for prompts that have one).
+pub fn judge_metrics(rows: &[JudgedRow], resample: &Resample, lambda: f64) -> Vec<Metric> {
+    let mut groups: BTreeMap<(String, Option<String>), Vec<&JudgedRow>> = BTreeMap::new();
+    for row in rows {
+        for language in [row.language.as_str(), ALL_LANGUAGES] {
+            groups.entry((language.into(), None)).or_default().push(row);
+            if let Some(category) = &row.category {
+                groups.entry((language.into(), Some(category.clone()))).or_default().push(row);
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .flat_map(|((language, category), rows)| {
+            let mut metrics = language_metrics(&language, &rows, resample, lambda);
+            metrics.iter_mut().for_each(|m| m.category = category.clone());
+            metrics
+        })
+        .collect()
 }
 
 fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, lambda: f64) -> Vec<Metric> {
@@ -217,14 +302,16 @@ fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, la
         variant: model.name().into(),
         task: crate::vocab::eval::OPEN_ENDED.into(),
         language: language.into(),
+        category: None,
         metric,
         value,
         n,
         ci,
     };
-    let judged: Vec<Judged> = rows.iter().map(|r| r.judged).collect();
+    // Win rates are over readable verdicts; the unparseable are counted apart.
+    let judged: Vec<Judged> = rows.iter().filter_map(|r| r.judged).collect();
     let count = |o: Outcome| judged.iter().filter(|j| j.outcome == o).count() as f64;
-    let n = judged.len();
+    let (n, unparseable) = (judged.len(), (rows.len() - judged.len()) as f64);
     let mut metrics = vec![
         metric(EvalModel::Tuned, "win_rate", win_rate(&judged), n, resample.interval(&judged, win_rate)),
         metric(
@@ -237,7 +324,9 @@ fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, la
         metric(EvalModel::Tuned, "wins", count(Outcome::Win), n, None),
         metric(EvalModel::Tuned, "ties", count(Outcome::Tie), n, None),
         metric(EvalModel::Tuned, "losses", count(Outcome::Loss), n, None),
+        metric(EvalModel::Tuned, "unparseable", unparseable, rows.len(), None),
     ];
+    let n = rows.len();
     for (variant, pick) in [(EvalModel::Base, 0), (EvalModel::Tuned, 1)] {
         let side = |pair: (f64, f64)| if pick == 0 { pair.0 } else { pair.1 };
         let tokens: Vec<f64> = rows.iter().map(|r| side(r.tokens)).collect();
@@ -283,6 +372,7 @@ fn rows(metrics: &[Metric]) -> Result<RecordBatch, StageError> {
         ("variant", strings(&|m| m.variant.clone())),
         ("task", strings(&|m| m.task.clone())),
         ("language", strings(&|m| m.language.clone())),
+        ("category", Arc::new(StringArray::from_iter(metrics.iter().map(|m| m.category.clone()))) as ArrayRef),
         ("metric", strings(&|m| m.metric.to_string())),
         ("value", floats(&|m| Some(m.value))),
         ("n", Arc::new(Int64Array::from_iter_values(metrics.iter().map(|m| m.n as i64))) as ArrayRef),
@@ -301,7 +391,39 @@ mod tests {
     }
 
     fn choice(variant: &str, language: &str, correct: bool) -> ChoiceRow {
-        (("bundle:b".into(), variant.into(), "t".into(), language.into()), (correct, !correct))
+        item(variant, "t", language, "i", correct)
+    }
+
+    fn item(variant: &str, task: &str, language: &str, id: &str, correct: bool) -> ChoiceRow {
+        let policy = if variant == "tuned" { "bundle:b+adapter:a" } else { "bundle:b" };
+        ((policy.into(), variant.into(), task.into(), language.into()), (correct, !correct), id.into())
+    }
+
+    #[test]
+    fn accuracy_deltas_pair_items_and_weigh_tasks_alike() {
+        // t1 (fr): items 1, 2 go wrong → right and right → right: Δ ½.
+        // t2 (fr): item 1 right → wrong: Δ -1. t2 (de): item 9 scored by the base only.
+        let rows = [
+            item("base", "t1", "fr", "1", false),
+            item("tuned", "t1", "fr", "1", true),
+            item("base", "t1", "fr", "2", true),
+            item("tuned", "t1", "fr", "2", true),
+            item("base", "t2", "fr", "1", true),
+            item("tuned", "t2", "fr", "1", false),
+            item("base", "t2", "de", "9", true),
+        ];
+        let metrics = delta_metrics(&rows, &resample());
+        let find = |task: &str, language: &str| {
+            let m = metrics.iter().find(|m| m.task == task && m.language == language).unwrap();
+            (m.value, m.n, m.variant.as_str(), m.policy_id.as_str())
+        };
+        assert_eq!(find("t1", "fr"), (0.5, 2, "tuned", "bundle:b+adapter:a"));
+        assert_eq!(find("t2", "fr").0, -1.0);
+        assert_eq!(find(STRUCTURED, "fr").0, -0.25, "the mean of ½ and -1, not of the three items");
+        assert_eq!(find(STRUCTURED, "all").1, 3);
+        assert!(metrics.iter().all(|m| m.language != "de"), "an unpaired item has no Δ");
+        let ci = metrics.iter().find(|m| m.task == STRUCTURED && m.language == "fr").unwrap().ci.unwrap();
+        assert!(ci.0 <= -0.25 && -0.25 <= ci.1);
     }
 
     #[test]
@@ -322,7 +444,8 @@ mod tests {
         let row = |outcome, in_language| JudgedRow {
             policy_id: "bundle:b+adapter:a".into(),
             language: "fr".into(),
-            judged: Judged { outcome, length_delta: 0.0 },
+            category: None,
+            judged: Some(Judged { outcome, length_delta: 0.0 }),
             tokens: (10.0, 12.0),
             rewards: Some((0.0, 1.0)),
             in_language: Some(in_language),
@@ -339,5 +462,34 @@ mod tests {
         assert_eq!(find("base", "language_fidelity"), (2.0 / 3.0, "bundle:b".to_string()));
         assert_eq!(find("tuned", "mean_tokens").0, 12.0);
         assert_eq!(find("base", "mean_reward").0, 0.0);
+    }
+
+    #[test]
+    fn unparseable_verdicts_are_counted_apart_and_categories_get_their_own_rows() {
+        let row = |category: &str, outcome: Option<Outcome>| JudgedRow {
+            policy_id: "bundle:b+adapter:a".into(),
+            language: "de".into(),
+            category: Some(category.into()),
+            judged: outcome.map(|outcome| Judged { outcome, length_delta: 0.0 }),
+            tokens: (1.0, 1.0),
+            rewards: None,
+            in_language: None,
+        };
+        let rows =
+            [row("math", Some(Outcome::Win)), row("math", None), row("code", Some(Outcome::Loss)), row("code", None)];
+        let metrics = judge_metrics(&rows, &resample(), 1.0);
+        let find = |category: Option<&str>, metric: &str| {
+            let m = metrics
+                .iter()
+                .find(|m| m.language == "all" && m.category.as_deref() == category && m.metric == metric)
+                .unwrap();
+            (m.value, m.n)
+        };
+        assert_eq!(find(None, "win_rate"), (0.5, 2), "over the two readable verdicts");
+        assert_eq!(find(None, "unparseable"), (2.0, 4));
+        assert_eq!(find(Some("math"), "win_rate"), (1.0, 1));
+        assert_eq!(find(Some("code"), "win_rate"), (0.0, 1));
+        assert_eq!(find(Some("code"), "unparseable"), (1.0, 2));
+        assert_eq!(find(None, "mean_tokens").1, 4, "every response has a length");
     }
 }

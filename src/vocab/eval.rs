@@ -5,6 +5,13 @@
 /// `eval_results` (choice tasks carry their own names).
 pub const OPEN_ENDED: &str = "open_ended";
 
+/// The task name of the structured verdict in `eval_results`: the mean over
+/// the choice tasks (its `accuracy_delta` decides whether accuracy held).
+pub const STRUCTURED: &str = "structured";
+
+/// Task names a choice task may not take.
+pub const RESERVED_TASKS: [&str; 2] = [OPEN_ENDED, STRUCTURED];
+
 /// The `language` of metrics pooled over every language.
 pub const ALL_LANGUAGES: &str = "all";
 

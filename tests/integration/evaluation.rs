@@ -124,6 +124,25 @@ async fn a_zero_adapter_scores_like_the_base_and_ties_every_comparison() {
     assert_eq!(strings(&rates, 0), ["all", "all", "en", "en", "fr", "fr"]);
     let values = rates[0].column(2).as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
     assert!(values.iter().all(|v| v == Some(0.5)), "{values:?}");
+
+    // Paired Δ accuracy is exactly 0 with the interval [0, 0]: accuracy held;
+    // every comparison tied, so the win rate's [½, ½] is no win.
+    let delta = query(
+        &file,
+        "SELECT CAST(value AS VARCHAR), CAST(ci_low AS VARCHAR), CAST(ci_high AS VARCHAR), CAST(n AS VARCHAR) \
+         FROM eval_results WHERE task = 'structured' AND metric = 'accuracy_delta' AND language = 'all'",
+    )
+    .await;
+    let delta: Vec<String> = (0..4).map(|c| strings(&delta, c)[0].clone()).collect();
+    assert_eq!(delta, ["0.0", "0.0", "0.0", "24"]);
+    let md = std::process::Command::new(env!("CARGO_BIN_EXE_croco"))
+        .args(["report", file.to_str().unwrap(), "--format", "md"])
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&md.stdout);
+    let all = md.lines().find(|l| l.starts_with("| all |")).unwrap();
+    let cells: Vec<&str> = all.split('|').map(str::trim).collect();
+    assert_eq!((cells[3], cells[4], cells[7]), ("+0.0 [+0.0, +0.0]", "yes", "no"), "{all}");
 }
 
 /// The stage's log-likelihoods, re-derived here from the policy's per-token
@@ -313,7 +332,7 @@ async fn a_pairwise_judge_reads_its_own_prompts_and_undoes_the_order_it_recorded
     let same = rows[0].column(4).as_any().downcast_ref::<arrow::array::BooleanArray>().unwrap();
     assert!(same.iter().all(|s| s == Some(true)), "a zero adapter answers like the base");
     let mut policy = Policy::load(policy_bundle(), &CPU).unwrap();
-    let template = croco::spec::evaluate::JudgeParams::default_template();
+    let template = croco::spec::evaluate::JudgeParams::default_template(croco::spec::evaluate::JudgeKind::Pairwise);
     for (i, (id, preference)) in strings(&rows, 0).iter().zip(strings(&rows, 3)).enumerate() {
         let question = format!("Question {id}: name a colour.");
         let response = query_response(&file, id).await;
@@ -334,4 +353,152 @@ async fn query_response(file: &Path, item_id: &str) -> String {
         query(file, &format!("SELECT tuned_response FROM eval_items WHERE kind = 'judge' AND item_id = '{item_id}'"))
             .await;
     strings(&rows, 0).remove(0)
+}
+
+/// The generative judge, the recipe's: the demo policy judges (from a
+/// template file), writing sampled text that rarely ends in a verdict tag.
+/// Every row keeps the judge's whole answer; a row's verdict is whatever the
+/// parser reads from that text, undone through the recorded order; the
+/// unparseable are counted in the manifest and in eval_results and left out
+/// of the win rate; lengths are in characters; categories get their own
+/// metrics. The same run again gives the same judgments (seeded sampling).
+#[tokio::test]
+async fn a_generative_judge_keeps_its_answers_and_counts_the_unparseable_apart() {
+    use croco::stages::evaluate::judge::{Shown, parse_verdict, tuned_first};
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("arena.jsonl");
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            let (language, category) = (["en", "fr"][i % 2], ["colours", "animals"][i / 4]);
+            let question = format!("Question {i}: name a {}.", &category[..category.len() - 1]);
+            serde_json::json!({"id": format!("q{i}"), "lang": language, "question": question, "kind": category})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let template = dir.path().join("judge.txt");
+    std::fs::write(&template, "Which is better for {prompt}?\n1: {a}\n2: {b}\nEnd with [[1]], [[2]] or [[T]].\n")
+        .unwrap();
+    let base = eval_pipeline(dir.path(), &write_adapter(dir.path(), 0.05), None);
+    let judge = format!(
+        "kind = \"generative\"\ntemplate_file = \"{}\"\njudge_max_new_tokens = 24\nprompts = {{ source = \"{}\", \
+         columns = {{ prompt_id = \"id\", language = \"lang\", text = \"question\", category = \"kind\" }} }}",
+        template.display(),
+        prompts.display()
+    );
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("kind = \"reward\"", &judge)
+        .replace("[models]\n", &format!("[models]\njudge = \"{}/data/models/policy\"\n", repo().display()));
+    let file = dir.path().join("generative.toml");
+    std::fs::write(&file, text).unwrap();
+    let reports = crate::util::run(&file, RunOptions::default()).await;
+    let stats = &reports[1].stats;
+    let stat = |name: &str| stats[name].as_u64().unwrap();
+    assert_eq!(stat("judged_prompts"), 6, "max_prompts_per_language = 3, in en and fr");
+    assert_eq!(stat("wins") + stat("ties") + stat("losses") + stat("unparseable"), 6);
+
+    let rows = query(
+        &file,
+        "SELECT item_id, judge, judge_output, CAST(tuned_first AS VARCHAR), verdict, outcome, \
+         CAST(unparseable AS VARCHAR), CAST(preference AS VARCHAR), \
+         CAST(base_length = character_length(base_response) AS VARCHAR), length_unit, category \
+         FROM eval_items WHERE kind = 'judge' ORDER BY item_id",
+    )
+    .await;
+    let column = |c: usize| -> Vec<Option<String>> {
+        let values = rows[0].column(c).as_any().downcast_ref::<arrow::array::StringArray>().unwrap();
+        values.iter().map(|v| v.map(str::to_string)).collect()
+    };
+    let (ids, outputs, verdicts, outcomes) = (column(0), column(2), column(4), column(5));
+    assert!(column(1).iter().all(|j| j.as_deref().unwrap().starts_with("generative:")));
+    let tags = croco::spec::evaluate::VerdictTags::default();
+    let mut unparseable = 0;
+    for i in 0..6 {
+        let (id, output) = (ids[i].clone().unwrap(), outputs[i].clone().expect("the judge's answer is kept"));
+        let first = column(3)[i].as_deref() == Some("true");
+        assert_eq!(first, tuned_first(0, &id), "the order is the seeded draw");
+        let read = parse_verdict(&output, &tags);
+        assert_eq!(verdicts[i].as_deref(), read.map(Shown::name), "{id}: the verdict is what the text says");
+        assert_eq!(outcomes[i].as_deref(), read.map(|v| v.outcome(first).name()), "{id}: the order is undone");
+        assert_eq!(column(6)[i].as_deref(), Some(if read.is_none() { "true" } else { "false" }));
+        assert_eq!(column(7)[i].is_none(), read.is_none(), "no preference without a verdict");
+        unparseable += usize::from(read.is_none());
+    }
+    assert_eq!(stat("unparseable"), unparseable as u64);
+    assert!(column(8).iter().all(|same| same.as_deref() == Some("true")), "lengths are characters");
+    assert!(column(9).iter().all(|unit| unit.as_deref() == Some("chars")));
+    assert_eq!(column(10)[0].as_deref(), Some("colours"));
+
+    let counted = query(
+        &file,
+        "SELECT CAST(value AS BIGINT), CAST(n AS BIGINT) FROM eval_results \
+         WHERE metric = 'unparseable' AND language = 'all' AND category IS NULL",
+    )
+    .await;
+    let values = |c: usize| counted[0].column(c).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+    assert_eq!((values(0), values(1)), (unparseable as i64, 6));
+    let categories =
+        query(&file, "SELECT DISTINCT category FROM eval_results WHERE category IS NOT NULL ORDER BY category").await;
+    assert_eq!(strings(&categories, 0), ["animals", "colours"]);
+
+    let forced = crate::util::run(&file, RunOptions { force: true, ..Default::default() }).await;
+    assert_eq!(forced[1].stats["unparseable"], stats["unparseable"]);
+    let again = query(&file, "SELECT judge_output FROM eval_items WHERE kind = 'judge' ORDER BY item_id").await;
+    assert_eq!(
+        strings(&again, 0),
+        outputs.into_iter().map(Option::unwrap).collect::<Vec<_>>(),
+        "seeded: the same answers"
+    );
+}
+
+/// Regression test for crash safety in evaluate: `kill -9` after 3, 8 and 13
+/// committed parts (base choice parts; tuned ones; the first judged part),
+/// each followed by a rerun that resumes, ends with exactly the `eval_items`
+/// of an uninterrupted run, and a manifest that counts the same outcomes.
+#[tokio::test]
+async fn a_killed_evaluate_resumes_part_by_part_and_ends_with_the_uninterrupted_items() {
+    use crate::model_stages::count_markers;
+    let resumable = |dir: &Path| {
+        let file = eval_pipeline(dir, &write_adapter(dir, 0.05), None);
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, text.replace("batch_size = 8\nchoice", "batch_size = 8\nitems_per_part = 4\nchoice"))
+            .unwrap();
+        file
+    };
+    let every_column = "SELECT * FROM eval_items ORDER BY task, item_id, variant";
+    let table = |batches: Vec<RecordBatch>| arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference = resumable(reference_dir.path());
+    let uninterrupted = crate::util::run(&reference, RunOptions::default()).await;
+    let expected = table(query(&reference, every_column).await);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = resumable(dir.path());
+    let chunks = dir.path().join("root/tables/eval_items");
+    // 3 tasks x 8 items in blocks of 4: 6 choice parts per model, then 2 judged parts.
+    for point in [3, 8, 13] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_croco"))
+            .args(["run", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while count_markers(&chunks) < point {
+            assert!(std::time::Instant::now() < deadline, "evaluate committed no part in time");
+            assert!(child.try_wait().unwrap().is_none(), "the run ended before part {point}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = std::fs::remove_file(dir.path().join("root").join(croco::pipeline::lock::LOCK_FILE));
+    }
+    let reports = crate::util::run(&file, RunOptions::default()).await;
+    let evaluate = reports.iter().find(|r| r.stage == croco::spec::StageName::Evaluate).unwrap();
+    assert!(evaluate.stats["resumed_parts"].as_u64().unwrap() >= 13, "{:?}", evaluate.stats);
+    assert_eq!(table(query(&file, every_column).await), expected, "no row lost, none duplicated, same values");
+    for counted in ["judged_prompts", "wins", "ties", "losses", "unparseable", "choice_items"] {
+        assert_eq!(evaluate.stats[counted], uninterrupted[1].stats[counted], "{counted}");
+    }
 }

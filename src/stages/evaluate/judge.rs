@@ -6,9 +6,14 @@
 //! - `pairwise` judge: a policy bundle reads both responses, in an order drawn
 //!   per prompt from the seed and recorded, and the preference is its
 //!   log-odds of answering with the tuned response's letter.
+//! - `generative` judge (the recipe's): a policy bundle reads both responses
+//!   in the drawn order and writes, sampled with a seed per prompt, an
+//!   analysis ending in a verdict tag (`[[1]]`, `[[2]]`, `[[T]]`); the tag is
+//!   mapped back through the order. An answer without a readable tag is
+//!   `unparseable`: counted, stored, never scored as a tie.
 //!
-//! Within `tie_margin` the comparison is a tie. Every response's language is
-//! detected too, for the language-fidelity metric.
+//! Within `tie_margin` a reward or pairwise comparison is a tie. Every
+//! response's language is detected too, for the language-fidelity metric.
 
 use std::sync::Arc;
 
@@ -19,7 +24,7 @@ use crate::model::policy::{GenerationRequest, Policy};
 use crate::model::reward::RewardModel;
 use crate::model::sampling::SamplingParams;
 use crate::spec::common::with_instruction;
-use crate::spec::evaluate::{JudgeKind, JudgeParams};
+use crate::spec::evaluate::{JudgeKind, JudgeParams, LengthUnit, VerdictTags, compact_tag};
 use crate::stages::stage::{StageError, StageInput};
 use crate::store::rows::{first_row, text_at};
 use crate::store::{StoreError, Table};
@@ -35,10 +40,12 @@ pub struct EvalPrompt {
     pub language: String,
     /// The instruction.
     pub text: String,
+    /// Its category, when the judge's prompt file maps one.
+    pub category: Option<String>,
 }
 
 /// One policy's answer to a prompt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Response {
     /// Decoded text.
     pub text: String,
@@ -56,8 +63,12 @@ pub async fn eval_prompts(input: &StageInput<'_>, params: &JudgeParams) -> Resul
     };
     let languages: Vec<String> = input.languages.iter().map(|l| format!("'{l}'")).collect();
     let limit = params.max_prompts_per_language.map_or(i64::MAX, i64::from);
+    let category = match params.prompts.as_ref().is_some_and(|p| p.columns.category.is_some()) {
+        true => "category",
+        false => "CAST(NULL AS VARCHAR) AS category",
+    };
     let sql = format!(
-        "SELECT prompt_id, language, text FROM (SELECT prompt_id, language, text, \
+        "SELECT prompt_id, language, text, category FROM (SELECT prompt_id, language, text, {category}, \
          ROW_NUMBER() OVER (PARTITION BY language ORDER BY prompt_id) AS rank FROM {source} \
          WHERE language IN ({})) WHERE rank <= {limit} ORDER BY prompt_id",
         languages.join(", ")
@@ -70,6 +81,8 @@ pub async fn eval_prompts(input: &StageInput<'_>, params: &JudgeParams) -> Resul
             prompt_id: text_at(&batch, "prompt_id", i),
             language: text_at(&batch, "language", i),
             text: text_at(&batch, "text", i),
+            category:
+                batch.column_by_name("category").filter(|c| c.is_valid(i)).map(|_| text_at(&batch, "category", i)),
         }));
     }
     if prompts.is_empty() {
@@ -88,11 +101,14 @@ async fn register_prompt_file(
 ) -> Result<String, StageError> {
     use crate::stages::files::{ColumnKind, Mapped, read_mapped};
     let columns = &file.columns;
-    let mapping = [
+    let mut mapping = vec![
         Mapped { role: "prompt_id", column: &columns.prompt_id, kind: ColumnKind::Key },
         Mapped { role: "language", column: &columns.language, kind: ColumnKind::Text },
         Mapped { role: "text", column: &columns.text, kind: ColumnKind::Text },
     ];
+    if let Some(category) = &columns.category {
+        mapping.push(Mapped { role: "category", column: category, kind: ColumnKind::Text });
+    }
     let opened = read_mapped(input.ctx, &file.source, file.format, input, &mapping).await?;
     input
         .ctx
@@ -162,17 +178,14 @@ pub fn tuned_first(seed: u64, prompt_id: &str) -> bool {
 /// `log p(tuned's letter) - log p(other letter)` as the judge's answer.
 pub fn pairwise_preferences(
     judge: &mut Policy,
-    prompts: &[EvalPrompt],
-    base: &[Response],
-    tuned: &[Response],
+    (prompts, base, tuned): (&[EvalPrompt], &[Response], &[Response]),
     params: &JudgeParams,
+    template: &str,
 ) -> Result<Vec<f64>, StageError> {
     let firsts: Vec<bool> = prompts.iter().map(|p| tuned_first(params.seed, &p.prompt_id)).collect();
     let mut sequences = Vec::with_capacity(prompts.len() * 2);
     for (((prompt, base), tuned), &first) in prompts.iter().zip(base).zip(tuned).zip(&firsts) {
-        let (a, b) = if first { (&tuned.text, &base.text) } else { (&base.text, &tuned.text) };
-        let question = params.template.replace("{prompt}", &prompt.text).replace("{a}", a).replace("{b}", b);
-        let prefix = judge.tokenizer.prompt_text(&question);
+        let prefix = judge.tokenizer.prompt_text(&judge_question(template, prompt, (base, tuned), first));
         for letter in ["A", "B"] {
             sequences.push(judge.tokenizer.encode_continuation(&prefix, letter)?);
         }
@@ -187,6 +200,138 @@ pub fn pairwise_preferences(
         .zip(firsts)
         .map(|(pair, first)| if first { pair[0] - pair[1] } else { pair[1] - pair[0] })
         .collect())
+}
+
+/// The judge's question: `template` with the prompt and the two responses,
+/// the tuned one first when `tuned_first`.
+pub fn judge_question(
+    template: &str,
+    prompt: &EvalPrompt,
+    (base, tuned): (&Response, &Response),
+    tuned_first: bool,
+) -> String {
+    let (a, b) = if tuned_first { (&tuned.text, &base.text) } else { (&base.text, &tuned.text) };
+    // One pass, so a response that itself contains `{b}` is not substituted again.
+    let mut question = String::with_capacity(template.len() + a.len() + b.len() + prompt.text.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let (value, skip) = match &rest[start..] {
+            r if r.starts_with("{prompt}") => (prompt.text.as_str(), "{prompt}".len()),
+            r if r.starts_with("{a}") => (a.as_str(), 3),
+            r if r.starts_with("{b}") => (b.as_str(), 3),
+            _ => ("{", 1),
+        };
+        question.push_str(&rest[..start]);
+        question.push_str(value);
+        rest = &rest[start + skip..];
+    }
+    question.push_str(rest);
+    question
+}
+
+/// Which of the two answers shown a generative judge's verdict names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// The first answer shown (`[[1]]`).
+    First,
+    /// The second answer shown (`[[2]]`).
+    Second,
+    /// Neither (`[[T]]`).
+    Tie,
+}
+
+impl Shown {
+    /// The value of `eval_items.verdict`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shown::First => "first",
+            Shown::Second => "second",
+            Shown::Tie => "tie",
+        }
+    }
+
+    /// The verdict for the tuned response, undoing the order it was shown in.
+    pub fn outcome(self, tuned_first: bool) -> Outcome {
+        match (self, tuned_first) {
+            (Shown::Tie, _) => Outcome::Tie,
+            (Shown::First, true) | (Shown::Second, false) => Outcome::Win,
+            _ => Outcome::Loss,
+        }
+    }
+}
+
+/// The verdict a judge's answer ends with: the last line holding a tag
+/// decides (whitespace and case inside and around a tag do not matter, and
+/// the tag may stand mid-line). `None` (unparseable) when no line holds a
+/// tag, or the deciding line holds two different ones.
+pub fn parse_verdict(answer: &str, tags: &VerdictTags) -> Option<Shown> {
+    let tags = [
+        (compact_tag(&tags.first), Shown::First),
+        (compact_tag(&tags.second), Shown::Second),
+        (compact_tag(&tags.tie), Shown::Tie),
+    ];
+    answer.lines().rev().find_map(|line| {
+        let line = compact_tag(line);
+        let found: Vec<Shown> = tags.iter().filter(|(tag, _)| line.contains(tag.as_str())).map(|(_, s)| *s).collect();
+        match found.as_slice() {
+            [] => None,
+            [one] => Some(Some(*one)),
+            _ => Some(None),
+        }
+    })?
+}
+
+/// One generative judgment: the judge's whole answer and the verdict read from it.
+#[derive(Debug, Clone)]
+pub struct JudgeAnswer {
+    /// The judge's text.
+    pub text: String,
+    /// The verdict, `None` when unparseable.
+    pub verdict: Option<Shown>,
+}
+
+/// The generative judge's answer for every prompt: sampled at
+/// `judge_temperature` with a seed per prompt (so batching does not change
+/// it), the responses in the recorded order. A question that does not fit
+/// the judge's context with room for its answer is an error naming the prompt.
+pub fn generative_verdicts(
+    judge: &mut Policy,
+    (prompts, base, tuned): (&[EvalPrompt], &[Response], &[Response]),
+    params: &JudgeParams,
+    template: &str,
+) -> Result<Vec<JudgeAnswer>, StageError> {
+    let sampling = SamplingParams { temperature: params.judge_temperature, top_p: 1.0, top_k: None };
+    let context = judge.bundle.manifest.architecture.max_position_embeddings;
+    let answer_tokens = params.judge_max_new_tokens as usize;
+    let mut requests = Vec::with_capacity(prompts.len());
+    for ((prompt, base), tuned) in prompts.iter().zip(base).zip(tuned) {
+        let first = tuned_first(params.seed, &prompt.prompt_id);
+        let ids = judge.tokenizer.encode_prompt(&judge_question(template, prompt, (base, tuned), first))?;
+        if ids.len() + answer_tokens > context {
+            return Err(StageError::Row {
+                file: "models.judge".into(),
+                row: format!("prompt_id={}", prompt.prompt_id),
+                problem: format!(
+                    "the judge's question is {} tokens; with judge_max_new_tokens = {answer_tokens} it does not fit \
+                     the judge's {context} positions (shorten the template or max_new_tokens, or lower judge_max_new_tokens)",
+                    ids.len()
+                ),
+            });
+        }
+        let seed = stable_id(&[&params.seed.to_string(), "judge", &prompt.prompt_id]);
+        requests.push(GenerationRequest {
+            prompt: ids,
+            seeds: vec![u64::from_str_radix(&seed, 16).expect("16 hex digits")],
+        });
+    }
+    let mut answers = Vec::with_capacity(prompts.len());
+    for batch in requests.chunks(params.batch_size as usize) {
+        for mut samples in judge.generate(batch, &sampling, answer_tokens)? {
+            let text = judge.tokenizer.decode(&samples.remove(0).tokens)?;
+            answers.push(JudgeAnswer { verdict: parse_verdict(&text, &params.verdicts), text });
+        }
+    }
+    Ok(answers)
 }
 
 /// The verdict for the tuned response given the judge's preference.
@@ -210,7 +355,7 @@ pub fn detect_language(text: &str, prompt_language: &str, candidates: &[whatlang
     crate::langs::iso_639_1_of(found).map(str::to_string)
 }
 
-/// What the judged rows are made of.
+/// What the judged rows of one part are made of.
 pub struct Judged<'a> {
     /// The prompts.
     pub prompts: &'a [EvalPrompt],
@@ -220,11 +365,13 @@ pub struct Judged<'a> {
     pub tuned: &'a [Response],
     /// Rewards of both, when a reward model is configured.
     pub rewards: Option<(Vec<f64>, Vec<f64>)>,
-    /// The judge's preference for the tuned response.
-    pub preferences: Vec<f64>,
-    /// The verdicts: the preferences against the tie margin.
-    pub outcomes: Vec<Outcome>,
-    /// `reward` or `pairwise:<judge checksum>`.
+    /// The judge's preference for the tuned response (`None`: unparseable).
+    pub preferences: Vec<Option<f64>>,
+    /// The verdicts (`None`: unparseable).
+    pub outcomes: Vec<Option<Outcome>>,
+    /// The generative judge's answers.
+    pub answers: Option<Vec<JudgeAnswer>>,
+    /// `reward`, `pairwise:<judge checksum>` or `generative:<judge checksum>`.
     pub judge: String,
     /// Identity of the tuned model.
     pub tuned_id: &'a str,
@@ -244,11 +391,19 @@ impl Judged<'_> {
         let text = |value: &str| -> ArrayRef { Arc::new(StringArray::from(vec![value; n])) };
         let strings =
             |f: &dyn Fn(usize) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values((0..n).map(f))) };
-        let tokens =
-            |r: &[Response]| -> ArrayRef { Arc::new(Int64Array::from_iter_values(r.iter().map(|r| r.tokens as i64))) };
+        let integers = |r: &[Response], measure: &dyn Fn(&Response) -> usize| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(r.iter().map(|r| measure(r) as i64)))
+        };
+        let tokens = |r: &Response| r.tokens;
+        let length = |r: &Response| match params.length_unit {
+            LengthUnit::Chars => r.text.chars().count(),
+            LengthUnit::Tokens => r.tokens,
+        };
         let floats = |v: &[f64]| -> ArrayRef { Arc::new(Float64Array::from(v.to_vec())) };
-        let pairwise = params.kind == JudgeKind::Pairwise;
-        let order = self.prompts.iter().map(|p| pairwise.then(|| tuned_first(params.seed, &p.prompt_id)));
+        let ordered = params.kind != JudgeKind::Reward;
+        let order = self.prompts.iter().map(|p| ordered.then(|| tuned_first(params.seed, &p.prompt_id)));
+        let outcomes = self.outcomes.iter().map(|o| o.map(Outcome::name));
+        let categories = self.prompts.iter().map(|p| p.category.clone());
         let mut given = vec![
             ("task", text(OPEN_ENDED)),
             ("kind", text("judge")),
@@ -256,20 +411,38 @@ impl Judged<'_> {
             ("item_id", strings(&|i| self.prompts[i].prompt_id.clone())),
             ("variant", text(EvalModel::Tuned.name())),
             ("policy_id", text(self.tuned_id)),
+            ("category", Arc::new(StringArray::from_iter(categories)) as ArrayRef),
             ("prompt", strings(&|i| self.prompts[i].text.clone())),
             ("base_response", strings(&|i| self.base[i].text.clone())),
             ("tuned_response", strings(&|i| self.tuned[i].text.clone())),
-            ("base_tokens", tokens(self.base)),
-            ("tuned_tokens", tokens(self.tuned)),
+            ("base_tokens", integers(self.base, &tokens)),
+            ("tuned_tokens", integers(self.tuned, &tokens)),
+            ("base_length", integers(self.base, &length)),
+            ("tuned_length", integers(self.tuned, &length)),
+            ("length_unit", text(params.length_unit.name())),
             ("judge", text(&self.judge)),
             ("tuned_first", Arc::new(BooleanArray::from_iter(order)) as ArrayRef),
-            ("preference", floats(&self.preferences)),
-            ("outcome", strings(&|i| self.outcomes[i].name().into())),
+            ("preference", Arc::new(Float64Array::from(self.preferences.clone())) as ArrayRef),
+            ("outcome", Arc::new(StringArray::from_iter(outcomes)) as ArrayRef),
+            (
+                "unparseable",
+                Arc::new(BooleanArray::from_iter(self.outcomes.iter().map(|o| Some(o.is_none())))) as ArrayRef,
+            ),
             ("base_detected", detect(self.base)),
             ("tuned_detected", detect(self.tuned)),
         ];
         if let Some((base, tuned)) = &self.rewards {
             given.extend([("base_reward", floats(base)), ("tuned_reward", floats(tuned))]);
+        }
+        if let Some(answers) = &self.answers {
+            let verdicts = answers.iter().map(|a| a.verdict.map(Shown::name));
+            given.extend([
+                (
+                    "judge_output",
+                    Arc::new(StringArray::from_iter_values(answers.iter().map(|a| a.text.as_str()))) as ArrayRef,
+                ),
+                ("verdict", Arc::new(StringArray::from_iter(verdicts)) as ArrayRef),
+            ]);
         }
         Ok(Table::EvalItems.schema().assemble(given, n)?)
     }
@@ -293,6 +466,44 @@ mod tests {
         let first = (0..1000).filter(|i| tuned_first(7, &format!("p{i}"))).count();
         assert!((400..600).contains(&first), "{first}");
         assert_eq!(tuned_first(7, "p1"), tuned_first(7, "p1"));
+    }
+
+    fn tags() -> VerdictTags {
+        VerdictTags::default()
+    }
+
+    #[test]
+    fn every_tag_is_read_with_spaces_case_and_surrounding_text() {
+        assert_eq!(parse_verdict("Assistant 1 is clearer.\n[[1]]", &tags()), Some(Shown::First));
+        assert_eq!(parse_verdict("[[2]]", &tags()), Some(Shown::Second));
+        assert_eq!(parse_verdict("Both are fine.\n\n  [[T]]  \n", &tags()), Some(Shown::Tie));
+        assert_eq!(parse_verdict("My final verdict is [[ t ]] overall.", &tags()), Some(Shown::Tie));
+        assert_eq!(parse_verdict("Verdict:[[ 2 ]].", &tags()), Some(Shown::Second));
+    }
+
+    #[test]
+    fn no_tag_or_two_on_the_deciding_line_is_unparseable_and_the_last_line_decides() {
+        assert_eq!(parse_verdict("Assistant 1 is better.", &tags()), None);
+        assert_eq!(parse_verdict("", &tags()), None);
+        assert_eq!(parse_verdict("[1] or [2]", &tags()), None, "single brackets are no tag");
+        assert_eq!(parse_verdict("Either [[1]] or [[2]].", &tags()), None);
+        assert_eq!(parse_verdict("At first: [[1]]\nOn reflection:\n[[2]]\nThat is all.", &tags()), Some(Shown::Second));
+        let custom = VerdictTags { first: "<A>".into(), second: "<B>".into(), tie: "<TIE>".into() };
+        assert_eq!(parse_verdict("so <b>", &custom), Some(Shown::Second));
+    }
+
+    #[test]
+    fn the_order_is_undone() {
+        assert_eq!(Shown::First.outcome(true), Outcome::Win);
+        assert_eq!(Shown::First.outcome(false), Outcome::Loss);
+        assert_eq!(Shown::Second.outcome(true), Outcome::Loss);
+        assert_eq!(Shown::Second.outcome(false), Outcome::Win);
+        assert_eq!(Shown::Tie.outcome(true), Outcome::Tie);
+        let prompt = EvalPrompt { prompt_id: "p".into(), language: "en".into(), text: "Q {a}".into(), category: None };
+        let (base, tuned) =
+            (Response { text: "base {b}".into(), tokens: 1 }, Response { text: "tuned".into(), tokens: 1 });
+        assert_eq!(judge_question("{prompt}|{a}|{b}|{x}", &prompt, (&base, &tuned), true), "Q {a}|tuned|base {b}|{x}");
+        assert_eq!(judge_question("{prompt}|{a}|{b}", &prompt, (&base, &tuned), false), "Q {a}|base {b}|tuned");
     }
 
     #[test]
