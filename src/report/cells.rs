@@ -50,7 +50,7 @@ pub fn open_ended_row(data: &ReportData, category: Option<&str>) -> Option<[Stri
     let count = |name| metric(name).map_or("–".into(), |m| format!("{:.0}", m.value));
     let win_rate = metric("win_rate")?;
     Some([
-        category.map_or("all".into(), |c| format!("category `{c}`")),
+        category.map_or("all".into(), |c| format!("category: {c}")),
         with_interval(Some(win_rate)),
         with_interval(metric("lc_win_rate")),
         format!("{} / {} / {}", count("wins"), count("ties"), count("losses")),

@@ -507,6 +507,35 @@ mod tests {
     }
 
     #[test]
+    fn lengths_for_length_control_are_characters_unless_tokens_are_asked_for() {
+        use arrow::array::{Array, Int64Array};
+        let prompts = [EvalPrompt { prompt_id: "p".into(), language: "fr".into(), text: "Q".into(), category: None }];
+        // 9 characters in 11 bytes, 3 tokens; 2 characters, 7 tokens.
+        let base = [Response { text: "été chaud".into(), tokens: 3 }];
+        let tuned = [Response { text: "ok".into(), tokens: 7 }];
+        let judged = |unit: &str| {
+            let params: JudgeParams = serde_json::from_value(serde_json::json!({ "length_unit": unit })).unwrap();
+            let rows = Judged {
+                prompts: &prompts,
+                base: &base,
+                tuned: &tuned,
+                rewards: Some((vec![0.0], vec![1.0])),
+                preferences: vec![Some(1.0)],
+                outcomes: vec![Some(Outcome::Win)],
+                answers: None,
+                judge: "reward".into(),
+                tuned_id: "bundle:b+adapter:a",
+            }
+            .rows(&params, &["fr".to_string()])
+            .unwrap();
+            let length = |name: &str| rows[name].as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+            (length("base_length"), length("tuned_length"), rows["tuned_first"].is_null(0))
+        };
+        assert_eq!(judged("chars"), (9, 2, true), "the reward judge shows no order");
+        assert_eq!(judged("tokens"), (3, 7, true));
+    }
+
+    #[test]
     fn languages_are_detected_among_the_candidates_only() {
         let candidates = [whatlang::Lang::Fra, whatlang::Lang::Deu, whatlang::Lang::Eng];
         let text = "Le chat dort sur le canapé pendant que la pluie tombe doucement sur la ville.";

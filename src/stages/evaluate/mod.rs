@@ -19,7 +19,7 @@
 //! — for each model, each choice task's items in blocks of `items_per_part`;
 //! then the judged prompts in blocks of `items_per_part` — and each part's
 //! rows are committed as a chunk. The answers both policies give the judged
-//! prompts are kept as resume state (`_resume/evaluate/responses/`) until
+//! prompts are kept as resume state (`_resume/<scope>/responses/`) until
 //! their part is judged. A rerun after a crash skips committed parts, loads
 //! a model only when a part still needs it, and, every draw being seeded
 //! per prompt, writes exactly the rows an uninterrupted run writes.
