@@ -48,10 +48,10 @@ pub fn open_ended_row(data: &ReportData, category: Option<&str>) -> Option<[Stri
     let (open, all, tuned) = (crate::vocab::eval::OPEN_ENDED, crate::vocab::eval::ALL_LANGUAGES, EvalModel::Tuned);
     let metric = |name| data.category_metric(tuned, open, all, category, name);
     let count = |name| metric(name).map_or("–".into(), |m| format!("{:.0}", m.value));
-    let win_rate = metric("win_rate")?;
+    metric("wins")?;
     Some([
         category.map_or("all".into(), |c| format!("category: {c}")),
-        with_interval(Some(win_rate)),
+        with_interval(metric("win_rate")),
         with_interval(metric("lc_win_rate")),
         format!("{} / {} / {}", count("wins"), count("ties"), count("losses")),
         count("unparseable"),

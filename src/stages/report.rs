@@ -312,20 +312,26 @@ fn language_metrics(language: &str, rows: &[&JudgedRow], resample: &Resample, la
     let judged: Vec<Judged> = rows.iter().filter_map(|r| r.judged).collect();
     let count = |o: Outcome| judged.iter().filter(|j| j.outcome == o).count() as f64;
     let (n, unparseable) = (judged.len(), (rows.len() - judged.len()) as f64);
-    let mut metrics = vec![
-        metric(EvalModel::Tuned, "win_rate", win_rate(&judged), n, resample.interval(&judged, win_rate)),
-        metric(
-            EvalModel::Tuned,
-            "lc_win_rate",
-            lc_win_rate(&judged, lambda),
-            n,
-            resample.interval(&judged, |j| lc_win_rate(j, lambda)),
-        ),
+    let mut metrics = Vec::new();
+    // No readable verdict, no win rate (rather than a NaN): the counts say why.
+    if n > 0 {
+        metrics.extend([
+            metric(EvalModel::Tuned, "win_rate", win_rate(&judged), n, resample.interval(&judged, win_rate)),
+            metric(
+                EvalModel::Tuned,
+                "lc_win_rate",
+                lc_win_rate(&judged, lambda),
+                n,
+                resample.interval(&judged, |j| lc_win_rate(j, lambda)),
+            ),
+        ]);
+    }
+    metrics.extend([
         metric(EvalModel::Tuned, "wins", count(Outcome::Win), n, None),
         metric(EvalModel::Tuned, "ties", count(Outcome::Tie), n, None),
         metric(EvalModel::Tuned, "losses", count(Outcome::Loss), n, None),
         metric(EvalModel::Tuned, "unparseable", unparseable, rows.len(), None),
-    ];
+    ]);
     let n = rows.len();
     for (variant, pick) in [(EvalModel::Base, 0), (EvalModel::Tuned, 1)] {
         let side = |pair: (f64, f64)| if pick == 0 { pair.0 } else { pair.1 };
@@ -491,5 +497,12 @@ mod tests {
         assert_eq!(find(Some("code"), "win_rate"), (0.0, 1));
         assert_eq!(find(Some("code"), "unparseable"), (1.0, 2));
         assert_eq!(find(None, "mean_tokens").1, 4, "every response has a length");
+
+        // Regression: a group with no readable verdict got a NaN win rate, which broke `croco report`.
+        let unreadable = [row("math", None), row("math", None)];
+        let metrics = judge_metrics(&unreadable, &resample(), 1.0);
+        assert!(metrics.iter().all(|m| m.value.is_finite()), "{metrics:?}");
+        assert!(!metrics.iter().any(|m| m.metric == "win_rate" || m.metric == "lc_win_rate"));
+        assert!(metrics.iter().any(|m| m.metric == "unparseable" && m.value == 2.0));
     }
 }

@@ -442,6 +442,15 @@ async fn a_generative_judge_keeps_its_answers_and_counts_the_unparseable_apart()
         query(&file, "SELECT DISTINCT category FROM eval_results WHERE category IS NOT NULL ORDER BY category").await;
     assert_eq!(strings(&categories, 0), ["animals", "colours"]);
 
+    let md = std::process::Command::new(env!("CARGO_BIN_EXE_croco"))
+        .args(["report", file.to_str().unwrap(), "--format", "md"])
+        .output()
+        .unwrap();
+    assert!(md.status.success(), "the report renders however many verdicts were unreadable: {md:?}");
+    let md = String::from_utf8_lossy(&md.stdout);
+    let animals = md.lines().find(|l| l.starts_with("| category: animals |")).expect("a line per category");
+    assert!(animals.ends_with(&format!("| {} |", stat_of_category(&file, "animals").await)), "{md}");
+
     let forced = crate::util::run(&file, RunOptions { force: true, ..Default::default() }).await;
     assert_eq!(forced[1].stats["unparseable"], stats["unparseable"]);
     let again = query(&file, "SELECT judge_output FROM eval_items WHERE kind = 'judge' ORDER BY item_id").await;
@@ -501,4 +510,12 @@ async fn a_killed_evaluate_resumes_part_by_part_and_ends_with_the_uninterrupted_
     for counted in ["judged_prompts", "wins", "ties", "losses", "unparseable", "choice_items"] {
         assert_eq!(evaluate.stats[counted], uninterrupted[1].stats[counted], "{counted}");
     }
+}
+
+/// The unparseable verdicts of `category`'s prompts, counted in eval_items.
+async fn stat_of_category(file: &Path, category: &str) -> i64 {
+    let sql =
+        format!("SELECT COUNT(*) FROM eval_items WHERE kind = 'judge' AND category = '{category}' AND unparseable");
+    let rows = query(file, &sql).await;
+    rows[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0)
 }
