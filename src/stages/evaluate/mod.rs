@@ -105,7 +105,7 @@ impl Stage for Evaluate {
         ];
         let parts = Parts::new(&tasks, prompts.len(), params.items_per_part as usize);
         let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
-        let mut saved = SavedState { sink, resume: input.resume };
+        let mut saved = SavedState { sink, resume: input.resume, saved: Default::default() };
         for (side, (variant, adapter, id)) in variants.iter().enumerate() {
             let choice_todo: Vec<_> = parts.choice(side).filter(|p| !done.contains(&p.chunk)).collect();
             let mut answer_todo = Vec::new();
@@ -226,6 +226,8 @@ struct SavedState<'w> {
     sink: &'w mut TableWriter,
     /// Whether state left by an earlier attempt may be read.
     resume: bool,
+    /// The answers this attempt saved (readable whether resuming or not).
+    saved: std::collections::BTreeSet<(EvalModel, usize)>,
 }
 
 impl SavedState<'_> {
@@ -254,7 +256,7 @@ impl SavedState<'_> {
     /// The answers `variant` gave the prompts of judged block `block`, when saved
     /// (by this attempt, or by an earlier one when resuming).
     async fn responses(&self, variant: EvalModel, block: usize) -> Result<Option<Vec<Response>>, StageError> {
-        match self.resume {
+        match self.resume || self.saved.contains(&(variant, block)) {
             true => self.get(&Self::responses_file(variant, block)).await,
             false => Ok(None),
         }
@@ -267,8 +269,7 @@ impl SavedState<'_> {
         answers: &[Response],
     ) -> Result<(), StageError> {
         self.put(&Self::responses_file(variant, block), &answers).await?;
-        // Saved by this attempt: readable from now on, whether resuming or not.
-        self.resume = true;
+        self.saved.insert((variant, block));
         Ok(())
     }
 
