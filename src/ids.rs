@@ -20,6 +20,12 @@ pub fn stable_id(parts: &[&str]) -> String {
     hex::encode(digest)[..ID_HEX_DIGITS].to_string()
 }
 
+/// [`stable_id`] of `parts` as a number: an RNG seed that depends only on
+/// what it names (a prompt, a sample), not on batching or order.
+pub fn stable_seed(parts: &[&str]) -> u64 {
+    u64::from_str_radix(&stable_id(parts), 16).expect("16 hex digits")
+}
+
 /// The id of a prompt: `stable_id([language, text])`, text already trimmed.
 pub fn prompt_id(language: &str, text: &str) -> String {
     stable_id(&[language, text])

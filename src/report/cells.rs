@@ -30,13 +30,7 @@ pub const OPEN_ENDED_LEGEND: &str = "Win rates are over the readable verdicts (t
 
 /// A difference in points (a share × 100, signed) with its interval.
 pub fn points_with_interval(metric: Option<&MetricRow>) -> String {
-    match metric.map(|m| (m.value, m.ci_low.zip(m.ci_high))) {
-        Some((value, Some((low, high)))) => {
-            format!("{:+.1} [{:+.1}, {:+.1}]", value * 100.0, low * 100.0, high * 100.0)
-        }
-        Some((value, None)) => format!("{:+.1}", value * 100.0),
-        None => "–".into(),
-    }
+    interval_cell(metric, |difference| format!("{:+.1}", difference * 100.0))
 }
 
 /// Column titles of the open-ended table (all languages pooled).
@@ -76,9 +70,14 @@ pub fn percent(value: Option<f64>) -> String {
 
 /// A metric as a percentage with its 95 % interval, when it has one.
 pub fn with_interval(metric: Option<&MetricRow>) -> String {
+    interval_cell(metric, |share| format!("{:.1}", share * 100.0))
+}
+
+/// A metric and its interval, each number written by `number`, `–` when absent.
+fn interval_cell(metric: Option<&MetricRow>, number: impl Fn(f64) -> String) -> String {
     match metric.map(|m| (m.value, m.ci_low.zip(m.ci_high))) {
-        Some((value, Some((low, high)))) => format!("{:.1} [{:.1}, {:.1}]", value * 100.0, low * 100.0, high * 100.0),
-        Some((value, None)) => format!("{:.1}", value * 100.0),
+        Some((value, Some((low, high)))) => format!("{} [{}, {}]", number(value), number(low), number(high)),
+        Some((value, None)) => number(value),
         None => "–".into(),
     }
 }

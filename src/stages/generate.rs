@@ -19,7 +19,7 @@ use futures::StreamExt;
 
 use super::files::{ColumnKind, Mapped, file_name, open_keyed_import};
 use super::stage::{Stage, StageError, StageInput, stats};
-use crate::ids::stable_id;
+use crate::ids::{stable_id, stable_seed};
 use crate::model::policy::{Generated, GenerationRequest, Policy, policy_id};
 use crate::model::sampling::SamplingParams;
 use crate::spec::common::{SplitFilter, with_instruction};
@@ -205,7 +205,7 @@ impl Sampler<'_> {
 
 /// The RNG seed of sample `k` of a prompt: independent of batching and order.
 fn sample_seed(seed: u64, prompt_id: &str, k: usize) -> u64 {
-    u64::from_str_radix(&stable_id(&[&seed.to_string(), prompt_id, &k.to_string()]), 16).expect("16 hex digits")
+    stable_seed(&[&seed.to_string(), prompt_id, &k.to_string()])
 }
 
 /// Columns of sampled generations being assembled.

@@ -130,13 +130,18 @@ pub fn bootstrap_95<T: Copy>(items: &[T], statistic: impl Fn(&[T]) -> f64, resam
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut sample = Vec::with_capacity(items.len());
-    let mut values: Vec<f64> = (0..resamples)
+    let values: Vec<f64> = (0..resamples)
         .map(|_| {
             sample.clear();
             sample.extend((0..items.len()).map(|_| items[rng.random_range(0..items.len())]));
             statistic(&sample)
         })
         .collect();
+    percentile_95(values)
+}
+
+/// The 2.5th and 97.5th percentiles of resampled statistics (nearest rank).
+fn percentile_95(mut values: Vec<f64>) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
     (at(0.025), at(0.975))
@@ -159,7 +164,7 @@ pub fn stratified_bootstrap_95(strata: &[Vec<f64>], resamples: usize, seed: u64)
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut sample: Vec<Vec<f64>> = strata.iter().map(|s| Vec::with_capacity(s.len())).collect();
-    let mut values: Vec<f64> = (0..resamples)
+    let values: Vec<f64> = (0..resamples)
         .map(|_| {
             for (drawn, stratum) in sample.iter_mut().zip(strata) {
                 drawn.clear();
@@ -168,9 +173,7 @@ pub fn stratified_bootstrap_95(strata: &[Vec<f64>], resamples: usize, seed: u64)
             mean_of_means(&sample)
         })
         .collect();
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    (at(0.025), at(0.975))
+    percentile_95(values)
 }
 
 /// What a 95 % interval says of a claim `value ≥ threshold` (or `>` when

@@ -66,11 +66,16 @@ fn pipe(client: TcpStream, server: TcpStream) {
 
 /// The import demo on S3 through `endpoint`, with fast retries.
 fn pipeline(dir: &std::path::Path, bucket_url: &str, endpoint: &str, max_retries: usize) -> String {
-    let storage = format!(
-        "storage = {{ endpoint = \"{endpoint}\", allow_http = \"true\", region = \"us-east-1\", access_key_id = \"croco-test\", secret_access_key = \"{SECRET}\" }}\nretry = {{ max_retries = {max_retries}, init_backoff_ms = 10, max_backoff_s = 1, retry_timeout_s = 10 }}\n\n[stages.prompts]"
-    );
+    let storage = format!("{}\n\n[stages.prompts]", storage_settings(endpoint, max_retries));
     let text = demo_pipeline_text(bucket_url, "", "").replacen("[stages.prompts]", &storage, 1);
     write_pipeline(dir, &text).to_str().unwrap().to_string()
+}
+
+/// The `[run]` keys of moto through `endpoint`, with fast retries.
+fn storage_settings(endpoint: &str, max_retries: usize) -> String {
+    format!(
+        "storage = {{ endpoint = \"{endpoint}\", allow_http = \"true\", region = \"us-east-1\", access_key_id = \"croco-test\", secret_access_key = \"{SECRET}\" }}\nretry = {{ max_retries = {max_retries}, init_backoff_ms = 10, max_backoff_s = 1, retry_timeout_s = 10 }}"
+    )
 }
 
 fn croco(args: &[&str]) -> Output {
@@ -210,9 +215,7 @@ fn read_request(client: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>
 fn model_pipeline_on_s3(dir: &std::path::Path, bucket_url: &str, endpoint: &str, max_retries: usize) -> String {
     let file = crate::model_stages::model_pipeline(dir, "");
     let local_root = format!("root = \"{}\"", dir.join("root").display());
-    let storage = format!(
-        "root = \"{bucket_url}\"\nstorage = {{ endpoint = \"{endpoint}\", allow_http = \"true\", region = \"us-east-1\", access_key_id = \"croco-test\", secret_access_key = \"{SECRET}\" }}\nretry = {{ max_retries = {max_retries}, init_backoff_ms = 10, max_backoff_s = 1, retry_timeout_s = 10 }}"
-    );
+    let storage = format!("root = \"{bucket_url}\"\n{}", storage_settings(endpoint, max_retries));
     let text = std::fs::read_to_string(&file).unwrap().replacen(&local_root, &storage, 1)
         + "\n[stages.ref_logps]\nmax_length = 192\nmax_prompt_length = 96\nrows_per_part = 8\n\n\
            [stages.tune]\nepochs = 1\nmicro_batch = 2\ngrad_accumulation = 1\ncheckpoint_every = 2\n";

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 
-use crate::ids::{stable_id, unit_interval};
+use crate::ids::{stable_seed, unit_interval};
 use crate::model::policy::{GenerationRequest, Policy};
 use crate::model::reward::RewardModel;
 use crate::model::sampling::SamplingParams;
@@ -131,8 +131,7 @@ pub fn respond(policy: &mut Policy, prompts: &[EvalPrompt], params: &JudgeParams
         let requests = batch
             .iter()
             .map(|p| {
-                let seed = stable_id(&[&params.seed.to_string(), &p.prompt_id]);
-                let seed = u64::from_str_radix(&seed, 16).expect("16 hex digits");
+                let seed = stable_seed(&[&params.seed.to_string(), &p.prompt_id]);
                 let text = with_instruction(&p.text, params.instruction.as_deref(), &p.language);
                 Ok(GenerationRequest { prompt: policy.tokenizer.encode_prompt(&text)?, seeds: vec![seed] })
             })
@@ -318,11 +317,8 @@ pub fn generative_verdicts(
                 ),
             });
         }
-        let seed = stable_id(&[&params.seed.to_string(), "judge", &prompt.prompt_id]);
-        requests.push(GenerationRequest {
-            prompt: ids,
-            seeds: vec![u64::from_str_radix(&seed, 16).expect("16 hex digits")],
-        });
+        let seed = stable_seed(&[&params.seed.to_string(), "judge", &prompt.prompt_id]);
+        requests.push(GenerationRequest { prompt: ids, seeds: vec![seed] });
     }
     let mut answers = Vec::with_capacity(prompts.len());
     for batch in requests.chunks(params.batch_size as usize) {
