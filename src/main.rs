@@ -17,10 +17,26 @@ fn main() -> ExitCode {
         // The reader of our output has gone (`croco status | head`): it has what it wanted.
         Err(error) if error.is_closed_pipe() => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", with_causes(&error));
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// The error's message followed by each cause its message does not already
+/// hold: many errors embed their source, but a transport error's root cause
+/// (`Connection refused`) is often only in the chain.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = error.source();
+    }
+    message
 }
 
 fn main_inner(cli: Cli) -> Result<(), CliError> {

@@ -28,6 +28,15 @@ pub enum BundleKind {
     Reward,
 }
 
+impl std::fmt::Display for BundleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BundleKind::Policy => "policy",
+            BundleKind::Reward => "reward",
+        })
+    }
+}
+
 impl BundleKind {
     /// Graphs a bundle of this kind must have.
     pub fn required_graphs(self) -> &'static [&'static str] {
@@ -109,6 +118,8 @@ pub struct TensorSpec {
 pub struct WeightsSpec {
     /// The safetensors file.
     pub file: String,
+    /// Element type of every tensor (format version 1 stores `float32` only).
+    pub dtype: String,
     /// Tensors in graph-input order.
     pub tensors: Vec<TensorSpec>,
 }
@@ -211,6 +222,9 @@ pub struct Bundle {
     pub checksum: String,
 }
 
+/// The element type of a version-1 bundle's weights.
+const WEIGHT_DTYPE: &str = "float32";
+
 impl Bundle {
     /// Reads the manifest of the bundle in `dir` and verifies the bundle:
     /// format, the graphs and fixtures its kind needs, every listed file.
@@ -242,9 +256,11 @@ impl Bundle {
         }
         for graph in m.kind.required_graphs() {
             if !m.graphs.contains_key(*graph) {
-                return Err(self.invalid(format!("a {:?} bundle needs the `{graph}` graph ([graphs.{graph}])", m.kind)));
+                return Err(self.invalid(format!("a {} bundle needs the `{graph}` graph ([graphs.{graph}])", m.kind)));
             }
         }
+        self.check_weight_dtypes()?;
+        self.check_token_ids()?;
         let listed = |file: &str| m.files.contains_key(file);
         let needed = [m.tokenizer.file.clone(), m.weights.file.clone()]
             .into_iter()
@@ -253,6 +269,41 @@ impl Bundle {
         for file in needed {
             if !listed(&file) {
                 return Err(self.invalid(format!("`{file}` is not listed in [files]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Format version 1 stores float32 weights only: a manifest that says
+    /// otherwise was not written by this exporter, or is damaged.
+    fn check_weight_dtypes(&self) -> Result<(), ModelError> {
+        let weights = &self.manifest.weights;
+        let odd = std::iter::once(("weights.dtype".to_string(), &weights.dtype))
+            .chain(weights.tensors.iter().map(|t| (format!("tensor `{}`", t.name), &t.dtype)))
+            .find(|(_, dtype)| *dtype != WEIGHT_DTYPE);
+        match odd {
+            Some((what, dtype)) => Err(self.invalid(format!(
+                "{what} is `{dtype}`: bundle format {FORMAT_VERSION} stores `{WEIGHT_DTYPE}` weights; re-export \
+                 the checkpoint with tools/export"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every token id `[tokenizer]` names is inside the vocabulary.
+    fn check_token_ids(&self) -> Result<(), ModelError> {
+        let t = &self.manifest.tokenizer;
+        let vocab = self.manifest.architecture.vocab_size as i64;
+        let named = [("eos_token_id", t.eos_token_id), ("pad_token_id", t.pad_token_id)]
+            .into_iter()
+            .map(|(key, id)| (format!("tokenizer.{key}"), id))
+            .chain(t.stop_token_ids.iter().map(|&id| ("tokenizer.stop_token_ids".to_string(), id)))
+            .chain(t.special_tokens.iter().map(|(token, &id)| (format!("tokenizer.special_tokens.{token:?}"), id)));
+        for (key, id) in named {
+            if !(0..vocab).contains(&id) {
+                return Err(self.invalid(format!(
+                    "`{key}` holds token id {id}, outside the vocabulary (architecture.vocab_size = {vocab})"
+                )));
             }
         }
         Ok(())
@@ -288,7 +339,7 @@ impl Bundle {
         if self.manifest.kind == kind {
             return Ok(());
         }
-        Err(self.invalid(format!("is a {:?} bundle, a {kind:?} bundle is needed", self.manifest.kind)))
+        Err(self.invalid(format!("is a {} bundle, a {kind} bundle is needed", self.manifest.kind)))
     }
 
     /// Path of a file of the bundle.

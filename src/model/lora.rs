@@ -259,7 +259,12 @@ fn adaptable(bundle: &Bundle, config: &AdapterConfig) -> Result<Vec<LoraModule>,
 fn read_tensor(file: &SafeTensors, key: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
     let view = file.tensor(key).map_err(|_| format!("adapter: `{ADAPTER_WEIGHTS}` lacks `{key}`"))?;
     if view.dtype() != Dtype::F32 || view.shape() != shape {
-        return Err(format!("adapter: `{key}` is {:?} {:?}, expected float32 {shape:?}", view.dtype(), view.shape()));
+        return Err(format!(
+            "adapter: `{key}` in `{ADAPTER_WEIGHTS}` is {:?} {:?}, expected float32 {shape:?} (from the bundle's \
+             shapes and r in `{ADAPTER_CONFIG}`)",
+            view.dtype(),
+            view.shape()
+        ));
     }
     Ok(f32_values(view.data()))
 }

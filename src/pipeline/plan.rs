@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::validate::LoadedSpec;
 use crate::ids::{sha256_hex, stable_id};
-use crate::model::bundle::{Bundle, Verify};
+use crate::model::bundle::{Bundle, BundleKind, Verify};
 use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, checksum_of_files};
 use crate::spec::generate::PromptSlice;
 use crate::spec::{BASE_VARIANT, StageName};
@@ -271,6 +271,9 @@ async fn bundle_checksums(loaded: &LoadedSpec, stage: StageName) -> Result<BTree
         let failed =
             |source| PlanError::Model { file: loaded.file.display().to_string(), role: role.to_string(), source };
         let bundle = Bundle::open(&loaded.base_dir.join(&location), Verify::Sizes).map_err(failed)?;
+        // The reward model scores; every other role generates or is tuned.
+        let kind = if role == ModelRole::Reward { BundleKind::Reward } else { BundleKind::Policy };
+        bundle.expect_kind(kind).map_err(failed)?;
         let checksum = match (&loaded.spec.models.policy_adapter, role) {
             (Some(adapter), ModelRole::Policy) => {
                 let (run, names) = (&loaded.spec.run, [ADAPTER_WEIGHTS, ADAPTER_CONFIG]);

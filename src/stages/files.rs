@@ -79,6 +79,8 @@ pub struct InputFile {
     pub url: String,
     /// Where it lives and its format, to explain a read error by its line.
     source: (Storage, Path, FileFormat),
+    /// The mapped columns as (role, column, kind), to name a mistyped value.
+    columns: Vec<(String, String, ColumnKind)>,
 }
 
 impl InputFile {
@@ -86,7 +88,52 @@ impl InputFile {
     /// file's own line and column where a line-oriented file has a bad line.
     pub async fn explain(&self, source: DataFusionError) -> StageError {
         let (storage, path, format) = &self.source;
-        explain_read_error(storage, path, *format, &self.url, source).await
+        let columns: Vec<Mapped<'_>> =
+            self.columns.iter().map(|(role, column, kind)| Mapped { role, column, kind: *kind }).collect();
+        explain_read_error(storage, path, *format, &self.url, &columns, source).await
+    }
+
+    /// An error about the row at 0-based `index` of the file (in file
+    /// order, blank lines not counted), naming its line where the file has
+    /// lines: JSONL's non-blank lines, CSV's records (the header is line 1).
+    pub async fn row_error(&self, index: u64, problem: String) -> StageError {
+        let (storage, path, format) = &self.source;
+        match line_of_row(storage, path, *format, index).await {
+            Some(line) => StageError::Line { file: self.url.clone(), line, column: None, problem },
+            None => StageError::Row { file: self.url.clone(), row: (index + 1).to_string(), problem },
+        }
+    }
+
+    /// The file's format.
+    pub fn format(&self) -> FileFormat {
+        self.source.2
+    }
+}
+
+/// The 1-based line of the row at 0-based `index` of a JSONL or CSV file.
+async fn line_of_row(storage: &Storage, path: &Path, format: FileFormat, index: u64) -> Option<usize> {
+    match format {
+        FileFormat::Jsonl => {
+            let (mut rows, mut found) = (0, None);
+            let visited = lines::visit_lines(storage, path, |number, bytes| {
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return true;
+                }
+                if rows == index {
+                    found = Some(number);
+                }
+                rows += 1;
+                found.is_none()
+            });
+            visited.await.ok().and(found)
+        }
+        FileFormat::Csv => {
+            let bytes = storage.get_if_exists(path).await.ok()??;
+            let bytes = bytes.strip_prefix(lines::BOM).unwrap_or(&bytes);
+            let record = csv::Reader::from_reader(bytes).into_records().nth(index as usize)?.ok()?;
+            record.position().map(|p| p.line() as usize)
+        }
+        FileFormat::Parquet => None,
     }
 }
 
@@ -132,7 +179,7 @@ pub async fn read_mapped(
     };
     let frame = match frame {
         Ok(frame) => frame,
-        Err(source) => return Err(explain_read_error(&storage, &path, format, &url, source).await),
+        Err(source) => return Err(explain_read_error(&storage, &path, format, &url, columns, source).await),
     };
     if frame.schema().fields().is_empty() {
         return Err(StageError::Input { file: url, problem: "has no rows (only blank lines)".into() });
@@ -157,7 +204,8 @@ pub async fn read_mapped(
         }
     }
     let frame = frame.select(exprs).map_err(StoreError::query(format!("reading {url}")))?;
-    Ok(InputFile { frame, url, source: (storage, path, format) })
+    let columns = columns.iter().map(|m| (m.role.to_string(), m.column.to_string(), m.kind)).collect();
+    Ok(InputFile { frame, url, source: (storage, path, format), columns })
 }
 
 /// A copy of the object at `path` without its leading byte-order mark, in a
@@ -178,24 +226,89 @@ async fn without_bom(storage: &Storage, path: &Path) -> Result<(Storage, Path), 
     Ok((copy, copy_path))
 }
 
-/// `source`, a read error of the file at `url`, as the line and column of
-/// the file's first bad line (JSONL: invalid UTF-8, invalid JSON, not an
-/// object), or as a query error where no line explains it.
+/// `source`, a read error of the file at `url`, explained by the file
+/// itself where it can be: JSONL's first bad line (invalid UTF-8, invalid
+/// JSON, not an object) or first value of a mapped column of the wrong kind
+/// (DataFusion infers a column's type from the first lines), CSV's first
+/// record whose field count differs from the header's, a Parquet file
+/// without Parquet's footer. Otherwise a query error naming the file.
 async fn explain_read_error(
     storage: &Storage,
     path: &Path,
     format: FileFormat,
     url: &str,
+    columns: &[Mapped<'_>],
     source: DataFusionError,
 ) -> StageError {
-    let unexplained = |source| StageError::Store(StoreError::Query { context: format!("reading {url}"), source });
-    if format != FileFormat::Jsonl {
-        return unexplained(source);
+    let explained = match format {
+        FileFormat::Jsonl => match first_bad_json_line(storage, path).await {
+            Ok(Some((line, column, problem))) => {
+                Some(StageError::Line { file: url.to_string(), line, column, problem })
+            }
+            _ => first_mistyped_value(storage, path, format, url, columns).await,
+        },
+        FileFormat::Csv => first_ragged_record(storage, path, url).await,
+        FileFormat::Parquet => not_parquet(storage, path, url).await,
+    };
+    explained.unwrap_or_else(|| StageError::Store(StoreError::Query { context: format!("reading {url}"), source }))
+}
+
+/// The first value of one of `columns` that is not of its column's kind, as
+/// a column error naming its line.
+async fn first_mistyped_value(
+    storage: &Storage,
+    path: &Path,
+    format: FileFormat,
+    url: &str,
+    columns: &[Mapped<'_>],
+) -> Option<StageError> {
+    for mapped in columns {
+        if let Ok(Some((line, value))) = first_mistyped_line(storage, path, format, mapped).await {
+            return Some(StageError::Column {
+                file: url.to_string(),
+                column: mapped.column.to_string(),
+                role: mapped.role.to_string(),
+                problem: format!("expected {}; line {line} holds `{value}`", mapped.kind.describe()),
+            });
+        }
     }
-    match first_bad_json_line(storage, path).await {
-        Ok(Some((line, column, problem))) => StageError::Line { file: url.to_string(), line, column, problem },
-        Ok(None) | Err(_) => unexplained(source),
-    }
+    None
+}
+
+/// The first CSV record with more or fewer fields than the header, as an
+/// error naming its line (an unclosed quote makes one too: it runs on to
+/// the end of the file).
+async fn first_ragged_record(storage: &Storage, path: &Path, url: &str) -> Option<StageError> {
+    let bytes = storage.get_if_exists(path).await.ok()??;
+    let bytes = bytes.strip_prefix(lines::BOM).unwrap_or(&bytes);
+    let mut reader = csv::Reader::from_reader(bytes);
+    let header = reader.headers().ok()?.len();
+    reader.into_records().find_map(|record| match record {
+        Err(e) => match e.kind() {
+            csv::ErrorKind::UnequalLengths { pos, len, .. } => Some(StageError::Line {
+                file: url.to_string(),
+                line: pos.as_ref().map_or(0, |p| p.line() as usize),
+                column: None,
+                problem: format!("{len} field(s) where the header has {header}"),
+            }),
+            _ => None,
+        },
+        Ok(_) => None,
+    })
+}
+
+/// An error when the object does not end with Parquet's `PAR1` footer magic.
+async fn not_parquet(storage: &Storage, path: &Path, url: &str) -> Option<StageError> {
+    use object_store::ObjectStoreExt;
+    let size = storage.store().head(path).await.ok()?.size;
+    let tail = match size >= 4 {
+        true => storage.store().get_range(path, size - 4..size).await.ok()?,
+        false => Default::default(),
+    };
+    (tail.as_ref() != b"PAR1").then(|| StageError::Input {
+        file: url.to_string(),
+        problem: "not a Parquet file (it does not end with Parquet's `PAR1` footer)".into(),
+    })
 }
 
 /// The first line of a JSONL object that is not valid UTF-8 or not one JSON
@@ -206,34 +319,11 @@ async fn first_bad_json_line(
 ) -> Result<Option<(usize, Option<usize>, String)>, StoreError> {
     let mut found = None;
     lines::visit_lines(storage, path, |number, bytes| {
-        found = bad_json_line(bytes).map(|(column, problem)| (number, column, problem));
+        found = lines::json_object(bytes).err().map(|(column, problem)| (number, column, problem));
         found.is_none()
     })
     .await?;
     Ok(found)
-}
-
-/// What is wrong with one JSONL line, if anything: (column, problem).
-fn bad_json_line(bytes: &[u8]) -> Option<(Option<usize>, String)> {
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            let column = String::from_utf8_lossy(&bytes[..e.valid_up_to()]).chars().count() + 1;
-            return Some((Some(column), "invalid UTF-8".into()));
-        }
-    };
-    if text.trim().is_empty() {
-        return None;
-    }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(_)) => None,
-        Ok(_) => Some((None, "not a JSON object".into())),
-        Err(e) => {
-            let message = e.to_string();
-            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-            Some((Some(e.column()), format!("invalid JSON: {message}")))
-        }
-    }
 }
 
 fn check_column(frame: &DataFrame, url: &str, mapped: &Mapped<'_>) -> Result<datafusion::prelude::Expr, StageError> {
@@ -357,6 +447,10 @@ pub async fn check_import_keys(ctx: &SessionContext, table: &str, file: &str) ->
             row,
             problem: "prompt_id and sample_idx must both be set".into(),
         });
+    }
+    let negative = format!("SELECT prompt_id, sample_idx FROM {table} WHERE sample_idx < 0");
+    if let Some(row) = first_row(ctx, &negative, file).await? {
+        return Err(StageError::Row { file: file.into(), row, problem: "sample_idx must be 0 or more".into() });
     }
     let duplicates = format!(
         "SELECT prompt_id, sample_idx, COUNT(*) AS copies FROM {table} GROUP BY prompt_id, sample_idx \

@@ -14,6 +14,7 @@ use super::files::{ColumnKind, Mapped, read_mapped};
 use super::stage::{Stage, StageError, StageInput, stats};
 use crate::ids::{prompt_id, unit_interval};
 use crate::langs::is_iso_639_1;
+use crate::spec::common::FileFormat;
 use crate::spec::prompts::PromptsParams;
 use crate::spec::{PipelineSpec, StageName};
 use crate::store::manifest::Stats;
@@ -68,7 +69,8 @@ impl Stage for Prompts {
         let mut ingest = Ingest {
             params,
             languages: &stage.languages,
-            url: &file.url,
+            // CSV has no null: an empty field is an empty text, dropped and counted.
+            null_text_is_empty: file.format() == FileFormat::Csv,
             seen: HashSet::new(),
             rows: 0,
             dropped: Dropped::default(),
@@ -78,7 +80,10 @@ impl Stage for Prompts {
                 Ok(batch) => batch,
                 Err(source) => return Err(file.explain(source).await),
             };
-            let out = ingest.batch(&batch)?;
+            let out = match ingest.batch(&batch) {
+                Ok(out) => out,
+                Err((index, problem)) => return Err(file.row_error(index, problem).await),
+            };
             sink.write(&out).await?;
             input.progress.set_position(sink.rows());
         }
@@ -100,14 +105,17 @@ fn mapping(params: &PromptsParams) -> Vec<Mapped<'_>> {
 struct Ingest<'a> {
     params: &'a PromptsParams,
     languages: &'a [String],
-    url: &'a str,
+    null_text_is_empty: bool,
     seen: HashSet<String>,
     rows: u64,
     dropped: Dropped,
 }
 
+/// What is wrong with one input row: (0-based row index, problem).
+type RowProblem = (u64, String);
+
 impl Ingest<'_> {
-    fn batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch, StageError> {
+    fn batch(&mut self, batch: &RecordBatch) -> Result<RecordBatch, RowProblem> {
         let text = string_column(batch, "text");
         let language = string_column(batch, "language");
         let source =
@@ -116,6 +124,10 @@ impl Ingest<'_> {
         for i in 0..batch.num_rows() {
             self.rows += 1;
             let language = self.language(language, i)?;
+            if text.is_null(i) && !self.null_text_is_empty {
+                let field = &self.params.columns.text;
+                return Err((self.rows - 1, format!("field `{field}` (text) is missing or null")));
+            }
             let text = if text.is_null(i) { "" } else { text.value(i).trim() };
             if text.is_empty() {
                 self.dropped.empty += 1;
@@ -143,15 +155,14 @@ impl Ingest<'_> {
 
     /// The row's language code, lower-cased; unknown codes are an error, since
     /// a typo would otherwise silently drop a whole language.
-    fn language(&self, column: &StringArray, i: usize) -> Result<String, StageError> {
-        let row_error =
-            |problem: String| StageError::Row { file: self.url.to_string(), row: self.rows.to_string(), problem };
+    fn language(&self, column: &StringArray, i: usize) -> Result<String, RowProblem> {
+        let field = &self.params.columns.language;
         if column.is_null(i) {
-            return Err(row_error("the language is missing".into()));
+            return Err((self.rows - 1, format!("field `{field}` (language) is missing")));
         }
         let code = column.value(i).trim().to_ascii_lowercase();
         if !is_iso_639_1(&code) {
-            return Err(row_error(format!("language `{}` is not an ISO 639-1 code", column.value(i))));
+            return Err((self.rows - 1, format!("language `{}` is not an ISO 639-1 code", column.value(i))));
         }
         Ok(code)
     }

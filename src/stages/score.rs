@@ -227,6 +227,9 @@ async fn import_scores(
             problem: format!("none of its {total} rows matches a generation by (prompt_id, sample_idx)"),
         });
     }
+    if total > written {
+        tracing::warn!("{url}: {} row(s) match no generation by (prompt_id, sample_idx); dropped", total - written);
+    }
     Ok(stats([
         ("rows_read", total),
         ("scores", written),

@@ -59,3 +59,37 @@ pub async fn visit_lines(
     }
     Ok(())
 }
+
+/// A JSON object, as one JSONL line holds it.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// What is wrong with one JSONL line: the column (1-based, in characters)
+/// where known, and the problem.
+pub type LineProblem = (Option<usize>, String);
+
+/// One JSONL line as a JSON object: `Ok(None)` for a blank line, else what
+/// is wrong with it: invalid UTF-8, invalid JSON, or a JSON value that is
+/// not an object.
+pub fn json_object(bytes: &[u8]) -> Result<Option<JsonObject>, LineProblem> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let column = String::from_utf8_lossy(&bytes[..e.valid_up_to()]).chars().count() + 1;
+            return Err((Some(column), "invalid UTF-8".into()));
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(object)) => Ok(Some(object)),
+        Ok(_) => Err((None, "not a JSON object".into())),
+        Err(e) => {
+            // serde_json's message ends with its own "at line 1 column N": the
+            // caller names the file's line, and the column is given apart.
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+            Err((Some(e.column()), format!("invalid JSON: {message}")))
+        }
+    }
+}

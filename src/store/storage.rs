@@ -111,12 +111,12 @@ impl Storage {
         let scheme = Scheme::named(url.scheme())
             .ok_or_else(|| StoreError::BadRoot { root: url.to_string(), reason: Scheme::unsupported(url.scheme()) })?;
         let Some(open) = scheme.open else {
-            let path = url.to_file_path().map_err(|_| StoreError::BadRoot {
-                root: url.to_string(),
-                reason: "a file:// URL needs an absolute path".into(),
-            })?;
+            let path = file_url_path(&url).map_err(|reason| StoreError::BadRoot { root: url.to_string(), reason })?;
             return Self::open_local(&path);
         };
+        if scheme.cloud && url.host_str().is_none_or(str::is_empty) {
+            return Err(StoreError::BadRoot { root: url.to_string(), reason: "names no bucket".into() });
+        }
         let store = open(&url, options, retry)?;
         let store_url =
             Url::parse(&format!("{}://{}/", url.scheme(), url.authority())).expect("scheme and authority form a URL");
@@ -237,22 +237,32 @@ fn open_memory(url: &Url, _: &StorageOptions, _: &RetrySpec) -> Result<Arc<dyn O
 
 fn open_s3(url: &Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let builder = configure(url, options, AmazonS3Builder::from_env(), AmazonS3Builder::with_config)?;
-    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, source))?))
+    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, options, source))?))
 }
 
 fn open_gcs(url: &Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let builder =
         configure(url, options, GoogleCloudStorageBuilder::from_env(), GoogleCloudStorageBuilder::with_config)?;
-    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, source))?))
+    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, options, source))?))
 }
 
 fn open_azure(url: &Url, options: &StorageOptions, retry: &RetrySpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let builder = configure(url, options, MicrosoftAzureBuilder::from_env(), MicrosoftAzureBuilder::with_config)?;
-    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, source))?))
+    Ok(Arc::new(builder.with_retry(retry.config()).build().map_err(|source| open_error(url, options, source))?))
 }
 
-fn open_error(url: &Url, source: object_store::Error) -> StoreError {
-    StoreError::Open { root: url.to_string(), source }
+/// A provider's refusal to build a store. A value it cannot parse is named
+/// only by the value (`failed to parse "perhaps" as boolean`): the option
+/// holding it is named here.
+fn open_error(url: &Url, options: &StorageOptions, source: object_store::Error) -> StoreError {
+    let message = source.to_string();
+    match options.iter().find(|(_, value)| message.contains(&format!("\"{value}\""))) {
+        Some((name, value)) => StoreError::BadRoot {
+            root: url.to_string(),
+            reason: format!("storage option `{name}` = {value:?}: {message}"),
+        },
+        None => StoreError::Open { root: url.to_string(), source },
+    }
 }
 
 /// Applies the provider options to a cloud builder (after `with_url`, so the
@@ -318,10 +328,8 @@ pub fn resolve_input(
             Ok((Storage::open_url(root, options, retry)?, path))
         }
         Ok(url) if url.scheme() == "file" => {
-            let file = url.to_file_path().map_err(|_| StoreError::BadRoot {
-                root: location.to_string(),
-                reason: "a file:// URL needs an absolute path".into(),
-            })?;
+            let file =
+                file_url_path(&url).map_err(|reason| StoreError::BadRoot { root: location.to_string(), reason })?;
             local_input(&file)
         }
         _ => local_input(&base_dir.join(location)),
@@ -390,6 +398,20 @@ pub fn is_cloud_root(root: &str) -> bool {
     Url::parse(root).is_ok_and(|url| Scheme::named(url.scheme()).is_some_and(|scheme| scheme.cloud))
 }
 
+/// The local path a `file://` URL names; a URL with a host names another
+/// machine's file, which is a mistake worth spelling out.
+fn file_url_path(url: &Url) -> Result<PathBuf, String> {
+    match url.host_str() {
+        Some(host) if !host.is_empty() && host != "localhost" => Err(format!(
+            "a file:// URL names a path on this machine, and `{host}` is read as a host name; write \
+             file:///{host}{} for the path /{host}{}",
+            url.path(),
+            url.path()
+        )),
+        _ => url.to_file_path().map_err(|()| "a file:// URL needs an absolute path".to_string()),
+    }
+}
+
 /// Why `root` cannot be a storage root, without opening it (for validation).
 pub fn root_problem(root: &str) -> Option<String> {
     if root.trim().is_empty() {
@@ -398,7 +420,10 @@ pub fn root_problem(root: &str) -> Option<String> {
     let url = Url::parse(root).ok().filter(|url| url.scheme().len() > 1)?;
     match Scheme::named(url.scheme()) {
         None => Some(Scheme::unsupported(url.scheme())),
-        Some(scheme) if scheme.cloud && url.host_str().is_none() => Some(format!("`{root}` names no bucket")),
+        Some(scheme) if scheme.cloud && url.host_str().is_none_or(str::is_empty) => {
+            Some(format!("`{root}` names no bucket"))
+        }
+        Some(scheme) if scheme.open.is_none() => file_url_path(&url).err(),
         Some(_) => None,
     }
 }

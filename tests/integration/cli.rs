@@ -128,7 +128,7 @@ fn a_failing_stage_exits_1_with_one_clear_message() {
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert!(message.starts_with("error: stage `prompts` failed, nothing committed:"), "{message}");
-    assert!(message.contains("row 1: language `zz` is not an ISO 639-1 code"), "{message}");
+    assert!(message.contains("line 1: language `zz` is not an ISO 639-1 code"), "{message}");
 }
 
 #[test]

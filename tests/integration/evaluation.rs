@@ -8,37 +8,14 @@
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, RecordBatch};
-use croco::model::bundle::{Bundle, Verify};
-use croco::model::lora::{Adapter, AdapterConfig};
+use croco::model::lora::Adapter;
 use croco::model::policy::Policy;
 use croco::model::runtime::{Device, SessionConfig};
 use croco::pipeline::runner::RunOptions;
 
-use crate::util::{repo, strings};
+use crate::util::{policy_bundle, repo, strings, write_adapter};
 
 const CPU: SessionConfig = SessionConfig { device: Device::Cpu, device_id: 0, threads: 2 };
-
-fn policy_bundle() -> Bundle {
-    Bundle::open(&repo().join("data/models/policy"), Verify::Sizes).unwrap()
-}
-
-/// Writes a PEFT adapter for the demo policy whose B matrices are all `b`
-/// (0 leaves the base unchanged) into `dir`.
-fn write_adapter(dir: &Path, b: f32) -> PathBuf {
-    let config: AdapterConfig = serde_json::from_value(serde_json::json!({
-        "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"],
-        "peft_type": "LORA", "task_type": "CAUSAL_LM"
-    }))
-    .unwrap();
-    let mut adapter = Adapter::init(&policy_bundle(), config, 5).unwrap();
-    adapter.modules.iter_mut().filter(|m| m.trainable).for_each(|m| m.b.fill(b));
-    let adapter_dir = dir.join("adapter");
-    std::fs::create_dir_all(&adapter_dir).unwrap();
-    let (weights, config) = adapter.to_peft().unwrap();
-    std::fs::write(adapter_dir.join("adapter_model.safetensors"), weights).unwrap();
-    std::fs::write(adapter_dir.join("adapter_config.json"), config).unwrap();
-    adapter_dir
-}
 
 /// Prompts, evaluate (the three demo tasks, 4 items per language; 3 judged
 /// prompts per language) and report, in en and fr, tuned = `adapter_dir`.
@@ -212,30 +189,6 @@ async fn choice_scores_are_the_options_log_likelihoods_under_each_model() {
     )
     .await;
     assert_eq!(float(&accuracy), float(&recount), "eval_results traces back to eval_items");
-}
-
-/// Regression test for bad task files: the run fails before any model runs,
-/// names the task file and the line, and commits nothing.
-#[tokio::test]
-async fn a_bad_task_file_is_named_with_its_line_and_nothing_is_committed() {
-    let cases = [
-        (r#"{"item_id":"a","language":"en","context":"c","options":["x","y"]}"#, "field `gold` is missing"),
-        (r#"{"item_id":"a","language":"en","context":"c","options":["x","y"],"gold":5}"#, "out of range"),
-        (r#"{"item_id":"a","language":"en","context":"c","options":[],"gold":0}"#, "at least 2 options"),
-    ];
-    for (line, problem) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let good = r#"{"item_id":"g","language":"en","context":"c","options":["x","y"],"gold":0}"#;
-        let source = dir.path().join("task.jsonl");
-        std::fs::write(&source, format!("{good}\n{line}\n")).unwrap();
-        let file = eval_pipeline(dir.path(), &write_adapter(dir.path(), 0.0), Some(&source));
-        let loaded = croco::pipeline::validate::load(&file).unwrap();
-        let plan = croco::pipeline::Plan::build(loaded).await.unwrap();
-        let error = croco::pipeline::runner::run(&plan, RunOptions::default()).await.unwrap_err().to_string();
-        assert!(error.contains("task.jsonl") && error.contains("line 2") && error.contains(problem), "{error}");
-        let evaluate = plan.stage(croco::spec::StageName::Evaluate).unwrap();
-        assert!(plan.current(evaluate).await.unwrap().is_none(), "nothing of evaluate is committed");
-    }
 }
 
 /// `croco report` writes one self-contained HTML file; headless Chromium

@@ -91,7 +91,7 @@ async fn prompts_ingestion_drops_and_counts_empty_duplicate_and_foreign_rows() {
 }
 
 #[tokio::test]
-async fn an_unknown_language_code_names_the_row_and_commits_nothing() {
+async fn an_unknown_language_code_names_the_line_and_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
@@ -101,7 +101,7 @@ async fn an_unknown_language_code_names_the_row_and_commits_nothing() {
     let file = pipeline(dir.path(), "p.jsonl", "g.jsonl", "g.jsonl", "\"en\"");
     write(dir.path(), "g.jsonl", "");
     let error = run_error(&file).await;
-    assert!(error.contains("p.jsonl: row 2: language `xx` is not an ISO 639-1 code"), "{error}");
+    assert!(error.contains("p.jsonl: line 2: language `xx` is not an ISO 639-1 code"), "{error}");
     assert!(!committed(&dir.path().join("root"), "prompts"));
     assert_eq!(files_under(&dir.path().join("root")), 0, "a failed stage leaves no parts behind");
 }

@@ -12,6 +12,7 @@ mod imports;
 mod inputs;
 mod interop;
 mod lock;
+mod malformed;
 mod model_parity;
 mod model_stages;
 mod pairs_rule;

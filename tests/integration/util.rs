@@ -116,3 +116,28 @@ pub fn strings(batches: &[arrow::array::RecordBatch], column: usize) -> Vec<Stri
         })
         .collect()
 }
+
+/// The demo policy bundle (sizes verified).
+pub fn policy_bundle() -> croco::model::bundle::Bundle {
+    use croco::model::bundle::{Bundle, Verify};
+    Bundle::open(&repo().join("data/models/policy"), Verify::Sizes).unwrap()
+}
+
+/// Writes a PEFT adapter for the demo policy whose B matrices are all `b`
+/// (0 leaves the base unchanged) into `dir/adapter` and returns that directory.
+pub fn write_adapter(dir: &Path, b: f32) -> PathBuf {
+    use croco::model::lora::{Adapter, AdapterConfig};
+    let config: AdapterConfig = serde_json::from_value(serde_json::json!({
+        "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "peft_type": "LORA", "task_type": "CAUSAL_LM"
+    }))
+    .unwrap();
+    let mut adapter = Adapter::init(&policy_bundle(), config, 5).unwrap();
+    adapter.modules.iter_mut().filter(|m| m.trainable).for_each(|m| m.b.fill(b));
+    let adapter_dir = dir.join("adapter");
+    std::fs::create_dir_all(&adapter_dir).unwrap();
+    let (weights, config) = adapter.to_peft().unwrap();
+    std::fs::write(adapter_dir.join("adapter_model.safetensors"), weights).unwrap();
+    std::fs::write(adapter_dir.join("adapter_config.json"), config).unwrap();
+    adapter_dir
+}

@@ -33,14 +33,17 @@ pub async fn read_task(
     let (options, retry) = (input.storage_options, input.retry);
     let bytes = crate::store::storage::read_input_file(&task.source, input.base_dir, options, retry).await?;
     let file = format!("stages.evaluate.choice[{index}].source = {:?}", task.source);
-    let items = parse_items(&bytes, task).map_err(|(line, problem)| StageError::Line {
+    if bytes.is_empty() {
+        return Err(StageError::Input { file, problem: "the file is empty".into() });
+    }
+    let items = parse_items(&bytes, task).map_err(|BadLine { line, column, problem }| StageError::Line {
         file: file.clone(),
         line,
-        column: None,
+        column,
         problem,
     })?;
     if items.is_empty() {
-        return Err(StageError::Input { file, problem: "has no items".into() });
+        return Err(StageError::Input { file, problem: "has no items (only blank lines)".into() });
     }
     let languages = input.languages;
     let limit = task.max_items_per_language.map_or(usize::MAX, |n| n as usize);
@@ -61,22 +64,35 @@ pub async fn read_task(
     Ok((kept, skipped))
 }
 
-/// Parses every line of a task file; an error is `(line number, problem)`.
-pub fn parse_items(bytes: &[u8], task: &ChoiceTask) -> Result<Vec<ChoiceItem>, (usize, String)> {
+/// A line of a task file that is not an item: its number, the column
+/// (1-based, where known) and the problem.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadLine {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// 1-based column, in characters, where the problem is known to start.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Parses every line of a task file (a leading byte-order mark and CRLF
+/// line ends are accepted).
+pub fn parse_items(bytes: &[u8], task: &ChoiceTask) -> Result<Vec<ChoiceItem>, BadLine> {
     let bytes = bytes.strip_prefix(crate::store::lines::BOM).unwrap_or(bytes);
     let mut items: Vec<ChoiceItem> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line_number = i + 1;
-        let line = std::str::from_utf8(line).map_err(|e| (line_number, format!("invalid UTF-8: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let object: Map<String, Value> =
-            serde_json::from_str(line).map_err(|e| (line_number, format!("not a JSON object: {e}")))?;
-        let item = parse_item(&object, task).map_err(|problem| (line_number, problem))?;
+        let bad = |column, problem| BadLine { line: i + 1, column, problem };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let object = match crate::store::lines::json_object(line) {
+            Ok(Some(object)) => object,
+            Ok(None) => continue,
+            Err((column, problem)) => return Err(bad(column, problem)),
+        };
+        let item = parse_item(&object, task).map_err(|problem| bad(None, problem))?;
         if !seen.insert(item.item_id.clone()) {
-            return Err((line_number, format!("item_id `{}` occurs twice", item.item_id)));
+            return Err(bad(None, format!("item_id `{}` occurs twice", item.item_id)));
         }
         items.push(item);
     }
@@ -197,7 +213,7 @@ mod tests {
     }
 
     fn problem(line: &str) -> String {
-        parse_items(line.as_bytes(), &native()).unwrap_err().1
+        parse_items(line.as_bytes(), &native()).unwrap_err().problem
     }
 
     #[test]
@@ -219,7 +235,7 @@ mod tests {
         assert!(problem(&format!(r#"{{{base},"options":["x","y"],"gold":-1}}"#)).contains("non-negative"));
         let twice =
             format!("{{{base},\"options\":[\"x\",\"y\"],\"gold\":0}}\n{{{base},\"options\":[\"x\",\"y\"],\"gold\":0}}");
-        assert_eq!(parse_items(twice.as_bytes(), &native()).unwrap_err().0, 2);
+        assert_eq!(parse_items(twice.as_bytes(), &native()).unwrap_err().line, 2);
     }
 
     #[test]
