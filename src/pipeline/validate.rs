@@ -16,9 +16,12 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use crate::model::bundle::{Bundle, Verify};
+use crate::spec::common::ModelContexts;
 use crate::spec::models::ModelsSpec;
 use crate::spec::run::RunSpec;
 use crate::spec::{BASE_VARIANT, PipelineSpec, SectionReader, StageName, StagesSpec};
+use crate::vocab::roles::ModelRole;
 
 /// One problem in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -81,9 +84,9 @@ pub struct LoadedSpec {
 pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
     let source =
         std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
-    let (spec, variants) = parse_with_variants(&source, path)?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
+    let (spec, variants) = check(&source, path, Some(&base_dir))?;
     Ok(LoadedSpec { spec, file: path.to_path_buf(), base_dir, variants })
 }
 
@@ -92,12 +95,24 @@ pub fn parse(source: &str, path: &Path) -> Result<PipelineSpec, SpecError> {
     parse_with_variants(source, path).map(|(spec, _)| spec)
 }
 
-/// Parses and validates pipeline text and every variant in it.
+/// Parses and validates pipeline text and every variant in it (without
+/// reading any bundle: the context checks need [`load`]).
 pub fn parse_with_variants(
     source: &str,
     path: &Path,
 ) -> Result<(PipelineSpec, Vec<(String, PipelineSpec)>), SpecError> {
-    let mut problems = Problems { source, list: Vec::new() };
+    check(source, path, None)
+}
+
+/// Parses and validates pipeline text and its variants; with `bundles_dir`
+/// (what relative bundle paths are resolved against), token budgets are
+/// also checked against the contexts of the bundles found there.
+fn check(
+    source: &str,
+    path: &Path,
+    bundles_dir: Option<&Path>,
+) -> Result<(PipelineSpec, Vec<(String, PipelineSpec)>), SpecError> {
+    let mut problems = Problems { source, list: Vec::new(), bundles_dir };
     let (document, syntax_errors) = DeTable::parse_recoverable(source);
     for error in syntax_errors {
         problems.toml_error("", &error);
@@ -152,7 +167,7 @@ fn read_variants(
         }
         let mut merged = base.clone();
         merge(&mut merged, table);
-        let mut own = Problems { source: problems.source, list: Vec::new() };
+        let mut own = Problems { source: problems.source, list: Vec::new(), bundles_dir: problems.bundles_dir };
         let spec = read_sections(&merged, &mut own);
         for mut problem in own.list {
             problem.message = format!("in variant `{name}`: {}", problem.message);
@@ -186,6 +201,8 @@ fn merge<'i>(base: &mut DeTable<'i>, overlay: &DeTable<'i>) {
 struct Problems<'a> {
     source: &'a str,
     list: Vec<SpecProblem>,
+    /// Where relative bundle paths lead, when bundles are to be read.
+    bundles_dir: Option<&'a Path>,
 }
 
 impl Problems<'_> {
@@ -215,6 +232,24 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// The context of each `[models]` bundle whose manifest can be read under
+/// `dir`; the others (URLs, missing or damaged bundles) are left to the plan,
+/// which opens every bundle and names what is wrong with it.
+fn model_contexts(models: &ModelsSpec, dir: &Path) -> ModelContexts {
+    let roles = [
+        (ModelRole::Judge, &models.judge),
+        (ModelRole::OffPolicy, &models.off_policy),
+        (ModelRole::Policy, &models.policy),
+        (ModelRole::Reference, &models.reference),
+        (ModelRole::Reward, &models.reward),
+    ];
+    let context = |location: &String| {
+        let bundle = Bundle::open(&dir.join(location), Verify::Sizes).ok()?;
+        Some(bundle.manifest.architecture.max_position_embeddings)
+    };
+    roles.into_iter().filter_map(|(role, location)| Some((role, context(location.as_ref()?)?))).collect()
+}
+
 const TOP_LEVEL: [&str; 4] = ["run", "models", "stages", "variants"];
 
 /// Reads every section on its own and value-checks each one that parsed, so
@@ -237,6 +272,9 @@ fn read_sections(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<
     let stages = read_stages(document, problems);
     if let (Some(stages), Some(models)) = (&stages, &models) {
         problems.locate_all(document, stages.model_problems(models));
+        if let Some(dir) = problems.bundles_dir {
+            problems.locate_all(document, stages.context_problems(&model_contexts(models, dir)));
+        }
     }
     Some(PipelineSpec { run: run?, models: models?, stages: stages? })
 }

@@ -13,6 +13,36 @@ pub trait Section {
 
     /// The problems with the bundles it needs from `[models]`.
     fn model_problems(&self, _models: &ModelsSpec, _problems: &mut Vec<ValueProblem>) {}
+
+    /// The token budgets that do not fit the context of the bundles it runs
+    /// (those whose manifest could be read, in `contexts`).
+    fn context_problems(&self, _contexts: &ModelContexts, _problems: &mut Vec<ValueProblem>) {}
+}
+
+/// The context, in positions (`architecture.max_position_embeddings`), of
+/// each `[models]` bundle whose manifest could be read, by role.
+pub type ModelContexts = std::collections::BTreeMap<crate::vocab::roles::ModelRole, usize>;
+
+/// A problem at `key` when `tokens` new tokens leave no room for a prompt
+/// in `role`'s context.
+pub fn check_room_for_a_prompt(
+    key: &str,
+    tokens: u32,
+    role: crate::vocab::roles::ModelRole,
+    contexts: &ModelContexts,
+    problems: &mut Vec<ValueProblem>,
+) {
+    if let Some(&context) = contexts.get(&role)
+        && tokens as usize >= context
+    {
+        problems.push((
+            key.into(),
+            format!(
+                "{tokens} new tokens leave no room for a prompt in the `{role}` bundle's context of {context} \
+                 positions (architecture.max_position_embeddings)"
+            ),
+        ));
+    }
 }
 
 /// A tabular input file's format.

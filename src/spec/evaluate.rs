@@ -3,8 +3,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{FileFormat, Section, ValueProblem, check_format, check_instruction, positive};
+use super::common::{
+    FileFormat, ModelContexts, Section, ValueProblem, check_format, check_instruction, check_room_for_a_prompt,
+    positive,
+};
 use super::models::ModelsSpec;
+use crate::vocab::roles::ModelRole;
 
 /// `[stages.evaluate]`: the recipe's verdict, base policy against tuned policy.
 ///
@@ -402,6 +406,16 @@ impl JudgeKind {
 }
 
 impl Section for EvaluateParams {
+    fn context_problems(&self, contexts: &ModelContexts, problems: &mut Vec<ValueProblem>) {
+        let Some(judge) = &self.judge else { return };
+        let answers = judge.max_new_tokens;
+        check_room_for_a_prompt("stages.evaluate.judge.max_new_tokens", answers, ModelRole::Policy, contexts, problems);
+        if judge.kind == JudgeKind::Generative {
+            let key = "stages.evaluate.judge.judge_max_new_tokens";
+            check_room_for_a_prompt(key, judge.judge_max_new_tokens, ModelRole::Judge, contexts, problems);
+        }
+    }
+
     fn value_problems(&self, problems: &mut Vec<ValueProblem>) {
         if self.choice.is_empty() && self.judge.is_none() {
             problems.push((

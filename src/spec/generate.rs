@@ -3,8 +3,12 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{FileFormat, Section, SplitFilter, ValueProblem, check_format, check_instruction, positive};
+use super::common::{
+    FileFormat, ModelContexts, Section, SplitFilter, ValueProblem, check_format, check_instruction,
+    check_room_for_a_prompt, positive,
+};
 use super::models::ModelsSpec;
+use crate::vocab::roles::ModelRole;
 
 /// Where a set of responses came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -103,6 +107,12 @@ pub struct GenerateParams {
     /// New-token limit (the recipe: 4096).
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: u32,
+    /// Longest prompt answered, in tokens (chat template and instruction
+    /// included); a longer one is skipped and counted (`skipped_too_long`),
+    /// never truncated. Unset: the sampled bundle's context
+    /// (`max_position_embeddings`) less `max_new_tokens`. Left out of keys when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompt_tokens: Option<u32>,
     /// Base seed; each (prompt, sample) derives its own.
     #[serde(default)]
     pub seed: u64,
@@ -175,8 +185,50 @@ impl Default for GenerationColumns {
     }
 }
 
+impl GenerateParams {
+    /// The bundle role that samples.
+    pub fn sampling_role(&self) -> ModelRole {
+        match self.model {
+            SamplingModel::Policy => ModelRole::Policy,
+            SamplingModel::OffPolicy => ModelRole::OffPolicy,
+        }
+    }
+
+    /// The longest prompt answered, in tokens, by a bundle of `context` positions.
+    pub fn prompt_budget(&self, context: usize) -> usize {
+        let room = context.saturating_sub(self.max_new_tokens as usize);
+        self.max_prompt_tokens.map_or(room, |budget| budget as usize)
+    }
+}
+
 impl Section for GenerateParams {
+    fn context_problems(&self, contexts: &ModelContexts, problems: &mut Vec<ValueProblem>) {
+        if self.import.is_some() {
+            return;
+        }
+        let role = self.sampling_role();
+        let Some(budget) = self.max_prompt_tokens else {
+            check_room_for_a_prompt("stages.generate.max_new_tokens", self.max_new_tokens, role, contexts, problems);
+            return;
+        };
+        if let Some(&context) = contexts.get(&role)
+            && budget as usize + self.max_new_tokens as usize > context
+        {
+            problems.push((
+                "stages.generate.max_prompt_tokens".into(),
+                format!(
+                    "{budget} prompt tokens + max_new_tokens {} exceed the `{role}` bundle's context of {context} \
+                     positions (architecture.max_position_embeddings)",
+                    self.max_new_tokens
+                ),
+            ));
+        }
+    }
+
     fn value_problems(&self, problems: &mut Vec<ValueProblem>) {
+        if let Some(budget) = self.max_prompt_tokens {
+            positive("stages.generate.max_prompt_tokens", budget, problems);
+        }
         if let Some(import) = &self.import {
             check_format("stages.generate.import", &import.path, import.format, problems);
         }

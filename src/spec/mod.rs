@@ -27,6 +27,7 @@ use self::common::{Section, ValueProblem};
 use self::models::ModelsSpec;
 use self::run::RunSpec;
 use crate::store::Table;
+use crate::vocab::roles::ModelRole;
 
 /// The name of the pipeline without its `[variants.NAME]` overlays, beside
 /// the variants' names (a variant may not take it).
@@ -245,6 +246,34 @@ impl StagesSpec {
                 "compares a tuned policy with its base: add a [stages.tune] section or set `policy_adapter` in [models]"
                     .into(),
             ));
+        }
+        problems
+    }
+
+    /// Checks every token budget against the context of the bundle it runs
+    /// on (`contexts`: the bundles whose manifest could be read): new tokens
+    /// must leave room for a prompt, and the DPO truncation's `max_length`
+    /// must fit the policy and the reference.
+    pub fn context_problems(&self, contexts: &common::ModelContexts) -> Vec<ValueProblem> {
+        let mut problems = Vec::new();
+        for (_, section) in self.sections() {
+            section.context_problems(contexts, &mut problems);
+        }
+        if self.ref_logps.is_some() || self.tune.is_some() {
+            let max_length = self.truncation().max_length as usize;
+            for role in [ModelRole::Policy, ModelRole::Reference] {
+                if let Some(&context) = contexts.get(&role)
+                    && max_length > context
+                {
+                    problems.push((
+                        "stages.ref_logps.max_length".into(),
+                        format!(
+                            "{max_length} tokens exceed the `{role}` bundle's context of {context} positions \
+                             (architecture.max_position_embeddings)"
+                        ),
+                    ));
+                }
+            }
         }
         problems
     }

@@ -88,11 +88,12 @@ async fn sample_policy(
     params: &GenerateParams,
     sink: &mut TableWriter,
 ) -> Result<Stats, StageError> {
-    let (role, source) = match params.model {
-        SamplingModel::Policy => (ModelRole::Policy, ResponseSource::OnPolicy),
-        SamplingModel::OffPolicy => (ModelRole::OffPolicy, ResponseSource::OffPolicy),
+    let source = match params.model {
+        SamplingModel::Policy => ResponseSource::OnPolicy,
+        SamplingModel::OffPolicy => ResponseSource::OffPolicy,
     };
-    let bundle = input.bundle(role)?;
+    let bundle = input.bundle(params.sampling_role())?;
+    let prompt_budget = params.prompt_budget(bundle.manifest.architecture.max_position_embeddings);
     // The adapter tunes the policy; another model is sampled as it is.
     let adapter = match params.model {
         SamplingModel::Policy => input.policy_adapter(&bundle).await?,
@@ -126,15 +127,24 @@ async fn sample_policy(
         tokens: 0,
         started: std::time::Instant::now(),
         prompts: 0,
+        prompt_budget,
+        too_long: 0,
     };
     while let Some((index, prompts)) = chunks.next().await? {
         sampler.chunk(index, &prompts, &done, sink, input).await?;
+    }
+    if sampler.too_long > 0 {
+        tracing::warn!(
+            "generate: {} prompt(s) longer than {prompt_budget} tokens skipped (max_prompt_tokens)",
+            sampler.too_long
+        );
     }
     Ok(stats([
         ("prompts", sampler.prompts),
         ("generations", sink.rows()),
         ("resumed_parts", done.len() as u64),
         ("new_tokens", sampler.tokens),
+        ("skipped_too_long", sampler.too_long),
     ]))
 }
 
@@ -148,6 +158,10 @@ struct Sampler<'p> {
     tokens: u64,
     started: std::time::Instant,
     prompts: u64,
+    /// The longest prompt answered, in tokens.
+    prompt_budget: usize,
+    /// Prompts skipped for being longer, resumed parts included.
+    too_long: u64,
 }
 
 impl Sampler<'_> {
@@ -160,10 +174,20 @@ impl Sampler<'_> {
         input: &StageInput<'_>,
     ) -> Result<(), StageError> {
         self.prompts += prompts.len() as u64;
+        // Encoding is cheap: a resumed part is encoded too, so that the
+        // skipped prompts are counted the same however often a run resumes.
+        let mut requests = Vec::with_capacity(prompts.len());
+        for prompt in prompts {
+            let request = self.request(prompt)?;
+            match request.prompt.len() > self.prompt_budget {
+                true => self.too_long += 1,
+                false => requests.push((prompt, request)),
+            }
+        }
         if done.contains(&index) {
             return Ok(());
         }
-        for batch in prompts.chunks(self.params.batch_size as usize) {
+        for batch in requests.chunks(self.params.batch_size as usize) {
             let rows = self.generate(batch)?;
             sink.write(&rows).await?;
             let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
@@ -174,17 +198,17 @@ impl Sampler<'_> {
         Ok(())
     }
 
-    fn generate(&mut self, prompts: &[PromptRow]) -> Result<RecordBatch, StageError> {
-        let samples = self.params.samples as usize;
-        let requests = prompts
-            .iter()
-            .map(|p| {
-                let text = with_instruction(&p.text, self.params.instruction.as_deref(), &p.language);
-                let prompt = self.policy.tokenizer.encode_prompt(&text)?;
-                let seeds = (0..samples).map(|k| sample_seed(self.params.seed, &p.prompt_id, k)).collect();
-                Ok(GenerationRequest { prompt, seeds })
-            })
-            .collect::<Result<Vec<_>, crate::model::ModelError>>()?;
+    /// The prompt with its instruction, encoded, and its samples' seeds.
+    fn request(&self, prompt: &PromptRow) -> Result<GenerationRequest, StageError> {
+        let text = with_instruction(&prompt.text, self.params.instruction.as_deref(), &prompt.language);
+        let encoded = self.policy.tokenizer.encode_prompt(&text)?;
+        let seeds = (0..self.params.samples as usize).map(|k| sample_seed(self.params.seed, &prompt.prompt_id, k));
+        Ok(GenerationRequest { prompt: encoded, seeds: seeds.collect() })
+    }
+
+    fn generate(&mut self, batch: &[(&PromptRow, GenerationRequest)]) -> Result<RecordBatch, StageError> {
+        let (prompts, requests): (Vec<&PromptRow>, Vec<GenerationRequest>) =
+            batch.iter().map(|(prompt, request)| (*prompt, request.clone())).unzip();
         let sampling = SamplingParams {
             temperature: self.params.temperature,
             top_p: self.params.top_p,
@@ -192,7 +216,7 @@ impl Sampler<'_> {
         };
         let generated = self.policy.generate(&requests, &sampling, self.params.max_new_tokens as usize)?;
         let mut rows = GenerationRows { source: self.source, ..Default::default() };
-        for ((prompt, request), samples) in prompts.iter().zip(&requests).zip(generated) {
+        for ((prompt, request), samples) in prompts.into_iter().zip(&requests).zip(generated) {
             for (k, sample) in samples.into_iter().enumerate() {
                 self.tokens += sample.tokens.len() as u64 + u64::from(sample.stop_token.is_some());
                 let text = self.policy.tokenizer.decode(&sample.tokens)?;

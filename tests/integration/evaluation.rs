@@ -13,7 +13,7 @@ use croco::model::policy::Policy;
 use croco::model::runtime::{Device, SessionConfig};
 use croco::pipeline::runner::RunOptions;
 
-use crate::util::{policy_bundle, repo, strings, write_adapter};
+use crate::util::{policy_bundle, query, repo, strings, write_adapter};
 
 const CPU: SessionConfig = SessionConfig { device: Device::Cpu, device_id: 0, threads: 2 };
 
@@ -57,13 +57,6 @@ bootstrap = 200
         head = crate::util::en_fr_head("evaluation", dir, &models)
     );
     crate::util::write_pipeline(dir, &text)
-}
-
-async fn query(file: &Path, sql: &str) -> Vec<RecordBatch> {
-    let planned = crate::util::plan(file).await;
-    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    batches.iter().map(croco::store::schema::plain_strings).collect()
 }
 
 fn float(batches: &[RecordBatch]) -> f64 {

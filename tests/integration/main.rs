@@ -3,6 +3,7 @@
 mod ablations;
 mod bundles;
 mod cli;
+mod context;
 mod evaluation;
 mod exits;
 mod faults;

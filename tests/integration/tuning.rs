@@ -9,7 +9,7 @@ use croco::model::policy::Policy;
 use croco::model::runtime::{Device, SessionConfig};
 use croco::model::tokenizer::ChatTokenizer;
 
-use crate::util::repo;
+use crate::util::{query, repo};
 
 const CPU: SessionConfig = SessionConfig { device: Device::Cpu, device_id: 0, threads: 2 };
 
@@ -203,12 +203,6 @@ fn tuning_pipeline(dir: &std::path::Path, tune: &str) -> std::path::PathBuf {
         "{head}\n[stages.ref_logps]\nmax_length = 192\nmax_prompt_length = 96\nrows_per_part = 16\n\n[stages.tune]\n{tune}\n"
     );
     crate::util::write_pipeline(dir, &text)
-}
-
-async fn query(file: &std::path::Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
-    let planned = crate::util::plan(file).await;
-    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
-    ctx.sql(sql).await.unwrap().collect().await.unwrap()
 }
 
 fn floats(batches: &[arrow::array::RecordBatch], column: usize) -> Vec<f64> {

@@ -61,6 +61,15 @@ pub async fn run(path: &Path, options: RunOptions) -> Vec<StageReport> {
     runner::run(&plan, options).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The result of `sql` over the tables of the pipeline file at `path`
+/// (string views read as strings).
+pub async fn query(path: &Path, sql: &str) -> Vec<arrow::array::RecordBatch> {
+    let planned = plan(path).await;
+    let ctx = croco::pipeline::session::pipeline_session(&planned).await.unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    batches.iter().map(croco::store::schema::plain_strings).collect()
+}
+
 /// The stages a run actually executed, by name.
 pub fn ran(reports: &[StageReport]) -> Vec<&'static str> {
     reports.iter().filter(|r| r.status == "ran").map(|r| r.stage.name()).collect()
