@@ -7,9 +7,10 @@
 //! The Python side is `tools/bench/hf_reference.py` (needs torch and
 //! transformers: `pip install -r tools/export/requirements.txt`).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
@@ -17,6 +18,8 @@ use croco::model::policy::{GenerationRequest, Policy};
 use croco::model::reward::RewardModel;
 use croco::model::runtime::{Device, SessionConfig};
 use croco::model::sampling::SamplingParams;
+
+use self::common::Better;
 
 const PROMPTS: usize = 32;
 const SAMPLES: usize = 8;
@@ -33,15 +36,21 @@ fn main() {
     let croco_generate = generate(repo, &config, &prompts);
     let croco_score = score(repo, &config, &prompts);
     println!("croco vs transformers, CPU, {THREADS} threads, demo bundles (data/models):");
-    let hf_generate = reference(repo, &["--mode", "generate", "--bundle", "data/models/policy"], "tokens_per_s");
-    report(
-        &format!("generate: {PROMPTS} prompts x {SAMPLES} samples, {MAX_NEW_TOKENS} new tokens, batch {BATCH}, T=1"),
-        "tokens/s",
-        croco_generate,
-        hf_generate,
+    let hf_generate = reference(&["--mode", "generate", "--bundle", "data/models/policy"], "tokens_per_s");
+    let generate_case =
+        format!("generate: {PROMPTS} prompts x {SAMPLES} samples, {MAX_NEW_TOKENS} new tokens, batch {BATCH}, T=1");
+    report(&generate_case, "tokens/s", croco_generate, hf_generate);
+    let hf_score = reference(&["--mode", "score", "--bundle", "data/models/reward"], "sequences_per_s");
+    let score_case = format!("score: {SEQUENCES} sequences, batch {SCORE_BATCH}");
+    report(&score_case, "sequences/s", croco_score, hf_score);
+    let peer = "transformers (tools/bench/hf_reference.py)";
+    common::write_json(
+        "generate",
+        vec![
+            common::row(&generate_case, "tokens/s", croco_generate, peer, hf_generate, Better::Higher),
+            common::row(&score_case, "sequences/s", croco_score, peer, hf_score, Better::Higher),
+        ],
     );
-    let hf_score = reference(repo, &["--mode", "score", "--bundle", "data/models/reward"], "sequences_per_s");
-    report(&format!("score: {SEQUENCES} sequences, batch {SCORE_BATCH}"), "sequences/s", croco_score, hf_score);
 }
 
 fn report(what: &str, unit: &str, croco: f64, reference: Option<f64>) {
@@ -114,31 +123,19 @@ fn score(repo: &Path, config: &SessionConfig, prompts: &[(String, String, String
 }
 
 /// Runs the transformers reference and returns the JSON field `field`.
-fn reference(repo: &Path, args: &[&str], field: &str) -> Option<f64> {
-    let python = std::env::var("CROCO_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let settings = [
-        "--n-prompts".to_string(),
-        PROMPTS.to_string(),
-        "--samples".into(),
-        SAMPLES.to_string(),
-        "--max-new-tokens".into(),
-        MAX_NEW_TOKENS.to_string(),
-        "--threads".into(),
-        THREADS.to_string(),
-    ];
+fn reference(args: &[&str], field: &str) -> Option<f64> {
     let batch = if args.contains(&"score") { SCORE_BATCH } else { BATCH };
-    let output = Command::new(python)
-        .arg("tools/bench/hf_reference.py")
-        .args(args)
-        .args(settings)
-        .args(["--batch-size", &batch.to_string(), "--n-sequences", &SEQUENCES.to_string()])
-        .current_dir(repo)
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        return None;
-    }
-    let line = String::from_utf8_lossy(&output.stdout).lines().last()?.to_string();
-    serde_json::from_str::<serde_json::Value>(&line).ok()?[field].as_f64()
+    let settings = [
+        ("--n-prompts", PROMPTS),
+        ("--samples", SAMPLES),
+        ("--max-new-tokens", MAX_NEW_TOKENS),
+        ("--threads", THREADS),
+        ("--batch-size", batch),
+        ("--n-sequences", SEQUENCES),
+    ];
+    let args = std::iter::once("tools/bench/hf_reference.py".to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .chain(settings.iter().flat_map(|(flag, value)| [flag.to_string(), value.to_string()]))
+        .collect::<Vec<_>>();
+    common::python_json(&args)?[field].as_f64()
 }

@@ -7,8 +7,9 @@
 //!
 //! Prints times and ratios; asserts nothing about speed.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ use croco::store::Table;
 use croco::store::session::new_context;
 use datafusion::prelude::ParquetReadOptions;
 use rand::{Rng, SeedableRng};
+
+use self::common::Better;
 
 const ROWS: usize = 1_000_000;
 const POOL: usize = 64;
@@ -41,38 +44,15 @@ fn main() {
         match result {
             Some((seconds, pairs)) => {
                 report(name, seconds, pairs, croco_time);
-                rows.push(serde_json::json!({
-                    "case": format!("pairs, {ROWS} scored generations, {POOL} per pool"),
-                    "metric": "seconds (best of 3)",
-                    "croco": croco_time.as_secs_f64(),
-                    "reference": name,
-                    "reference_value": seconds.as_secs_f64(),
-                    "ratio": seconds.as_secs_f64() / croco_time.as_secs_f64(),
-                }));
+                let case = format!("pairs, {ROWS} scored generations, {POOL} per pool");
+                let (croco, theirs) = (croco_time.as_secs_f64(), Some(seconds.as_secs_f64()));
+                rows.push(common::row(&case, "seconds (best of 3)", croco, name, theirs, Better::Lower));
             }
             None => println!("  {name:<36} unavailable (python3 with numpy, pyarrow, duckdb needed)"),
         }
     }
     runtime.block_on(noop_run());
-    write_json("pairs", rows);
-}
-
-/// Writes `target/croco-bench/<bench>.json`: the machine and every row
-/// (ratio > 1: croco is faster), so a README figure is one command away.
-fn write_json(bench: &str, rows: Vec<serde_json::Value>) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
-        info.lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|m| m.trim().to_string())
-    });
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/croco-bench");
-    std::fs::create_dir_all(&out).unwrap();
-    let json = serde_json::json!({ "bench": bench, "machine": { "cpu": cpu, "cores": cores }, "rows": rows });
-    let path = out.join(format!("{bench}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
-    println!("wrote {}", path.display());
+    common::write_json("pairs", rows);
 }
 
 fn report(name: &str, seconds: Duration, pairs: usize, croco: Duration) {
@@ -110,17 +90,8 @@ async fn croco_pairs(dir: &Path) -> usize {
 }
 
 fn python(args: &[&str]) -> Option<(Duration, usize)> {
-    let output = Command::new("python3")
-        .args(args)
-        .arg(REPEATS.to_string())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        return None;
-    }
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).chain([REPEATS.to_string()]).collect();
+    let result = common::python_json(&args)?;
     Some((Duration::from_secs_f64(result["seconds"].as_f64()?), result["pairs"].as_u64()? as usize))
 }
 

@@ -16,8 +16,9 @@
 //! The Python side is `tools/bench/trl_dpo.py` (needs torch, transformers,
 //! peft and trl: `pip install -r tools/export/requirements.txt`).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
@@ -26,6 +27,8 @@ use croco::model::lora::{Adapter, AdapterConfig};
 use croco::model::optim::{AdamW, clip_grad_norm};
 use croco::model::runtime::{Device, SessionConfig};
 use rand::{Rng, SeedableRng};
+
+use self::common::Better;
 
 const PROMPT_TOKENS: usize = 32;
 const RESPONSE_TOKENS: usize = 96;
@@ -62,7 +65,7 @@ fn main() {
     let merge_s = merge_seconds(&setup.bundle);
     let pairs = setup.pairs;
     let tokens = (2 * pairs * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64;
-    let peak = peak_rss_mb();
+    let peak = common::peak_rss_mb();
     println!(
         "LoRA DPO step, {:?}, {}, {pairs} pairs x {} tokens, r={RANK} on q,k,v,o,gate,up,down:",
         setup.config.device,
@@ -83,8 +86,15 @@ fn main() {
         merge_s * 1e3
     );
     let defaults = setup.config.device == Device::Cpu && setup.bundle == repo.join("data/models/policy") && pairs == 4;
+    let case = format!("LoRA DPO step, {pairs} pairs x {} tokens, r={RANK}", PROMPT_TOKENS + RESPONSE_TOKENS);
+    let mut rows = Vec::new();
     for engine in ["trl", "torch-step"].into_iter().filter(|_| defaults) {
-        match reference(repo, engine) {
+        let result = reference(engine);
+        let theirs = result.as_ref().and_then(|r| r["step_s"].as_f64());
+        rows.push(common::row(&case, "seconds per step (median)", step_s, engine, theirs, Better::Lower));
+        let their_peak = result.as_ref().and_then(|r| r["peak_rss_mb"].as_f64());
+        rows.push(common::row(&case, "peak RSS, MB", peak, engine, their_peak, Better::Lower));
+        match result {
             Some(result) => {
                 let theirs = result["step_s"].as_f64().unwrap_or(f64::NAN);
                 println!(
@@ -99,6 +109,7 @@ fn main() {
             None => println!("  {engine:<12} unavailable (set CROCO_BENCH_PYTHON to a Python with trl)"),
         }
     }
+    common::write_json("tune", rows);
 }
 
 /// Median seconds of a whole croco step and of its optimizer part.
@@ -177,30 +188,30 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`), in MB.
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().strip_suffix(" kB"));
-    kb.and_then(|v| v.trim().parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 /// Runs the Python reference `engine` and returns its JSON result line.
-fn reference(repo: &Path, engine: &str) -> Option<serde_json::Value> {
-    let python = std::env::var("CROCO_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = Command::new(python)
-        .arg("tools/bench/trl_dpo.py")
-        .args(["--engine", engine, "--bundle", "data/models/policy"])
-        .args(["--pairs", "4", "--prompt-len", &PROMPT_TOKENS.to_string()])
-        .args(["--seq-len", &(PROMPT_TOKENS + RESPONSE_TOKENS).to_string(), "--rank", &RANK.to_string()])
-        .args(["--alpha", &(2 * RANK).to_string(), "--lora-dropout", "0.05"])
-        .args(["--steps", &STEPS.to_string(), "--threads", &THREADS.to_string()])
-        .current_dir(repo)
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        return None;
-    }
-    let line = String::from_utf8_lossy(&output.stdout).lines().last()?.to_string();
-    serde_json::from_str(&line).ok()
+fn reference(engine: &str) -> Option<serde_json::Value> {
+    let args = [
+        "tools/bench/trl_dpo.py".to_string(),
+        "--engine".into(),
+        engine.into(),
+        "--bundle".into(),
+        "data/models/policy".into(),
+        "--pairs".into(),
+        "4".into(),
+        "--prompt-len".into(),
+        PROMPT_TOKENS.to_string(),
+        "--seq-len".into(),
+        (PROMPT_TOKENS + RESPONSE_TOKENS).to_string(),
+        "--rank".into(),
+        RANK.to_string(),
+        "--alpha".into(),
+        (2 * RANK).to_string(),
+        "--lora-dropout".into(),
+        "0.05".into(),
+        "--steps".into(),
+        STEPS.to_string(),
+        "--threads".into(),
+        THREADS.to_string(),
+    ];
+    common::python_json(&args)
 }
