@@ -27,7 +27,7 @@ impl Weights {
     pub fn load_merged(bundle: &Bundle, adapter: Option<&Adapter>) -> Result<Weights, ModelError> {
         let spec = &bundle.manifest.weights;
         let path = bundle.file(&spec.file);
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let bytes = map_file(&path)?;
         let invalid = |problem: String| ModelError::Invalid { dir: bundle.dir.clone(), problem };
         let file = SafeTensors::deserialize(&bytes).map_err(|e| invalid(format!("`{}`: {e}", spec.file)))?;
         if let Some(extra) = file.names().into_iter().find(|name| !spec.tensors.iter().any(|t| t.name == *name)) {
@@ -58,4 +58,16 @@ impl Weights {
         }
         Ok(Weights { tensors })
     }
+}
+
+/// The file at `path`, memory-mapped: each tensor is decoded from the
+/// mapping into its own buffer, so loading holds the weights once in
+/// memory, not twice (a file read whole, then its tensors).
+fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap, ModelError> {
+    let io = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: a bundle's files are written once by the exporter and never
+    // modified in place (its manifest holds their sizes and checksums); the
+    // mapping is read during this call only and dropped before it returns.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
 }

@@ -102,7 +102,10 @@ pub fn count_markers(tables: &Path) -> usize {
     entries(tables)
         .iter()
         .flat_map(|version| entries(&version.join("_chunks")))
-        .map(|scope| entries(&scope).len())
+        // Only finished markers: object_store's local store writes each to a
+        // staging file (`NAME#N`) first and renames it, and a kill between the
+        // two leaves an uncommitted chunk that an earlier count included.
+        .map(|scope| entries(&scope).iter().filter(|p| p.extension().is_some_and(|e| e == "json")).count())
         .sum()
 }
 
