@@ -227,8 +227,10 @@ async fn import_scores(
             problem: format!("none of its {total} rows matches a generation by (prompt_id, sample_idx)"),
         });
     }
+    // Usually expected (a rewards file covering more languages or the other
+    // split): counted in the stats, logged at info level.
     if total > written {
-        tracing::warn!("{url}: {} row(s) match no generation by (prompt_id, sample_idx); dropped", total - written);
+        tracing::info!("{url}: {} row(s) match no generation by (prompt_id, sample_idx); dropped", total - written);
     }
     Ok(stats([
         ("rows_read", total),
