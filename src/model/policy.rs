@@ -92,6 +92,23 @@ pub struct Policy {
     decode: BoundGraph,
     logprob: BoundGraph,
     target: Target,
+    /// What the generations so far cost, in slots and tokens.
+    pub steps: StepCounts,
+}
+
+/// What generation cost, summed over [`Policy::generate`] calls: a static
+/// batch runs until its longest row ends, and a finished row still takes a
+/// slot in every later step (fed pad), so `useful_slot_steps / slot_steps`
+/// is the fraction of the work that produced a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepCounts {
+    /// Rows × steps: every row of a batch at every sampled position (the
+    /// first from the prefill, then one per decode call).
+    pub slot_steps: u64,
+    /// The row-steps that produced a token kept in a response, or its stop token.
+    pub useful_slot_steps: u64,
+    /// Prompt tokens prefilled (once per prompt, whatever its sample count).
+    pub prefill_tokens: u64,
 }
 
 /// The KV cache as graph inputs: `past_key_values.{layer}.{key|value}` and its value.
@@ -144,7 +161,7 @@ impl Policy {
         let tokenizer = ChatTokenizer::load(&bundle)?;
         let decode = BoundGraph::new(&bundle, "decode", &weights, target, config.threads)?;
         let logprob = BoundGraph::new(&bundle, "logprob", &weights, target, config.threads)?;
-        Ok(Policy { bundle, tokenizer, decode, logprob, target })
+        Ok(Policy { bundle, tokenizer, decode, logprob, target, steps: StepCounts::default() })
     }
 
     /// The execution target the sessions run on.
@@ -183,6 +200,7 @@ impl Policy {
                 .collect());
         }
         let prompts: Vec<&[i64]> = requests.iter().map(|r| r.prompt.as_slice()).collect();
+        self.steps.prefill_tokens += prompts.iter().map(|p| p.len() as u64).sum::<u64>();
         let padded = left_pad(&prompts, self.tokenizer.pad_token_id);
         let (first_logits, cache) = self.prefill(&padded, samples)?;
         let mut rows: Vec<Row> = requests
@@ -192,6 +210,8 @@ impl Policy {
             .map(|(b, length, seed)| Row::new(b, length, seed))
             .collect();
         let vocab = self.bundle.manifest.architecture.vocab_size;
+        self.steps.slot_steps += rows.len() as u64;
+        self.steps.useful_slot_steps += rows.len() as u64;
         for row in rows.iter_mut() {
             let logits = &first_logits[row.prompt * vocab..(row.prompt + 1) * vocab];
             let token = next_token(logits, params, &mut row.rng);
@@ -269,6 +289,8 @@ impl Policy {
                 vec![("input_ids", &ids), ("attention_mask", &mask_value), ("position_ids", &positions)];
             inputs.extend(cache.iter().map(|(name, value)| (name.as_str(), value)));
             let mut outputs = self.decode.run(&inputs, &["logits"])?;
+            self.steps.slot_steps += n as u64;
+            self.steps.useful_slot_steps += rows.iter().filter(|r| !r.done).count() as u64;
             let (_, logits) = host_f32(&outputs["logits"])?;
             for (i, row) in rows.iter_mut().enumerate().filter(|(_, r)| !r.done) {
                 let token = next_token(&logits[i * vocab..(i + 1) * vocab], params, &mut row.rng);

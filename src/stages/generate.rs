@@ -139,12 +139,17 @@ async fn sample_policy(
             sampler.too_long
         );
     }
+    // Like new_tokens, the step counts are this attempt's (resumed parts cost nothing).
+    let steps = sampler.policy.steps;
     Ok(stats([
         ("prompts", sampler.prompts),
         ("generations", sink.rows()),
         ("resumed_parts", done.len() as u64),
         ("new_tokens", sampler.tokens),
         ("skipped_too_long", sampler.too_long),
+        ("slot_steps", steps.slot_steps),
+        ("useful_slot_steps", steps.useful_slot_steps),
+        ("prefill_tokens", steps.prefill_tokens),
     ]))
 }
 

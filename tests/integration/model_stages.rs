@@ -66,6 +66,36 @@ async fn every_train_prompt_gets_k_samples_and_a_forced_rerun_is_identical() {
     assert_eq!(before, after, "same seeds, same text");
 }
 
+/// A static batch (4 prompts x 3 samples here: each part is one batch) runs
+/// until its longest row ends: `slot_steps` counts every row at every step,
+/// `useful_slot_steps` those that produced a token (or the stop token).
+#[tokio::test]
+async fn generate_counts_its_slot_steps_useful_steps_and_prefill_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough for the demo policy's stop tokens to end most rows early.
+    let generate = "[stages.generate]\nsamples = 3\nmax_new_tokens = 64\nbatch_size = 4\nprompts_per_part = 4\n";
+    let models = [("policy", data("models/policy"))];
+    let file = write_pipeline(dir.path(), &format!("{}\n{generate}", en_fr_head("steps", dir.path(), &models)));
+    let reports = run(&file, RunOptions::default()).await;
+    let stats = &reports[1].stats;
+    let sql = "WITH ranked AS (
+                 SELECT prompt_id, prompt_tokens,
+                        response_tokens + CASE WHEN finish_reason = 'eos' THEN 1 ELSE 0 END AS steps,
+                        DENSE_RANK() OVER (ORDER BY prompt_id) - 1 AS p
+                 FROM generations),
+               batches AS (SELECT CAST(p AS BIGINT) / 4 AS b, COUNT(*) AS rows, MAX(steps) AS longest FROM ranked GROUP BY 1)
+               SELECT CAST((SELECT SUM(rows * longest) FROM batches) AS BIGINT),
+                      CAST((SELECT SUM(steps) FROM ranked) AS BIGINT),
+                      CAST((SELECT SUM(prompt_tokens) FROM (SELECT DISTINCT prompt_id, prompt_tokens FROM ranked)) AS BIGINT)";
+    let batches = crate::util::query(&file, sql).await;
+    let value = |i: usize| batches[0].column(i).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+    assert_eq!(stats["slot_steps"], value(0) as u64, "{stats:?}");
+    assert_eq!(stats["useful_slot_steps"], value(1) as u64, "{stats:?}");
+    assert_eq!(stats["useful_slot_steps"], stats["new_tokens"], "every useful step samples one token");
+    assert_eq!(stats["prefill_tokens"], value(2) as u64, "each prompt prefilled once, not once per sample");
+    assert!(value(0) > value(1), "rows that stopped early kept their slots: {stats:?}");
+}
+
 #[tokio::test]
 async fn a_killed_generate_resumes_and_ends_with_the_uninterrupted_rows() {
     let reference_dir = tempfile::tempdir().unwrap();
