@@ -1,6 +1,7 @@
 //! Models: croco bundles (`docs/bundle-format.md`) and, on top of them, the
 //! ONNX Runtime sessions that generate, score and compute log-probs.
 
+pub mod batching;
 pub mod bundle;
 pub mod dpo;
 pub mod graph;

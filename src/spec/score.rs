@@ -18,6 +18,12 @@ pub struct ScoreParams {
     /// Sequences per batch (batches are formed from sequences of similar length).
     #[serde(default = "default_score_batch_size")]
     pub batch_size: u32,
+    /// At most this many padded tokens per batch (rows × its longest row),
+    /// besides `batch_size`: memory then follows tokens, not the longest row.
+    /// A longer sequence is scored alone. Unset: rows only. Left out of keys
+    /// when unset (it changes batching, never a reward beyond float rounding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<u32>,
     /// Generations per committed part: a crashed run resumes after the last committed part.
     #[serde(default = "default_rows_per_part")]
     pub rows_per_part: u32,
@@ -87,6 +93,9 @@ impl Section for ScoreParams {
             check_format("stages.score.import", &import.path, import.format, problems);
         }
         positive("stages.score.batch_size", self.batch_size, problems);
+        if let Some(tokens) = self.max_batch_tokens {
+            positive("stages.score.max_batch_tokens", tokens, problems);
+        }
         positive("stages.score.rows_per_part", self.rows_per_part, problems);
     }
 

@@ -17,6 +17,7 @@ use futures::StreamExt;
 
 use super::files::{ColumnKind, Mapped, file_name, open_keyed_import};
 use super::stage::{Stage, StageError, StageInput, stats};
+use crate::model::batching::{BatchLimits, length_sorted_batches};
 use crate::model::reward::RewardModel;
 use crate::spec::score::{ScoreParams, ScoresImport, TooLong};
 use crate::spec::{PipelineSpec, StageName};
@@ -91,7 +92,10 @@ async fn score_with_model(
     let mut scorer = Scorer {
         model: &mut model,
         label: &label,
-        batch_size: params.batch_size as usize,
+        batches: BatchLimits {
+            max_rows: params.batch_size as usize,
+            max_tokens: params.max_batch_tokens.map(|t| t as usize),
+        },
         limit: (context, params.too_long),
         scored: 0,
         too_long: 0,
@@ -110,7 +114,7 @@ async fn score_with_model(
 struct Scorer<'m> {
     model: &'m mut RewardModel,
     label: &'m str,
-    batch_size: usize,
+    batches: BatchLimits,
     /// The reward model's context and what to do with longer exchanges.
     limit: (usize, TooLong),
     scored: u64,
@@ -162,10 +166,11 @@ impl Scorer<'_> {
                 }
             });
         }
-        let mut order: Vec<usize> = (0..encoded.len()).filter(|&i| encoded[i].is_some()).collect();
-        order.sort_by_key(|&i| encoded[i].as_ref().map_or(0, Vec::len));
+        let kept: Vec<usize> = (0..encoded.len()).filter(|&i| encoded[i].is_some()).collect();
+        let lengths: Vec<usize> = kept.iter().map(|&i| encoded[i].as_ref().map_or(0, Vec::len)).collect();
         let mut rewards = vec![None; encoded.len()];
-        for batch in order.chunks(self.batch_size) {
+        for batch in length_sorted_batches(&lengths, self.batches) {
+            let batch: Vec<usize> = batch.into_iter().map(|j| kept[j]).collect();
             let sequences: Vec<Vec<i64>> = batch.iter().filter_map(|&i| encoded[i].clone()).collect();
             for (&i, score) in batch.iter().zip(self.model.score_ids(&sequences)?) {
                 if !score.is_finite() {

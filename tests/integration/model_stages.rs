@@ -66,6 +66,34 @@ async fn every_train_prompt_gets_k_samples_and_a_forced_rerun_is_identical() {
     assert_eq!(before, after, "same seeds, same text");
 }
 
+/// `max_batch_tokens` changes how the reward model's batches are cut (here
+/// 64 padded tokens: a row or two per batch instead of 16), never a reward
+/// beyond float rounding.
+#[tokio::test]
+async fn a_token_budget_cuts_score_batches_without_changing_a_reward() {
+    let rewards = |extra_score: &'static str| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let file = model_pipeline(dir.path(), "");
+        let text = std::fs::read_to_string(&file).unwrap().replace("rows_per_part = 32\n", extra_score);
+        std::fs::write(&file, text).unwrap();
+        run(&file, RunOptions::default()).await;
+        let batches = crate::util::query(&file, "SELECT reward FROM scores ORDER BY generation_id").await;
+        batches
+            .iter()
+            .flat_map(|b| {
+                let values = b.column(0).as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+                values.iter().map(Option::unwrap).collect::<Vec<_>>()
+            })
+            .collect::<Vec<f64>>()
+    };
+    let by_rows = rewards("rows_per_part = 32\n").await;
+    let by_tokens = rewards("rows_per_part = 32\nmax_batch_tokens = 64\n").await;
+    assert_eq!(by_rows.len(), by_tokens.len());
+    for (a, b) in by_rows.iter().zip(&by_tokens) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
 /// A static batch (4 prompts x 3 samples here: each part is one batch) runs
 /// until its longest row ends: `slot_steps` counts every row at every step,
 /// `useful_slot_steps` those that produced a token (or the stop token).
