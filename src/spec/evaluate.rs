@@ -26,6 +26,11 @@ pub struct EvaluateParams {
     /// Sequences per log-likelihood batch.
     #[serde(default = "default_eval_batch_size")]
     pub batch_size: u32,
+    /// At most this many padded tokens per batch (rows × its longest row),
+    /// besides `batch_size`: memory then follows tokens, not the longest row.
+    /// A longer sequence runs alone. Unset: rows only. Left out of keys when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<u32>,
     /// Choice items (per model and task) or judged prompts committed
     /// together: an interrupted evaluation resumes after the last committed part.
     #[serde(default = "default_items_per_part")]
@@ -424,6 +429,9 @@ impl Section for EvaluateParams {
             ));
         }
         positive("stages.evaluate.batch_size", self.batch_size, problems);
+        if let Some(tokens) = self.max_batch_tokens {
+            positive("stages.evaluate.max_batch_tokens", tokens, problems);
+        }
         positive("stages.evaluate.items_per_part", self.items_per_part, problems);
         for (i, task) in self.choice.iter().enumerate() {
             task.check(&format!("stages.evaluate.choice[{i}]"), problems);

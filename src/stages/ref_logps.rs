@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 
 use super::stage::{Stage, StageError, StageInput, stats};
+use crate::model::batching::length_sorted_batches;
 use crate::model::dpo::{PairTokens, encode_pair};
 use crate::model::policy::Policy;
 use crate::spec::ref_logps::RefLogpsParams;
@@ -128,10 +129,9 @@ impl Worker<'_> {
             .iter()
             .flat_map(|(p, _)| [(p.chosen.clone(), p.response_start), (p.rejected.clone(), p.response_start)])
             .collect();
-        let mut order: Vec<usize> = (0..sequences.len()).collect();
-        order.sort_by_key(|&i| sequences[i].0.len());
+        let lengths: Vec<usize> = sequences.iter().map(|(ids, _)| ids.len()).collect();
         let mut sums = vec![0.0f64; sequences.len()];
-        for batch in order.chunks(self.params.batch_size as usize) {
+        for batch in length_sorted_batches(&lengths, self.params.batch_limits()) {
             let selected: Vec<(Vec<i64>, usize)> = batch.iter().map(|&i| sequences[i].clone()).collect();
             for (&i, logprob) in batch.iter().zip(self.model.logprobs(&selected)?) {
                 if !logprob.sum.is_finite() {

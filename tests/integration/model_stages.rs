@@ -88,10 +88,36 @@ async fn a_token_budget_cuts_score_batches_without_changing_a_reward() {
     };
     let by_rows = rewards("rows_per_part = 32\n").await;
     let by_tokens = rewards("rows_per_part = 32\nmax_batch_tokens = 64\n").await;
-    assert_eq!(by_rows.len(), by_tokens.len());
-    for (a, b) in by_rows.iter().zip(&by_tokens) {
+    assert_close(&by_rows, &by_tokens);
+}
+
+fn assert_close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(b) {
         assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
     }
+}
+
+/// The same for the reference model's log-probs (`ref_logps`).
+#[tokio::test]
+async fn a_token_budget_cuts_reference_batches_without_changing_a_log_prob() {
+    let logps = |extra: &'static str| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[stages.ref_logps]\nmax_length = 256\nmax_prompt_length = 128\nbatch_size = 16\n{extra}",
+            crate::util::imported_pairs_pipeline("budget", dir.path())
+        );
+        let file = write_pipeline(dir.path(), &text);
+        run(&file, RunOptions::default()).await;
+        let sql = "SELECT chosen_logp, rejected_logp FROM ref_logps ORDER BY pair_id";
+        let batches = crate::util::query(&file, sql).await;
+        let column = |b: &arrow::array::RecordBatch, i: usize| {
+            let values = b.column(i).as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+            values.iter().map(Option::unwrap).collect::<Vec<_>>()
+        };
+        batches.iter().flat_map(|b| [column(b, 0), column(b, 1)].concat()).collect::<Vec<f64>>()
+    };
+    assert_close(&logps("").await, &logps("max_batch_tokens = 64\n").await);
 }
 
 /// A static batch (4 prompts x 3 samples here: each part is one batch) runs

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 
 use super::items::ChoiceItem;
+use crate::model::batching::{BatchLimits, length_sorted_batches};
 use crate::model::policy::Policy;
 use crate::model::tokenizer::ChatTokenizer;
 use crate::spec::evaluate::ChoicePrompt;
@@ -37,21 +38,20 @@ struct Sequence {
     start: usize,
 }
 
-/// Scores `items` with `policy`, `batch_size` sequences at a time (shortest
+/// Scores `items` with `policy` in batches within `limits` (shortest
 /// first, so a batch pads little). `file` names the task in errors.
 pub fn score_items(
     policy: &mut Policy,
     items: &[ChoiceItem],
     layout: ChoicePrompt,
-    batch_size: usize,
+    limits: BatchLimits,
     file: &str,
 ) -> Result<Vec<ChoiceScore>, StageError> {
     let max_length = policy.bundle.manifest.architecture.max_position_embeddings;
     let sequences = encode_items(&policy.tokenizer, items, layout, max_length, file)?;
-    let mut order: Vec<usize> = (0..sequences.len()).collect();
-    order.sort_by_key(|&i| sequences[i].ids.len());
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
     let mut sums = vec![0.0; sequences.len()];
-    for batch in order.chunks(batch_size.max(1)) {
+    for batch in length_sorted_batches(&lengths, limits) {
         let inputs: Vec<(Vec<i64>, usize)> =
             batch.iter().map(|&i| (sequences[i].ids.clone(), sequences[i].start)).collect();
         for (&i, logprob) in batch.iter().zip(policy.logprobs(&inputs)?) {

@@ -29,6 +29,7 @@ pub mod items;
 pub mod judge;
 
 use super::stage::{Stage, StageError, StageInput, adapter_from_files, stats};
+use crate::model::batching::BatchLimits;
 use crate::model::bundle::Bundle;
 use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, Adapter};
 use crate::model::policy::{Policy, policy_id};
@@ -317,7 +318,9 @@ async fn score_part(
     let items = &tasks[part.task][part.range.clone()];
     input.progress.set_message(format!("{variant}: {} (part {}, {} items)", task.name, part.block, items.len()));
     let file = format!("stages.evaluate.choice `{}` ({})", task.name, task.source);
-    let scores = choice::score_items(policy, items, task.prompt, params.batch_size as usize, &file)?;
+    let limits =
+        BatchLimits { max_rows: params.batch_size as usize, max_tokens: params.max_batch_tokens.map(|t| t as usize) };
+    let scores = choice::score_items(policy, items, task.prompt, limits, &file)?;
     sink.write(&choice::rows(&task.name, variant.name(), id, items, &scores)?).await?;
     sink.commit_chunk(part.chunk).await?;
     input.progress.set_position(sink.rows());
