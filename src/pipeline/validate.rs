@@ -233,8 +233,8 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The context of each `[models]` bundle whose manifest can be read under
-/// `dir`; the others (URLs, missing or damaged bundles) are left to the plan,
-/// which opens every bundle and names what is wrong with it.
+/// `dir` (the manifest only: the plan opens every bundle again, checks its
+/// files and names what is wrong with it, URLs and missing bundles included).
 fn model_contexts(models: &ModelsSpec, dir: &Path) -> ModelContexts {
     let roles = [
         (ModelRole::Judge, &models.judge),
@@ -244,7 +244,7 @@ fn model_contexts(models: &ModelsSpec, dir: &Path) -> ModelContexts {
         (ModelRole::Reward, &models.reward),
     ];
     let context = |location: &String| {
-        let bundle = Bundle::open(&dir.join(location), Verify::Sizes).ok()?;
+        let bundle = Bundle::open(&dir.join(location), Verify::Manifest).ok()?;
         Some(bundle.manifest.architecture.max_position_embeddings)
     };
     roles.into_iter().filter_map(|(role, location)| Some((role, context(location.as_ref()?)?))).collect()

@@ -128,9 +128,8 @@ async fn line_of_row(storage: &Storage, path: &Path, format: FileFormat, index: 
             visited.await.ok().and(found)
         }
         FileFormat::Csv => {
-            let bytes = storage.get_if_exists(path).await.ok()??;
-            let bytes = bytes.strip_prefix(lines::BOM).unwrap_or(&bytes);
-            let record = csv::Reader::from_reader(bytes).into_records().nth(index as usize)?.ok()?;
+            let bytes = csv_bytes(storage, path).await.ok()?;
+            let record = csv::Reader::from_reader(bytes.as_ref()).into_records().nth(index as usize)?.ok()?;
             record.position().map(|p| p.line() as usize)
         }
         FileFormat::Parquet => None,
@@ -275,13 +274,20 @@ async fn first_mistyped_value(
     None
 }
 
+/// The whole CSV object at `path` without its byte-order mark: the error
+/// paths read it with the `csv` crate to name a line.
+async fn csv_bytes(storage: &Storage, path: &Path) -> Result<bytes::Bytes, StoreError> {
+    let bytes = storage.get_if_exists(path).await?.unwrap_or_default();
+    let skip = if bytes.starts_with(lines::BOM) { lines::BOM.len() } else { 0 };
+    Ok(bytes.slice(skip..))
+}
+
 /// The first CSV record with more or fewer fields than the header, as an
 /// error naming its line (an unclosed quote makes one too: it runs on to
 /// the end of the file).
 async fn first_ragged_record(storage: &Storage, path: &Path, url: &str) -> Option<StageError> {
-    let bytes = storage.get_if_exists(path).await.ok()??;
-    let bytes = bytes.strip_prefix(lines::BOM).unwrap_or(&bytes);
-    let mut reader = csv::Reader::from_reader(bytes);
+    let bytes = csv_bytes(storage, path).await.ok()?;
+    let mut reader = csv::Reader::from_reader(bytes.as_ref());
     let header = reader.headers().ok()?.len();
     reader.into_records().find_map(|record| match record {
         Err(e) => match e.kind() {
@@ -392,9 +398,8 @@ async fn first_mistyped_line(
             Ok(found)
         }
         FileFormat::Csv => {
-            let bytes = storage.get_if_exists(path).await?.unwrap_or_default();
-            let bytes = bytes.strip_prefix(lines::BOM).unwrap_or(&bytes);
-            let mut reader = csv::Reader::from_reader(bytes);
+            let bytes = csv_bytes(storage, path).await?;
+            let mut reader = csv::Reader::from_reader(bytes.as_ref());
             let index = reader.headers().ok().and_then(|h| h.iter().position(|name| name == mapped.column));
             let Some(index) = index else { return Ok(None) };
             for record in reader.records().flatten() {

@@ -181,19 +181,23 @@ impl Sampler<'_> {
         self.prompts += prompts.len() as u64;
         // Encoding is cheap: a resumed part is encoded too, so that the
         // skipped prompts are counted the same however often a run resumes.
-        let mut requests = Vec::with_capacity(prompts.len());
+        let (mut kept, mut requests) = (Vec::with_capacity(prompts.len()), Vec::with_capacity(prompts.len()));
         for prompt in prompts {
             let request = self.request(prompt)?;
             match request.prompt.len() > self.prompt_budget {
                 true => self.too_long += 1,
-                false => requests.push((prompt, request)),
+                false => {
+                    kept.push(prompt);
+                    requests.push(request);
+                }
             }
         }
         if done.contains(&index) {
             return Ok(());
         }
-        for batch in requests.chunks(self.params.batch_size as usize) {
-            let rows = self.generate(batch)?;
+        let batch_size = self.params.batch_size as usize;
+        for (prompts, requests) in kept.chunks(batch_size).zip(requests.chunks(batch_size)) {
+            let rows = self.generate(prompts, requests)?;
             sink.write(&rows).await?;
             let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
             input.progress.set_position(sink.rows());
@@ -211,17 +215,15 @@ impl Sampler<'_> {
         Ok(GenerationRequest { prompt: encoded, seeds: seeds.collect() })
     }
 
-    fn generate(&mut self, batch: &[(&PromptRow, GenerationRequest)]) -> Result<RecordBatch, StageError> {
-        let (prompts, requests): (Vec<&PromptRow>, Vec<GenerationRequest>) =
-            batch.iter().map(|(prompt, request)| (*prompt, request.clone())).unzip();
+    fn generate(&mut self, prompts: &[&PromptRow], requests: &[GenerationRequest]) -> Result<RecordBatch, StageError> {
         let sampling = SamplingParams {
             temperature: self.params.temperature,
             top_p: self.params.top_p,
             top_k: self.params.top_k.map(|k| k as usize),
         };
-        let generated = self.policy.generate(&requests, &sampling, self.params.max_new_tokens as usize)?;
+        let generated = self.policy.generate(requests, &sampling, self.params.max_new_tokens as usize)?;
         let mut rows = GenerationRows { source: self.source, ..Default::default() };
-        for ((prompt, request), samples) in prompts.into_iter().zip(&requests).zip(generated) {
+        for ((prompt, request), samples) in prompts.iter().zip(requests).zip(generated) {
             for (k, sample) in samples.into_iter().enumerate() {
                 self.tokens += sample.tokens.len() as u64 + u64::from(sample.stop_token.is_some());
                 let text = self.policy.tokenizer.decode(&sample.tokens)?;

@@ -9,12 +9,8 @@ use rstest::rstest;
 
 /// A pipeline of the prompts stage alone over `prompts`, under `dir/root`.
 fn prompts_pipeline(dir: &Path, prompts: &Path) -> String {
-    let text = format!(
-        "[run]\nname = \"inputs\"\nroot = \"{root}\"\nlanguages = [\"en\", \"fr\"]\n\n\
-         [stages.prompts]\nsource = \"{source}\"\neval_fraction = 0.5\n",
-        root = dir.join("root").display(),
-        source = prompts.display(),
-    );
+    let root = format!("root = \"{}\"", dir.join("root").display());
+    let text = crate::util::prompts_only_pipeline(&root, &prompts.display().to_string());
     crate::util::write_pipeline(dir, &text).display().to_string()
 }
 

@@ -14,7 +14,7 @@ use croco::store::Table;
 use serde::Deserialize;
 use sha2::Digest;
 
-use crate::util::{data, en_fr_head, repo, write_adapter, write_pipeline};
+use crate::util::{data, en_fr_head, prompts_only_pipeline, repo, write_adapter, write_pipeline};
 
 #[derive(Debug, Deserialize)]
 struct Corpus {
@@ -158,8 +158,8 @@ fn pipeline_text(case: &Case, dir: &Path, good_adapter: &Path) -> String {
     let demo = data("demo/scored_generations.jsonl");
     let models = |role: &str, location: String| en_fr_head("malformed", dir, &[(role, location)]);
     match case.kind {
-        Kind::Prompts => prompts_pipeline(&format!("root = \"{}\"", dir.join("root").display()), &file()),
-        Kind::Storage => prompts_pipeline(
+        Kind::Prompts => prompts_only_pipeline(&format!("root = \"{}\"", dir.join("root").display()), &file()),
+        Kind::Storage => prompts_only_pipeline(
             case.run.as_deref().expect("a storage case sets `run`"),
             case.source.as_deref().unwrap_or(&data("prompts/demo.jsonl")),
         ),
@@ -203,14 +203,6 @@ fn pipeline_text(case: &Case, dir: &Path, good_adapter: &Path) -> String {
 /// The demo bundle a bundle case edits a copy of: `copy_of`, else `own`.
 fn demo_bundle(case: &Case, own: &str) -> PathBuf {
     repo().join("data/models").join(case.copy_of.as_deref().unwrap_or(own))
-}
-
-/// The prompts stage alone over `source` (en and fr), with `run_root` as the `[run]` root lines.
-fn prompts_pipeline(run_root: &str, source: &str) -> String {
-    format!(
-        "[run]\nname = \"malformed\"\nlanguages = [\"en\", \"fr\"]\n{run_root}\n\n\
-         [stages.prompts]\nsource = \"{source}\"\neval_fraction = 0.5\n"
-    )
 }
 
 /// The demo policy, `adapter` as the tuned policy, and an evaluate stage

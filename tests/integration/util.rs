@@ -42,6 +42,15 @@ label = "synthetic-demo"
     )
 }
 
+/// The text of a pipeline of the prompts stage alone over `source`, in en
+/// and fr (half held out), with `run_root` as the `[run]` root lines.
+pub fn prompts_only_pipeline(run_root: &str, source: &str) -> String {
+    format!(
+        "[run]\nname = \"prompts-only\"\nlanguages = [\"en\", \"fr\"]\n{run_root}\n\n\
+         [stages.prompts]\nsource = \"{source}\"\neval_fraction = 0.5\n"
+    )
+}
+
 /// Writes `text` as `pipeline.toml` in `dir` and returns its path.
 pub fn write_pipeline(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("pipeline.toml");
