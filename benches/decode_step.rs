@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
+use croco::model::continuous::SlotLimits;
 use croco::model::policy::{GenerationRequest, Policy};
 use croco::model::runtime::{Device, SessionConfig, Target};
 use croco::model::sampling::SamplingParams;
@@ -132,7 +133,9 @@ fn step_seconds(policy: &mut Policy, context: usize, batch: usize) -> f64 {
     let params = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None };
     let mut timed = |new_tokens: usize| {
         let start = Instant::now();
-        let generated = policy.generate(std::slice::from_ref(&request), &params, new_tokens).unwrap();
+        let limits = SlotLimits::for_prompts(1, batch);
+        let generated =
+            policy.generate(std::slice::from_ref(&request), &params, new_tokens, limits, &mut |_| {}).unwrap();
         let longest = generated[0].iter().map(|g| g.tokens.len() + usize::from(g.stop_token.is_some())).max();
         (start.elapsed().as_secs_f64(), longest.unwrap_or(0))
     };

@@ -35,6 +35,25 @@ pub fn length_sorted_batches(lengths: &[usize], limits: BatchLimits) -> Vec<Vec<
     batches
 }
 
+/// `run` over length-sorted batches of `items` within `limits` (`length`
+/// gives an item's tokens); its results back in the order of `items`.
+pub fn in_batches<T: Clone, R, E>(
+    items: &[T],
+    length: impl Fn(&T) -> usize,
+    limits: BatchLimits,
+    mut run: impl FnMut(&[T]) -> Result<Vec<R>, E>,
+) -> Result<Vec<R>, E> {
+    let lengths: Vec<usize> = items.iter().map(length).collect();
+    let mut results: Vec<Option<R>> = items.iter().map(|_| None).collect();
+    for batch in length_sorted_batches(&lengths, limits) {
+        let selected: Vec<T> = batch.iter().map(|&i| items[i].clone()).collect();
+        for (&i, result) in batch.iter().zip(run(&selected)?) {
+            results[i] = Some(result);
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every item is in one batch")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +74,24 @@ mod tests {
             let longest = batch.iter().map(|&i| [13, 2, 6, 3, 4][i]).max().unwrap();
             assert!(batch.len() * longest <= 12 || batch.len() == 1, "{batch:?}");
         }
+    }
+
+    #[test]
+    fn batched_results_come_back_in_item_order() {
+        let items = vec!["ccc", "a", "bb", "dddd", "e"];
+        let limits = BatchLimits { max_rows: 2, max_tokens: Some(4) };
+        let mut calls = Vec::new();
+        let lengths = in_batches(
+            &items,
+            |s| s.len(),
+            limits,
+            |batch| {
+                calls.push(batch.to_vec());
+                Ok::<_, ()>(batch.iter().map(|s| s.len()).collect())
+            },
+        );
+        assert_eq!(lengths, Ok(vec![3, 1, 2, 4, 1]));
+        assert!(calls.iter().all(|b| b.len() <= 2), "{calls:?}");
     }
 
     #[test]

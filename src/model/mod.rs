@@ -3,6 +3,7 @@
 
 pub mod batching;
 pub mod bundle;
+pub mod continuous;
 pub mod dpo;
 pub mod graph;
 pub mod lora;

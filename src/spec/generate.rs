@@ -8,6 +8,7 @@ use super::common::{
     check_room_for_a_prompt, positive,
 };
 use super::models::ModelsSpec;
+use crate::model::continuous::SlotLimits;
 use crate::vocab::roles::ModelRole;
 
 /// Where a set of responses came from.
@@ -116,9 +117,20 @@ pub struct GenerateParams {
     /// Base seed; each (prompt, sample) derives its own.
     #[serde(default)]
     pub seed: u64,
-    /// Prompts per batch (each expands to `samples` rows after prefill).
+    /// Prompts prefilled together, at most; with `slots` unset, also how
+    /// many prompts' samples are in flight (`slots = batch_size × samples`).
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
+    /// Sequences decoded together (continuous batching: a slot whose
+    /// sample ends is refilled at once with the next one). Unset:
+    /// `batch_size × samples`. The rows do not depend on it. Left out of keys when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
+    /// Padded prompt tokens per prefill call; a longer prompt is prefilled
+    /// in chunks of this size, one chunk between two decode steps. Unset:
+    /// 2048. The rows do not depend on it. Left out of keys when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_chunk_tokens: Option<u32>,
     /// Which prompts to answer: the `train` split (default), `eval`, or `all`.
     #[serde(default)]
     pub split: SplitFilter,
@@ -194,6 +206,18 @@ impl GenerateParams {
         }
     }
 
+    /// How many sequences decode and how many prompts prefill at once.
+    pub fn slot_limits(&self) -> SlotLimits {
+        let mut limits = SlotLimits::for_prompts(self.batch_size as usize, self.samples as usize);
+        if let Some(slots) = self.slots {
+            limits.slots = slots as usize;
+        }
+        if let Some(tokens) = self.prefill_chunk_tokens {
+            limits.prefill_chunk_tokens = tokens as usize;
+        }
+        limits
+    }
+
     /// The longest prompt answered, in tokens, by a bundle of `context` positions.
     pub fn prompt_budget(&self, context: usize) -> usize {
         let room = context.saturating_sub(self.max_new_tokens as usize);
@@ -245,6 +269,12 @@ impl Section for GenerateParams {
         positive("stages.generate.max_new_tokens", self.max_new_tokens, problems);
         positive("stages.generate.batch_size", self.batch_size, problems);
         positive("stages.generate.prompts_per_part", self.prompts_per_part, problems);
+        if let Some(slots) = self.slots {
+            positive("stages.generate.slots", slots, problems);
+        }
+        if let Some(tokens) = self.prefill_chunk_tokens {
+            positive("stages.generate.prefill_chunk_tokens", tokens, problems);
+        }
         if let Some(top_k) = self.top_k {
             positive("stages.generate.top_k", top_k, problems);
         }

@@ -195,14 +195,9 @@ impl Sampler<'_> {
         if done.contains(&index) {
             return Ok(());
         }
-        let batch_size = self.params.batch_size as usize;
-        for (prompts, requests) in kept.chunks(batch_size).zip(requests.chunks(batch_size)) {
-            let rows = self.generate(prompts, requests)?;
-            sink.write(&rows).await?;
-            let rate = self.tokens as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-            input.progress.set_position(sink.rows());
-            input.progress.set_message(format!("{rate:.0} tokens/s"));
-        }
+        let rows = self.generate(&kept, &requests, input)?;
+        sink.write(&rows).await?;
+        input.progress.set_position(sink.rows());
         sink.commit_chunk(index).await?;
         Ok(())
     }
@@ -215,13 +210,27 @@ impl Sampler<'_> {
         Ok(GenerationRequest { prompt: encoded, seeds: seeds.collect() })
     }
 
-    fn generate(&mut self, prompts: &[&PromptRow], requests: &[GenerationRequest]) -> Result<RecordBatch, StageError> {
+    fn generate(
+        &mut self,
+        prompts: &[&PromptRow],
+        requests: &[GenerationRequest],
+        input: &StageInput<'_>,
+    ) -> Result<RecordBatch, StageError> {
         let sampling = SamplingParams {
             temperature: self.params.temperature,
             top_p: self.params.top_p,
             top_k: self.params.top_k.map(|k| k as usize),
         };
-        let generated = self.policy.generate(requests, &sampling, self.params.max_new_tokens as usize)?;
+        let (started, progress) = (self.started, &input.progress);
+        let mut tokens = self.tokens;
+        let mut on_tokens = |step: u64| {
+            tokens += step;
+            let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            progress.set_message(format!("{rate:.0} tokens/s"));
+        };
+        let max_new_tokens = self.params.max_new_tokens as usize;
+        let limits = self.params.slot_limits();
+        let generated = self.policy.generate(requests, &sampling, max_new_tokens, limits, &mut on_tokens)?;
         let mut rows = GenerationRows { source: self.source, ..Default::default() };
         for ((prompt, request), samples) in prompts.iter().zip(requests).zip(generated) {
             for (k, sample) in samples.into_iter().enumerate() {
@@ -254,6 +263,7 @@ struct GenerationRows {
     response_tokens: Vec<i32>,
     finish_reason: Vec<&'static str>,
     seed: Vec<u64>,
+    behaviour_logprob: Vec<f64>,
 }
 
 impl GenerationRows {
@@ -277,6 +287,7 @@ impl GenerationRows {
         self.response_tokens.push(sample.tokens.len() as i32);
         self.finish_reason.push(sample.finish.as_str());
         self.seed.push(request.seeds[k]);
+        self.behaviour_logprob.push(sample.logprob);
     }
 
     fn finish(self, params: &GenerateParams) -> Result<RecordBatch, StageError> {
@@ -299,6 +310,7 @@ impl GenerationRows {
             ("top_k", Arc::new(Int32Array::from(vec![params.top_k.map(|k| k as i32); n]))),
             ("max_new_tokens", Arc::new(Int32Array::from(vec![params.max_new_tokens as i32; n]))),
             ("seed", Arc::new(UInt64Array::from(self.seed))),
+            ("behaviour_logprob", Arc::new(Float64Array::from(self.behaviour_logprob))),
         ];
         Ok(Table::Generations.schema().assemble(given, n)?)
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 
 use super::stage::{Stage, StageError, StageInput, stats};
-use crate::model::batching::length_sorted_batches;
+use crate::model::batching::in_batches;
 use crate::model::dpo::{PairTokens, encode_pair};
 use crate::model::policy::Policy;
 use crate::spec::ref_logps::RefLogpsParams;
@@ -129,20 +129,18 @@ impl Worker<'_> {
             .iter()
             .flat_map(|(p, _)| [(p.chosen.clone(), p.response_start), (p.rejected.clone(), p.response_start)])
             .collect();
-        let lengths: Vec<usize> = sequences.iter().map(|(ids, _)| ids.len()).collect();
-        let mut sums = vec![0.0f64; sequences.len()];
-        for batch in length_sorted_batches(&lengths, self.params.batch_limits()) {
-            let selected: Vec<(Vec<i64>, usize)> = batch.iter().map(|&i| sequences[i].clone()).collect();
-            for (&i, logprob) in batch.iter().zip(self.model.logprobs(&selected)?) {
-                if !logprob.sum.is_finite() {
-                    return Err(StageError::Row {
-                        file: "reference model output".into(),
-                        row: format!("pair_id={}", pairs[i / 2].pair_id),
-                        problem: format!("the log-prob is {}; it must be finite", logprob.sum),
-                    });
-                }
-                sums[i] = f64::from(logprob.sum);
+        let logprobs =
+            in_batches(&sequences, |(ids, _)| ids.len(), self.params.batch_limits(), |b| self.model.logprobs(b))?;
+        let mut sums = Vec::with_capacity(logprobs.len());
+        for (i, logprob) in logprobs.into_iter().enumerate() {
+            if !logprob.sum.is_finite() {
+                return Err(StageError::Row {
+                    file: "reference model output".into(),
+                    row: format!("pair_id={}", pairs[i / 2].pair_id),
+                    problem: format!("the log-prob is {}; it must be finite", logprob.sum),
+                });
             }
+            sums.push(f64::from(logprob.sum));
         }
         Ok(encoded
             .into_iter()

@@ -58,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
+    p.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens per sequence")
     a = p.parse_args(argv)
     a.batch_size = a.batch_size or (8 if a.mode == "generate" else 32)
     a.languages = {s.strip() for s in a.languages.split(",") if s.strip()}
@@ -140,11 +141,15 @@ def generate_kwargs(a, manifest):
               pad_token_id=tok["pad_token_id"], eos_token_id=tok["stop_token_ids"])
     if a.temperature > 0:
         kw.update(temperature=a.temperature, top_p=a.top_p, top_k=0)
+    if a.ignore_eos:
+        kw.update(min_new_tokens=a.max_new_tokens)
     return kw
 
 
-def new_tokens(out, prompt_len, stop_ids):
+def new_tokens(out, prompt_len, stop_ids, ignore_eos=False):
     gen = out[:, prompt_len:]
+    if ignore_eos:
+        return gen.numel()
     is_stop = torch.isin(gen, torch.tensor(stop_ids))
     first = torch.where(is_stop.any(-1), is_stop.int().argmax(-1) + 1, gen.shape[1])
     return int(first.sum())
@@ -165,7 +170,7 @@ def run_generate(a, manifest, model, encode):
         with torch.inference_mode():
             for ids, mask in inputs:
                 out = model.generate(input_ids=ids, attention_mask=mask, **kw)
-                tokens, seqs = tokens + new_tokens(out, ids.shape[1], stop), seqs + out.shape[0]
+                tokens, seqs = tokens + new_tokens(out, ids.shape[1], stop, a.ignore_eos), seqs + out.shape[0]
         return time.perf_counter() - t0, tokens, seqs
 
     seconds, tokens, seqs = min(once() for _ in range(a.repeats))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 
 use super::items::ChoiceItem;
-use crate::model::batching::{BatchLimits, length_sorted_batches};
+use crate::model::batching::{BatchLimits, in_batches};
 use crate::model::policy::Policy;
 use crate::model::tokenizer::ChatTokenizer;
 use crate::spec::evaluate::ChoicePrompt;
@@ -49,15 +49,9 @@ pub fn score_items(
 ) -> Result<Vec<ChoiceScore>, StageError> {
     let max_length = policy.bundle.manifest.architecture.max_position_embeddings;
     let sequences = encode_items(&policy.tokenizer, items, layout, max_length, file)?;
-    let lengths: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
-    let mut sums = vec![0.0; sequences.len()];
-    for batch in length_sorted_batches(&lengths, limits) {
-        let inputs: Vec<(Vec<i64>, usize)> =
-            batch.iter().map(|&i| (sequences[i].ids.clone(), sequences[i].start)).collect();
-        for (&i, logprob) in batch.iter().zip(policy.logprobs(&inputs)?) {
-            sums[i] = f64::from(logprob.sum);
-        }
-    }
+    let inputs: Vec<(Vec<i64>, usize)> = sequences.iter().map(|s| (s.ids.clone(), s.start)).collect();
+    let logprobs = in_batches(&inputs, |(ids, _)| ids.len(), limits, |batch| policy.logprobs(batch))?;
+    let sums = logprobs.iter().map(|l| f64::from(l.sum));
     let mut scores: Vec<ChoiceScore> = items
         .iter()
         .map(|_| ChoiceScore { logprobs: vec![], tokens: vec![], predicted: 0, predicted_norm: 0 })

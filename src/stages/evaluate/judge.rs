@@ -20,6 +20,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 
 use crate::ids::{stable_seed, unit_interval};
+use crate::model::batching::{BatchLimits, in_batches};
+use crate::model::continuous::SlotLimits;
 use crate::model::policy::{GenerationRequest, Policy};
 use crate::model::reward::RewardModel;
 use crate::model::sampling::SamplingParams;
@@ -126,38 +128,38 @@ async fn register_prompt_file(
 /// prompt so the answer does not depend on batching.
 pub fn respond(policy: &mut Policy, prompts: &[EvalPrompt], params: &JudgeParams) -> Result<Vec<Response>, StageError> {
     let sampling = SamplingParams { temperature: params.temperature, top_p: 1.0, top_k: None };
+    let requests = prompts
+        .iter()
+        .map(|p| {
+            let seed = stable_seed(&[&params.seed.to_string(), &p.prompt_id]);
+            let text = with_instruction(&p.text, params.instruction.as_deref(), &p.language);
+            Ok(GenerationRequest { prompt: policy.tokenizer.encode_prompt(&text)?, seeds: vec![seed] })
+        })
+        .collect::<Result<Vec<_>, StageError>>()?;
+    let limits = SlotLimits::for_prompts(params.batch_size as usize, 1);
+    let generated = policy.generate(&requests, &sampling, params.max_new_tokens as usize, limits, &mut |_| {})?;
     let mut responses = Vec::with_capacity(prompts.len());
-    for batch in prompts.chunks(params.batch_size as usize) {
-        let requests = batch
-            .iter()
-            .map(|p| {
-                let seed = stable_seed(&[&params.seed.to_string(), &p.prompt_id]);
-                let text = with_instruction(&p.text, params.instruction.as_deref(), &p.language);
-                Ok(GenerationRequest { prompt: policy.tokenizer.encode_prompt(&text)?, seeds: vec![seed] })
-            })
-            .collect::<Result<Vec<_>, StageError>>()?;
-        for mut samples in policy.generate(&requests, &sampling, params.max_new_tokens as usize)? {
-            let generated = samples.remove(0);
-            responses
-                .push(Response { text: policy.tokenizer.decode(&generated.tokens)?, tokens: generated.tokens.len() });
-        }
+    for mut samples in generated {
+        let generated = samples.remove(0);
+        responses.push(Response { text: policy.tokenizer.decode(&generated.tokens)?, tokens: generated.tokens.len() });
     }
     Ok(responses)
 }
 
-/// The reward of every (prompt, response), `batch_size` at a time.
+/// The reward of every (prompt, response), in length-sorted batches within `limits`.
 pub fn rewards(
     model: &mut RewardModel,
     prompts: &[EvalPrompt],
     responses: &[Response],
-    batch_size: usize,
+    limits: BatchLimits,
 ) -> Result<Vec<f64>, StageError> {
-    let exchanges: Vec<(&str, &str)> =
-        prompts.iter().zip(responses).map(|(p, r)| (p.text.as_str(), r.text.as_str())).collect();
-    let mut rewards = Vec::with_capacity(exchanges.len());
-    for batch in exchanges.chunks(batch_size.max(1)) {
-        rewards.extend(model.score(batch)?.into_iter().map(f64::from));
-    }
+    let sequences = prompts
+        .iter()
+        .zip(responses)
+        .map(|(p, r)| model.tokenizer.encode_exchange(&p.text, &r.text).map(|(ids, _)| ids))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rewards: Vec<f64> =
+        in_batches(&sequences, Vec::len, limits, |batch| model.score_ids(batch))?.into_iter().map(f64::from).collect();
     if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
         return Err(StageError::Row {
             file: "models.reward".into(),
@@ -180,6 +182,7 @@ pub fn pairwise_preferences(
     (prompts, base, tuned): (&[EvalPrompt], &[Response], &[Response]),
     params: &JudgeParams,
     template: &str,
+    limits: BatchLimits,
 ) -> Result<Vec<f64>, StageError> {
     let firsts: Vec<bool> = prompts.iter().map(|p| tuned_first(params.seed, &p.prompt_id)).collect();
     let mut sequences = Vec::with_capacity(prompts.len() * 2);
@@ -189,10 +192,10 @@ pub fn pairwise_preferences(
             sequences.push(judge.tokenizer.encode_continuation(&prefix, letter)?);
         }
     }
-    let mut logprobs = Vec::with_capacity(sequences.len());
-    for batch in sequences.chunks(params.batch_size as usize * 2) {
-        logprobs.extend(judge.logprobs(batch)?.into_iter().map(|l| f64::from(l.sum)));
-    }
+    let logprobs: Vec<f64> = in_batches(&sequences, |(ids, _)| ids.len(), limits, |batch| judge.logprobs(batch))?
+        .into_iter()
+        .map(|l| f64::from(l.sum))
+        .collect();
     // The judge's log-odds of A over B, turned towards the tuned response.
     Ok(logprobs
         .chunks(2)
@@ -320,12 +323,11 @@ pub fn generative_verdicts(
         let seed = stable_seed(&[&params.seed.to_string(), "judge", &prompt.prompt_id]);
         requests.push(GenerationRequest { prompt: ids, seeds: vec![seed] });
     }
+    let limits = SlotLimits::for_prompts(params.batch_size as usize, 1);
     let mut answers = Vec::with_capacity(prompts.len());
-    for batch in requests.chunks(params.batch_size as usize) {
-        for mut samples in judge.generate(batch, &sampling, answer_tokens)? {
-            let text = judge.tokenizer.decode(&samples.remove(0).tokens)?;
-            answers.push(JudgeAnswer { verdict: parse_verdict(&text, &params.verdicts), text });
-        }
+    for mut samples in judge.generate(&requests, &sampling, answer_tokens, limits, &mut |_| {})? {
+        let text = judge.tokenizer.decode(&samples.remove(0).tokens)?;
+        answers.push(JudgeAnswer { verdict: parse_verdict(&text, &params.verdicts), text });
     }
     Ok(answers)
 }

@@ -137,7 +137,8 @@ impl Stage for Evaluate {
             ("resumed_parts", done.len() as u64),
         ]);
         if let Some(judge) = &params.judge {
-            let mut judges = Judges::default();
+            let mut judges =
+                Judges { max_batch_tokens: params.max_batch_tokens.map(|t| t as usize), ..Default::default() };
             let mut counts = OutcomeCounts::default();
             for part in parts.judged() {
                 if !done.contains(&part.chunk) {
@@ -332,6 +333,8 @@ async fn score_part(
 struct Judges {
     reward: Option<RewardModel>,
     judge: Option<(Policy, String)>,
+    /// `[stages.evaluate] max_batch_tokens`: bounds the scoring batches too.
+    max_batch_tokens: Option<usize>,
 }
 
 impl Judges {
@@ -348,7 +351,7 @@ impl Judges {
         tuned_id: &'a str,
     ) -> Result<judge::Judged<'a>, StageError> {
         input.progress.set_message(format!("judging {} pairs", prompts.len()));
-        let batch = params.batch_size as usize;
+        let batch = BatchLimits { max_rows: params.batch_size as usize, max_tokens: self.max_batch_tokens };
         let rewards = match input.models.contains_key(&ModelRole::Reward) {
             true => {
                 let model = match &mut self.reward {
@@ -368,7 +371,8 @@ impl Judges {
             }
             JudgeKind::Pairwise => {
                 let (model, name) = self.judge_policy(input, "pairwise")?;
-                let preferences = judge::pairwise_preferences(model, shown, params, template)?;
+                let pairs = BatchLimits { max_rows: batch.max_rows * 2, ..batch };
+                let preferences = judge::pairwise_preferences(model, shown, params, template, pairs)?;
                 (preferences.into_iter().map(Some).collect(), name)
             }
             JudgeKind::Generative => {
