@@ -8,8 +8,10 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::model::memory::{human, parse_size};
 use crate::pipeline::gc::{self, GcOptions};
 use crate::pipeline::lock::{self, LockError, RunLock};
+use crate::pipeline::memory;
 use crate::pipeline::runner::{self, RunOptions, StageReport};
 use crate::pipeline::session::pipeline_session;
 use crate::pipeline::{LoadedSpec, Plan, PlanError, RunError, SpecError, validate};
@@ -65,6 +67,18 @@ pub enum Command {
         /// Pipeline file.
         file: PathBuf,
         /// Print problems as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print each model stage's predicted peak memory (weights, KV cache, activations) and the
+    /// batch it follows; exits non-zero when a stage does not fit the device memory.
+    Plan {
+        /// Pipeline file.
+        file: PathBuf,
+        /// Memory of the device (`80GiB`, `24 GB`); default: `[run] device_memory`.
+        #[arg(long)]
+        device_memory: Option<String>,
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -278,6 +292,7 @@ impl CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Validate { file, json } => validate_command(&file, json),
+        Command::Plan { file, device_memory, json } => plan_command(&file, device_memory.as_deref(), json),
         Command::Schema { what } => schema_command(&what),
         Command::Run { file, stage, force, shard, json } => {
             let shard = match shard {
@@ -328,6 +343,67 @@ fn validate_command(file: &Path, json: bool) -> Result<(), CliError> {
             return Err(CliError::Spec(SpecError::Invalid { path, problems }));
         }
         (Err(e), _) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn plan_command(file: &Path, device_memory: Option<&str>, json: bool) -> Result<(), CliError> {
+    let loaded = validate::load_for_plan(file)?;
+    let limit = match device_memory.or(loaded.spec.run.device_memory.as_deref()) {
+        Some(text) => Some(
+            parse_size(text)
+                .ok_or_else(|| CliError::Usage(format!("--device-memory `{text}` is not a size (80GiB)")))?,
+        ),
+        None => None,
+    };
+    let specs = std::iter::once((BASE_VARIANT.to_string(), &loaded.spec))
+        .chain(loaded.variants.iter().map(|(name, spec)| (name.clone(), spec)));
+    let mut too_big = Vec::new();
+    let mut listed = Vec::new();
+    for (variant, spec) in specs {
+        let plans = memory::plan(spec, &validate::model_manifests(&spec.models, &loaded.base_dir));
+        too_big.extend(limit.map(|l| memory::memory_problems(&plans, l)).unwrap_or_default());
+        listed.push((variant, plans));
+    }
+    match json {
+        true => print_json(&serde_json::json!({
+            "file": file, "device_memory": limit, "fits": too_big.is_empty(),
+            "variants": listed.iter().map(|(v, p)| serde_json::json!({"variant": v, "stages": p})).collect::<Vec<_>>(),
+        }))?,
+        false => print_plan(&listed, limit)?,
+    }
+    match too_big.first() {
+        None => Ok(()),
+        Some((key, message)) => Err(CliError::Usage(format!("{}: `{key}`: {message}", file.display()))),
+    }
+}
+
+fn print_plan(listed: &[(String, Vec<memory::StagePlan>)], limit: Option<u64>) -> Result<(), CliError> {
+    for (variant, plans) in listed {
+        if listed.len() > 1 {
+            out!("[{variant}]");
+        }
+        if plans.is_empty() {
+            out!("  no model stage with a readable bundle manifest");
+        }
+        for p in plans {
+            let fits = match limit {
+                Some(limit) if p.total > limit => "  DOES NOT FIT",
+                _ => "",
+            };
+            out!("  {:<9} {:<22} {:>10}{fits}", p.stage.name(), p.work, human(p.total));
+            out!(
+                "            weights {}, KV cache {}, activations {}, workspace {}",
+                human(p.weights),
+                human(p.kv_cache),
+                human(p.activations),
+                human(p.workspace)
+            );
+            out!("            {} ({} tokens per call; bounded by `{}`)", p.settings, p.tokens_per_call, p.key);
+        }
+    }
+    if let Some(limit) = limit {
+        out!("device memory: {}", human(limit));
     }
     Ok(())
 }

@@ -64,6 +64,8 @@ pub struct Architecture {
     pub vocab_size: usize,
     /// Model width.
     pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
     /// Decoder layers.
     pub num_layers: usize,
     /// Query heads.

@@ -7,6 +7,7 @@ pub mod continuous;
 pub mod dpo;
 pub mod graph;
 pub mod lora;
+pub mod memory;
 pub mod optim;
 pub mod policy;
 pub mod reward;

@@ -5,6 +5,7 @@
 
 pub mod gc;
 pub mod lock;
+pub mod memory;
 pub mod plan;
 pub mod runner;
 pub mod session;

@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use super::memory::{Manifests, memory_problems, plan};
 use crate::model::bundle::{Bundle, Verify};
+use crate::model::memory::parse_size;
 use crate::spec::common::ModelContexts;
 use crate::spec::models::ModelsSpec;
 use crate::spec::run::RunSpec;
@@ -82,11 +84,22 @@ pub struct LoadedSpec {
 
 /// Reads and validates the pipeline file at `path`.
 pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
+    load_checking(path, true)
+}
+
+/// Like [`load`], without holding the memory plan against `[run]
+/// device_memory`: `croco plan` shows a plan that does not fit.
+pub fn load_for_plan(path: &Path) -> Result<LoadedSpec, SpecError> {
+    load_checking(path, false)
+}
+
+fn load_checking(path: &Path, check_memory: bool) -> Result<LoadedSpec, SpecError> {
     let source =
         std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
-    let (spec, variants) = check(&source, path, Some(&base_dir))?;
+    let bundles = BundleChecks { dir: &base_dir, memory: check_memory };
+    let (spec, variants) = check(&source, path, Some(bundles))?;
     Ok(LoadedSpec { spec, file: path.to_path_buf(), base_dir, variants })
 }
 
@@ -104,15 +117,24 @@ pub fn parse_with_variants(
     check(source, path, None)
 }
 
-/// Parses and validates pipeline text and its variants; with `bundles_dir`
-/// (what relative bundle paths are resolved against), token budgets are
-/// also checked against the contexts of the bundles found there.
+/// What is checked against the bundles a pipeline names.
+#[derive(Clone, Copy)]
+struct BundleChecks<'a> {
+    /// What relative bundle paths are resolved against.
+    dir: &'a Path,
+    /// Whether the memory plan is held against `[run] device_memory`.
+    memory: bool,
+}
+
+/// Parses and validates pipeline text and its variants; with `bundles`,
+/// token budgets (and the memory plan) are also checked against the
+/// manifests of the bundles found there.
 fn check(
     source: &str,
     path: &Path,
-    bundles_dir: Option<&Path>,
+    bundles: Option<BundleChecks<'_>>,
 ) -> Result<(PipelineSpec, Vec<(String, PipelineSpec)>), SpecError> {
-    let mut problems = Problems { source, list: Vec::new(), bundles_dir };
+    let mut problems = Problems { source, list: Vec::new(), bundles };
     let (document, syntax_errors) = DeTable::parse_recoverable(source);
     for error in syntax_errors {
         problems.toml_error("", &error);
@@ -167,7 +189,7 @@ fn read_variants(
         }
         let mut merged = base.clone();
         merge(&mut merged, table);
-        let mut own = Problems { source: problems.source, list: Vec::new(), bundles_dir: problems.bundles_dir };
+        let mut own = Problems { source: problems.source, list: Vec::new(), bundles: problems.bundles };
         let spec = read_sections(&merged, &mut own);
         for mut problem in own.list {
             problem.message = format!("in variant `{name}`: {}", problem.message);
@@ -202,7 +224,7 @@ struct Problems<'a> {
     source: &'a str,
     list: Vec<SpecProblem>,
     /// Where relative bundle paths lead, when bundles are to be read.
-    bundles_dir: Option<&'a Path>,
+    bundles: Option<BundleChecks<'a>>,
 }
 
 impl Problems<'_> {
@@ -232,10 +254,10 @@ fn line_column(source: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// The context of each `[models]` bundle whose manifest can be read under
-/// `dir` (the manifest only: the plan opens every bundle again, checks its
-/// files and names what is wrong with it, URLs and missing bundles included).
-fn model_contexts(models: &ModelsSpec, dir: &Path) -> ModelContexts {
+/// The manifest of each `[models]` bundle that can be read under `dir`
+/// (the manifest only: the plan opens every bundle again, checks its files
+/// and names what is wrong with it, URLs and missing bundles included).
+pub fn model_manifests(models: &ModelsSpec, dir: &Path) -> Manifests {
     let roles = [
         (ModelRole::Judge, &models.judge),
         (ModelRole::OffPolicy, &models.off_policy),
@@ -243,11 +265,8 @@ fn model_contexts(models: &ModelsSpec, dir: &Path) -> ModelContexts {
         (ModelRole::Reference, &models.reference),
         (ModelRole::Reward, &models.reward),
     ];
-    let context = |location: &String| {
-        let bundle = Bundle::open(&dir.join(location), Verify::Manifest).ok()?;
-        Some(bundle.manifest.architecture.max_position_embeddings)
-    };
-    roles.into_iter().filter_map(|(role, location)| Some((role, context(location.as_ref()?)?))).collect()
+    let manifest = |location: &String| Some(Bundle::open(&dir.join(location), Verify::Manifest).ok()?.manifest);
+    roles.into_iter().filter_map(|(role, location)| Some((role, manifest(location.as_ref()?)?))).collect()
 }
 
 const TOP_LEVEL: [&str; 4] = ["run", "models", "stages", "variants"];
@@ -272,11 +291,20 @@ fn read_sections(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<
     let stages = read_stages(document, problems);
     if let (Some(stages), Some(models)) = (&stages, &models) {
         problems.locate_all(document, stages.model_problems(models));
-        if let Some(dir) = problems.bundles_dir {
-            problems.locate_all(document, stages.context_problems(&model_contexts(models, dir)));
+    }
+    let spec = PipelineSpec { run: run?, models: models?, stages: stages? };
+    if let Some(bundles) = problems.bundles {
+        let manifests = model_manifests(&spec.models, bundles.dir);
+        let contexts: ModelContexts =
+            manifests.iter().map(|(role, m)| (*role, m.architecture.max_position_embeddings)).collect();
+        problems.locate_all(document, spec.stages.context_problems(&contexts));
+        if let Some(device_memory) = spec.run.device_memory.as_deref().and_then(parse_size)
+            && bundles.memory
+        {
+            problems.locate_all(document, memory_problems(&plan(&spec, &manifests), device_memory));
         }
     }
-    Some(PipelineSpec { run: run?, models: models?, stages: stages? })
+    Some(spec)
 }
 
 fn read_stages(document: &DeTable<'_>, problems: &mut Problems<'_>) -> Option<StagesSpec> {

@@ -30,6 +30,11 @@ pub struct RunSpec {
     /// CUDA device id.
     #[serde(default)]
     pub device_id: i32,
+    /// Memory of the device the model stages run on (`80GiB`, `24 GB`):
+    /// `croco validate` refuses a stage whose predicted peak (`croco plan`)
+    /// exceeds it, naming the key to lower. Unset: not checked. Not part of any table key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<String>,
     /// Intra-op threads of each ONNX Runtime session (0: ONNX Runtime's default).
     #[serde(default)]
     pub threads: usize,
@@ -68,6 +73,14 @@ impl RunSpec {
             problems.push(("run.root".into(), reason));
         } else if !self.storage.is_empty() && !crate::store::storage::is_cloud_root(&self.root) {
             problems.push(("run.storage".into(), "storage options apply to s3://, gs:// and az:// roots only".into()));
+        }
+        if let Some(size) = &self.device_memory
+            && crate::model::memory::parse_size(size).is_none()
+        {
+            problems.push((
+                "run.device_memory".into(),
+                format!("`{size}` is not a size; write it like `80GiB`, `24 GB` or `512MiB`"),
+            ));
         }
         if self.rounds == 0 {
             problems.push(("run.rounds".into(), "must be at least 1".into()));

@@ -173,3 +173,24 @@ fn sql_skips_old_versions_whose_schema_changed() {
         stderr(&output)
     );
 }
+
+#[test]
+fn plan_prints_each_model_stage_and_refuses_what_does_not_fit() {
+    let demo = crate::util::repo().join("pipelines/demo.toml");
+    let demo = demo.to_str().unwrap();
+    let output = croco(&["plan", demo, "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let stages = plan["variants"][0]["stages"].as_array().unwrap();
+    let generate = stages.iter().find(|s| s["stage"] == "generate").expect("generate is planned");
+    let weights = std::fs::metadata(crate::util::repo().join("data/models/policy/model.safetensors")).unwrap().len();
+    // The weights are the manifest's tensors: the safetensors file less its header.
+    assert!(
+        generate["weights"].as_u64().unwrap() <= weights && generate["weights"].as_u64().unwrap() > weights * 9 / 10
+    );
+    assert!(generate["kv_cache"].as_u64().unwrap() > 0);
+    let output = croco(&["plan", demo, "--device-memory", "100MiB"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stdout(&output).contains("DOES NOT FIT"), "{}", stdout(&output));
+    assert!(stderr(&output).contains("stages.generate.slots"), "{}", stderr(&output));
+}

@@ -1,0 +1,224 @@
+//! Predicted peak memory of the model work, from a bundle's manifest and a
+//! stage's batch settings, before anything is loaded: what `croco plan`
+//! prints and what `croco validate` holds against `[run] device_memory`.
+//!
+//! The figures follow the format-1 graphs (float32 everywhere, the KV cache
+//! passed in and returned whole, every position's logits returned), the way
+//! ONNX Runtime runs them:
+//! - **weights**: every tensor of the manifest, once (bound once per device);
+//! - **KV cache** (generation): a decode call holds its input cache and its
+//!   output cache (one column wider), so twice `slots × length` tokens of
+//!   `2 · layers · kv_heads · head_dim` floats; the batch rebuild copies
+//!   into a new cache while the old one lives, which is the same two copies;
+//! - **activations**: the largest call's live tensors: its logits
+//!   (`tokens × vocab`, plus the log-softmax beside them in the `logprob`
+//!   graph), one layer's attention scores and probabilities
+//!   (`rows × heads × width²`), its MLP (`tokens × 3 · intermediate`) and a
+//!   few `tokens × hidden` streams;
+//! - **workspace**: ONNX Runtime's arena rounds allocations up and keeps
+//!   freed blocks; a quarter of the activations is allowed for it.
+//!
+//! Host memory holds the weights once more while they are bound (decoded
+//! from the memory-mapped file) and, on CUDA, the logits copied back.
+
+use super::bundle::BundleManifest;
+
+/// Bytes of one float32.
+const F32: u64 = 4;
+
+/// The parts of one model stage's peak memory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Footprint {
+    /// The bundle's weights.
+    pub weights: u64,
+    /// The generation KV cache (input and output of a decode call).
+    pub kv_cache: u64,
+    /// The largest call's live activations.
+    pub activations: u64,
+    /// Allocator slack on top of the activations.
+    pub workspace: u64,
+}
+
+impl Footprint {
+    /// Everything together.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.activations + self.workspace
+    }
+}
+
+/// The numbers of a bundle the estimates need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    /// Bytes of every weight tensor.
+    pub weight_bytes: u64,
+    /// Decoder layers.
+    pub layers: u64,
+    /// Model width.
+    pub hidden: u64,
+    /// MLP width.
+    pub intermediate: u64,
+    /// Query heads.
+    pub heads: u64,
+    /// Key/value heads.
+    pub kv_heads: u64,
+    /// Head dimension.
+    pub head_dim: u64,
+    /// Vocabulary size.
+    pub vocab: u64,
+}
+
+impl ModelShape {
+    /// The shape in a bundle manifest.
+    pub fn of(manifest: &BundleManifest) -> ModelShape {
+        let arch = &manifest.architecture;
+        let weight_bytes =
+            manifest.weights.tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64 * F32).sum();
+        ModelShape {
+            weight_bytes,
+            layers: arch.num_layers as u64,
+            hidden: arch.hidden_size as u64,
+            intermediate: arch.intermediate_size as u64,
+            heads: arch.num_attention_heads as u64,
+            kv_heads: arch.num_kv_heads as u64,
+            head_dim: arch.head_dim as u64,
+            vocab: arch.vocab_size as u64,
+        }
+    }
+
+    /// Bytes of one cached token (keys and values of every layer).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        2 * self.layers * self.kv_heads * self.head_dim * F32
+    }
+
+    /// One forward call of `rows` sequences `width` tokens wide: its live
+    /// tensors, with `logits` = how many positions' logits it returns and
+    /// `logit_copies` how many vocab-wide tensors per position stay alive.
+    fn call(&self, rows: u64, width: u64, keys: u64, logits: u64, logit_copies: u64) -> u64 {
+        let tokens = rows * width;
+        let attention = 2 * rows * self.heads * width * keys * F32;
+        let mlp = tokens * 3 * self.intermediate * F32;
+        let streams = tokens * 6 * self.hidden * F32;
+        logits * logit_copies * self.vocab * F32 + attention + mlp + streams
+    }
+
+    fn with_workspace(&self, kv_cache: u64, activations: u64) -> Footprint {
+        Footprint { weights: self.weight_bytes, kv_cache, activations, workspace: activations / 4 }
+    }
+
+    /// Generation over `slots` sequences of up to `length` cached tokens,
+    /// prompts prefilled in calls of at most `prefill_tokens` padded tokens.
+    pub fn generation(&self, slots: u64, length: u64, prefill_tokens: u64) -> Footprint {
+        let kv_cache = 2 * slots * length * self.kv_bytes_per_token();
+        let decode = self.call(slots, 1, length, slots, 1);
+        // The worst prefill call: one prompt filling the chunk, every position's logits returned.
+        let chunk = prefill_tokens.min(length);
+        let prefill = self.call(1, chunk, chunk, chunk, 1) + 2 * chunk * self.kv_bytes_per_token();
+        self.with_workspace(kv_cache, decode.max(prefill))
+    }
+
+    /// Reward scoring (or log-probs with `logits`) of batches of at most
+    /// `rows` rows and `tokens` padded tokens, rows at most `width` long.
+    pub fn forward(&self, rows: u64, tokens: u64, width: u64, logits: bool) -> Footprint {
+        let width = width.min(tokens).max(1);
+        let rows = rows.min(tokens / width).max(1);
+        // The logprob graph keeps the logits and their log-softmax; the score graph returns no logits.
+        let (positions, copies) = if logits { (rows * width, 2) } else { (0, 0) };
+        self.with_workspace(0, self.call(rows, width, width, positions, copies))
+    }
+
+    /// One training step (the DPO graph, format 1: no gradient
+    /// checkpointing) over `rows` sequences `width` tokens wide: every
+    /// layer's activations stay alive for the backward pass, and the logits
+    /// with their log-softmax and its gradient.
+    pub fn training(&self, rows: u64, width: u64) -> Footprint {
+        let per_layer = self.call(rows, width, width, 0, 0);
+        let logits = 3 * rows * width * self.vocab * F32;
+        self.with_workspace(0, self.layers * per_layer + logits)
+    }
+}
+
+/// `bytes` as a short human figure (`1.5 GiB`).
+pub fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+}
+
+/// Parses `80GiB`, `80 GB`, `512MiB`, `1.5TiB` or a byte count.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.trim().parse().ok()?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => return None,
+    };
+    (number.is_finite() && number >= 0.0).then_some((number * scale) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// EuroLLM-9B's numbers (its Hugging Face config), float32.
+    fn eurollm_9b() -> ModelShape {
+        ModelShape {
+            weight_bytes: 9_150_000_000 * F32,
+            layers: 42,
+            hidden: 4096,
+            intermediate: 12288,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            vocab: 128_000,
+        }
+    }
+
+    #[test]
+    fn the_kv_cache_is_two_copies_of_slots_times_length_tokens() {
+        let shape = eurollm_9b();
+        // 2 · 42 layers · 8 heads · 128 · 4 bytes = 344,064 bytes per token.
+        assert_eq!(shape.kv_bytes_per_token(), 344_064);
+        let plan = shape.generation(1024, 4096, 2048);
+        assert_eq!(plan.kv_cache, 2 * 1024 * 4096 * 344_064);
+        // The figure: 1,024 rows of 4.6K tokens of fp32 cache is ~1.6 TB once.
+        assert!((1.4e12..1.7e12).contains(&(1024.0 * 4600.0 * 344_064.0)));
+        assert!(plan.total() > plan.kv_cache);
+    }
+
+    #[test]
+    fn a_token_budget_bounds_the_activations() {
+        let shape = eurollm_9b();
+        let small = shape.forward(64, 8192, 4096, true);
+        let large = shape.forward(64, 65536, 4096, true);
+        assert!(large.activations > 6 * small.activations, "{small:?} {large:?}");
+        // Scoring returns no logits: log-probs of the same batch add its logits and their log-softmax.
+        let scoring = shape.forward(64, 8192, 4096, false);
+        assert_eq!(small.activations - scoring.activations, 2 * 8192 * 128_000 * F32);
+    }
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_size("80GiB"), Some(80 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("80 GB"), Some(80_000_000_000));
+        assert_eq!(parse_size("1.5TiB"), Some((1.5 * 1024f64.powi(4)) as u64));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("3 parsecs"), None);
+        assert_eq!(human(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+    }
+}

@@ -1,0 +1,181 @@
+//! The memory plan (`croco plan`): each model stage's predicted peak
+//! memory, from its bundle's manifest and the stage's batch settings
+//! ([`crate::model::memory`]), and the check `croco validate` makes against
+//! `[run] device_memory`, naming the key to lower.
+
+use std::collections::BTreeMap;
+
+use crate::model::bundle::BundleManifest;
+use crate::model::memory::{Footprint, ModelShape, human};
+use crate::spec::common::ValueProblem;
+use crate::spec::{PipelineSpec, StageName};
+use crate::vocab::roles::ModelRole;
+
+/// The manifests of the `[models]` bundles that could be read, by role.
+pub type Manifests = BTreeMap<ModelRole, BundleManifest>;
+
+/// One model stage's part of the plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StagePlan {
+    /// The stage.
+    pub stage: StageName,
+    /// What it runs: `generation`, `scoring`, `log-probs`, `training`, `answers`, `choice log-likelihoods`.
+    pub work: &'static str,
+    /// The bundle's role.
+    pub role: ModelRole,
+    /// The settings the figures follow, in words.
+    pub settings: String,
+    /// Tokens one call processes at most (a decode step's rows, a batch's padded tokens).
+    pub tokens_per_call: u64,
+    /// Predicted peak device memory (host memory on the CPU), in bytes.
+    pub weights: u64,
+    /// The generation KV cache.
+    pub kv_cache: u64,
+    /// The largest call's activations.
+    pub activations: u64,
+    /// Allocator slack.
+    pub workspace: u64,
+    /// Their sum.
+    pub total: u64,
+    /// The key that bounds the batch (what to lower when it does not fit).
+    pub key: String,
+}
+
+impl StagePlan {
+    fn new(
+        (stage, work, role): (StageName, &'static str, ModelRole),
+        settings: String,
+        tokens_per_call: u64,
+        footprint: Footprint,
+        key: &str,
+    ) -> StagePlan {
+        StagePlan {
+            stage,
+            work,
+            role,
+            settings,
+            tokens_per_call,
+            weights: footprint.weights,
+            kv_cache: footprint.kv_cache,
+            activations: footprint.activations,
+            workspace: footprint.workspace,
+            total: footprint.total(),
+            key: key.to_string(),
+        }
+    }
+}
+
+/// The plan of every model stage whose bundle manifest is known.
+pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
+    let shape = |role: ModelRole| manifests.get(&role).map(|m| (ModelShape::of(m), context(m)));
+    let mut plans = Vec::new();
+    let stages = &spec.stages;
+    if let Some(generate) = stages.generate.as_ref().filter(|g| g.import.is_none())
+        && let Some((model, context)) = shape(generate.sampling_role())
+    {
+        let limits = generate.slot_limits();
+        let length = (generate.prompt_budget(context) + generate.max_new_tokens as usize).min(context) as u64;
+        let (slots, chunk) = (limits.slots as u64, limits.prefill_chunk_tokens as u64);
+        plans.push(StagePlan::new(
+            (StageName::Generate, "generation", generate.sampling_role()),
+            format!("{slots} slots x {length} tokens, prefill calls of {chunk} tokens"),
+            slots.max(chunk),
+            model.generation(slots, length, chunk),
+            "stages.generate.slots",
+        ));
+    }
+    if let Some(score) = stages.score.as_ref().filter(|s| s.import.is_none())
+        && let Some((model, context)) = shape(ModelRole::Reward)
+    {
+        let rows = u64::from(score.batch_size);
+        let tokens = score.max_batch_tokens.map_or(rows * context as u64, u64::from);
+        plans.push(StagePlan::new(
+            (StageName::Score, "scoring", ModelRole::Reward),
+            format!("{rows} rows, {tokens} padded tokens per batch, rows up to {context} tokens"),
+            tokens,
+            model.forward(rows, tokens, context as u64, false),
+            "stages.score.max_batch_tokens",
+        ));
+    }
+    let reference = if spec.models.reference.is_some() { ModelRole::Reference } else { ModelRole::Policy };
+    if let Some(ref_logps) = &stages.ref_logps
+        && let Some((model, _)) = shape(reference)
+    {
+        let (rows, width) = (u64::from(ref_logps.batch_size), u64::from(ref_logps.max_length));
+        let tokens = ref_logps.max_batch_tokens.map_or(rows * width, u64::from);
+        plans.push(StagePlan::new(
+            (StageName::RefLogps, "log-probs", reference),
+            format!("{rows} rows, {tokens} padded tokens per batch, rows up to {width} tokens"),
+            tokens,
+            model.forward(rows, tokens, width, true),
+            "stages.ref_logps.max_batch_tokens",
+        ));
+        if let Some(tune) = &stages.tune
+            && let Some((policy, _)) = shape(ModelRole::Policy)
+        {
+            // A micro-batch is its pairs' chosen and rejected sequences.
+            let rows = 2 * u64::from(tune.micro_batch);
+            plans.push(StagePlan::new(
+                (StageName::Tune, "training", ModelRole::Policy),
+                format!("{rows} sequences (micro_batch {} pairs) of up to {width} tokens", tune.micro_batch),
+                rows * width,
+                policy.training(rows, width),
+                "stages.tune.micro_batch",
+            ));
+        }
+    }
+    if let Some(evaluate) = &stages.evaluate
+        && let Some((policy, context)) = shape(ModelRole::Policy)
+    {
+        let rows = u64::from(evaluate.batch_size);
+        let tokens = evaluate.max_batch_tokens.map_or(rows * context as u64, u64::from);
+        plans.push(StagePlan::new(
+            (StageName::Evaluate, "choice log-likelihoods", ModelRole::Policy),
+            format!("{rows} rows, {tokens} padded tokens per batch, rows up to {context} tokens"),
+            tokens,
+            policy.forward(rows, tokens, context as u64, true),
+            "stages.evaluate.max_batch_tokens",
+        ));
+        if let Some(judge) = &evaluate.judge {
+            let slots = u64::from(judge.batch_size);
+            let chunk = crate::model::continuous::SlotLimits::DEFAULT_PREFILL_CHUNK_TOKENS as u64;
+            plans.push(StagePlan::new(
+                (StageName::Evaluate, "answers", ModelRole::Policy),
+                format!("{slots} slots x {context} tokens"),
+                slots.max(chunk),
+                policy.generation(slots, context as u64, chunk),
+                "stages.evaluate.judge.batch_size",
+            ));
+        }
+    }
+    plans
+}
+
+fn context(manifest: &BundleManifest) -> usize {
+    manifest.architecture.max_position_embeddings
+}
+
+/// A problem at the bounding key of every stage whose plan exceeds `device_memory`.
+pub fn memory_problems(plans: &[StagePlan], device_memory: u64) -> Vec<ValueProblem> {
+    plans
+        .iter()
+        .filter(|p| p.total > device_memory)
+        .map(|p| {
+            (
+                p.key.clone(),
+                format!(
+                    "the {} of `{}` needs ~{} ({}: weights {}, KV cache {}, activations {}) but [run] device_memory \
+                     is {}; lower it (`croco plan` shows the parts)",
+                    p.work,
+                    p.stage.name(),
+                    human(p.total),
+                    p.settings,
+                    human(p.weights),
+                    human(p.kv_cache),
+                    human(p.activations + p.workspace),
+                    human(device_memory)
+                ),
+            )
+        })
+        .collect()
+}
