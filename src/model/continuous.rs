@@ -195,7 +195,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             if live > 0 {
                 self.decode_step()?;
                 on_tokens(live as u64);
-            } else if self.queue.is_empty() && self.partial.is_none() && self.ready.is_empty() {
+            } else if self.queue_is_dry() {
                 break;
             }
         }

@@ -87,29 +87,18 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
     if let Some(score) = stages.score.as_ref().filter(|s| s.import.is_none())
         && let Some((model, context)) = shape(ModelRole::Reward)
     {
-        let rows = u64::from(score.batch_size);
-        let tokens = score.max_batch_tokens.map_or(rows * context as u64, u64::from);
-        plans.push(StagePlan::new(
-            (StageName::Score, "scoring", ModelRole::Reward),
-            format!("{rows} rows, {tokens} padded tokens per batch, rows up to {context} tokens"),
-            tokens,
-            model.forward(rows, tokens, context as u64, false),
-            "stages.score.max_batch_tokens",
-        ));
+        let batches = Batches { rows: score.batch_size, max_tokens: score.max_batch_tokens, width: context as u64 };
+        let what = (StageName::Score, "scoring", ModelRole::Reward);
+        plans.push(batches.forward(what, &model, false, "stages.score.max_batch_tokens"));
     }
     let reference = if spec.models.reference.is_some() { ModelRole::Reference } else { ModelRole::Policy };
     if let Some(ref_logps) = &stages.ref_logps
         && let Some((model, _)) = shape(reference)
     {
-        let (rows, width) = (u64::from(ref_logps.batch_size), u64::from(ref_logps.max_length));
-        let tokens = ref_logps.max_batch_tokens.map_or(rows * width, u64::from);
-        plans.push(StagePlan::new(
-            (StageName::RefLogps, "log-probs", reference),
-            format!("{rows} rows, {tokens} padded tokens per batch, rows up to {width} tokens"),
-            tokens,
-            model.forward(rows, tokens, width, true),
-            "stages.ref_logps.max_batch_tokens",
-        ));
+        let width = u64::from(ref_logps.max_length);
+        let batches = Batches { rows: ref_logps.batch_size, max_tokens: ref_logps.max_batch_tokens, width };
+        let what = (StageName::RefLogps, "log-probs", reference);
+        plans.push(batches.forward(what, &model, true, "stages.ref_logps.max_batch_tokens"));
         if let Some(tune) = &stages.tune
             && let Some((policy, _)) = shape(ModelRole::Policy)
         {
@@ -127,15 +116,10 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
     if let Some(evaluate) = &stages.evaluate
         && let Some((policy, context)) = shape(ModelRole::Policy)
     {
-        let rows = u64::from(evaluate.batch_size);
-        let tokens = evaluate.max_batch_tokens.map_or(rows * context as u64, u64::from);
-        plans.push(StagePlan::new(
-            (StageName::Evaluate, "choice log-likelihoods", ModelRole::Policy),
-            format!("{rows} rows, {tokens} padded tokens per batch, rows up to {context} tokens"),
-            tokens,
-            policy.forward(rows, tokens, context as u64, true),
-            "stages.evaluate.max_batch_tokens",
-        ));
+        let batches =
+            Batches { rows: evaluate.batch_size, max_tokens: evaluate.max_batch_tokens, width: context as u64 };
+        let what = (StageName::Evaluate, "choice log-likelihoods", ModelRole::Policy);
+        plans.push(batches.forward(what, &policy, true, "stages.evaluate.max_batch_tokens"));
         if let Some(judge) = &evaluate.judge {
             let slots = u64::from(judge.batch_size);
             let chunk = crate::model::continuous::SlotLimits::DEFAULT_PREFILL_CHUNK_TOKENS as u64;
@@ -149,6 +133,31 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
         }
     }
     plans
+}
+
+/// A stage's length-sorted batches: `batch_size` rows, at most
+/// `max_batch_tokens` padded tokens (unset: rows × the longest row), rows
+/// up to `width` tokens.
+struct Batches {
+    rows: u32,
+    max_tokens: Option<u32>,
+    width: u64,
+}
+
+impl Batches {
+    /// The plan of one forward pass over such a batch (with `logits`: the logprob graph).
+    fn forward(
+        &self,
+        what: (StageName, &'static str, ModelRole),
+        model: &ModelShape,
+        logits: bool,
+        key: &str,
+    ) -> StagePlan {
+        let (rows, width) = (u64::from(self.rows), self.width);
+        let tokens = self.max_tokens.map_or(rows * width, u64::from);
+        let settings = format!("{rows} rows, {tokens} padded tokens per batch, rows up to {width} tokens");
+        StagePlan::new(what, settings, tokens, model.forward(rows, tokens, width, logits), key)
+    }
 }
 
 fn context(manifest: &BundleManifest) -> usize {

@@ -40,29 +40,38 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 REPO = Path(__file__).resolve().parents[2]
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_generation_arguments(p):
+    """The generation workload's flags, shared with ortgenai_reference.py."""
     p.add_argument("--bundle", type=Path, required=True, help="croco model bundle directory")
-    p.add_argument("--mode", choices=["generate", "score"], required=True)
     p.add_argument("--prompts", type=Path, default=REPO / "data/prompts/demo.jsonl")
-    p.add_argument("--responses", type=Path, default=REPO / "data/demo/scored_generations.jsonl")
     p.add_argument("--languages", default="", help="comma list; default all")
     p.add_argument("--n-prompts", type=int, default=32)
-    p.add_argument("--n-sequences", type=int, default=512)
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, help="prompts per generate call (8) / sequences per score batch (32)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
     p.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens per sequence")
-    a = p.parse_args(argv)
-    a.batch_size = a.batch_size or (8 if a.mode == "generate" else 32)
+
+
+def parse_languages(a):
     a.languages = {s.strip() for s in a.languages.split(",") if s.strip()}
     return a
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_generation_arguments(p)
+    p.add_argument("--mode", choices=["generate", "score"], required=True)
+    p.add_argument("--responses", type=Path, default=REPO / "data/demo/scored_generations.jsonl")
+    p.add_argument("--n-sequences", type=int, default=512)
+    p.add_argument("--batch-size", type=int, help="prompts per generate call (8) / sequences per score batch (32)")
+    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
+    a = p.parse_args(argv)
+    a.batch_size = a.batch_size or (8 if a.mode == "generate" else 32)
+    return parse_languages(a)
 
 
 # ---------------------------------------------------------------- bundle

@@ -30,24 +30,11 @@ import hf_reference as hf  # noqa: E402  (same bundle loading and prompt selecti
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--prompts", type=Path, default=hf.REPO / "data/prompts/demo.jsonl")
-    p.add_argument("--languages", default="")
-    p.add_argument("--n-prompts", type=int, default=32)
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    hf.add_generation_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generator")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens per row")
     p.add_argument("--prompt-ids", type=Path, help="JSON list of prompt id lists (instead of --prompts)")
     p.add_argument("--cache", type=Path, default=hf.REPO / "target/croco-bench/ortgenai")
-    a = p.parse_args(argv)
-    a.languages = {s.strip() for s in a.languages.split(",") if s.strip()}
-    return a
+    return hf.parse_languages(p.parse_args(argv))
 
 
 def build(bundle, manifest, cache, threads):
