@@ -51,6 +51,8 @@ fn main() {
     let shape = Shape::of(&bundle);
     let config = SessionConfig { device: Device::Cpu, device_id: 0, threads: THREADS };
     let mut policy = Policy::load(bundle, &config).unwrap();
+    // Every row decodes every step: a stop token would end a row (and, at batch 1, the timing) early.
+    policy.tokenizer.stop_token_ids.clear();
     let mut rows = Vec::new();
     for context in contexts(shape.max_positions) {
         for batch in BATCHES {

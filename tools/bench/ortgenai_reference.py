@@ -6,7 +6,7 @@ The croco policy bundle (docs/bundle-format.md) is written out as a Hugging Face
 its model from that checkpoint (`-p fp32 -e cpu`, cached under `--cache`), and the same work
 as `hf_reference.py --mode generate` is timed: the first `--n-prompts` prompts, `--batch-size`
 prompts per generator, `--samples` rows per prompt (the prompt repeated, as onnxruntime-genai
-samples one sequence per row), `--max-new-tokens`, temperature/top-p sampling without top-k,
+samples one sequence per row; a batch beyond its limit of 32 rows runs as several generators), `--max-new-tokens`, temperature/top-p sampling without top-k,
 stopping on the manifest's stop tokens (`--ignore-eos`: never, for fixed lengths). Prompt ids
 come from the bundle's tokenizer, so every engine gets the same ids. Only generation is timed,
 after a warm-up; a sequence's tokens are counted up to and including its first stop token.
@@ -26,6 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hf_reference as hf  # noqa: E402  (same bundle loading and prompt selection)
+
+
+# The most rows one onnxruntime-genai 0.18 generator accepts.
+MAX_ROWS = 32
 
 
 def parse_args(argv=None):
@@ -97,6 +101,13 @@ def main(argv=None):
 
     def run(batch, max_new):
         rows = [p for p in batch for _ in range(a.samples)]
+        # Its static generator takes at most 32 rows ("batch_size must be in [1, 32]").
+        if len(rows) > MAX_ROWS:
+            parts = [run_rows(rows[i:i + MAX_ROWS], max_new) for i in range(0, len(rows), MAX_ROWS)]
+            return sum(t for t, _ in parts), len(rows)
+        return run_rows(rows, max_new)
+
+    def run_rows(rows, max_new):
         width = max(map(len, rows))
         ids = np.array([[tok["pad_token_id"]] * (width - len(r)) + r for r in rows], dtype=np.int32)
         params = og.GeneratorParams(model)
