@@ -33,10 +33,11 @@ use ort::memory::AllocationDevice;
 use ort::value::{DynValue, Tensor, TensorValueType};
 use rand_chacha::ChaCha8Rng;
 
+use super::generation::{Finish, Generated, GenerationRequest, StepCounts};
 use super::graph::BoundGraph;
-use super::policy::{Finish, Generated, GenerationRequest, StepCounts, host_f32, left_pad, tensor_i64};
 use super::runtime::Target;
 use super::sampling::{Sampled, SamplingParams, next_token, sequence_rng};
+use super::values::{host_f32, left_pad, tensor_i64};
 use super::{ModelError, tensor_error};
 
 /// How much generation runs at once.

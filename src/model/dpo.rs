@@ -10,9 +10,9 @@ use ort::value::{DynValue, Tensor};
 use super::bundle::{Bundle, BundleKind};
 use super::graph::BoundGraph;
 use super::lora::Adapter;
-use super::policy::left_pad;
 use super::runtime::{SessionConfig, Target, resolve_target};
 use super::tokenizer::ChatTokenizer;
+use super::values::left_pad;
 use super::weights::Weights;
 use super::{ModelError, tensor_error};
 

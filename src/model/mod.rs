@@ -5,6 +5,7 @@ pub mod batching;
 pub mod bundle;
 pub mod continuous;
 pub mod dpo;
+pub mod generation;
 pub mod graph;
 pub mod lora;
 pub mod memory;
@@ -15,6 +16,7 @@ pub mod runtime;
 pub mod sampling;
 pub mod tensors;
 pub mod tokenizer;
+pub mod values;
 pub mod weights;
 
 use std::path::PathBuf;

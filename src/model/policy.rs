@@ -6,66 +6,17 @@
 //! Prompts are left-padded; positions are `cumsum(mask) - 1`, exactly as the
 //! bundle's graphs and transformers' `generate` expect.
 
-use ort::value::{DynValue, Tensor};
-
+use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::continuous::{DecodeModel, Scheduler, SlotLimits};
+pub use super::generation::{Finish, Generated, GenerationRequest, StepCounts};
 use super::graph::BoundGraph;
 use super::lora::Adapter;
 use super::runtime::{SessionConfig, Target, resolve_target};
 use super::sampling::SamplingParams;
 use super::tokenizer::ChatTokenizer;
+use super::values::{host_f32, left_pad, tensor_i64};
 use super::weights::Weights;
-use super::{ModelError, tensor_error};
-
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// A stop token was generated.
-    Stop,
-    /// The token limit was reached.
-    Length,
-}
-
-impl Finish {
-    /// The value of the `finish_reason` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "eos",
-            Finish::Length => "length",
-        }
-    }
-}
-
-/// One generated sequence.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Generated {
-    /// Generated ids, the stop token excluded.
-    pub tokens: Vec<i64>,
-    /// The stop token, when one ended the sequence.
-    pub stop_token: Option<i64>,
-    /// Why it ended.
-    pub finish: Finish,
-    /// Summed log-prob of the drawn tokens (stop token included) under the
-    /// distribution they were drawn from ([`super::sampling::Sampled`]).
-    pub logprob: f64,
-}
-
-impl Generated {
-    /// No tokens: what a zero token limit produces.
-    pub fn empty() -> Generated {
-        Generated { tokens: vec![], stop_token: None, finish: Finish::Length, logprob: 0.0 }
-    }
-}
-
-/// What to generate for one prompt: its ids and one RNG seed per sample.
-#[derive(Debug, Clone)]
-pub struct GenerationRequest {
-    /// Prompt ids (chat template applied).
-    pub prompt: Vec<i64>,
-    /// One seed per sample; their number is K.
-    pub seeds: Vec<u64>,
-}
 
 /// Log-probs of one response given its prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,53 +55,6 @@ pub struct Policy {
     target: Target,
     /// What the generations so far cost, in slots and tokens.
     pub steps: StepCounts,
-}
-
-/// What generation cost, summed over [`Policy::generate`] calls: a row whose
-/// sequence ended still takes its slot (fed pad) until the batch is rebuilt,
-/// so `useful_slot_steps / slot_steps` is the fraction of the work that
-/// produced a token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StepCounts {
-    /// Rows × steps: every row of a batch at every sampled position (the
-    /// first from the prefill, then one per decode call).
-    pub slot_steps: u64,
-    /// The row-steps that produced a token kept in a response, or its stop token.
-    pub useful_slot_steps: u64,
-    /// Prompt tokens prefilled (once per prompt, whatever its sample count).
-    pub prefill_tokens: u64,
-}
-
-/// A left-padded batch of sequences.
-pub(super) struct Padded {
-    pub ids: Vec<i64>,
-    pub mask: Vec<i64>,
-    pub positions: Vec<i64>,
-    pub rows: usize,
-    pub width: usize,
-}
-
-/// Left-pads `sequences` with `pad` to the longest one.
-pub(super) fn left_pad(sequences: &[&[i64]], pad: i64) -> Padded {
-    let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut padded = Padded { ids: vec![], mask: vec![], positions: vec![], rows: sequences.len(), width };
-    for sequence in sequences {
-        let padding = width - sequence.len();
-        padded.ids.extend(std::iter::repeat_n(pad, padding).chain(sequence.iter().copied()));
-        padded.mask.extend(std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, sequence.len())));
-        // Padding positions are never attended to; the exporter uses 1 for them.
-        padded.positions.extend(std::iter::repeat_n(1, padding).chain(0..sequence.len() as i64));
-    }
-    padded
-}
-
-pub(super) fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, ModelError> {
-    Ok(Tensor::from_array((shape, data)).map_err(|source| tensor_error("input", source))?.into_dyn())
-}
-
-pub(super) fn host_f32(value: &DynValue) -> Result<(Vec<usize>, &[f32]), ModelError> {
-    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|source| tensor_error("output", source))?;
-    Ok((shape.iter().map(|&d| d as usize).collect(), data))
 }
 
 impl Policy {

@@ -1,0 +1,38 @@
+//! Host tensors in and out of ONNX Runtime: left-padded int64 batches and
+//! float32 outputs.
+
+use ort::value::{DynValue, Tensor};
+
+use super::{ModelError, tensor_error};
+
+/// A left-padded batch of sequences.
+pub(super) struct Padded {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub positions: Vec<i64>,
+    pub rows: usize,
+    pub width: usize,
+}
+
+/// Left-pads `sequences` with `pad` to the longest one.
+pub(super) fn left_pad(sequences: &[&[i64]], pad: i64) -> Padded {
+    let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut padded = Padded { ids: vec![], mask: vec![], positions: vec![], rows: sequences.len(), width };
+    for sequence in sequences {
+        let padding = width - sequence.len();
+        padded.ids.extend(std::iter::repeat_n(pad, padding).chain(sequence.iter().copied()));
+        padded.mask.extend(std::iter::repeat_n(0, padding).chain(std::iter::repeat_n(1, sequence.len())));
+        // Padding positions are never attended to; the exporter uses 1 for them.
+        padded.positions.extend(std::iter::repeat_n(1, padding).chain(0..sequence.len() as i64));
+    }
+    padded
+}
+
+pub(super) fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, ModelError> {
+    Ok(Tensor::from_array((shape, data)).map_err(|source| tensor_error("input", source))?.into_dyn())
+}
+
+pub(super) fn host_f32(value: &DynValue) -> Result<(Vec<usize>, &[f32]), ModelError> {
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|source| tensor_error("output", source))?;
+    Ok((shape.iter().map(|&d| d as usize).collect(), data))
+}
