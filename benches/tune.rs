@@ -174,7 +174,8 @@ fn merge_seconds(bundle: &Path) -> f64 {
         let mut runs: Vec<f64> = (0..5)
             .map(|_| {
                 let started = Instant::now();
-                croco::model::weights::Weights::load_merged(&bundle, adapter).unwrap();
+                let precision = croco::model::precision::Precision::Float32;
+                croco::model::weights::Weights::load_merged(&bundle, adapter, precision).unwrap();
                 started.elapsed().as_secs_f64()
             })
             .collect();

@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::ModelError;
+use super::precision::Precision;
+use super::runtime::Target;
 use crate::ids::sha256_hex;
 
 /// File name of the manifest inside a bundle.
 pub const MANIFEST_FILE: &str = "croco-model.toml";
 /// The only `format` value of a bundle manifest.
 const FORMAT: &str = "croco-model";
-/// The newest `format_version` this build reads.
-const FORMAT_VERSION: u32 = 1;
+/// The `format_version` this build reads.
+const FORMAT_VERSION: u32 = 2;
 
 /// What a bundle is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -120,7 +122,8 @@ pub struct TensorSpec {
 pub struct WeightsSpec {
     /// The safetensors file.
     pub file: String,
-    /// Element type of every tensor (format version 1 stores `float32` only).
+    /// Element type of every tensor: `float32`, `bfloat16` or `float16`, as
+    /// the checkpoint shipped it.
     pub dtype: String,
     /// Tensors in graph-input order.
     pub tensors: Vec<TensorSpec>,
@@ -135,15 +138,25 @@ pub struct IoSpec {
     pub dtype: String,
 }
 
-/// `[graphs.<name>]`.
+/// `[graphs.<name>]`: one graph, in one `.onnx` file per precision it
+/// computes in; every variant has the same inputs and outputs (a dtype
+/// `compute` is the variant's precision).
 #[derive(Debug, Clone, Deserialize)]
 pub struct GraphSpec {
-    /// The `.onnx` file.
-    pub file: String,
+    /// The `.onnx` file of each precision (`float32`, `bfloat16`, `float16`).
+    pub files: BTreeMap<String, String>,
     /// Data inputs, in graph order (weight inputs follow).
     pub inputs: Vec<IoSpec>,
     /// Outputs, in graph order.
     pub outputs: Vec<IoSpec>,
+}
+
+impl GraphSpec {
+    /// The variant `target` runs and its file, if the graph has one.
+    pub fn variant_for(&self, target: Target) -> Option<(Precision, &str)> {
+        let precision = Precision::for_target(target, self.files.keys().map(String::as_str))?;
+        Some((precision, self.files[precision.name()].as_str()))
+    }
 }
 
 /// `[parity]`.
@@ -227,9 +240,6 @@ pub struct Bundle {
     pub checksum: String,
 }
 
-/// The element type of a version-1 bundle's weights.
-const WEIGHT_DTYPE: &str = "float32";
-
 impl Bundle {
     /// Reads the manifest of the bundle in `dir` and verifies the bundle:
     /// format, the graphs and fixtures its kind needs, every listed file.
@@ -261,6 +271,15 @@ impl Bundle {
                 m.format_version
             )));
         }
+        if m.format_version < FORMAT_VERSION {
+            return Err(self.invalid(format!(
+                "`format_version` {} is no longer read (its float32-only graphs copy the KV cache every step); \
+                 re-export it from the same weights with `python -m tools.export rebundle {} --out NEW_DIR`, or \
+                 from its checkpoint (tools/export/README.md)",
+                m.format_version,
+                self.dir.display()
+            )));
+        }
         for graph in m.kind.required_graphs() {
             if !m.graphs.contains_key(*graph) {
                 return Err(self.invalid(format!("a {} bundle needs the `{graph}` graph ([graphs.{graph}])", m.kind)));
@@ -271,7 +290,7 @@ impl Bundle {
         let listed = |file: &str| m.files.contains_key(file);
         let needed = [m.tokenizer.file.clone(), m.weights.file.clone()]
             .into_iter()
-            .chain(m.graphs.values().map(|g| g.file.clone()))
+            .chain(m.graphs.values().flat_map(|g| g.files.values().cloned()))
             .chain(m.kind.required_fixtures().iter().map(|f| format!("{}/{f}", m.parity.dir)));
         for file in needed {
             if !listed(&file) {
@@ -281,20 +300,49 @@ impl Bundle {
         Ok(())
     }
 
-    /// Format version 1 stores float32 weights only: a manifest that says
-    /// otherwise was not written by this exporter, or is damaged.
+    /// The weights are one of the three precisions, every tensor in it, and
+    /// every graph file names a known precision.
     fn check_weight_dtypes(&self) -> Result<(), ModelError> {
         let weights = &self.manifest.weights;
-        let odd = std::iter::once(("weights.dtype".to_string(), &weights.dtype))
-            .chain(weights.tensors.iter().map(|t| (format!("tensor `{}`", t.name), &t.dtype)))
-            .find(|(_, dtype)| *dtype != WEIGHT_DTYPE);
-        match odd {
-            Some((what, dtype)) => Err(self.invalid(format!(
-                "{what} is `{dtype}`: bundle format {FORMAT_VERSION} stores `{WEIGHT_DTYPE}` weights; re-export \
-                 the checkpoint with tools/export"
-            ))),
-            None => Ok(()),
+        let Some(precision) = Precision::parse(&weights.dtype) else {
+            return Err(
+                self.invalid(format!("`weights.dtype` is `{}`: expected float32, bfloat16 or float16", weights.dtype))
+            );
+        };
+        if let Some(odd) = weights.tensors.iter().find(|t| t.dtype != precision.name()) {
+            return Err(self.invalid(format!(
+                "tensor `{}` is `{}`, but `weights.dtype` is `{precision}`: one dtype for every tensor",
+                odd.name, odd.dtype
+            )));
         }
+        for (name, graph) in &self.manifest.graphs {
+            if let Some(odd) = graph.files.keys().find(|p| Precision::parse(p).is_none()) {
+                return Err(self.invalid(format!("`graphs.{name}.files` has a variant `{odd}`: not a precision")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The precision the weights are stored in.
+    pub fn weight_precision(&self) -> Precision {
+        Precision::parse(&self.manifest.weights.dtype).expect("checked when the bundle was opened")
+    }
+
+    /// The precision of graph `name`'s variant for `target`, or an error
+    /// naming what the bundle lacks.
+    pub fn precision_for(&self, name: &str, target: Target) -> Result<Precision, ModelError> {
+        let graph = self.graph(name)?;
+        graph.variant_for(target).map(|(precision, _)| precision).ok_or_else(|| {
+            self.invalid(format!(
+                "graph `{name}` has no variant for {target:?} (it has {:?}); re-export the bundle",
+                graph.files.keys().collect::<Vec<_>>()
+            ))
+        })
+    }
+
+    /// Graph `name`'s spec, or an error naming the missing `[graphs.NAME]`.
+    pub fn graph(&self, name: &str) -> Result<&GraphSpec, ModelError> {
+        self.manifest.graphs.get(name).ok_or_else(|| self.invalid(format!("no `{name}` graph ([graphs.{name}])")))
     }
 
     /// Every token id `[tokenizer]` names is inside the vocabulary.

@@ -1,44 +1,39 @@
 //! Continuous batching over slots, as vLLM schedules sequences: up to
 //! `slots` sequences decode together, and when one ends (a stop token or
 //! its token limit) its slot is given to the next (prompt, sample) in the
-//! queue instead of idling until the longest row of a static batch ends.
+//! queue at once, instead of idling until the longest row of a static batch
+//! ends.
 //!
-//! The v1 decode graph takes the cache as `[rows, kv_heads, width,
-//! head_dim]` tensors with a left-padding mask, and every step appends one
-//! column to every row, so a row's cached tokens are always its last
-//! `cached` columns. A row therefore moves between batches by copying those
-//! columns, and a rebuilt batch is as wide as its longest row, not as its
-//! oldest. Keys carry their rotary position already: where a row's columns
-//! sit does not change its attention.
+//! Each slot is a row of one KV cache allocated at its planned length
+//! ([`super::kv`]): the longest prompt plus `max_new_tokens`. The decode
+//! graph writes each row's new position in place (`GroupQueryAttention`
+//! over a shared past/present buffer), and each row carries its own length,
+//! so rows of any lengths decode together with no padding and no copy.
 //!
 //! A prompt is prefilled once (batched with other short prompts, or in
 //! chunks of `prefill_chunk_tokens`, one chunk between two decode steps, so
-//! a long prompt never stalls the running rows); its KV prefix is then
-//! copied into the row of each of its samples when they are admitted, and
-//! its last logits give each sample's first token.
+//! a long prompt never stalls the running rows) into a cache of its own; its
+//! cached positions are then copied into the row of each of its samples as
+//! it is admitted, and its last logits give each sample's first token. Once
+//! nothing is left to admit, the running rows move into a smaller cache each
+//! time a sixteenth of the rows have ended, so the tail of a generation does
+//! not compute for idle slots.
 //!
 //! Each sample draws from its own seeded RNG and a row's arithmetic does not
 //! depend on the other rows, so the tokens are the same whatever the slot
 //! count, the chunk size or the order in which rows were admitted.
-//!
-//! Rebuilding a batch copies the cache once (the graph's concat copies as
-//! much every step), so the batch is rebuilt only when a sixteenth of its
-//! rows have finished, or none is running: at most ~6 % of slot steps idle,
-//! for sixteen times fewer copies.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
-use ort::memory::AllocationDevice;
-use ort::value::{DynValue, Tensor, TensorValueType};
 use rand_chacha::ChaCha8Rng;
 
+use super::ModelError;
 use super::generation::{Finish, Generated, GenerationRequest, StepCounts};
 use super::graph::BoundGraph;
-use super::runtime::Target;
+use super::kv::{CacheShape, KvBuffer};
 use super::sampling::{Sampled, SamplingParams, next_token, sequence_rng};
-use super::values::{host_f32, left_pad, tensor_i64};
-use super::{ModelError, tensor_error};
+use super::values::{host_f32, right_pad, tensor_i32, tensor_i64};
 
 /// How much generation runs at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,11 +66,9 @@ impl SlotLimits {
 /// What a generation needs to know of the model.
 pub(super) struct DecodeModel<'m> {
     pub graph: &'m mut BoundGraph,
-    pub target: Target,
     /// `(past_key_values.…, present.…)` for every cache tensor, in graph order.
     pub cache_names: Vec<(String, String)>,
-    pub kv_heads: usize,
-    pub head_dim: usize,
+    pub cache: CacheShape,
     pub vocab: usize,
     pub pad: i64,
     pub stops: &'m [i64],
@@ -85,7 +78,6 @@ pub(super) struct DecodeModel<'m> {
 struct Sequence {
     request: usize,
     sample: usize,
-    prompt_length: usize,
     rng: ChaCha8Rng,
     tokens: Vec<i64>,
     stop_token: Option<i64>,
@@ -110,8 +102,9 @@ impl Sequence {
     }
 }
 
-/// A row of the decode batch: its sequence (`None` once it ended; the row is
-/// fed pad until the batch is rebuilt) and how many columns it has cached.
+/// A slot: its sequence (`None` while free) and how many positions it has
+/// cached.
+#[derive(Default)]
 struct Row {
     sequence: Option<Sequence>,
     cached: usize,
@@ -121,8 +114,10 @@ struct Row {
 struct Prefix {
     request: usize,
     length: usize,
-    /// Per cache tensor: `[kv_heads, length, head_dim]`, host memory.
-    kv: Vec<Vec<f32>>,
+    /// The cache its prompt was prefilled into, shared with the prompts
+    /// prefilled beside it, and its row there.
+    cache: Rc<KvBuffer>,
+    row: usize,
     logits: Vec<f32>,
     next_sample: usize,
 }
@@ -131,8 +126,7 @@ struct Prefix {
 struct Partial {
     request: usize,
     fed: usize,
-    /// `[1, kv_heads, fed, head_dim]` per cache tensor, where the graph left them.
-    cache: Vec<DynValue>,
+    cache: KvBuffer,
 }
 
 /// The continuous-batching loop over one set of requests.
@@ -147,10 +141,9 @@ pub(super) struct Scheduler<'a, 'm> {
     queue: VecDeque<usize>,
     partial: Option<Partial>,
     ready: VecDeque<Prefix>,
+    /// The slots' cache (allocated at the first admission) and its rows.
+    slots: Option<KvBuffer>,
     rows: Vec<Row>,
-    width: usize,
-    /// The batch's cache, one tensor per cache name; empty when no batch runs.
-    cache: Vec<DynValue>,
     results: Vec<Vec<Option<Generated>>>,
 }
 
@@ -174,9 +167,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             queue: (0..requests.len()).filter(|&r| !requests[r].seeds.is_empty()).collect(),
             partial: None,
             ready: VecDeque::new(),
+            slots: None,
             rows: Vec::new(),
-            width: 0,
-            cache: Vec::new(),
             results,
         }
     }
@@ -189,11 +181,10 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         }
         loop {
             self.prefill_ahead()?;
-            if self.should_rebuild() {
-                self.rebuild()?;
-            }
+            self.admit()?;
             let live = self.live_rows();
             if live > 0 {
+                self.shrink_when_idle()?;
                 self.decode_step()?;
                 on_tokens(live as u64);
             } else if self.queue_is_dry() {
@@ -211,6 +202,14 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         self.rows.iter().filter(|r| r.sequence.is_some()).count()
     }
 
+    fn free_slots(&self) -> usize {
+        self.limits.slots.min(self.total_samples()) - self.live_rows()
+    }
+
+    fn total_samples(&self) -> usize {
+        self.requests.iter().map(|r| r.seeds.len()).sum::<usize>().max(1)
+    }
+
     fn ready_samples(&self) -> usize {
         self.ready.iter().map(|p| self.requests[p.request].seeds.len() - p.next_sample).sum()
     }
@@ -219,9 +218,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// call between two decode steps while rows are running, as many as it
     /// takes when none is.
     fn prefill_ahead(&mut self) -> Result<(), ModelError> {
-        while self.ready_samples() < self.limits.slots - self.live_rows()
-            && (self.partial.is_some() || !self.queue.is_empty())
-        {
+        while self.ready_samples() < self.free_slots() && (self.partial.is_some() || !self.queue.is_empty()) {
             self.prefill_call()?;
             if self.live_rows() > 0 {
                 break;
@@ -230,18 +227,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         Ok(())
     }
 
-    /// A rebuild admits waiting samples into free slots and drops ended rows.
-    fn should_rebuild(&self) -> bool {
-        let live = self.live_rows();
-        let ended = self.rows.len() - live;
-        let admissible = self.ready_samples().min(self.limits.slots - live);
-        if live == 0 {
-            return admissible > 0 || !self.rows.is_empty();
-        }
-        ended > 0 && ended >= self.limits.slots.div_ceil(16) && (admissible > 0 || self.queue_is_dry())
-    }
-
-    /// Nothing is left to admit later: a rebuild only shrinks the batch.
+    /// Nothing is left to admit.
     fn queue_is_dry(&self) -> bool {
         self.queue.is_empty() && self.partial.is_none() && self.ready.is_empty()
     }
@@ -251,9 +237,10 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     fn prefill_call(&mut self) -> Result<(), ModelError> {
         if self.partial.is_none() {
             let first = *self.queue.front().expect("a prompt to prefill");
-            if self.requests[first].prompt.len() > self.limits.prefill_chunk_tokens {
+            let length = self.requests[first].prompt.len();
+            if length > self.limits.prefill_chunk_tokens {
                 self.queue.pop_front();
-                let cache = self.empty_cache(1)?;
+                let cache = KvBuffer::new(self.model.graph, self.model.cache, 1, length)?;
                 self.partial = Some(Partial { request: first, fed: 0, cache });
             }
         }
@@ -279,20 +266,23 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         }
         let prompts: Vec<&[i64]> = batch.iter().map(|&r| self.requests[r].prompt.as_slice()).collect();
         self.steps.prefill_tokens += prompts.iter().map(|p| p.len() as u64).sum::<u64>();
-        let padded = left_pad(&prompts, self.model.pad);
-        let shape = [padded.rows, padded.width];
-        let (ids, mask, positions) =
-            (tensor_i64(shape, padded.ids)?, tensor_i64(shape, padded.mask)?, tensor_i64(shape, padded.positions)?);
-        let empty = self.empty_cache(padded.rows)?;
-        let (logits, presents) = self.run_decode(&ids, &mask, &positions, &empty, true)?;
-        let (logit_shape, logits) = host_f32(&logits)?;
-        let (seq, vocab) = (logit_shape[1], logit_shape[2]);
-        let presents = presents.iter().map(|p| host_copy(p, self.model.target)).collect::<Result<Vec<_>, _>>()?;
+        let (ids, _, _) = right_pad(&prompts, self.model.pad);
+        let lengths: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        let mut cache = KvBuffer::new(self.model.graph, self.model.cache, prompts.len(), longest)?;
+        let logits = self.run_decode(&mut cache, [prompts.len(), longest], ids, &lengths)?;
+        let cache = Rc::new(cache);
+        let vocab = self.model.vocab;
         for (b, &request) in batch.iter().enumerate() {
-            let length = self.requests[request].prompt.len();
-            let kv = presents.iter().map(|p| columns(p, b, padded.width - length, length)).collect();
-            let last = logits[(b * seq + seq - 1) * vocab..(b * seq + seq) * vocab].to_vec();
-            self.ready.push_back(Prefix { request, length, kv, logits: last, next_sample: 0 });
+            let last = logits[b * vocab..(b + 1) * vocab].to_vec();
+            let length = lengths[b];
+            self.ready.push_back(Prefix {
+                request,
+                length,
+                cache: Rc::clone(&cache),
+                row: b,
+                logits: last,
+                next_sample: 0,
+            });
         }
         Ok(())
     }
@@ -301,84 +291,40 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         let prompt = &self.requests[partial.request].prompt;
         let end = (partial.fed + self.limits.prefill_chunk_tokens).min(prompt.len());
         let chunk = prompt[partial.fed..end].to_vec();
-        let n = chunk.len();
+        let (n, done) = (chunk.len(), end == prompt.len());
         self.steps.prefill_tokens += n as u64;
-        let (ids, mask, positions) = (
-            tensor_i64([1, n], chunk)?,
-            tensor_i64([1, end], vec![1; end])?,
-            tensor_i64([1, n], (partial.fed as i64..end as i64).collect())?,
-        );
-        let (logits, presents) = self.run_decode(&ids, &mask, &positions, &partial.cache, end == prompt.len())?;
+        let logits = self.run_decode(&mut partial.cache, [1, n], chunk, &[end])?;
         partial.fed = end;
-        partial.cache = presents;
-        if end < prompt.len() {
+        if !done {
             self.partial = Some(partial);
             return Ok(());
         }
-        let (_, logits) = host_f32(&logits)?;
-        let vocab = self.model.vocab;
-        let last = logits[(n - 1) * vocab..n * vocab].to_vec();
-        let kv = partial
-            .cache
-            .iter()
-            .map(|p| Ok(columns(&host_copy(p, self.model.target)?, 0, 0, end)))
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        self.ready.push_back(Prefix { request: partial.request, length: end, kv, logits: last, next_sample: 0 });
+        let cache = Rc::new(partial.cache);
+        self.ready.push_back(Prefix { request: partial.request, length: end, cache, row: 0, logits, next_sample: 0 });
         Ok(())
     }
 
-    /// Admits ready samples into the free slots and drops ended rows,
-    /// copying every kept row's columns into a batch as wide as its longest row.
-    fn rebuild(&mut self) -> Result<(), ModelError> {
-        let old_rows = std::mem::take(&mut self.rows);
-        let old_cache = std::mem::take(&mut self.cache);
-        let old_width = self.width;
-        // (source, cached columns) of every row of the new batch.
-        enum Source {
-            Kept(usize),
-            Prefix(usize),
-        }
-        let mut sources: Vec<(Source, usize)> = Vec::new();
-        for (i, row) in old_rows.into_iter().enumerate() {
-            if let Some(sequence) = row.sequence {
-                sources.push((Source::Kept(i), row.cached));
-                self.rows.push(Row { sequence: Some(sequence), cached: row.cached });
-            }
-        }
-        let mut taken_prefixes: Vec<Prefix> = Vec::new();
-        while self.rows.len() < self.limits.slots {
-            let Some(sequence) = self.admit_next(&mut taken_prefixes) else { break };
-            let length = sequence.prompt_length;
-            sources.push((Source::Prefix(taken_prefixes.len() - 1), length));
-            self.rows.push(Row { sequence: Some(sequence), cached: length });
-        }
-        self.width = self.rows.iter().map(|r| r.cached).max().unwrap_or(0);
-        if self.rows.is_empty() {
+    /// Fills every free slot with the next ready sample: its prompt's cache
+    /// is copied into the slot's row.
+    fn admit(&mut self) -> Result<(), ModelError> {
+        if self.ready.is_empty() {
             return Ok(());
         }
-        let (heads, dim, width) = (self.model.kv_heads, self.model.head_dim, self.width);
-        let old_host = old_cache.iter().map(|c| host_copy(c, self.model.target)).collect::<Result<Vec<_>, _>>()?;
-        for t in 0..self.model.cache_names.len() {
-            let mut data = vec![0f32; self.rows.len() * heads * width * dim];
-            for (r, (source, cached)) in sources.iter().enumerate() {
-                for h in 0..heads {
-                    let to = ((r * heads + h) * width + width - cached) * dim;
-                    let from: &[f32] = match *source {
-                        Source::Kept(i) => {
-                            let start = ((i * heads + h) * old_width + old_width - cached) * dim;
-                            &old_host.get(t).expect("a kept row has an old cache").1[start..start + cached * dim]
-                        }
-                        Source::Prefix(p) => &taken_prefixes[p].kv[t][h * cached * dim..(h + 1) * cached * dim],
-                    };
-                    data[to..to + cached * dim].copy_from_slice(from);
-                }
-            }
-            let shape = [self.rows.len(), heads, width, dim];
-            let tensor = Tensor::from_array((shape, data)).map_err(|source| tensor_error("KV cache", source))?;
-            self.cache.push(tensor.into_dyn());
+        if self.slots.is_none() {
+            let rows = self.limits.slots.min(self.total_samples());
+            let longest = self.requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+            let capacity = longest + self.max_new_tokens;
+            self.slots = Some(KvBuffer::new(self.model.graph, self.model.cache, rows, capacity)?);
+            self.rows = (0..rows).map(|_| Row::default()).collect();
         }
-        // Prefixes with samples left go back to the front, in order.
-        for prefix in taken_prefixes.into_iter().rev() {
+        for r in 0..self.rows.len() {
+            if self.rows[r].sequence.is_some() {
+                continue;
+            }
+            let Some((sequence, prefix)) = self.admit_next() else { break };
+            let slots = self.slots.as_mut().expect("allocated above");
+            slots.copy_row(r, &prefix.cache, prefix.row, prefix.length)?;
+            self.rows[r] = Row { cached: prefix.length, sequence: Some(sequence) };
             if prefix.next_sample < self.requests[prefix.request].seeds.len() {
                 self.ready.push_front(prefix);
             }
@@ -386,22 +332,22 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         Ok(())
     }
 
-    /// The next ready sample that needs a slot: its first token is drawn from
-    /// its prompt's logits, and a sample that ends there is finished at once.
-    /// The prefixes it draws from move to `taken` (the rebuild copies from them).
-    fn admit_next(&mut self, taken: &mut Vec<Prefix>) -> Option<Sequence> {
+    /// The next ready sample that needs a slot, and the prefix it comes
+    /// from (to go back to the front of the queue while it has samples
+    /// left): its first token is drawn from its prompt's logits, and a
+    /// sample that ends there is finished at once.
+    fn admit_next(&mut self) -> Option<(Sequence, Prefix)> {
         loop {
-            if taken.last().is_none_or(|p| p.next_sample == self.requests[p.request].seeds.len()) {
-                taken.push(self.ready.pop_front()?);
-            }
-            let prefix = taken.last_mut().expect("a prefix");
+            let mut prefix = self.ready.pop_front()?;
             let request = &self.requests[prefix.request];
+            if prefix.next_sample == request.seeds.len() {
+                continue;
+            }
             let sample = prefix.next_sample;
             prefix.next_sample += 1;
             let mut sequence = Sequence {
                 request: prefix.request,
                 sample,
-                prompt_length: prefix.length,
                 rng: sequence_rng(request.seeds[sample]),
                 tokens: Vec::new(),
                 stop_token: None,
@@ -413,109 +359,87 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             if sequence.push(drawn, self.model.stops, self.max_new_tokens) {
                 let (request, sample) = (sequence.request, sequence.sample);
                 self.results[request][sample] = Some(sequence.finish());
+                self.ready.push_front(prefix);
                 continue;
             }
-            return Some(sequence);
+            return Some((sequence, prefix));
         }
     }
 
-    /// One token for every row of the batch.
+    /// Once nothing is left to admit and a sixteenth of the rows have ended,
+    /// moves the running rows into a cache of as many rows: the steps left
+    /// compute for them only. Each move copies the running rows' caches
+    /// once; sixteenths bound both the idle slot steps (~6 %) and the moves.
+    fn shrink_when_idle(&mut self) -> Result<(), ModelError> {
+        let live = self.live_rows();
+        let ended = self.rows.len() - live;
+        if !self.queue_is_dry() || ended == 0 || ended < self.rows.len().div_ceil(16) {
+            return Ok(());
+        }
+        let old = self.slots.take().expect("rows run in the slots' cache");
+        let mut cache = KvBuffer::new(self.model.graph, self.model.cache, live, old.capacity())?;
+        let mut kept = Vec::with_capacity(live);
+        for (r, row) in std::mem::take(&mut self.rows).into_iter().enumerate() {
+            if row.sequence.is_some() {
+                cache.copy_row(kept.len(), &old, r, row.cached)?;
+                kept.push(row);
+            }
+        }
+        self.rows = kept;
+        self.slots = Some(cache);
+        Ok(())
+    }
+
+    /// One token for every running row; free rows compute a pad token at
+    /// their position 0 (what they cached is overwritten on admission).
     fn decode_step(&mut self) -> Result<(), ModelError> {
         let n = self.rows.len();
-        let width = self.width + 1;
-        let mut mask = Vec::with_capacity(n * width);
-        for row in &self.rows {
-            mask.extend(std::iter::repeat_n(0, self.width - row.cached).chain(std::iter::repeat_n(1, row.cached + 1)));
-        }
-        let ids =
-            self.rows.iter().map(|r| r.sequence.as_ref().map_or(self.model.pad, |s| s.tokens[s.tokens.len() - 1]));
-        let positions = self.rows.iter().map(|r| r.cached as i64);
-        let (ids, mask, positions) = (
-            tensor_i64([n, 1], ids.collect())?,
-            tensor_i64([n, width], mask)?,
-            tensor_i64([n, 1], positions.collect())?,
-        );
-        let cache = std::mem::take(&mut self.cache);
-        let (logits, presents) = self.run_decode(&ids, &mask, &positions, &cache, true)?;
-        self.cache = presents;
-        self.width = width;
+        let ids: Vec<i64> = self
+            .rows
+            .iter()
+            .map(|r| r.sequence.as_ref().map_or(self.model.pad, |s| s.tokens[s.tokens.len() - 1]))
+            .collect();
+        let lengths: Vec<usize> =
+            self.rows.iter().map(|r| if r.sequence.is_some() { r.cached + 1 } else { 1 }).collect();
+        let mut slots = self.slots.take().expect("rows run in the slots' cache");
+        let logits = self.run_decode(&mut slots, [n, 1], ids, &lengths);
+        self.slots = Some(slots);
+        let logits = logits?;
         self.steps.slot_steps += n as u64;
-        let (_, logits) = host_f32(&logits)?;
         let vocab = self.model.vocab;
         for (i, row) in self.rows.iter_mut().enumerate() {
-            row.cached += 1;
             let Some(sequence) = row.sequence.as_mut() else { continue };
+            row.cached += 1;
             self.steps.useful_slot_steps += 1;
             let drawn = next_token(&logits[i * vocab..(i + 1) * vocab], self.params, &mut sequence.rng);
             if sequence.push(drawn, self.model.stops, self.max_new_tokens) {
                 let ended = row.sequence.take().expect("a running sequence");
                 let (request, sample) = (ended.request, ended.sample);
                 self.results[request][sample] = Some(ended.finish());
+                row.cached = 0;
             }
         }
         Ok(())
     }
 
-    /// Runs the decode graph; returns the logits (on the host when
-    /// `logits_on_host`) and the present cache, where the graph left it.
+    /// Runs the decode graph on `ids` (`[rows, seq]`, right-padded) over
+    /// `cache`, where row `b` holds `lengths[b]` tokens counting its cache and
+    /// this call; returns the float32 logits of each row's last token.
     fn run_decode(
         &mut self,
-        ids: &DynValue,
-        mask: &DynValue,
-        positions: &DynValue,
-        past: &[DynValue],
-        logits_on_host: bool,
-    ) -> Result<(DynValue, Vec<DynValue>), ModelError> {
-        let mut inputs: Vec<(&str, &DynValue)> =
-            vec![("input_ids", ids), ("attention_mask", mask), ("position_ids", positions)];
-        inputs.extend(self.model.cache_names.iter().zip(past).map(|((name, _), value)| (name.as_str(), value)));
-        let on_host: &[&str] = if logits_on_host { &["logits"] } else { &[] };
-        let mut outputs = self.model.graph.run(&inputs, on_host)?;
-        let logits = outputs.remove("logits").expect("decode returns logits");
-        let presents = self
-            .model
-            .cache_names
-            .iter()
-            .map(|(_, present)| outputs.remove(present).expect("decode returns every present"))
-            .collect();
-        Ok((logits, presents))
+        cache: &mut KvBuffer,
+        shape: [usize; 2],
+        ids: Vec<i64>,
+        lengths: &[usize],
+    ) -> Result<Vec<f32>, ModelError> {
+        cache.bind(self.model.graph, &self.model.cache_names)?;
+        let seqlens: Vec<i32> = lengths.iter().map(|&l| l as i32 - 1).collect();
+        let total = lengths.iter().copied().max().unwrap_or(1) as i32;
+        let (ids, seqlens, total) =
+            (tensor_i64(shape, ids)?, tensor_i32(&[shape[0]], seqlens)?, tensor_i32(&[], vec![total])?);
+        let inputs = [("input_ids", &ids), ("seqlens_k", &seqlens), ("total_sequence_length", &total)];
+        let outputs = self.model.graph.run(&inputs, &["logits"])?;
+        let (_, logits) = host_f32(&outputs["logits"])?;
+        Ok(logits.to_vec())
     }
-
-    fn empty_cache(&self, rows: usize) -> Result<Vec<DynValue>, ModelError> {
-        let shape = [rows, self.model.kv_heads, 0, self.model.head_dim];
-        (0..self.model.cache_names.len())
-            .map(|_| {
-                let empty = Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
-                    .map_err(|source| tensor_error("empty KV cache", source))?;
-                Ok(empty.into_dyn())
-            })
-            .collect()
-    }
-}
-
-/// A cache tensor's shape and data in host memory: borrowed on the CPU,
-/// copied off the device on CUDA.
-type HostTensor<'v> = (Vec<usize>, Cow<'v, [f32]>);
-
-fn host_copy(value: &DynValue, target: Target) -> Result<HostTensor<'_>, ModelError> {
-    match target {
-        Target::Cpu => host_f32(value).map(|(shape, data)| (shape, Cow::Borrowed(data))),
-        Target::Cuda(_) => {
-            let tensor = value.view().downcast::<TensorValueType<f32>>().map_err(|e| tensor_error("KV cache", e))?;
-            let copied = tensor.to(AllocationDevice::CPU, 0).map_err(|e| tensor_error("KV cache", e))?.into_dyn();
-            host_f32(&copied).map(|(shape, data)| (shape, Cow::Owned(data.to_vec())))
-        }
-    }
-}
-
-/// Row `b`'s columns `first..first + count` of a `[rows, heads, width, dim]`
-/// cache tensor, as `[heads, count, dim]`.
-fn columns((shape, data): &HostTensor<'_>, b: usize, first: usize, count: usize) -> Vec<f32> {
-    let (heads, width, dim) = (shape[1], shape[2], shape[3]);
-    let mut out = Vec::with_capacity(heads * count * dim);
-    for h in 0..heads {
-        let start = ((b * heads + h) * width + first) * dim;
-        out.extend_from_slice(&data[start..start + count * dim]);
-    }
-    out
 }

@@ -126,7 +126,8 @@ impl DpoGraph {
             });
         }
         let target = resolve_target(config)?;
-        let weights = Weights::load(bundle)?;
+        let precision = bundle.precision_for("dpo", target)?;
+        let weights = Weights::load(bundle, precision)?.on_device(target)?;
         let graph = BoundGraph::new(bundle, "dpo", &weights, target, config.threads)?;
         Ok(DpoGraph { graph, pad: pad_token_id, target })
     }

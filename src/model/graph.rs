@@ -1,16 +1,19 @@
 //! One ONNX graph of a bundle as a session whose weight inputs are bound
-//! once (IoBinding): on CUDA the weights are copied to the device once, and
-//! outputs that feed the next call (the KV cache) can stay on the device.
+//! once (IoBinding) to the device's one copy of the weights ([`Weights`]),
+//! in the variant of the weights' precision. Outputs can stay on the device
+//! or be written into tensors the caller owns: the decode graph's KV cache
+//! is bound as both an input and an output, and written in place.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
-use ort::value::DynValue;
+use ort::value::{DynTensor, DynValue};
 
 use super::ModelError;
 use super::bundle::Bundle;
+use super::precision::Precision;
 use super::runtime::{Target, session};
 use super::weights::Weights;
 
@@ -21,11 +24,14 @@ pub struct BoundGraph {
     binding: IoBinding,
     target: Target,
     outputs: Vec<String>,
+    /// Outputs bound to caller tensors ([`BoundGraph::bind_in_place`]).
+    in_place: Vec<String>,
+    precision: Precision,
 }
 
 impl BoundGraph {
-    /// Builds the session of graph `name`, checks its inputs and outputs
-    /// against the manifest, and binds the weights.
+    /// Builds the session of graph `name` in the weights' precision, checks
+    /// its inputs and outputs against the manifest, and binds the weights.
     pub fn new(
         bundle: &Bundle,
         name: &str,
@@ -33,12 +39,16 @@ impl BoundGraph {
         target: Target,
         threads: usize,
     ) -> Result<Self, ModelError> {
-        let spec = bundle
-            .manifest
-            .graphs
-            .get(name)
-            .ok_or_else(|| ModelError::Invalid { dir: bundle.dir.clone(), problem: format!("no `{name}` graph") })?;
-        let path = bundle.file(&spec.file);
+        let spec = bundle.graph(name)?;
+        let precision = weights.precision;
+        let file = spec.files.get(precision.name()).ok_or_else(|| ModelError::Invalid {
+            dir: bundle.dir.clone(),
+            problem: format!(
+                "graph `{name}` has no {precision} variant (it has {:?}); re-export the bundle",
+                spec.files.keys().collect::<Vec<_>>()
+            ),
+        })?;
+        let path = bundle.file(file);
         let session = session(&path, target, threads)?;
         let expected_inputs: Vec<&str> = spec
             .inputs
@@ -61,8 +71,7 @@ impl BoundGraph {
                 return Err(ModelError::Invalid {
                     dir: bundle.dir.clone(),
                     problem: format!(
-                        "`{}` {what} do not match the manifest: {} expected, {} found; first difference at #{first}: expected {:?}, found {:?}",
-                        spec.file,
+                        "`{file}` {what} do not match the manifest: {} expected, {} found; first difference at #{first}: expected {:?}, found {:?}",
                         expected.len(),
                         found.len(),
                         expected.get(first),
@@ -77,12 +86,36 @@ impl BoundGraph {
             binding.bind_input(weight.as_str(), value).map_err(error)?;
         }
         let outputs = expected_outputs.iter().map(|s| s.to_string()).collect();
-        Ok(BoundGraph { path, session, binding, target, outputs })
+        Ok(BoundGraph { path, session, binding, target, outputs, in_place: Vec::new(), precision })
     }
 
-    /// Runs the graph on `inputs` (the data inputs; weights are bound).
-    /// Outputs named in `on_host` come back in host memory, the others stay
-    /// where the execution provider put them.
+    /// The precision the graph computes in (its weights' and cache's).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The execution target of the session.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// Binds `tensor` as input `input` and as output `output`: the graph
+    /// reads and writes the same memory (ONNX Runtime's `GroupQueryAttention`
+    /// updates the KV cache in place). It stays bound, and out of
+    /// [`BoundGraph::run`]'s results, until bound again.
+    pub fn bind_in_place(&mut self, input: &str, output: &str, tensor: &mut DynTensor) -> Result<(), ModelError> {
+        let error = |source: ort::Error| ModelError::Session { path: self.path.clone(), source };
+        self.binding.bind_input(input, &*tensor).map_err(error)?;
+        self.binding.bind_output(output, &mut *tensor).map_err(error)?;
+        if !self.in_place.iter().any(|name| name == output) {
+            self.in_place.push(output.to_string());
+        }
+        Ok(())
+    }
+
+    /// Runs the graph on `inputs` (the data inputs; weights and in-place
+    /// tensors are bound). Outputs named in `on_host` come back in host
+    /// memory, the others stay where the execution provider put them.
     pub fn run(
         &mut self,
         inputs: &[(&str, &DynValue)],
@@ -92,18 +125,31 @@ impl BoundGraph {
         for (name, value) in inputs {
             self.binding.bind_input(*name, *value).map_err(error)?;
         }
-        for output in &self.outputs {
+        for output in self.outputs.iter().filter(|o| !self.in_place.contains(o)) {
             let memory = memory_for(self.target, on_host.contains(&output.as_str())).map_err(error)?;
             self.binding.bind_output_to_device(output.as_str(), &memory).map_err(error)?;
         }
         let mut results = self.session.run_binding(&self.binding).map_err(error)?;
         let mut values = BTreeMap::new();
-        for output in &self.outputs {
+        for output in self.outputs.iter().filter(|o| !self.in_place.contains(o)) {
             if let Some(value) = results.remove(output) {
                 values.insert(output.clone(), value);
             }
         }
         Ok(values)
+    }
+
+    /// An allocator on the session's device (for tensors bound with
+    /// [`BoundGraph::run_into`]).
+    pub fn allocator(&self) -> Result<ort::memory::Allocator, ModelError> {
+        let error = |source: ort::Error| ModelError::Session { path: self.path.clone(), source };
+        match self.target {
+            Target::Cpu => Ok(ort::memory::Allocator::default()),
+            Target::Cuda(_) => {
+                let memory = memory_for(self.target, false).map_err(error)?;
+                ort::memory::Allocator::new(&self.session, memory).map_err(error)
+            }
+        }
     }
 }
 

@@ -2,28 +2,31 @@
 //! stage's batch settings, before anything is loaded: what `croco plan`
 //! prints and what `croco validate` holds against `[run] device_memory`.
 //!
-//! The figures follow the format-1 graphs (float32 everywhere, the KV cache
-//! passed in and returned whole, every position's logits returned), the way
-//! ONNX Runtime runs them:
-//! - **weights**: every tensor of the manifest, once (bound once per device);
-//! - **KV cache** (generation): a decode call holds its input cache and its
-//!   output cache (one column wider), so twice `slots × length` tokens of
-//!   `2 · layers · kv_heads · head_dim` floats; the batch rebuild copies
-//!   into a new cache while the old one lives, which is the same two copies;
-//! - **activations**: the largest call's live tensors: its logits
-//!   (`tokens × vocab`, plus the log-softmax beside them in the `logprob`
-//!   graph), one layer's attention scores and probabilities
-//!   (`rows × heads × width²`), its MLP (`tokens × 3 · intermediate`) and a
-//!   few `tokens × hidden` streams;
+//! The figures follow the format-2 graphs in the precision the device runs
+//! (float32 on the CPU, the bundle's half precision on CUDA), the way ONNX
+//! Runtime runs them:
+//! - **weights**: every tensor of the manifest, once, in that precision
+//!   (bound by reference to every session of the device);
+//! - **KV cache** (generation): one buffer of `slots × length` tokens of
+//!   `2 · layers · kv_heads · head_dim` elements, written in place, plus the
+//!   caches of the prompts prefilled ahead of admission (about two prefill
+//!   calls' worth);
+//! - **activations**: the largest call's live tensors: the logits it returns
+//!   (one row per sequence for decode and prefill; the response positions,
+//!   with their log-softmax, for log-probs; none for scores), one layer's
+//!   attention probabilities (`rows × heads × width × keys`, float32), its
+//!   MLP (`tokens × 3 · intermediate`) and a few `tokens × hidden` streams;
 //! - **workspace**: ONNX Runtime's arena rounds allocations up and keeps
 //!   freed blocks; a quarter of the activations is allowed for it.
 //!
-//! Host memory holds the weights once more while they are bound (decoded
-//! from the memory-mapped file) and, on CUDA, the logits copied back.
+//! Host memory holds the weights once more while they are decoded from the
+//! memory-mapped file (one tensor at a time) and, on CUDA, the logits copied
+//! back.
 
 use super::bundle::BundleManifest;
+use super::precision::Precision;
 
-/// Bytes of one float32.
+/// Bytes of one float32 (logits, softmax, attention probabilities).
 const F32: u64 = 4;
 
 /// The parts of one model stage's peak memory, in bytes.
@@ -31,7 +34,7 @@ const F32: u64 = 4;
 pub struct Footprint {
     /// The bundle's weights.
     pub weights: u64,
-    /// The generation KV cache (input and output of a decode call).
+    /// The generation KV cache.
     pub kv_cache: u64,
     /// The largest call's live activations.
     pub activations: u64,
@@ -49,8 +52,10 @@ impl Footprint {
 /// The numbers of a bundle the estimates need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelShape {
-    /// Bytes of every weight tensor.
+    /// Bytes of every weight tensor, in the precision the graphs run.
     pub weight_bytes: u64,
+    /// Bytes of one element of the activations and the KV cache.
+    pub element: u64,
     /// Decoder layers.
     pub layers: u64,
     /// Model width.
@@ -68,13 +73,15 @@ pub struct ModelShape {
 }
 
 impl ModelShape {
-    /// The shape in a bundle manifest.
-    pub fn of(manifest: &BundleManifest) -> ModelShape {
+    /// The shape in a bundle manifest, run in `precision`.
+    pub fn of(manifest: &BundleManifest, precision: Precision) -> ModelShape {
         let arch = &manifest.architecture;
+        let element = precision.bytes() as u64;
         let weight_bytes =
-            manifest.weights.tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64 * F32).sum();
+            manifest.weights.tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64 * element).sum();
         ModelShape {
             weight_bytes,
+            element,
             layers: arch.num_layers as u64,
             hidden: arch.hidden_size as u64,
             intermediate: arch.intermediate_size as u64,
@@ -87,17 +94,18 @@ impl ModelShape {
 
     /// Bytes of one cached token (keys and values of every layer).
     pub fn kv_bytes_per_token(&self) -> u64 {
-        2 * self.layers * self.kv_heads * self.head_dim * F32
+        2 * self.layers * self.kv_heads * self.head_dim * self.element
     }
 
-    /// One forward call of `rows` sequences `width` tokens wide: its live
-    /// tensors, with `logits` = how many positions' logits it returns and
-    /// `logit_copies` how many vocab-wide tensors per position stay alive.
+    /// One forward call of `rows` sequences `width` tokens wide over `keys`
+    /// keys: its live tensors, with `logits` = how many positions' logits it
+    /// returns and `logit_copies` how many vocab-wide float32 tensors per
+    /// position stay alive.
     fn call(&self, rows: u64, width: u64, keys: u64, logits: u64, logit_copies: u64) -> u64 {
         let tokens = rows * width;
-        let attention = 2 * rows * self.heads * width * keys * F32;
-        let mlp = tokens * 3 * self.intermediate * F32;
-        let streams = tokens * 6 * self.hidden * F32;
+        let attention = rows * self.heads * width * keys * F32;
+        let mlp = tokens * 3 * self.intermediate * self.element;
+        let streams = tokens * 6 * self.hidden * self.element;
         logits * logit_copies * self.vocab * F32 + attention + mlp + streams
     }
 
@@ -108,11 +116,11 @@ impl ModelShape {
     /// Generation over `slots` sequences of up to `length` cached tokens,
     /// prompts prefilled in calls of at most `prefill_tokens` padded tokens.
     pub fn generation(&self, slots: u64, length: u64, prefill_tokens: u64) -> Footprint {
-        let kv_cache = 2 * slots * length * self.kv_bytes_per_token();
-        let decode = self.call(slots, 1, length, slots, 1);
-        // The worst prefill call: one prompt filling the chunk, every position's logits returned.
         let chunk = prefill_tokens.min(length);
-        let prefill = self.call(1, chunk, chunk, chunk, 1) + 2 * chunk * self.kv_bytes_per_token();
+        let kv_cache = (slots * length + 2 * chunk) * self.kv_bytes_per_token();
+        let decode = self.call(slots, 1, length, slots, 1);
+        // The worst prefill call: one prompt filling the chunk, its last position's logits returned.
+        let prefill = self.call(1, chunk, chunk, 1, 1);
         self.with_workspace(kv_cache, decode.max(prefill))
     }
 
@@ -121,15 +129,16 @@ impl ModelShape {
     pub fn forward(&self, rows: u64, tokens: u64, width: u64, logits: bool) -> Footprint {
         let width = width.min(tokens).max(1);
         let rows = rows.min(tokens / width).max(1);
-        // The logprob graph keeps the logits and their log-softmax; the score graph returns no logits.
+        // Log-probs keep the response positions' logits and their log-softmax
+        // (at most every position); scores return no logits.
         let (positions, copies) = if logits { (rows * width, 2) } else { (0, 0) };
         self.with_workspace(0, self.call(rows, width, width, positions, copies))
     }
 
-    /// One training step (the DPO graph, format 1: no gradient
-    /// checkpointing) over `rows` sequences `width` tokens wide: every
-    /// layer's activations stay alive for the backward pass, and the logits
-    /// with their log-softmax and its gradient.
+    /// One training step (the DPO graph, no gradient checkpointing) over
+    /// `rows` sequences `width` tokens wide: every layer's activations stay
+    /// alive for the backward pass, and the logits with their log-softmax
+    /// and its gradient.
     pub fn training(&self, rows: u64, width: u64) -> Footprint {
         let per_layer = self.call(rows, width, width, 0, 0);
         let logits = 3 * rows * width * self.vocab * F32;
@@ -174,10 +183,11 @@ pub fn parse_size(text: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// EuroLLM-9B's numbers (its Hugging Face config), float32.
+    /// EuroLLM-9B's numbers (its Hugging Face config), bfloat16.
     fn eurollm_9b() -> ModelShape {
         ModelShape {
-            weight_bytes: 9_150_000_000 * F32,
+            weight_bytes: 9_150_000_000 * 2,
+            element: 2,
             layers: 42,
             hidden: 4096,
             intermediate: 12288,
@@ -189,14 +199,15 @@ mod tests {
     }
 
     #[test]
-    fn the_kv_cache_is_two_copies_of_slots_times_length_tokens() {
+    fn the_kv_cache_is_one_buffer_of_slots_times_length_tokens() {
         let shape = eurollm_9b();
-        // 2 · 42 layers · 8 heads · 128 · 4 bytes = 344,064 bytes per token.
-        assert_eq!(shape.kv_bytes_per_token(), 344_064);
+        // 2 · 42 layers · 8 heads · 128 · 2 bytes = 172,032 bytes per token in bfloat16.
+        assert_eq!(shape.kv_bytes_per_token(), 172_032);
         let plan = shape.generation(1024, 4096, 2048);
-        assert_eq!(plan.kv_cache, 2 * 1024 * 4096 * 344_064);
-        // The figure: 1,024 rows of 4.6K tokens of fp32 cache is ~1.6 TB once.
-        assert!((1.4e12..1.7e12).contains(&(1024.0 * 4600.0 * 344_064.0)));
+        assert_eq!(plan.kv_cache, (1024 * 4096 + 2 * 2048) * 172_032);
+        // 64 slots of 4,608 tokens fit beside the 18 GB of weights on an 80 GB H100.
+        let paper = shape.generation(64, 4608, 2048);
+        assert!(paper.total() < 80 * (1 << 30), "{paper:?}");
         assert!(plan.total() > plan.kv_cache);
     }
 

@@ -3,19 +3,20 @@
 //!
 //! Generation runs over slots ([`super::continuous`]): each prompt is
 //! prefilled once and its cache copied into the rows of its K samples.
-//! Prompts are left-padded; positions are `cumsum(mask) - 1`, exactly as the
-//! bundle's graphs and transformers' `generate` expect.
+//! Batches are right-padded and each row's length is a graph input, so
+//! positions are 0, 1, ... exactly as transformers counts them.
 
 use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::continuous::{DecodeModel, Scheduler, SlotLimits};
 pub use super::generation::{Finish, Generated, GenerationRequest, StepCounts};
 use super::graph::BoundGraph;
+use super::kv::CacheShape;
 use super::lora::Adapter;
 use super::runtime::{SessionConfig, Target, resolve_target};
 use super::sampling::SamplingParams;
 use super::tokenizer::ChatTokenizer;
-use super::values::{host_f32, left_pad, tensor_i64};
+use super::values::{host_f32, right_pad, sequence_lengths, tensor_i64};
 use super::weights::Weights;
 
 /// Log-probs of one response given its prompt.
@@ -65,10 +66,13 @@ impl Policy {
     }
 
     /// Like [`Policy::load`], with a LoRA adapter merged into the weights.
+    /// The weights are loaded once, in the precision of the graph variant
+    /// the device runs, and shared by both sessions.
     pub fn load_tuned(bundle: Bundle, adapter: Option<&Adapter>, config: &SessionConfig) -> Result<Policy, ModelError> {
         bundle.expect_kind(BundleKind::Policy)?;
         let target = resolve_target(config)?;
-        let weights = Weights::load_merged(&bundle, adapter)?;
+        let precision = bundle.precision_for("decode", target)?;
+        let weights = Weights::load_merged(&bundle, adapter, precision)?.on_device(target)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
         let decode = BoundGraph::new(&bundle, "decode", &weights, target, config.threads)?;
         let logprob = BoundGraph::new(&bundle, "logprob", &weights, target, config.threads)?;
@@ -100,10 +104,8 @@ impl Policy {
             .collect();
         let model = DecodeModel {
             graph: &mut self.decode,
-            target: self.target,
             cache_names,
-            kv_heads: arch.num_kv_heads,
-            head_dim: arch.head_dim,
+            cache: CacheShape { tensors: 2 * arch.num_layers, heads: arch.num_kv_heads, dim: arch.head_dim },
             vocab: arch.vocab_size,
             pad: self.tokenizer.pad_token_id,
             stops: &self.tokenizer.stop_token_ids,
@@ -112,37 +114,46 @@ impl Policy {
     }
 
     /// Log-probs of each `(ids, response_start)` sequence's response tokens
-    /// (positions `response_start..`), in one batch.
+    /// (positions `response_start..`), in one batch: only the positions that
+    /// predict a response token reach the vocabulary projection.
     pub fn logprobs(&mut self, sequences: &[(Vec<i64>, usize)]) -> Result<Vec<ResponseLogprob>, ModelError> {
         if sequences.is_empty() {
             return Ok(vec![]);
         }
         let ids: Vec<&[i64]> = sequences.iter().map(|(ids, _)| ids.as_slice()).collect();
-        let padded = left_pad(&ids, self.tokenizer.pad_token_id);
-        let response_mask: Vec<i64> = sequences
-            .iter()
-            .flat_map(|(ids, start)| {
-                let padding = padded.width - ids.len();
-                (0..padded.width).map(move |t| i64::from(t >= padding + start))
-            })
-            .collect();
-        let shape = [padded.rows, padded.width];
-        let (ids, mask, response_mask) = (
-            tensor_i64(shape, padded.ids.clone())?,
-            tensor_i64(shape, padded.mask.clone())?,
-            tensor_i64(shape, response_mask)?,
+        let (padded, rows, width) = right_pad(&ids, self.tokenizer.pad_token_id);
+        let targets = sequences.iter().map(|(ids, start)| ids.len() - start).max().unwrap_or(0).max(1);
+        let mut positions = vec![0i64; rows * targets];
+        let mut target_ids = vec![0i64; rows * targets];
+        for (b, (ids, start)) in sequences.iter().enumerate() {
+            for (j, t) in (*start..ids.len()).enumerate() {
+                // The token at t is predicted by the logits at t - 1 (a response never starts at 0).
+                positions[b * targets + j] = t.max(1) as i64 - 1;
+                target_ids[b * targets + j] = ids[t];
+            }
+        }
+        let (seqlens, total) = sequence_lengths(&ids, width)?;
+        let (input_ids, positions, target_ids) = (
+            tensor_i64([rows, width], padded)?,
+            tensor_i64([rows, targets], positions)?,
+            tensor_i64([rows, targets], target_ids)?,
         );
-        let inputs = [("input_ids", &ids), ("attention_mask", &mask), ("response_mask", &response_mask)];
-        let outputs = self.logprob.run(&inputs, &["token_logprobs", "logprob_sum"])?;
-        let (_, tokens) = host_f32(&outputs["token_logprobs"])?;
-        let (_, sums) = host_f32(&outputs["logprob_sum"])?;
+        let inputs = [
+            ("input_ids", &input_ids),
+            ("seqlens_k", &seqlens),
+            ("total_sequence_length", &total),
+            ("target_positions", &positions),
+            ("target_ids", &target_ids),
+        ];
+        let outputs = self.logprob.run(&inputs, &["target_logprobs"])?;
+        let (_, values) = host_f32(&outputs["target_logprobs"])?;
         Ok(sequences
             .iter()
             .enumerate()
             .map(|(b, (ids, start))| {
-                let row = &tokens[b * padded.width..(b + 1) * padded.width];
-                let first = padded.width - ids.len() + start;
-                ResponseLogprob { tokens: row[first..].to_vec(), sum: sums[b] }
+                let tokens = values[b * targets..b * targets + ids.len() - start].to_vec();
+                let sum = tokens.iter().sum();
+                ResponseLogprob { tokens, sum }
             })
             .collect())
     }

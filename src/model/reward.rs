@@ -1,14 +1,14 @@
 //! A reward bundle on ONNX Runtime: one scalar per (prompt, response), read
-//! at the last real token of the chat template (left padding is harmless).
+//! at the last real token of the chat template (rows are right-padded and
+//! carry their length, so padding changes nothing).
 
-use ort::value::Tensor;
-
+use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::graph::BoundGraph;
 use super::runtime::{SessionConfig, resolve_target};
 use super::tokenizer::ChatTokenizer;
+use super::values::{host_f32, right_pad, sequence_lengths, tensor_i64};
 use super::weights::Weights;
-use super::{ModelError, tensor_error};
 
 /// A loaded reward model.
 pub struct RewardModel {
@@ -24,7 +24,8 @@ impl RewardModel {
     pub fn load(bundle: Bundle, config: &SessionConfig) -> Result<RewardModel, ModelError> {
         bundle.expect_kind(BundleKind::Reward)?;
         let target = resolve_target(config)?;
-        let weights = Weights::load(&bundle)?;
+        let precision = bundle.precision_for("score", target)?;
+        let weights = Weights::load(&bundle, precision)?.on_device(target)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
         let score = BoundGraph::new(&bundle, "score", &weights, target, config.threads)?;
         Ok(RewardModel { bundle, tokenizer, score })
@@ -35,24 +36,13 @@ impl RewardModel {
         if sequences.is_empty() {
             return Ok(vec![]);
         }
-        let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
-        let pad = self.tokenizer.pad_token_id;
-        let mut ids = Vec::with_capacity(sequences.len() * width);
-        let mut mask = Vec::with_capacity(sequences.len() * width);
-        for sequence in sequences {
-            let padding = width - sequence.len();
-            ids.extend(std::iter::repeat_n(pad, padding).chain(sequence.iter().copied()));
-            mask.extend(std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, sequence.len())));
-        }
-        let shape = [sequences.len(), width];
-        let tensor = |data: Vec<i64>| {
-            Tensor::from_array((shape, data)).map(|t| t.into_dyn()).map_err(|source| tensor_error("input", source))
-        };
-        let (ids, mask) = (tensor(ids)?, tensor(mask)?);
-        let outputs = self.score.run(&[("input_ids", &ids), ("attention_mask", &mask)], &["score"])?;
-        let (_, scores) =
-            outputs["score"].try_extract_tensor::<f32>().map_err(|source| tensor_error("score", source))?;
-        Ok(scores.to_vec())
+        let rows: Vec<&[i64]> = sequences.iter().map(Vec::as_slice).collect();
+        let (ids, count, width) = right_pad(&rows, self.tokenizer.pad_token_id);
+        let (seqlens, total) = sequence_lengths(&rows, width)?;
+        let ids = tensor_i64([count, width], ids)?;
+        let inputs = [("input_ids", &ids), ("seqlens_k", &seqlens), ("total_sequence_length", &total)];
+        let outputs = self.score.run(&inputs, &["score"])?;
+        Ok(host_f32(&outputs["score"])?.1.to_vec())
     }
 
     /// Scores `(prompt, response)` texts in one batch.

@@ -104,6 +104,13 @@ pub fn resolve_target(config: &SessionConfig) -> Result<Target, ModelError> {
     let cuda_available = || ep::CUDA::is_available().unwrap_or(false);
     let target = match config.device {
         Device::Cpu => Target::Cpu,
+        Device::Cuda if !cuda_available() => {
+            return Err(ModelError::Unavailable(format!(
+                "device = \"cuda\", but this ONNX Runtime ({}) has no CUDA execution provider; install \
+                 `onnxruntime-gpu==1.31.1` or set ORT_DYLIB_PATH to its libonnxruntime.so",
+                find_library()?.display()
+            )));
+        }
         Device::Cuda => Target::Cuda(config.device_id),
         Device::Auto if cuda_available() => Target::Cuda(config.device_id),
         Device::Auto => Target::Cpu,

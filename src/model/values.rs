@@ -32,6 +32,29 @@ pub(super) fn tensor_i64(shape: [usize; 2], data: Vec<i64>) -> Result<DynValue, 
     Ok(Tensor::from_array((shape, data)).map_err(|source| tensor_error("input", source))?.into_dyn())
 }
 
+pub(super) fn tensor_i32(shape: &[usize], data: Vec<i32>) -> Result<DynValue, ModelError> {
+    Ok(Tensor::from_array((shape.to_vec(), data)).map_err(|source| tensor_error("input", source))?.into_dyn())
+}
+
+/// Right-pads `sequences` with `pad` to the longest one: `(ids, rows,
+/// width)`, row-major. The graphs of format 2 read each row's length from
+/// `seqlens_k`, so positions are 0, 1, ... and padding is never attended to.
+pub(super) fn right_pad(sequences: &[&[i64]], pad: i64) -> (Vec<i64>, usize, usize) {
+    let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(sequences.len() * width);
+    for sequence in sequences {
+        ids.extend(sequence.iter().copied().chain(std::iter::repeat_n(pad, width - sequence.len())));
+    }
+    (ids, sequences.len(), width)
+}
+
+/// The `seqlens_k` and `total_sequence_length` inputs of a right-padded
+/// batch without a cache: each row's length minus one, and the width.
+pub(super) fn sequence_lengths(sequences: &[&[i64]], width: usize) -> Result<(DynValue, DynValue), ModelError> {
+    let seqlens = sequences.iter().map(|s| s.len() as i32 - 1).collect();
+    Ok((tensor_i32(&[sequences.len()], seqlens)?, tensor_i32(&[], vec![width as i32])?))
+}
+
 pub(super) fn host_f32(value: &DynValue) -> Result<(Vec<usize>, &[f32]), ModelError> {
     let (shape, data) = value.try_extract_tensor::<f32>().map_err(|source| tensor_error("output", source))?;
     Ok((shape.iter().map(|&d| d as usize).collect(), data))

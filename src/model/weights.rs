@@ -1,31 +1,47 @@
-//! A bundle's weights as ONNX Runtime values, loaded once and bound to every
-//! graph of the bundle (the graphs take the weights as inputs).
+//! A bundle's weights as ONNX Runtime values, loaded once per device and
+//! bound by reference to every graph of the bundle that runs there (the
+//! graphs take the weights as inputs): decode, log-probs, sampling and the
+//! judge share one copy.
 
-use ort::value::{DynValue, Tensor};
+use ort::memory::AllocationDevice;
+use ort::value::{DynTensorValueType, DynValue};
 use safetensors::{Dtype, SafeTensors};
 
 use super::ModelError;
 use super::bundle::Bundle;
 use super::lora::Adapter;
-use super::tensors::f32_values;
+use super::precision::Precision;
+use super::runtime::Target;
 
-/// Named weight tensors in the manifest's (graph-input) order.
+/// Named weight tensors in the manifest's (graph-input) order, all in one
+/// precision, on one device.
 pub struct Weights {
     /// (name, value) pairs.
     pub tensors: Vec<(String, DynValue)>,
+    /// The element type of every tensor: the precision of the graph variant
+    /// they are bound to.
+    pub precision: Precision,
 }
 
 impl Weights {
-    /// Reads the bundle's safetensors file and checks that it holds exactly
-    /// the manifest's tensors, with the manifest's shapes, as float32.
-    pub fn load(bundle: &Bundle) -> Result<Weights, ModelError> {
-        Weights::load_merged(bundle, None)
+    /// The bundle's weights in `precision`, in host memory: checks that the
+    /// safetensors file holds exactly the manifest's tensors, shapes and
+    /// dtype, and converts each tensor (bfloat16 → float32 for the CPU's
+    /// graphs, say) as it is decoded.
+    pub fn load(bundle: &Bundle, precision: Precision) -> Result<Weights, ModelError> {
+        Weights::load_merged(bundle, None, precision)
     }
 
     /// Like [`Weights::load`], with `adapter` merged into the weights it adapts
-    /// (`W + (α / r)·B·A`): a tuned policy runs on the same graphs as its base.
-    pub fn load_merged(bundle: &Bundle, adapter: Option<&Adapter>) -> Result<Weights, ModelError> {
+    /// (`W + (α / r)·B·A`, in float32): a tuned policy runs on the same graphs
+    /// as its base.
+    pub fn load_merged(
+        bundle: &Bundle,
+        adapter: Option<&Adapter>,
+        precision: Precision,
+    ) -> Result<Weights, ModelError> {
         let spec = &bundle.manifest.weights;
+        let stored = bundle.weight_precision();
         let path = bundle.file(&spec.file);
         let bytes = map_file(&path)?;
         let invalid = |problem: String| ModelError::Invalid { dir: bundle.dir.clone(), problem };
@@ -38,9 +54,9 @@ impl Weights {
             let view = file
                 .tensor(&tensor.name)
                 .map_err(|_| invalid(format!("`{}` lacks tensor `{}`", spec.file, tensor.name)))?;
-            if view.dtype() != Dtype::F32 || view.shape() != tensor.shape.as_slice() {
+            if view.dtype() != safetensors_dtype(stored) || view.shape() != tensor.shape.as_slice() {
                 return Err(invalid(format!(
-                    "tensor `{}` is {:?} {:?} in `{}`, the manifest says float32 {:?}",
+                    "tensor `{}` is {:?} {:?} in `{}`, the manifest says {stored} {:?}",
                     tensor.name,
                     view.dtype(),
                     view.shape(),
@@ -48,15 +64,39 @@ impl Weights {
                     tensor.shape
                 )));
             }
-            let mut values = f32_values(view.data());
+            let mut values = stored.widen(view.data());
             if let Some(adapter) = adapter {
                 adapter.merge_into(&tensor.name, &mut values);
             }
-            let value = Tensor::from_array((tensor.shape.clone(), values))
-                .map_err(|e| invalid(format!("tensor `{}`: {e}", tensor.name)))?;
-            tensors.push((tensor.name.clone(), value.into_dyn()));
+            tensors.push((tensor.name.clone(), precision.tensor(tensor.shape.clone(), values)?));
         }
-        Ok(Weights { tensors })
+        Ok(Weights { tensors, precision })
+    }
+
+    /// The weights where `target` computes: unchanged on the CPU; on CUDA
+    /// each tensor is copied to the device once and its host copy dropped,
+    /// so every session of the device binds the same device memory.
+    pub fn on_device(self, target: Target) -> Result<Weights, ModelError> {
+        let Target::Cuda(device) = target else { return Ok(self) };
+        let tensors = self
+            .tensors
+            .into_iter()
+            .map(|(name, value)| {
+                let error = |source| ModelError::Tensor { context: format!("weight `{name}` to CUDA"), source };
+                let tensor = value.downcast::<DynTensorValueType>().map_err(error)?;
+                let on_device = tensor.to(AllocationDevice::CUDA, device).map_err(error)?;
+                Ok((name, on_device.into_dyn()))
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Weights { tensors, precision: self.precision })
+    }
+}
+
+fn safetensors_dtype(precision: Precision) -> Dtype {
+    match precision {
+        Precision::Float32 => Dtype::F32,
+        Precision::Float16 => Dtype::F16,
+        Precision::BFloat16 => Dtype::BF16,
     }
 }
 

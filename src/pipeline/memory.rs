@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::model::bundle::BundleManifest;
 use crate::model::memory::{Footprint, ModelShape, human};
+use crate::model::precision::Precision;
+use crate::model::runtime::{Device, Target};
 use crate::spec::common::ValueProblem;
 use crate::spec::{PipelineSpec, StageName};
 use crate::vocab::roles::ModelRole;
@@ -65,9 +67,12 @@ impl StagePlan {
     }
 }
 
-/// The plan of every model stage whose bundle manifest is known.
+/// The plan of every model stage whose bundle manifest is known, in the
+/// precision the configured device runs (CUDA's unless `[run] device =
+/// "cpu"`: the plan is about device memory).
 pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
-    let shape = |role: ModelRole| manifests.get(&role).map(|m| (ModelShape::of(m), context(m)));
+    let target = if spec.run.device == Device::Cpu { Target::Cpu } else { Target::Cuda(spec.run.device_id) };
+    let shape = |role: ModelRole| manifests.get(&role).map(|m| (ModelShape::of(m, precision(m, target)), context(m)));
     let mut plans = Vec::new();
     let stages = &spec.stages;
     if let Some(generate) = stages.generate.as_ref().filter(|g| g.import.is_none())
@@ -158,6 +163,15 @@ impl Batches {
         let settings = format!("{rows} rows, {tokens} padded tokens per batch, rows up to {width} tokens");
         StagePlan::new(what, settings, tokens, model.forward(rows, tokens, width, logits), key)
     }
+}
+
+/// The precision `target` runs the bundle's graphs in (its decode or score
+/// graph's variant; float32 when the manifest has neither).
+fn precision(manifest: &BundleManifest, target: Target) -> Precision {
+    ["decode", "score"]
+        .iter()
+        .find_map(|name| manifest.graphs.get(*name)?.variant_for(target))
+        .map_or(Precision::Float32, |(precision, _)| precision)
 }
 
 fn context(manifest: &BundleManifest) -> usize {

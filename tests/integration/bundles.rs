@@ -57,9 +57,9 @@ fn a_damaged_bundle_is_rejected_naming_the_file() {
     let error = Bundle::open(&copy, Verify::Checksums).unwrap_err().to_string();
     assert!(error.contains("`tokenizer.json` has sha256"), "{error}");
 
-    std::fs::remove_file(copy.join("score.onnx")).unwrap();
+    std::fs::remove_file(copy.join("score.float32.onnx")).unwrap();
     let error = Bundle::open(&copy, Verify::Sizes).unwrap_err().to_string();
-    assert!(error.contains("score.onnx") && error.contains("No such file"), "{error}");
+    assert!(error.contains("score.float32.onnx") && error.contains("No such file"), "{error}");
 
     let manifest = copy.join("croco-model.toml");
     let text = std::fs::read_to_string(&manifest).unwrap().replace("graphs.score", "graphs.scorer");

@@ -151,15 +151,18 @@ fn demo_requests(policy: &Policy, prompts: usize, samples: u64) -> Vec<Generatio
         .collect()
 }
 
-/// Continuous batching changes which rows share a batch and how wide it
-/// is, never what a row computes: a sample's tokens come from its own seed
-/// and its own logits. The v1 graphs' reductions run over the padded width,
-/// so logits agree to float rounding (summed log-probs within ~5e-5 over
-/// ~150 tokens), not bit for bit, and an inverse-CDF draw that falls within
-/// that distance of one of the 4,096 boundaries goes to the neighbouring
-/// token (measured: 2 to 4 of these 60 samples). Such a sample must still be
-/// a true draw of the policy (its recorded log-prob is the policy's); the
-/// others are identical.
+/// Continuous batching changes which rows share a batch, never what a row
+/// computes: a sample's tokens come from its own seed and its own logits,
+/// and each row attends to its own cache only. ONNX Runtime's CPU GEMM
+/// (MLAS) is not batch-invariant, though: its kernel for one row and its
+/// thread partition for 16 rows and more reduce in another order (measured
+/// at 2 threads: logits differ by ~7e-6 between a batch of 8 and one of 16),
+/// and a chunked prompt goes through attention's other path. So logits
+/// agree to float rounding, and an inverse-CDF draw that falls within that
+/// distance of one of the 4,096 boundaries goes to the neighbouring token
+/// (measured: 0 or 1 of these 60 samples). Such a sample must still be a true
+/// draw of the policy (its recorded log-prob is the policy's); the others
+/// are identical.
 #[test]
 fn continuous_batching_draws_the_same_tokens_whatever_the_slots_and_chunks() {
     let mut policy = policy();

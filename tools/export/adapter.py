@@ -45,31 +45,49 @@ def hf_config(man, W):
               tie_word_embeddings=a["tie_word_embeddings"], hidden_act=a["hidden_act"],
               pad_token_id=t["pad_token_id"], eos_token_id=t["stop_token_ids"],
               bos_token_id=t["bos_token_id"] if t.get("bos_token_id", -1) >= 0 else None)
+    if a["family"] not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise SystemExit(f"family {a['family']!r} cannot be rebuilt from a manifest; re-export from the HF checkpoint")
+    windows = [w for w in a.get("attention_windows", []) if w > 0]
     if a["family"] == "mistral":
-        kw["sliding_window"] = None
+        kw["sliding_window"] = windows[0] if windows else None
+    elif windows:
+        raise SystemExit("sliding-window layers cannot be rebuilt from a manifest; re-export from the HF checkpoint")
     if a["family"] in ("llama", "mistral", "qwen3") and any(n.endswith("q_proj.bias") for n in W):
         kw["attention_bias"] = True
     return AutoConfig.for_model(a["family"], **kw)
 
 
 def hf_model_from_bundle(bundle, attn="eager"):
-    """(manifest, weights, transformers *ForCausalLM with the bundle's weights, float32, eval)."""
-    from transformers import AutoModelForCausalLM
+    """(manifest, weights, transformers *ForCausalLM (policy) or *ForSequenceClassification (reward, one label)
+    with the bundle's weights, float32, eval)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     man, W = load_bundle(bundle)
-    if man["kind"] != "policy":
-        raise SystemExit(f"{bundle} is a {man['kind']} bundle, a policy bundle is needed")
     cfg = hf_config(man, W)
     cfg._attn_implementation = attn
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    if man["kind"] == "reward":
+        cfg.num_labels = 1
+    cls = AutoModelForCausalLM if man["kind"] == "policy" else AutoModelForSequenceClassification
+    model = cls.from_config(cfg, dtype=torch.float32)
     sd = dict(W)
-    if man["architecture"]["tie_word_embeddings"]:
+    if man["kind"] == "policy" and man["architecture"]["tie_word_embeddings"]:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:
         raise SystemExit(f"bundle -> transformers: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return man, W, model.float().eval()
+
+
+def checkpoint_from_bundle(bundle, out):
+    """Writes the bundle as a Hugging Face checkpoint (config.json, model.safetensors, tokenizer.json): how a
+    bundle is re-exported in a newer format from the same weights. Returns the bundle's manifest."""
+    man, _, model = hf_model_from_bundle(bundle)
+    os.makedirs(out, exist_ok=True)
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(out)
+    shutil.copyfile(os.path.join(bundle, man["tokenizer"]["file"]), os.path.join(out, "tokenizer.json"))
+    return man
 
 
 # ---------------------------------------------------------------- PEFT adapters

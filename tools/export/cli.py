@@ -1,4 +1,4 @@
-"""Entry command: python -m tools.export {demo-world,policy,reward,random-llama,dpo-graph,merge-adapter} ..."""
+"""Entry command: python -m tools.export {demo-world,policy,reward,random-llama,rebundle,dpo-graph,merge-adapter} ..."""
 from __future__ import annotations
 
 import argparse
@@ -154,16 +154,16 @@ def cmd_demo_world(a):
     policy.cpu()
 
     # 5. bundles
-    from .export import export_reward
+    from .bundle import export_reward
     from .policy import export_policy
 
     demo_prompts = _parity_prompts(held_ex, policy, tok)
     res_p = export_policy(ppath, tpath, os.path.join(a.out, "policy"), chat_template=train.CHAT_TEMPLATE,
-                          parity_prompts=demo_prompts, log=_log, name="croco-demo-policy", max_new=64)
+                          parity_prompts=demo_prompts, log=_log, name="croco-demo-policy", max_new=64, parity_layers=0)
     res_r = export_reward(rpath, tpath, os.path.join(a.out, "reward"), chat_template=train.CHAT_TEMPLATE,
                           parity_pairs=[(p, "") for p in demo_prompts[:2]] + [
                               (e["prompt"], e["response"]) for e in held_ex[:6]],
-                          log=_log, name="croco-demo-reward")
+                          log=_log, name="croco-demo-reward", parity_layers=0)
     prov["parity"] = {"policy": res_p, "reward": res_r}
     prov["command"] = " ".join(["python -m tools.export"] + sys.argv[1:])
     save_prov()
@@ -232,18 +232,19 @@ def cmd_policy(a):
     export_policy(a.checkpoint, tpath, a.out, chat_template=_template(a, tpath),
                   parity_prompts=a.prompt or ["Hello!", "Wie geht es dir?", "Dia duit."], log=_log,
                   name=a.name or os.path.basename(os.path.normpath(a.checkpoint)), stop_tokens=a.stop_token,
-                  dpo=not a.no_dpo)
+                  dpo=not a.no_dpo, parity_layers=a.parity_layers)
 
 
 def cmd_reward(a):
     _setup_torch(a.threads)
-    from .export import export_reward
+    from .bundle import export_reward
 
     tpath = a.tokenizer or os.path.join(a.checkpoint, "tokenizer.json")
     prompts = a.prompt or ["Hello!", "Wie geht es dir?"]
     export_reward(a.checkpoint, tpath, a.out, chat_template=_template(a, tpath),
                   parity_pairs=[(p, "Fine, thanks.") for p in prompts] + [(prompts[0], "")], log=_log,
-                  name=a.name or os.path.basename(os.path.normpath(a.checkpoint)), stop_tokens=a.stop_token)
+                  name=a.name or os.path.basename(os.path.normpath(a.checkpoint)), stop_tokens=a.stop_token,
+                  parity_layers=a.parity_layers)
 
 
 def cmd_random_llama(a):
@@ -251,7 +252,35 @@ def cmd_random_llama(a):
     from .policy import random_llama
 
     random_llama(a.out, a.tokenizer, hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads,
-                 intermediate=a.intermediate, vocab=a.vocab, seed=a.seed, log=_log, dpo=not a.no_dpo)
+                 intermediate=a.intermediate, vocab=a.vocab, seed=a.seed, log=_log, dpo=not a.no_dpo,
+                 dtype=a.dtype, max_positions=a.max_positions)
+
+
+def cmd_rebundle(a):
+    """An existing bundle (any format version) re-exported in the current format from the same weights, with its
+    name, chat template, stop tokens and parity inputs; parity runs on the whole model and the fixtures are
+    regenerated. OUT may be the bundle itself."""
+    _setup_torch(a.threads)
+    import tempfile
+
+    from .adapter import checkpoint_from_bundle
+    from .bundle import export_reward
+    from .dpo import update_checksums
+    from .policy import export_policy
+
+    with tempfile.TemporaryDirectory() as ckpt:
+        man = checkpoint_from_bundle(a.bundle, ckpt)
+        parity = os.path.join(a.bundle, man["parity"]["dir"])
+        common = dict(log=_log, name=man["name"], stop_tokens=man["tokenizer"]["stop_tokens"], parity_layers=0)
+        tpath, template = os.path.join(ckpt, "tokenizer.json"), man["chat"]["template"]
+        if man["kind"] == "policy":
+            last = json.load(open(os.path.join(parity, "greedy.json")))["cases"][-1]
+            export_policy(ckpt, tpath, a.out, template, last["prompts"], max_new=last["max_new_tokens"],
+                          dpo="dpo" in man["graphs"], **common)
+        else:
+            pairs = [(p["prompt"], p["response"]) for p in json.load(open(os.path.join(parity, "score.json")))["pairs"]]
+            export_reward(ckpt, tpath, a.out, template, pairs, **common)
+    update_checksums(a.out, log=_log)
 
 
 def cmd_dpo_graph(a):
@@ -308,6 +337,9 @@ def main(argv=None):
                        help="token that ends a response (repeatable; default: the config's eos tokens)")
         s.add_argument("--prompt", action="append", help="parity prompt (repeatable)")
         s.add_argument("--name")
+        s.add_argument("--parity-layers", type=int, default=2,
+                       help="check parity on a copy of the first N layers read from the same checkpoint "
+                            "(0: the whole model, when memory allows)")
         if name == "policy":
             s.add_argument("--no-dpo", action="store_true", help="skip the DPO training-step graph dpo.onnx")
         s.set_defaults(fn=fn)
@@ -322,8 +354,16 @@ def main(argv=None):
     r.add_argument("--intermediate", type=int, default=5632)
     r.add_argument("--vocab", type=int, default=4096)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--max-positions", type=int, default=4096)
+    r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the checkpoint's dtype (bfloat16: the bundle also gets bfloat16 graphs for CUDA)")
     r.add_argument("--no-dpo", action="store_true", help="skip the DPO training-step graph dpo.onnx")
     r.set_defaults(fn=cmd_random_llama)
+
+    b = sub.add_parser("rebundle", help="re-export a bundle in the current format from its own weights")
+    b.add_argument("bundle", help="bundle directory, e.g. data/models/policy")
+    b.add_argument("--out", required=True, help="output directory (may be the bundle itself)")
+    b.set_defaults(fn=cmd_rebundle)
 
     g = sub.add_parser("dpo-graph", help="add the DPO training-step graph dpo.onnx (+ fixtures) to a policy bundle")
     g.add_argument("bundle", help="policy bundle directory, e.g. data/models/policy")

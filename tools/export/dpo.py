@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from .export import (ATOL, GRAD_RTOL, ParityError, _check, _export, _io_spec, _tok_ids, file_table, fill_template,
-                     graph_entry, left_pad, llama_forward, ort_session, positions_from_mask, rope_inv_freq,
+                     graph_entry, left_pad, llama_forward, positions_from_mask, rope_inv_freq,
                      sha256_file, write_manifest)
+from .ortrun import logprobs, ort_session, unpad
 
 SCALARS = ["beta", "label_smoothing", "ipo", "lora_scale", "dropout_p"]
 DATA_INPUTS = ["input_ids", "attention_mask", "response_mask", "ref_logps"] + SCALARS + ["dropout_seed"]
@@ -119,7 +120,7 @@ def export_dpo(A, W, inv_freq, rope_scale, target_modules, out, log):
     rmask = torch.zeros(rows, S)
     rmask[:, S // 2:] = 1.0
     data = step_inputs(ids, mask, rmask, -torch.rand(rows, generator=g) * 10, 0.1, 0.1, 0.0, 2.0, 0.1, 7)
-    lora, lspecs, lin = [], [], []
+    lora, lin = [], []
     for w, an, bn in lnames:
         o, i = shapes[w]
         lora += [torch.randn(R, i, generator=g) * 0.01, torch.randn(o, R, generator=g) * 0.01]
@@ -256,9 +257,9 @@ def dpo_parity(out, A, W, inv_freq, rope_scale, target_modules, step, lnames, to
         base = sequence_logps(W, A, inv_freq, rope_scale, [], torch.from_numpy(ids), torch.from_numpy(mask),
                               torch.from_numpy(rm), 0.0, 0.0, 0).numpy()
     # the bundle's own logprob graph must agree with the functional model the dpo graph was traced from
-    lsess = ort_session(os.path.join(out, "logprob.onnx"))
-    _, o_sum = lsess.run(None, {"input_ids": ids, "attention_mask": mask, "response_mask": rm.astype(np.int64),
-                                **{n: t.numpy() for n, t in W.items()}})
+    lsess = ort_session(os.path.join(out, "logprob.float32.onnx"))
+    seqs, starts = unpad(ids, mask, rm)
+    o_sum = np.array([t.sum() for t in logprobs(lsess, {n: t.numpy() for n, t in W.items()}, seqs, starts, pad_id)])
     _check("dpo_base_logps_vs_logprob_graph", float(np.abs(o_sum - base).max()), ATOL, rep)
     count = rm.sum(-1)
     off = np.array([-0.3, 0.2, -0.1, 0.25, -0.15, 0.05] * (rows // 6 + 1), np.float32)[:rows]
@@ -346,7 +347,7 @@ def add_dpo_to_bundle(bundle, log=print, peft_check=True):
     tok = Tokenizer.from_file(os.path.join(bundle, man["tokenizer"]["file"]))
     rep, rel = dpo_parity(bundle, A, W, inv_freq, rope_scale, targets, step, lnames, tok, man["chat"]["template"],
                           man["tokenizer"]["pad_token_id"], hf if peft_check else None, log)
-    man["graphs"]["dpo"] = graph_entry(spec, W)
+    man["graphs"]["dpo"] = graph_entry(spec, list(W))
     md = {k: v for k, v in man["parity"]["measured_max_abs_diff"].items() if not k.startswith("dpo_")}
     man["parity"]["measured_max_abs_diff"] = md | rep
     man["parity"]["grad_rtol"] = GRAD_RTOL

@@ -1,17 +1,13 @@
-"""HF checkpoint -> croco bundle: functional Llama graphs exported to ONNX with the weights as
-graph inputs, weights in safetensors, a TOML manifest with sha256 checksums, and parity fixtures.
-
-The graphs are traced from a small functional re-implementation of the Llama family (Llama,
-Mistral without sliding window, Qwen2 attention biases, Qwen3 q/k norms) so that every weight
-stays a named graph input; parity against transformers proves the re-implementation right.
-"""
+"""What every bundle writer shares: a small functional re-implementation of the Llama family (the model the
+DPO training-step graph is traced from, dpo.py), torch.onnx tracing for that graph, the manifest (TOML writer,
+[files], [graphs] entries), token roles and the parity check helpers. The inference graphs are not traced:
+graphs.py builds them from the config (bundle.py)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
-import shutil
 import time
 
 import numpy as np
@@ -20,39 +16,16 @@ import torch.nn.functional as F
 
 from .dropout import lora_dropout
 
-FORMAT_VERSION = 1
-OPSET = 18
+FORMAT_VERSION = 2
+OPSET = 18  # the traced dpo graph's opset (graphs.OPSET: the built inference graphs')
 ATOL = 1e-4
 GRAD_RTOL = 1e-3  # dpo graph: max relative L2 error of a LoRA gradient, ORT vs torch
 MAX_CONST_ELEMS = 4096  # largest constant an exported graph may hold: bigger initializers are taken for
 # baked weights (_export fails), and the optimizer folds nothing into a constant bigger than this
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
 
 
-# ---------------------------------------------------------------- architecture
-def arch_from_config(cfg) -> dict:
-    mt = cfg.model_type
-    if mt not in SUPPORTED:
-        raise SystemExit(f"unsupported model_type {mt!r}; supported: {sorted(SUPPORTED)}")
-    if getattr(cfg, "sliding_window", None) and mt == "mistral":
-        print(f"warning: sliding_window={cfg.sliding_window} is not applied; exact only up to that length")
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    rp = getattr(cfg, "rope_parameters", None) or {}
-    theta = rp.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-    return {
-        "family": mt, "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-        "num_layers": cfg.num_hidden_layers, "num_attention_heads": heads,
-        "num_kv_heads": getattr(cfg, "num_key_value_heads", None) or heads, "head_dim": head_dim,
-        "intermediate_size": cfg.intermediate_size, "rms_norm_eps": float(cfg.rms_norm_eps),
-        "rope_theta": float(theta), "rope_type": rp.get("rope_type", "default"),
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
-        "hidden_act": cfg.hidden_act,
-    }
-
-
+# ---------------------------------------------------------------- the functional model (dpo.py traces it)
 def rope_inv_freq(hf_model) -> tuple[torch.Tensor, float]:
     """inv_freq and attention scaling exactly as transformers computes them (all rope types
     that are static: default, linear, llama3, yarn ...); baked into the graphs as constants."""
@@ -154,54 +127,6 @@ def positions_from_mask(mask):
     return pos.masked_fill(mask == 0, 1)
 
 
-class DecodeGraph(torch.nn.Module):
-    def __init__(self, A, names, inv_freq, scale):
-        super().__init__()
-        self.A, self.names, self.scale = A, names, scale
-        self.register_buffer("inv_freq", inv_freq)
-
-    def forward(self, input_ids, attention_mask, position_ids, past, weights):
-        W = dict(zip(self.names, weights))
-        pkv = [(past[2 * i], past[2 * i + 1]) for i in range(self.A["num_layers"])]
-        logits, pres = llama_forward(W, self.A, self.inv_freq, self.scale, input_ids, attention_mask, position_ids, pkv)
-        out = [logits]
-        for k, v in pres:
-            out += [k, v]
-        return tuple(out)
-
-
-class LogprobGraph(torch.nn.Module):
-    def __init__(self, A, names, inv_freq, scale):
-        super().__init__()
-        self.A, self.names, self.scale = A, names, scale
-        self.register_buffer("inv_freq", inv_freq)
-
-    def forward(self, input_ids, attention_mask, response_mask, weights):
-        W = dict(zip(self.names, weights))
-        pos = positions_from_mask(attention_mask)
-        logits, _ = llama_forward(W, self.A, self.inv_freq, self.scale, input_ids, attention_mask, pos, None)
-        lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        tok = torch.gather(lp, 2, input_ids[:, 1:, None])[..., 0]
-        tok = torch.cat((torch.zeros_like(tok[:, :1]), tok), dim=1) * response_mask.float()
-        return tok, tok.sum(-1)
-
-
-class ScoreGraph(torch.nn.Module):
-    def __init__(self, A, names, inv_freq, scale):
-        super().__init__()
-        self.A, self.names, self.scale = A, names, scale
-        self.register_buffer("inv_freq", inv_freq)
-
-    def forward(self, input_ids, attention_mask, weights):
-        W = dict(zip(self.names, weights))
-        pos = positions_from_mask(attention_mask)
-        h, _ = llama_forward(W, self.A, self.inv_freq, self.scale, input_ids, attention_mask, pos, None, head="hidden")
-        T = input_ids.shape[1]
-        last = (torch.arange(T, device=input_ids.device)[None, :] * (attention_mask > 0).long()).argmax(-1)
-        hl = torch.gather(h, 1, last[:, None, None].expand(-1, 1, h.shape[-1]))[:, 0]
-        return (hl @ W["score.weight"].T)[:, 0]
-
-
 # ---------------------------------------------------------------- ONNX export
 def _optimize(model, input_names, output_names):
     """What torch.onnx.export(optimize=True, input_names=, output_names=) does after the translation
@@ -267,77 +192,6 @@ def _io_spec(name, dtype, shape):
     return {"name": name, "dtype": dtype, "shape": list(shape)}
 
 
-def export_graphs(kind, A, W, inv_freq, scale, out, log):
-    from torch.export import Dim
-
-    names = list(W.keys())
-    wlist = [W[n] for n in names]
-    L, KV, D, V = A["num_layers"], A["num_kv_heads"], A["head_dim"], A["vocab_size"]
-    wspec = {n: list(W[n].shape) for n in names}
-    graphs = {}
-    dyn = Dim.DYNAMIC
-    if kind == "policy":
-        B, S, P = 2, 3, 4
-        ids = torch.randint(3, V, (B, S))
-        past = []
-        for _ in range(L):
-            past += [torch.randn(B, KV, P, D), torch.randn(B, KV, P, D)]
-        mask = torch.ones(B, P + S, dtype=torch.long)
-        pos = torch.arange(P, P + S)[None].expand(B, S).contiguous()
-        in_names = ["input_ids", "attention_mask", "position_ids"]
-        out_names = ["logits"]
-        pnames = []
-        for i in range(L):
-            pnames += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-            out_names += [f"present.{i}.key", f"present.{i}.value"]
-        dims = {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "total"],
-                "position_ids": ["batch", "seq"], "logits": ["batch", "seq", V]}
-        for n in pnames:
-            dims[n] = ["batch", KV, "past", D]
-        for n in out_names[1:]:
-            dims[n] = ["batch", KV, "total", D]
-        ds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, [{0: dyn, 2: dyn}] * (2 * L), [None] * len(names))
-        _export(DecodeGraph(A, names, inv_freq, scale), (ids, mask, pos, past, wlist), os.path.join(out, "decode.onnx"),
-                in_names + pnames + names, out_names, ds, dims, log)
-        graphs["decode"] = {
-            "file": "decode.onnx",
-            "inputs": [_io_spec(n, "int64", dims[n]) for n in in_names] + [_io_spec(n, "float32", dims[n]) for n in pnames],
-            "outputs": [_io_spec(n, "float32", dims[n]) for n in out_names],
-            "weight_inputs": names,
-        }
-        # logprob
-        B, T = 2, 7
-        ids = torch.randint(3, V, (B, T))
-        mask = torch.ones(B, T, dtype=torch.long)
-        rmask = torch.ones(B, T, dtype=torch.long)
-        dims = {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"], "response_mask": ["batch", "seq"],
-                "token_logprobs": ["batch", "seq"], "logprob_sum": ["batch"]}
-        ds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, [None] * len(names))
-        _export(LogprobGraph(A, names, inv_freq, scale), (ids, mask, rmask, wlist), os.path.join(out, "logprob.onnx"),
-                ["input_ids", "attention_mask", "response_mask"] + names, ["token_logprobs", "logprob_sum"], ds, dims, log)
-        graphs["logprob"] = {
-            "file": "logprob.onnx",
-            "inputs": [_io_spec(n, "int64", dims[n]) for n in ["input_ids", "attention_mask", "response_mask"]],
-            "outputs": [_io_spec(n, "float32", dims[n]) for n in ["token_logprobs", "logprob_sum"]],
-            "weight_inputs": names,
-        }
-    else:
-        B, T = 2, 7
-        ids = torch.randint(3, V, (B, T))
-        mask = torch.ones(B, T, dtype=torch.long)
-        dims = {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"], "score": ["batch"]}
-        ds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, [None] * len(names))
-        _export(ScoreGraph(A, names, inv_freq, scale), (ids, mask, wlist), os.path.join(out, "score.onnx"),
-                ["input_ids", "attention_mask"] + names, ["score"], ds, dims, log)
-        graphs["score"] = {
-            "file": "score.onnx",
-            "inputs": [_io_spec(n, "int64", dims[n]) for n in ["input_ids", "attention_mask"]],
-            "outputs": [_io_spec("score", "float32", dims["score"])],
-            "weight_inputs": names,
-        }
-    return graphs
-
-
 # ---------------------------------------------------------------- manifest (TOML writer)
 def _toml_val(v):
     if isinstance(v, bool):
@@ -392,55 +246,6 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------- ORT helpers
-def ort_session(path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
-def _np_weights(W):
-    return {n: t.detach().cpu().numpy() for n, t in W.items()}
-
-
-def ort_greedy(sess, Wnp, A, ids, mask, max_new, stop_ids, pad_id):
-    """Greedy decoding with the decode graph, mirroring transformers.generate (left padding)."""
-    B = ids.shape[0]
-    L, KV, D = A["num_layers"], A["num_kv_heads"], A["head_dim"]
-    past = {}
-    for i in range(L):
-        past[f"past_key_values.{i}.key"] = np.zeros((B, KV, 0, D), np.float32)
-        past[f"past_key_values.{i}.value"] = np.zeros((B, KV, 0, D), np.float32)
-    cur_ids, cur_mask = ids, mask
-    pos = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1).astype(np.int64)
-    done = np.zeros(B, bool)
-    out_tokens, step_logits = [[] for _ in range(B)], []
-    for step in range(max_new):
-        feeds = {"input_ids": cur_ids, "attention_mask": cur_mask, "position_ids": pos, **past, **Wnp}
-        res = sess.run(None, feeds)
-        logits = res[0][:, -1]
-        step_logits.append(logits)
-        nxt = logits.argmax(-1)
-        nxt = np.where(done, pad_id, nxt)
-        for b in range(B):
-            if not done[b]:
-                out_tokens[b].append(int(nxt[b]))
-                if int(nxt[b]) in stop_ids:
-                    done[b] = True
-        for i in range(L):
-            past[f"past_key_values.{i}.key"] = res[1 + 2 * i]
-            past[f"past_key_values.{i}.value"] = res[2 + 2 * i]
-        if done.all():
-            break
-        cur_mask = np.concatenate([cur_mask, np.ones((B, 1), np.int64)], 1)
-        pos = pos[:, -1:] + 1
-        cur_ids = nxt[:, None].astype(np.int64)
-    return out_tokens, step_logits
-
-
 def left_pad(seqs, pad_id):
     Lm = max(len(s) for s in seqs)
     ids = np.full((len(seqs), Lm), pad_id, np.int64)
@@ -461,26 +266,7 @@ def _check(name, diff, tol, report):
         raise ParityError(f"PARITY FAILED: {name}: max abs diff {diff:.3g} > {tol:g}")
 
 
-# ---------------------------------------------------------------- bundle
-def _load_checkpoint(ckpt, kind):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cfg = AutoConfig.from_pretrained(ckpt)
-    cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(ckpt, attn_implementation="eager", dtype=torch.float32).eval()
-    if kind == "reward" and model.config.num_labels != 1:
-        raise SystemExit(f"reward model must have num_labels=1, has {model.config.num_labels}")
-    sd = model.state_dict()
-    W = {}
-    for n, t in sd.items():
-        if n == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False):
-            continue
-        if n.endswith("rotary_emb.inv_freq"):
-            continue
-        W[n] = t.detach().float().contiguous()
-    return cfg, model, W
-
-
+# ---------------------------------------------------------------- tokens and manifest
 def _special_tokens(tok, chat_template):
     vocab = tok.get_vocab(with_added_tokens=True)
     added = {t.content: vocab[t.content] for t in tok.get_added_tokens_decoder().values() if t.special} \
@@ -492,27 +278,9 @@ def _tok_ids(tok, text):
     return tok.encode(text, add_special_tokens=False).ids
 
 
-def write_bundle(kind, ckpt, tokenizer_path, out, chat_template, name, log):
-    from safetensors.torch import save_file
-    from tokenizers import Tokenizer
-
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.makedirs(os.path.join(out, "parity"))
-    cfg, model, W = _load_checkpoint(ckpt, kind)
-    A = arch_from_config(cfg)
-    inv_freq, scale = rope_inv_freq(model)
-    tok = Tokenizer.from_file(tokenizer_path)
-    shutil.copyfile(tokenizer_path, os.path.join(out, "tokenizer.json"))
-    save_file(W, os.path.join(out, "model.safetensors"), metadata={"format": "pt", "croco_kind": kind})
-    os.chmod(os.path.join(out, "model.safetensors"), 0o644)
-    graphs = export_graphs(kind, A, W, inv_freq, scale, out, log)
-    specials = _special_tokens(tok, chat_template)
-    return cfg, model, W, A, inv_freq, scale, tok, graphs, specials
-
-
-def token_roles(tok, cfg, specials, stop_tokens=None):
-    """bos / eos / pad / stop tokens: the demo's names when present, else the model config's ids."""
+def token_roles(tok, cfg, specials, stop_tokens=None, generation_stop_ids=()):
+    """bos / eos / pad / stop tokens: the demo's names when present, else the ids of the model config and of
+    generation_config.json (its eos_token_id often lists the chat's end-of-turn token too)."""
     def name(i):
         return tok.id_to_token(i) if i is not None and i >= 0 and tok.id_to_token(i) is not None else ""
 
@@ -523,7 +291,7 @@ def token_roles(tok, cfg, specials, stop_tokens=None):
     elif any(t in specials for t in ["<|end|>", "<|eos|>"]):
         stop = [t for t in ["<|end|>", "<|eos|>"] if t in specials]
     else:
-        stop = [name(i) for i in eos_list if name(i)]
+        stop = list(dict.fromkeys(name(i) for i in [*eos_list, *generation_stop_ids] if name(i)))
     stop_ids = [tok.token_to_id(t) for t in stop]
     if not stop or None in stop_ids:
         raise SystemExit(f"cannot determine stop tokens ({stop}); pass --stop-token")
@@ -536,8 +304,11 @@ def token_roles(tok, cfg, specials, stop_tokens=None):
             "stop_tokens": stop, "stop_token_ids": stop_ids}
 
 
-def _finish_manifest(out, kind, name, A, W, graphs, specials, chat_template, cfg, parity_report, extra=None,
-                     roles=None, rel_report=None):
+def finish_manifest(out, kind, name, A, tensors, dtype, graphs, specials, chat_template, parity_report, roles,
+                    parity_layers, rel_report=None, fixtures_note=""):
+    """Writes croco-model.toml (format version 2) for the bundle in `out`: tensors are list_tensors entries
+    stored as `dtype`; graphs maps a name to its entry (bundle.build_graphs, or graph_entry of a traced one)."""
+    names = [t["name"] for t in tensors]
     man = {
         "format": "croco-model", "format_version": FORMAT_VERSION, "kind": kind, "name": name,
         "created_by": "tools/export (python -m tools.export)",
@@ -548,29 +319,26 @@ def _finish_manifest(out, kind, name, A, W, graphs, specials, chat_template, cfg
         },
         "chat": {"template": chat_template, "add_special_tokens": False,
                  "prompt_template": chat_template.split("{response}")[0]},
-        "weights": {"file": "model.safetensors", "dtype": "float32",
-                    "tensors": [{"name": n, "dtype": "float32", "shape": list(t.shape)} for n, t in W.items()]},
+        "weights": {"file": "model.safetensors", "dtype": dtype,
+                    "tensors": [{"name": t["name"], "dtype": dtype, "shape": list(t["shape"])} for t in tensors]},
         "lora": {"target_modules": LORA_TARGETS,
-                 "target_weights": [n for n in W if any(f".{t}.weight" in n for t in LORA_TARGETS)]},
-        "graphs": {},
-        "parity": {"dir": "parity", "atol": ATOL, "measured_max_abs_diff": {**parity_report, "__inline__": True}},
+                 "target_weights": [n for n in names if any(f".{t}.weight" in n for t in LORA_TARGETS)]},
+        "graphs": graphs,
+        "parity": {"dir": "parity", "atol": ATOL, "layers": parity_layers, "note": fixtures_note,
+                   "measured_max_abs_diff": {**parity_report, "__inline__": True}},
     }
-    if extra:
-        man.update(extra)
     if rel_report:
         man["parity"]["grad_rtol"] = GRAD_RTOL
         man["parity"]["measured_max_rel_l2"] = {**rel_report, "__inline__": True}
-    for gname, g in graphs.items():
-        man["graphs"][gname] = graph_entry(g, W)
     man["files"] = file_table(out)
     write_manifest(out, man)
     return man
 
 
-def graph_entry(g, W):
-    """[graphs.<name>] of the manifest for a graph spec of export_graphs / dpo.export_dpo."""
-    return {"file": g["file"], "opset": OPSET, "weights_as_inputs": True,
-            "weight_inputs": "all" if g["weight_inputs"] == list(W) else g["weight_inputs"],
+def graph_entry(g, weight_names):
+    """[graphs.<name>] of a traced float32 graph (dpo.export_dpo's spec)."""
+    return {"files": {"float32": g["file"]}, "opset": OPSET,
+            "weight_inputs": "all" if g["weight_inputs"] == list(weight_names) else g["weight_inputs"],
             "inputs": g["inputs"], "outputs": g["outputs"]}
 
 
@@ -608,38 +376,3 @@ def _tok_fixture(tok, out, texts):
              for t in texts]
     json.dump({"add_special_tokens": False, "cases": cases},
               open(os.path.join(out, "parity", "tokenizer.json"), "w"), ensure_ascii=False, indent=1)
-
-
-def export_reward(ckpt, tokenizer_path, out, chat_template, parity_pairs, log=print, name="reward", stop_tokens=None):
-    cfg, model, W, A, inv_freq, scale, tok, graphs, specials = write_bundle(
-        "reward", ckpt, tokenizer_path, out, chat_template, name, log)
-    Wnp = _np_weights(W)
-    roles = token_roles(tok, cfg, specials, stop_tokens)
-    pad_id = roles["pad_token_id"]
-    texts = [fill_template(chat_template, p, r) for p, r in parity_pairs]
-    seqs = [_tok_ids(tok, t) for t in texts]
-    report = {}
-    sess = ort_session(os.path.join(out, "score.onnx"))
-    # unpadded, one at a time (HF's own pooling), and as one left-padded batch
-    single = []
-    with torch.no_grad():
-        for s in seqs:
-            single.append(float(model(input_ids=torch.tensor([s])).logits[0, 0]))
-    ids, mask = left_pad(seqs, pad_id)
-    with torch.no_grad():
-        hf_b = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                     position_ids=positions_from_mask(torch.from_numpy(mask))).logits[:, 0].numpy()
-    (o_b,) = sess.run(None, {"input_ids": ids, "attention_mask": mask, **Wnp})
-    o_single = [float(sess.run(None, {"input_ids": np.array([s], np.int64),
-                                      "attention_mask": np.ones((1, len(s)), np.int64), **Wnp})[0][0]) for s in seqs]
-    _check("score_single", float(np.abs(np.array(o_single) - np.array(single)).max()), ATOL, report)
-    _check("score_left_padded_batch", float(np.abs(o_b - hf_b).max()), ATOL, report)
-    _check("score_padding_invariance", float(np.abs(o_b - np.array(single)).max()), ATOL, report)
-    json.dump({"atol": ATOL, "pairs": [{"prompt": p, "response": r} for p, r in parity_pairs], "texts": texts,
-               "input_ids": ids.tolist(), "attention_mask": mask.tolist(), "expected_scores": hf_b.tolist(),
-               "expected_scores_unpadded": single},
-              open(os.path.join(out, "parity", "score.json"), "w"), ensure_ascii=False, indent=1)
-    _tok_fixture(tok, out, texts)
-    _finish_manifest(out, "reward", name, A, W, graphs, specials, chat_template, cfg, report, roles=roles)
-    log(f"reward bundle {out}: parity OK {report}")
-    return report

@@ -78,24 +78,25 @@ def peft_logprobs(adapter):
 
 def test_peft_equals_onnx_logprob_graph_with_merged_weights(adapter, peft_logprobs):
     from tools.export.adapter import load_bundle, merge_weights, read_adapter
-    from tools.export.export import ort_session
+    from tools.export.ortrun import logprobs, ort_session, unpad
 
     man, W = load_bundle(POLICY)
     _, tensors, scale = read_adapter(adapter[0])
     assert scale == ALPHA / R
     merged = merge_weights(W, tensors, scale)
     ids, mask, rm = _fixture_inputs()
-    sess = ort_session(os.path.join(POLICY, man["graphs"]["logprob"]["file"]))
-    tl, s = sess.run(None, {"input_ids": ids, "attention_mask": mask, "response_mask": rm,
-                            **{n: t.numpy() for n, t in merged.items()}})
-    np.testing.assert_allclose(tl, peft_logprobs[0], atol=TOL, rtol=0)
-    np.testing.assert_allclose(s, peft_logprobs[1], atol=TOL, rtol=0)
+    sess = ort_session(os.path.join(POLICY, man["graphs"]["logprob"]["files"]["float32"]))
+    seqs, starts = unpad(ids, mask, rm)
+    got = logprobs(sess, {n: t.numpy() for n, t in merged.items()}, seqs, starts, man["tokenizer"]["pad_token_id"])
+    for row, g in enumerate(got):
+        np.testing.assert_allclose(g, np.asarray(peft_logprobs[0][row])[rm[row] == 1], atol=TOL, rtol=0)
+    np.testing.assert_allclose([g.sum() for g in got], peft_logprobs[1], atol=TOL, rtol=0)
 
 
 def test_dpo_graph_policy_logps_equal_merged_weights(adapter, peft_logprobs):
     """What the dpo graph trains (LoRA inputs, dropout 0) is what the merged weights generate with."""
     from tools.export.adapter import load_bundle
-    from tools.export.export import ort_session
+    from tools.export.ortrun import ort_session
 
     man, W = load_bundle(POLICY)
     if "dpo" not in man["graphs"]:
@@ -103,7 +104,7 @@ def test_dpo_graph_policy_logps_equal_merged_weights(adapter, peft_logprobs):
     ids, mask, rm = _fixture_inputs()
     if len(ids) % 2:
         ids, mask, rm = ids[:-1], mask[:-1], rm[:-1]
-    sess = ort_session(os.path.join(POLICY, man["graphs"]["dpo"]["file"]))
+    sess = ort_session(os.path.join(POLICY, man["graphs"]["dpo"]["files"]["float32"]))
     f = lambda v: np.array(v, np.float32)  # noqa: E731
     out = sess.run(None, {"input_ids": ids, "attention_mask": mask, "response_mask": rm.astype(np.float32),
                           "ref_logps": np.zeros(len(ids), np.float32), "beta": f(0.1), "label_smoothing": f(0.0),

@@ -27,7 +27,7 @@ def manifest(b):
 @pytest.mark.parametrize("b", BUNDLES)
 def test_manifest_checksums(b):
     man = manifest(b)
-    assert man["format"] == "croco-model" and man["format_version"] == 1 and man["kind"] == b
+    assert man["format"] == "croco-model" and man["format_version"] == 2 and man["kind"] == b
     on_disk = set()
     for root, _, fs in os.walk(os.path.join(MODELS, b)):
         for f in fs:
@@ -69,7 +69,8 @@ def test_weights_and_graph_io_match_manifest(b):
         assert list(W[t["name"]].shape) == t["shape"] and str(W[t["name"]].dtype) == t["dtype"]
     assert set(man["graphs"]) == ({"decode", "logprob", "dpo"} if b == "policy" else {"score"})
     for g in man["graphs"].values():
-        m = onnx.load(os.path.join(MODELS, b, g["file"]), load_external_data=False)
+        assert "float32" in g["files"]
+        m = onnx.load(os.path.join(MODELS, b, g["files"]["float32"]), load_external_data=False)
         names = [i.name for i in m.graph.input]
         assert names == [i["name"] for i in g["inputs"]] + order
         assert [o.name for o in m.graph.output] == [o["name"] for o in g["outputs"]]
@@ -94,45 +95,52 @@ def test_tokenizer_fixture(b):
 
 
 def _sess_and_weights(b, graph):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     from safetensors.numpy import load_file
 
-    from tools.export.export import ort_session
+    from tools.export.ortrun import ort_session
 
     man = manifest(b)
-    return man, ort_session(os.path.join(MODELS, b, man["graphs"][graph]["file"])), \
+    return man, ort_session(os.path.join(MODELS, b, man["graphs"][graph]["files"]["float32"])), \
         load_file(os.path.join(MODELS, b, man["weights"]["file"]))
 
 
 @pytest.mark.skipif("policy" not in BUNDLES, reason="no policy bundle")
 def test_policy_greedy_fixture_replays():
-    from tools.export.export import ort_greedy
+    from tools.export.ortrun import greedy, unpad
 
     man, sess, W = _sess_and_weights("policy", "decode")
     fx = json.load(open(os.path.join(MODELS, "policy", "parity", "greedy.json")))
-    assert any(len(c["prompts"]) > 1 and 0 in sum(c["attention_mask"], []) for c in fx["cases"]), "no left-padded case"
+    assert any(len(c["prompts"]) > 1 and 0 in sum(c["attention_mask"], []) for c in fx["cases"]), "no padded case"
     for c in fx["cases"]:
-        toks, logits = ort_greedy(sess, W, man["architecture"], np.array(c["input_ids"]), np.array(c["attention_mask"]),
-                                  c["max_new_tokens"], c["stop_token_ids"], c["pad_token_id"])
+        seqs = unpad(c["input_ids"], c["attention_mask"])
+        toks, logits = greedy(sess, W, man["architecture"], seqs, c["max_new_tokens"], c["stop_token_ids"],
+                              c["pad_token_id"])
         assert toks == c["expected_tokens"], c["name"]
         np.testing.assert_allclose(logits[0][:, :16], c["expected_first_step_logits_head"], atol=fx["atol"], rtol=0)
 
 
 @pytest.mark.skipif("policy" not in BUNDLES, reason="no policy bundle")
 def test_policy_logprob_fixture():
+    from tools.export.ortrun import logprobs, unpad
+
     man, sess, W = _sess_and_weights("policy", "logprob")
     fx = json.load(open(os.path.join(MODELS, "policy", "parity", "logprob.json")))
-    tl, s = sess.run(None, {"input_ids": np.array(fx["input_ids"]), "attention_mask": np.array(fx["attention_mask"]),
-                            "response_mask": np.array(fx["response_mask"]), **W})
-    np.testing.assert_allclose(tl, fx["expected_token_logprobs"], atol=fx["atol"], rtol=0)
-    np.testing.assert_allclose(s, fx["expected_logprob_sum"], atol=fx["atol"], rtol=0)
+    seqs, starts = unpad(fx["input_ids"], fx["attention_mask"], fx["response_mask"])
+    got = logprobs(sess, W, seqs, starts, man["tokenizer"]["pad_token_id"])
+    for row, (g, rm) in enumerate(zip(got, fx["response_mask"])):
+        expected = np.array(fx["expected_token_logprobs"][row])[np.array(rm) == 1]
+        np.testing.assert_allclose(g, expected, atol=fx["atol"], rtol=0)
+        np.testing.assert_allclose(g.sum(), fx["expected_logprob_sum"][row], atol=10 * fx["atol"], rtol=0)
 
 
 @pytest.mark.skipif("reward" not in BUNDLES, reason="no reward bundle")
 def test_reward_score_fixture():
+    from tools.export.ortrun import scores, unpad
+
     man, sess, W = _sess_and_weights("reward", "score")
     fx = json.load(open(os.path.join(MODELS, "reward", "parity", "score.json")))
-    (sc,) = sess.run(None, {"input_ids": np.array(fx["input_ids"]), "attention_mask": np.array(fx["attention_mask"]), **W})
+    sc = scores(sess, W, unpad(fx["input_ids"], fx["attention_mask"]), man["tokenizer"]["pad_token_id"])
     np.testing.assert_allclose(sc, fx["expected_scores"], atol=fx["atol"], rtol=0)
     np.testing.assert_allclose(sc, fx["expected_scores_unpadded"], atol=fx["atol"], rtol=0)
 

@@ -1,4 +1,5 @@
-"""The exporter on tiny random checkpoints (Llama with tied embeddings, Qwen2 with attention biases):
+"""The exporter on tiny random checkpoints of every family (Llama with tied embeddings, Mistral with a sliding
+window, Qwen2 with attention biases, Qwen3 with q/k norms, cohere2 with interleaved sliding and global layers):
 parity must hold, and a broken graph must fail loudly."""
 import os
 
@@ -9,6 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("transformers")
 
+from tools.export import bundle  # noqa: E402
 from tools.export import export as ex  # noqa: E402
 from tools.export import policy  # noqa: E402
 from tools.export.train import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer  # noqa: E402
@@ -25,41 +27,56 @@ def tokenizer_path(tmp_path_factory):
     return p
 
 
-def _tiny(kind, family, path):
-    from transformers import (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, Qwen2Config,
-                              Qwen2ForCausalLM)
+def _tiny(kind, family, path, layers=2, dtype=None):
+    """A tiny random checkpoint of `family`: norms and biases non-trivial so that they matter, sliding windows
+    shorter than the parity prompts."""
+    import transformers as tf
 
     torch.manual_seed(0)
-    kw = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    kw = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=5)
-    if family == "qwen2":
-        m = Qwen2ForCausalLM(Qwen2Config(**kw, tie_word_embeddings=False))
-        for n, p in m.named_parameters():  # non-zero biases so that they matter
-            if n.endswith("bias"):
-                torch.nn.init.normal_(p, std=0.1)
-    elif kind == "policy":
-        m = LlamaForCausalLM(LlamaConfig(**kw, head_dim=8, tie_word_embeddings=True))
+    configs = {
+        "llama": lambda: tf.LlamaConfig(**kw, head_dim=16, tie_word_embeddings=True),
+        "mistral": lambda: tf.MistralConfig(**kw, head_dim=16, sliding_window=5, tie_word_embeddings=False),
+        "qwen2": lambda: tf.Qwen2Config(**kw, tie_word_embeddings=False),
+        "qwen3": lambda: tf.Qwen3Config(**kw, head_dim=32, tie_word_embeddings=False),
+        "cohere2": lambda: tf.Cohere2Config(**kw, sliding_window=4, logit_scale=0.5, layer_types=[
+            ("sliding_attention", "full_attention")[i % 2] for i in range(layers)]),
+    }
+    cfg = configs[family]()
+    if kind == "policy":
+        m = tf.AutoModelForCausalLM.from_config(cfg)
     else:
-        m = LlamaForSequenceClassification(LlamaConfig(**kw, head_dim=8, num_labels=1))
+        cfg.num_labels = 1
+        m = tf.AutoModelForSequenceClassification.from_config(cfg)
+    for n, p in m.named_parameters():
+        if n.endswith("bias") or "norm" in n:
+            torch.nn.init.normal_(p, mean=1.0 if "norm" in n else 0.0, std=0.1)
+    if dtype is not None:
+        m = m.to(dtype)
     m.save_pretrained(path)
 
 
+PROMPTS = ["Hello there", "Wie geht es dir heute?", "Dia duit, conas atá tú? Sut mae?"]
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_policy_export_parity(tmp_path, tokenizer_path, family):
+def test_policy_export_parity_with_the_dpo_graph(tmp_path, tokenizer_path, family):
     _tiny("policy", family, tmp_path / "ckpt")
     out = tmp_path / "bundle"
-    rep = policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE,
-                           ["Hello there", "Wie geht es dir heute?", "Dia duit"], log=lambda *_: None, max_new=6)
+    rep = policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE, PROMPTS,
+                               log=lambda *_: None, max_new=6, parity_layers=0)
     assert max(rep.values()) < ex.ATOL
-    for f in ["croco-model.toml", "decode.onnx", "logprob.onnx", "dpo.onnx", "model.safetensors", "tokenizer.json",
-              "parity/greedy.json", "parity/logprob.json", "parity/tokenizer.json", "parity/dpo.json",
-              "parity/dpo.safetensors"]:
+    for f in ["croco-model.toml", "decode.float32.onnx", "logprob.float32.onnx", "dpo.onnx", "model.safetensors",
+              "tokenizer.json", "parity/greedy.json", "parity/logprob.json", "parity/tokenizer.json",
+              "parity/dpo.json", "parity/dpo.safetensors"]:
         assert (out / f).exists(), f
     import tomllib
 
     man = tomllib.load(open(out / "croco-model.toml", "rb"))
     for rel, meta in man["files"].items():
         assert ex.sha256_file(str(out / rel)) == meta["sha256"]
+    assert man["format_version"] == 2 and man["weights"]["dtype"] == "float32"
     assert man["tokenizer"]["special_tokens"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     assert list(man["graphs"]) == ["decode", "logprob", "dpo"]
     assert max(man["parity"]["measured_max_rel_l2"].values()) < ex.GRAD_RTOL
@@ -68,11 +85,69 @@ def test_policy_export_parity(tmp_path, tokenizer_path, family):
         assert any(t["name"].endswith("q_proj.bias") for t in man["weights"]["tensors"])
 
 
-def test_reward_export_parity(tmp_path, tokenizer_path):
-    _tiny("reward", "llama", tmp_path / "ckpt")
-    rep = ex.export_reward(str(tmp_path / "ckpt"), tokenizer_path, str(tmp_path / "b"), CHAT_TEMPLATE,
-                           [("Hello", "Hi there"), ("Wie geht es?", "Gut"), ("x", "")], log=lambda *_: None)
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "cohere2"])
+def test_every_family_matches_transformers_on_a_truncated_copy(tmp_path, tokenizer_path, family):
+    """Four layers exported, parity on the first two read from the same checkpoint: greedy tokens identical,
+    logits and log-probs within ATOL, in a padded batch too (sliding windows shorter than the prompts)."""
+    _tiny("policy", family, tmp_path / "ckpt", layers=4)
+    out = tmp_path / "bundle"
+    rep = policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE, PROMPTS,
+                               log=lambda *_: None, max_new=8, dpo=False)
     assert max(rep.values()) < ex.ATOL
+    import tomllib
+
+    man = tomllib.load(open(out / "croco-model.toml", "rb"))
+    assert man["parity"]["layers"] == 2 and man["architecture"]["num_layers"] == 4
+    assert man["architecture"]["family"] == family
+    if family == "cohere2":
+        assert man["architecture"]["rotary_layers"] == [True, False, True, False]
+        assert man["architecture"]["attention_windows"] == [4, -1, 4, -1]
+
+
+def test_a_bfloat16_checkpoint_keeps_its_weights_and_gets_bfloat16_graphs(tmp_path, tokenizer_path):
+    _tiny("policy", "llama", tmp_path / "ckpt", dtype=torch.bfloat16)
+    out = tmp_path / "bundle"
+    policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE, PROMPTS,
+                         log=lambda *_: None, max_new=6, dpo=False)
+    import onnx
+    import tomllib
+
+    man = tomllib.load(open(out / "croco-model.toml", "rb"))
+    assert man["weights"]["dtype"] == "bfloat16"
+    assert man["graphs"]["decode"]["files"] == {"float32": "decode.float32.onnx", "bfloat16": "decode.bfloat16.onnx"}
+    assert os.path.getsize(out / "model.safetensors") < 0.6 * 4 * sum(
+        int(np.prod(t["shape"])) for t in man["weights"]["tensors"])
+    m = onnx.load(str(out / "decode.bfloat16.onnx"))
+    kinds = {i.name: i.type.tensor_type.elem_type for i in m.graph.input}
+    assert kinds["model.embed_tokens.weight"] == onnx.TensorProto.BFLOAT16
+    assert kinds["past_key_values.0.key"] == onnx.TensorProto.BFLOAT16
+    assert {o.name: o.type.tensor_type.elem_type for o in m.graph.output}["logits"] == onnx.TensorProto.FLOAT
+
+
+def test_reward_export_parity(tmp_path, tokenizer_path):
+    _tiny("reward", "qwen3", tmp_path / "ckpt")
+    rep = bundle.export_reward(str(tmp_path / "ckpt"), tokenizer_path, str(tmp_path / "b"), CHAT_TEMPLATE,
+                               [("Hello", "Hi there"), ("Wie geht es?", "Gut"), ("x", "")], log=lambda *_: None)
+    assert max(rep.values()) < ex.ATOL
+
+
+def test_graph_building_does_not_grow_with_depth():
+    """42 layers of EuroLLM-9B's shapes: built from the config in well under a second, no weights needed."""
+    import time
+
+    from tools.export import graphs
+
+    A = {"family": "llama", "vocab_size": 128000, "hidden_size": 4096, "num_layers": 42, "num_attention_heads": 32,
+         "num_kv_heads": 8, "head_dim": 128, "intermediate_size": 12288, "rms_norm_eps": 1e-5,
+         "rotary_layers": [True] * 42, "rotary_interleaved": False, "attention_windows": [-1] * 42,
+         "logit_scale": 1.0, "max_position_embeddings": 4096}
+    tensors = [("model.embed_tokens.weight", [128000, 4096]), ("model.norm.weight", [4096]),
+               ("lm_head.weight", [128000, 4096])]
+    rotary = {"inv_freq": 1.0 / 10000 ** (np.arange(0, 128, 2) / 128), "attention_scaling": 1.0}
+    t0 = time.time()
+    model = graphs.decode_graph(A, tensors, rotary, "bfloat16")
+    assert time.time() - t0 < 5
+    assert sum(n.op_type == "GroupQueryAttention" for n in model.graph.node) == 42
 
 
 def test_parity_check_fails_loudly():
