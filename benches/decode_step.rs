@@ -1,31 +1,38 @@
 //! Benchmark: one decode step of a policy bundle (every row of a batch one
-//! new token, over a KV cache of a given context) against its roofline on
-//! the same machine, measured in the same run: the bytes a step must read
+//! new token, over a KV cache of a given context), measured in the same run
+//! against (a) its roofline on this machine: the bytes a step must read
 //! (weights + the rows' KV cache) over the measured memory bandwidth (a
 //! large copy), and its FLOPs over the measured GEMM throughput (one large
-//! MatMul through ONNX Runtime). The slower of the two bounds is the
-//! roofline; `ratio` is roofline time / step time, the fraction of the
-//! physical limit reached (1 at best).
+//! MatMul through ONNX Runtime), the slower bound being the roofline
+//! (`ratio` = roofline time / step time, the fraction of the physical limit
+//! reached, 1 at best); and (b) the same step through the format-1 decode
+//! graph of the same weights (`ratio` = v1 time / v2 time).
 //!
 //!     cargo bench --bench decode_step
 //!
 //! `CROCO_BENCH_BUNDLE` (default `data/models/policy`) points it at another
 //! policy bundle; contexts are 64, 512 and 2048 where they fit the bundle's
 //! `max_position_embeddings` (else its largest context), batches 1, 16, 64.
-//! A step is timed as (a generation of `STEPS + 1` new tokens − a generation
-//! of 1) ÷ the decode calls between them, so prefill is left out.
+//! The format-1 graph is `CROCO_BENCH_V1_GRAPH`, else, for the demo policy,
+//! its `decode.onnx` read from git at the last format-1 commit ([`V1_COMMIT`];
+//! the weights are the same values under the same names). Both graphs are
+//! timed the way croco drives them: v2 with the cache bound as past and
+//! present and written in place, v1 with the cache passed in and the
+//! concatenated present fed back as the next step's past.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
-use croco::model::continuous::SlotLimits;
-use croco::model::policy::{GenerationRequest, Policy};
-use croco::model::runtime::{Device, SessionConfig, Target};
-use croco::model::sampling::SamplingParams;
-use ort::value::Tensor;
+use croco::model::graph::BoundGraph;
+use croco::model::precision::Precision;
+use croco::model::runtime::{Device, SessionConfig, Target, resolve_target};
+use croco::model::weights::Weights;
+use ort::memory::Allocator;
+use ort::session::Session;
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
 
 use self::common::Better;
 
@@ -35,6 +42,8 @@ const STEPS: usize = 16;
 const CONTEXTS: [usize; 3] = [64, 512, 2048];
 const BATCHES: [usize; 3] = [1, 16, 64];
 const REPEATS: usize = 3;
+/// The last commit whose demo policy is a format-1 bundle.
+const V1_COMMIT: &str = "04a8a0b";
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -42,7 +51,7 @@ fn main() {
     let bandwidth = memory_bandwidth();
     let gemm = gemm_throughput(repo);
     println!(
-        "decode step vs roofline, CPU, {THREADS} threads, {}: memory {:.1} GB/s (copy), GEMM {:.1} GFLOP/s (ONNX Runtime MatMul)",
+        "decode step vs roofline and vs format 1, CPU, {THREADS} threads, {}: memory {:.1} GB/s (copy), GEMM {:.1} GFLOP/s (ONNX Runtime MatMul)",
         bundle_dir.display(),
         bandwidth / 1e9,
         gemm / 1e9
@@ -50,13 +59,18 @@ fn main() {
     let bundle = Bundle::open(&bundle_dir, Verify::Sizes).unwrap();
     let shape = Shape::of(&bundle);
     let config = SessionConfig { device: Device::Cpu, device_id: 0, threads: THREADS };
-    let mut policy = Policy::load(bundle, &config).unwrap();
-    // Every row decodes every step: a stop token would end a row (and, at batch 1, the timing) early.
-    policy.tokenizer.stop_token_ids.clear();
+    let target = resolve_target(&config).unwrap();
+    let weights = Weights::load(&bundle, Precision::Float32).unwrap();
+    let mut v2 = BoundGraph::new(&bundle, "decode", &weights, target, THREADS).unwrap();
+    let mut v1 = v1_graph(repo, &bundle_dir).map(|path| V1::new(&path, &weights));
+    if v1.is_none() {
+        println!("  (no format-1 graph: set CROCO_BENCH_V1_GRAPH to compare)");
+    }
     let mut rows = Vec::new();
     for context in contexts(shape.max_positions) {
         for batch in BATCHES {
-            let step = step_seconds(&mut policy, context, batch);
+            let step = best_of(|| v2_step_seconds(&mut v2, &shape, context, batch));
+            let old = v1.as_mut().map(|v1| best_of(|| v1.step_seconds(&shape, context, batch)));
             // The cache grows over the timed steps: its mean length is read.
             let mean_context = (context + STEPS / 2) as f64;
             let bytes = shape.weight_bytes + batch as f64 * shape.kv_bytes_per_token * mean_context;
@@ -64,17 +78,122 @@ fn main() {
             let roofline = (bytes / bandwidth).max(flops / gemm);
             let bound = if bytes / bandwidth >= flops / gemm { "memory" } else { "compute" };
             println!(
-                "  context {context:>5}, batch {batch:>3}: {:>8.3} ms/step, roofline {:>8.3} ms ({bound}-bound), {:.1} % of it",
+                "  context {context:>5}, batch {batch:>3}: {:>8.3} ms/step, roofline {:>8.3} ms ({bound}-bound), {:.1} % of it{}",
                 step * 1e3,
                 roofline * 1e3,
-                100.0 * roofline / step
+                100.0 * roofline / step,
+                old.map_or(String::new(), |old| format!("; format 1 {:.3} ms, {:.2}x", old * 1e3, old / step))
             );
             let case = format!("decode step, context {context}, batch {batch}");
             let reference = format!("roofline ({bound}-bound: weights + KV bytes / bandwidth, FLOPs / GEMM)");
             rows.push(common::row(&case, "seconds", step, &reference, Some(roofline), Better::Lower));
+            if let Some(old) = old {
+                let reference = "format-1 decode graph, same weights (KV cache concatenated every step)";
+                rows.push(common::row(&case, "seconds", step, reference, Some(old), Better::Lower));
+            }
         }
     }
     common::write_json("decode_step", rows);
+}
+
+fn best_of(mut run: impl FnMut() -> f64) -> f64 {
+    run();
+    (0..REPEATS).map(|_| run()).fold(f64::INFINITY, f64::min)
+}
+
+/// Seconds of one format-2 decode step of `batch` rows over `context`
+/// cached positions: the cache bound in place, each step one position more.
+fn v2_step_seconds(graph: &mut BoundGraph, shape: &Shape, context: usize, batch: usize) -> f64 {
+    let allocator = Allocator::default();
+    let dims = [batch, shape.kv_heads, context + STEPS, shape.head_dim];
+    let mut cache: Vec<DynTensor> =
+        (0..2 * shape.layers).map(|_| DynTensor::new(&allocator, TensorElementType::Float32, dims).unwrap()).collect();
+    let names = cache_names(shape.layers);
+    let ids = Tensor::from_array(([batch, 1], vec![7i64; batch])).unwrap().into_dyn();
+    let start = Instant::now();
+    for step in 0..STEPS {
+        for ((past, present), tensor) in names.iter().zip(&mut cache) {
+            graph.bind_in_place(past, present, tensor).unwrap();
+        }
+        let seqlens = Tensor::from_array(([batch], vec![(context + step) as i32; batch])).unwrap().into_dyn();
+        let total = Tensor::from_array((Vec::<usize>::new(), vec![(context + step + 1) as i32])).unwrap().into_dyn();
+        let inputs = [("input_ids", &ids), ("seqlens_k", &seqlens), ("total_sequence_length", &total)];
+        std::hint::black_box(graph.run(&inputs, &["logits"]).unwrap());
+    }
+    start.elapsed().as_secs_f64() / STEPS as f64
+}
+
+fn cache_names(layers: usize) -> Vec<(String, String)> {
+    (0..layers)
+        .flat_map(|i| {
+            ["key", "value"].map(|part| (format!("past_key_values.{i}.{part}"), format!("present.{i}.{part}")))
+        })
+        .collect()
+}
+
+/// The format-1 decode graph to compare with, if there is one.
+fn v1_graph(repo: &Path, bundle_dir: &Path) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("CROCO_BENCH_V1_GRAPH") {
+        return Some(PathBuf::from(path));
+    }
+    if bundle_dir != repo.join("data/models/policy") {
+        return None;
+    }
+    let out = repo.join("target/croco-bench/v1-demo-decode.onnx");
+    let blob = format!("{V1_COMMIT}:data/models/policy/decode.onnx");
+    let shown = std::process::Command::new("git").args(["show", &blob]).current_dir(repo).output().ok()?;
+    if !shown.status.success() {
+        return None;
+    }
+    std::fs::create_dir_all(out.parent()?).ok()?;
+    std::fs::write(&out, shown.stdout).ok()?;
+    Some(out)
+}
+
+/// A format-1 decode session: the weights bound once, the cache passed in
+/// (`[batch, kv_heads, past, head_dim]`) and returned one position longer.
+struct V1<'w> {
+    session: Session,
+    weights: &'w Weights,
+}
+
+impl<'w> V1<'w> {
+    fn new(path: &Path, weights: &'w Weights) -> V1<'w> {
+        let session = croco::model::runtime::session(path, Target::Cpu, THREADS).unwrap();
+        V1 { session, weights }
+    }
+
+    fn step_seconds(&mut self, shape: &Shape, context: usize, batch: usize) -> f64 {
+        let mut binding = self.session.create_binding().unwrap();
+        for (name, value) in &self.weights.tensors {
+            binding.bind_input(name.as_str(), value).unwrap();
+        }
+        let dims = [batch, shape.kv_heads, context, shape.head_dim];
+        let mut past: Vec<DynValue> = (0..2 * shape.layers)
+            .map(|_| Tensor::from_array((dims, vec![0.1f32; dims.iter().product()])).unwrap().into_dyn())
+            .collect();
+        let names = cache_names(shape.layers);
+        let ids = Tensor::from_array(([batch, 1], vec![7i64; batch])).unwrap().into_dyn();
+        let start = Instant::now();
+        for step in 0..STEPS {
+            let width = context + step + 1;
+            let mask = Tensor::from_array(([batch, width], vec![1i64; batch * width])).unwrap().into_dyn();
+            let positions = Tensor::from_array(([batch, 1], vec![(width - 1) as i64; batch])).unwrap().into_dyn();
+            for (name, value) in [("input_ids", &ids), ("attention_mask", &mask), ("position_ids", &positions)] {
+                binding.bind_input(name, value).unwrap();
+            }
+            for ((name, _), value) in names.iter().zip(&past) {
+                binding.bind_input(name.as_str(), value).unwrap();
+            }
+            for output in std::iter::once("logits".to_string()).chain(names.iter().map(|(_, present)| present.clone()))
+            {
+                binding.bind_output_to_device(output.as_str(), &ort::memory::MemoryInfo::default()).unwrap();
+            }
+            let mut outputs = self.session.run_binding(&binding).unwrap();
+            past = names.iter().map(|(_, present)| outputs.remove(present.as_str()).unwrap()).collect();
+        }
+        start.elapsed().as_secs_f64() / STEPS as f64
+    }
 }
 
 /// The contexts measured: those of [`CONTEXTS`] that leave room for the
@@ -89,6 +208,9 @@ fn contexts(max_positions: usize) -> Vec<usize> {
 /// What one decode step must read and compute, from the manifest.
 struct Shape {
     max_positions: usize,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
     /// Every weight, read once per step.
     weight_bytes: f64,
     /// Keys and values of one cached token, over all layers.
@@ -114,43 +236,15 @@ impl Shape {
         let layers = arch.num_layers as f64;
         Shape {
             max_positions: arch.max_position_embeddings,
+            layers: arch.num_layers,
+            kv_heads: arch.num_kv_heads,
+            head_dim: arch.head_dim,
             weight_bytes,
             kv_bytes_per_token: layers * 2.0 * (arch.num_kv_heads * arch.head_dim) as f64 * 4.0,
             flops_per_token: 2.0 * (matrices - embedding + embedding.max(lm_head)),
             attention_flops_per_context: layers * 2.0 * 2.0 * (arch.num_attention_heads * arch.head_dim) as f64,
         }
     }
-}
-
-/// Seconds of one decode step of `batch` rows over a cache of `context` positions.
-fn step_seconds(policy: &mut Policy, context: usize, batch: usize) -> f64 {
-    // One prompt of exactly `context` tokens, its `batch` samples as the rows.
-    let word = policy.tokenizer.encode_text(" the").unwrap();
-    let mut prompt = policy.tokenizer.encode_prompt("Tell me").unwrap();
-    while prompt.len() < context {
-        prompt.push(word[0]);
-    }
-    prompt.truncate(context);
-    let request = GenerationRequest { prompt, seeds: (0..batch as u64).collect() };
-    let params = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None };
-    let mut timed = |new_tokens: usize| {
-        let start = Instant::now();
-        let limits = SlotLimits::for_prompts(1, batch);
-        let generated =
-            policy.generate(std::slice::from_ref(&request), &params, new_tokens, limits, &mut |_| {}).unwrap();
-        let longest = generated[0].iter().map(|g| g.tokens.len() + usize::from(g.stop_token.is_some())).max();
-        (start.elapsed().as_secs_f64(), longest.unwrap_or(0))
-    };
-    timed(2);
-    let mut best = f64::INFINITY;
-    for _ in 0..REPEATS {
-        let (prefill, _) = timed(1);
-        let (whole, tokens) = timed(STEPS + 1);
-        // The first token comes from prefill; each later one is a decode call.
-        let calls = tokens.saturating_sub(1).max(1);
-        best = best.min((whole - prefill).max(0.0) / calls as f64);
-    }
-    best
 }
 
 /// Bytes per second of a large copy (read + written), best of many: on a

@@ -32,7 +32,11 @@ use super::ModelError;
 use super::generation::{Finish, Generated, GenerationRequest, StepCounts};
 use super::graph::BoundGraph;
 use super::kv::{CacheShape, KvBuffer};
+use ort::value::{DynValue, Tensor};
+
+use super::device_sampler::DeviceSampler;
 use super::sampling::{Sampled, SamplingParams, next_token, sequence_rng};
+use super::tensor_error;
 use super::values::{host_f32, right_pad, tensor_i32, tensor_i64};
 
 /// How much generation runs at once.
@@ -72,6 +76,9 @@ pub(super) struct DecodeModel<'m> {
     pub vocab: usize,
     pub pad: i64,
     pub stops: &'m [i64],
+    /// Draws tokens on the device when set (the logits stay there); on
+    /// the host from the logits otherwise.
+    pub sampler: Option<&'m mut DeviceSampler>,
 }
 
 /// One (prompt, sample) being generated.
@@ -269,7 +276,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         let (ids, _, _) = right_pad(&prompts, self.model.pad);
         let lengths: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         let mut cache = KvBuffer::new(self.model.graph, self.model.cache, prompts.len(), longest)?;
-        let logits = self.run_decode(&mut cache, [prompts.len(), longest], ids, &lengths)?;
+        let logits = self.run_decode(&mut cache, [prompts.len(), longest], ids, &lengths, true)?;
+        let logits = host_f32(&logits)?.1.to_vec();
         let cache = Rc::new(cache);
         let vocab = self.model.vocab;
         for (b, &request) in batch.iter().enumerate() {
@@ -293,7 +301,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         let chunk = prompt[partial.fed..end].to_vec();
         let (n, done) = (chunk.len(), end == prompt.len());
         self.steps.prefill_tokens += n as u64;
-        let logits = self.run_decode(&mut partial.cache, [1, n], chunk, &[end])?;
+        let logits = self.run_decode(&mut partial.cache, [1, n], chunk, &[end], true)?;
+        let logits = host_f32(&logits)?.1.to_vec();
         partial.fed = end;
         if !done {
             self.partial = Some(partial);
@@ -321,7 +330,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
             if self.rows[r].sequence.is_some() {
                 continue;
             }
-            let Some((sequence, prefix)) = self.admit_next() else { break };
+            let Some((sequence, prefix)) = self.admit_next()? else { break };
             let slots = self.slots.as_mut().expect("allocated above");
             slots.copy_row(r, &prefix.cache, prefix.row, prefix.length)?;
             self.rows[r] = Row { cached: prefix.length, sequence: Some(sequence) };
@@ -336,9 +345,9 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     /// from (to go back to the front of the queue while it has samples
     /// left): its first token is drawn from its prompt's logits, and a
     /// sample that ends there is finished at once.
-    fn admit_next(&mut self) -> Option<(Sequence, Prefix)> {
+    fn admit_next(&mut self) -> Result<Option<(Sequence, Prefix)>, ModelError> {
         loop {
-            let mut prefix = self.ready.pop_front()?;
+            let Some(mut prefix) = self.ready.pop_front() else { return Ok(None) };
             let request = &self.requests[prefix.request];
             if prefix.next_sample == request.seeds.len() {
                 continue;
@@ -353,7 +362,7 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 stop_token: None,
                 logprob: 0.0,
             };
-            let drawn = next_token(&prefix.logits, self.params, &mut sequence.rng);
+            let drawn = self.draw_first(&prefix.logits, &mut sequence.rng)?;
             self.steps.slot_steps += 1;
             self.steps.useful_slot_steps += 1;
             if sequence.push(drawn, self.model.stops, self.max_new_tokens) {
@@ -362,8 +371,18 @@ impl<'a, 'm> Scheduler<'a, 'm> {
                 self.ready.push_front(prefix);
                 continue;
             }
-            return Some((sequence, prefix));
+            return Ok(Some((sequence, prefix)));
         }
+    }
+
+    /// A sample's first token, from its prompt's logits (host memory).
+    fn draw_first(&mut self, logits: &[f32], rng: &mut ChaCha8Rng) -> Result<Sampled, ModelError> {
+        let Some(sampler) = self.model.sampler.as_deref_mut() else {
+            return Ok(next_token(logits, self.params, rng));
+        };
+        let logits = Tensor::from_array(([1, logits.len()], logits.to_vec())).map_err(|e| tensor_error("logits", e))?;
+        let drawn = sampler.draw(&logits.into_dyn(), self.params, vec![Some(rng)])?;
+        Ok(drawn[0].expect("a drawing row"))
     }
 
     /// Once nothing is left to admit and a sixteenth of the rows have ended,
@@ -402,16 +421,15 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         let lengths: Vec<usize> =
             self.rows.iter().map(|r| if r.sequence.is_some() { r.cached + 1 } else { 1 }).collect();
         let mut slots = self.slots.take().expect("rows run in the slots' cache");
-        let logits = self.run_decode(&mut slots, [n, 1], ids, &lengths);
+        let on_host = self.model.sampler.is_none();
+        let logits = self.run_decode(&mut slots, [n, 1], ids, &lengths, on_host);
         self.slots = Some(slots);
-        let logits = logits?;
+        let drawn = self.draw_rows(&logits?)?;
         self.steps.slot_steps += n as u64;
-        let vocab = self.model.vocab;
-        for (i, row) in self.rows.iter_mut().enumerate() {
-            let Some(sequence) = row.sequence.as_mut() else { continue };
+        for (row, drawn) in self.rows.iter_mut().zip(drawn) {
+            let (Some(sequence), Some(drawn)) = (row.sequence.as_mut(), drawn) else { continue };
             row.cached += 1;
             self.steps.useful_slot_steps += 1;
-            let drawn = next_token(&logits[i * vocab..(i + 1) * vocab], self.params, &mut sequence.rng);
             if sequence.push(drawn, self.model.stops, self.max_new_tokens) {
                 let ended = row.sequence.take().expect("a running sequence");
                 let (request, sample) = (ended.request, ended.sample);
@@ -422,24 +440,39 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         Ok(())
     }
 
+    /// Each running row's next token from `logits` (`[rows, vocab]`): on the
+    /// device when there is a device sampler, else on the host.
+    fn draw_rows(&mut self, logits: &DynValue) -> Result<Vec<Option<Sampled>>, ModelError> {
+        let rngs = self.rows.iter_mut().map(|row| row.sequence.as_mut().map(|s| &mut s.rng)).collect();
+        if let Some(sampler) = self.model.sampler.as_deref_mut() {
+            return sampler.draw(logits, self.params, rngs);
+        }
+        let (vocab, logits) = (self.model.vocab, host_f32(logits)?.1);
+        let rows = rngs.into_iter().enumerate();
+        Ok(rows
+            .map(|(i, rng)| rng.map(|rng| next_token(&logits[i * vocab..(i + 1) * vocab], self.params, rng)))
+            .collect())
+    }
+
     /// Runs the decode graph on `ids` (`[rows, seq]`, right-padded) over
     /// `cache`, where row `b` holds `lengths[b]` tokens counting its cache and
-    /// this call; returns the float32 logits of each row's last token.
+    /// this call; returns the float32 logits of each row's last token, in
+    /// host memory when `on_host`, else where the execution provider left them.
     fn run_decode(
         &mut self,
         cache: &mut KvBuffer,
         shape: [usize; 2],
         ids: Vec<i64>,
         lengths: &[usize],
-    ) -> Result<Vec<f32>, ModelError> {
+        on_host: bool,
+    ) -> Result<DynValue, ModelError> {
         cache.bind(self.model.graph, &self.model.cache_names)?;
         let seqlens: Vec<i32> = lengths.iter().map(|&l| l as i32 - 1).collect();
         let total = lengths.iter().copied().max().unwrap_or(1) as i32;
         let (ids, seqlens, total) =
             (tensor_i64(shape, ids)?, tensor_i32(&[shape[0]], seqlens)?, tensor_i32(&[], vec![total])?);
         let inputs = [("input_ids", &ids), ("seqlens_k", &seqlens), ("total_sequence_length", &total)];
-        let outputs = self.model.graph.run(&inputs, &["logits"])?;
-        let (_, logits) = host_f32(&outputs["logits"])?;
-        Ok(logits.to_vec())
+        let mut outputs = self.model.graph.run(&inputs, if on_host { &["logits"] } else { &[] })?;
+        Ok(outputs.remove("logits").expect("decode returns logits"))
     }
 }

@@ -9,6 +9,7 @@
 use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
 use super::continuous::{DecodeModel, Scheduler, SlotLimits};
+use super::device_sampler::DeviceSampler;
 pub use super::generation::{Finish, Generated, GenerationRequest, StepCounts};
 use super::graph::BoundGraph;
 use super::kv::CacheShape;
@@ -54,6 +55,9 @@ pub struct Policy {
     decode: BoundGraph,
     logprob: BoundGraph,
     target: Target,
+    threads: usize,
+    /// Tokens are drawn on the device (CUDA's default), else on the host.
+    sampler: Option<DeviceSampler>,
     /// What the generations so far cost, in slots and tokens.
     pub steps: StepCounts,
 }
@@ -76,7 +80,29 @@ impl Policy {
         let tokenizer = ChatTokenizer::load(&bundle)?;
         let decode = BoundGraph::new(&bundle, "decode", &weights, target, config.threads)?;
         let logprob = BoundGraph::new(&bundle, "logprob", &weights, target, config.threads)?;
-        Ok(Policy { bundle, tokenizer, decode, logprob, target, steps: StepCounts::default() })
+        let mut policy = Policy {
+            bundle,
+            tokenizer,
+            decode,
+            logprob,
+            target,
+            threads: config.threads,
+            sampler: None,
+            steps: StepCounts::default(),
+        };
+        policy.sample_on_device(matches!(target, Target::Cuda(_)))?;
+        Ok(policy)
+    }
+
+    /// Whether tokens are drawn on the device, from logits that never leave
+    /// it ([`super::device_sampler`]), or on the host. On by default on CUDA;
+    /// on the CPU the host draws in float64 from the same RNG streams.
+    pub fn sample_on_device(&mut self, on: bool) -> Result<(), ModelError> {
+        self.sampler = match on {
+            true => Some(DeviceSampler::new(self.target, self.threads, self.bundle.manifest.architecture.vocab_size)?),
+            false => None,
+        };
+        Ok(())
     }
 
     /// The execution target the sessions run on.
@@ -109,6 +135,7 @@ impl Policy {
             vocab: arch.vocab_size,
             pad: self.tokenizer.pad_token_id,
             stops: &self.tokenizer.stop_token_ids,
+            sampler: self.sampler.as_mut(),
         };
         Scheduler::new(model, requests, params, max_new_tokens, limits, &mut self.steps).run(on_tokens)
     }

@@ -126,6 +126,20 @@ pub fn resolve_target(config: &SessionConfig) -> Result<Target, ModelError> {
 /// back to the CPU.
 pub fn session(path: &Path, target: Target, threads: usize) -> Result<Session, ModelError> {
     let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
+    builder(path, target, threads)?.commit_from_file(path).map_err(error)
+}
+
+/// Like [`session`], for a graph compiled into croco; `name` stands for its
+/// path in errors.
+pub fn session_from_memory(name: &str, model: &[u8], target: Target, threads: usize) -> Result<Session, ModelError> {
+    let path = Path::new(name);
+    let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
+    builder(path, target, threads)?.commit_from_memory(model).map_err(error)
+}
+
+/// A session builder on `target`; `path` names the graph in errors.
+fn builder(path: &Path, target: Target, threads: usize) -> Result<ort::session::builder::SessionBuilder, ModelError> {
+    let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
     let mut builder = Session::builder(environment()?).map_err(error)?;
     builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| error(e.into()))?;
     if threads > 0 {
@@ -135,5 +149,5 @@ pub fn session(path: &Path, target: Target, threads: usize) -> Result<Session, M
         let cuda = ep::CUDA::default().with_device_id(id).build().error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(|e| error(e.into()))?;
     }
-    builder.commit_from_file(path).map_err(error)
+    Ok(builder)
 }

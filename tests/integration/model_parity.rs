@@ -225,6 +225,56 @@ fn the_behaviour_logprob_is_the_policys_logprob_of_the_sampled_tokens() {
     }
 }
 
+/// The device sampler (run here on the CPU's execution provider) draws from
+/// the same RNG streams with the host sampler's rule in float32: greedy is
+/// transformers' tokens, and every sampled token is a true draw whose
+/// recorded log-prob is the policy's; most samples equal the host's.
+#[test]
+fn sampling_on_the_device_draws_true_samples_and_greedy_matches_transformers() {
+    let mut policy = policy();
+    policy.sample_on_device(true).unwrap();
+    let fixture = fixture("policy", "greedy.json");
+    let case = fixture["cases"].as_array().unwrap().last().unwrap();
+    let requests: Vec<GenerationRequest> = case["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| GenerationRequest {
+            prompt: policy.tokenizer.encode_prompt(p.as_str().unwrap()).unwrap(),
+            seeds: vec![0],
+        })
+        .collect();
+    let max_new = case["max_new_tokens"].as_u64().unwrap() as usize;
+    let limits = SlotLimits::for_prompts(requests.len(), 1);
+    let greedy = policy.generate(&requests, &SamplingParams::GREEDY, max_new, limits, &mut |_| {}).unwrap();
+    for (row, samples) in greedy.iter().enumerate() {
+        let got: Vec<i64> = samples[0].tokens.iter().copied().chain(samples[0].stop_token).collect();
+        assert_eq!(got, ints(&case["expected_tokens"][row]), "greedy tokens of row {row}");
+    }
+    let requests = demo_requests(&policy, 4, 4);
+    let limits = SlotLimits::for_prompts(4, 4);
+    for params in [
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None },
+        SamplingParams { temperature: 0.7, top_p: 0.9, top_k: Some(40) },
+    ] {
+        let on_device = policy.generate(&requests, &params, 32, limits, &mut |_| {}).unwrap();
+        policy.sample_on_device(false).unwrap();
+        let on_host = policy.generate(&requests, &params, 32, limits, &mut |_| {}).unwrap();
+        policy.sample_on_device(true).unwrap();
+        let mut same = 0;
+        for (request, (device, host)) in requests.iter().zip(on_device.iter().zip(&on_host)) {
+            for (d, h) in device.iter().zip(host) {
+                same += usize::from(d.tokens == h.tokens);
+                assert!(d.logprob < 0.0, "{params:?}");
+                if params.top_k.is_none() {
+                    assert_true_draw(&mut policy, request, d);
+                }
+            }
+        }
+        assert!(same >= 12, "{params:?}: {same} of 16 samples equal the host's");
+    }
+}
+
 #[test]
 fn response_logprobs_match_transformers() {
     let mut policy = policy();

@@ -85,17 +85,11 @@ def parity_depth(A, parity_layers) -> int:
     return A["num_layers"] if not parity_layers or parity_layers >= A["num_layers"] else parity_layers
 
 
-def float32_weights(tensors) -> dict:
-    """{name: float32 array} of `tensors` (a list_tensors result), read shard by shard."""
-    from safetensors import safe_open
-
-    out = {}
-    for shard in dict.fromkeys(t["shard"] for t in tensors):
-        with safe_open(shard, framework="pt") as f:
-            for t in tensors:
-                if t["shard"] == shard:
-                    out[t["name"]] = f.get_tensor(t["name"]).float().numpy()
-    return {t["name"]: out[t["name"]] for t in tensors}
+def reference_weights(hf, tensors) -> dict:
+    """{name: float32 array} of `tensors`, as views of the transformers reference's own parameters: the parity
+    run holds the (truncated) weights once, not once for transformers and once more for ONNX Runtime."""
+    state = hf.state_dict()
+    return {t["name"]: state[t["name"]].detach().numpy() for t in tensors}
 
 
 def hf_reference(kind, ckpt, cfg, layers):
@@ -151,10 +145,11 @@ def write_bundle(kind, ckpt, tokenizer_path, out, chat_template, log, parity_lay
     depth = parity_depth(A, parity_layers)
     parity_tensors = tensors if depth == A["num_layers"] else list_tensors(ckpt, kind, A["tie_word_embeddings"], depth)
     log(f"parity on {depth} of {A['num_layers']} layers")
+    hf = hf_reference(kind, ckpt, cfg, depth)
     return Exported(kind=kind, ckpt=ckpt, out=out, cfg=cfg, A=A, rotary=rotary, tensors=tensors, dtype=dtype, tok=tok,
                     graphs=graphs, specials=specials, roles=roles, chat_template=chat_template,
                     parity_layers=depth, parity_arch=truncated(A, depth), parity_tensors=parity_tensors,
-                    parity_weights=float32_weights(parity_tensors), hf=hf_reference(kind, ckpt, cfg, depth))
+                    parity_weights=reference_weights(hf, parity_tensors), hf=hf)
 
 
 def generation_stop_ids(ckpt) -> list[int]:

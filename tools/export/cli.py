@@ -256,6 +256,21 @@ def cmd_random_llama(a):
                  dtype=a.dtype, max_positions=a.max_positions)
 
 
+def cmd_sampler_graph(a):
+    """The device sampler's two graphs (graphs.sample_graph): model-independent, compiled into croco
+    (src/model/sample_sorted.onnx, src/model/sample_index.onnx)."""
+    import onnx
+
+    from .graphs import sample_graph
+
+    for order in ("sorted", "index"):
+        model = sample_graph(order)
+        onnx.checker.check_model(model)
+        path = os.path.join(a.out, f"sample_{order}.onnx")
+        onnx.save(model, path)
+        _log(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 def cmd_rebundle(a):
     """An existing bundle (any format version) re-exported in the current format from the same weights, with its
     name, chat template, stop tokens and parity inputs; parity runs on the whole model and the fixtures are
@@ -359,6 +374,10 @@ def main(argv=None):
                    help="the checkpoint's dtype (bfloat16: the bundle also gets bfloat16 graphs for CUDA)")
     r.add_argument("--no-dpo", action="store_true", help="skip the DPO training-step graph dpo.onnx")
     r.set_defaults(fn=cmd_random_llama)
+
+    sg = sub.add_parser("sampler-graph", help="write the device sampler graph croco compiles in")
+    sg.add_argument("--out", default="src/model", help="directory")
+    sg.set_defaults(fn=cmd_sampler_graph)
 
     b = sub.add_parser("rebundle", help="re-export a bundle in the current format from its own weights")
     b.add_argument("bundle", help="bundle directory, e.g. data/models/policy")

@@ -297,4 +297,48 @@ def score_graph(A, tensors, rotary, precision) -> onnx.ModelProto:
     return g.model()
 
 
+def sample_graph(order: str = "sorted") -> onnx.ModelProto:
+    """The next token of every row, drawn on the device from float32 logits, so that only ids and log-probs come
+    back to the host. Inputs: `logits [rows, vocab]`, `inv_temperature [rows]` (1 / T, T > 0), `top_k []` (int64,
+    the vocabulary size for none), `top_p []` (1 for none), `uniform [rows]` (one draw in [0, 1) per row, from
+    that row's own RNG stream). Outputs: `token [rows]` (int64) and `logprob [rows]`: the drawn token and its
+    log-probability under the distribution it was drawn from (temperature, top-k, top-p applied), and
+    `greedy [rows]`: the first largest logit (what temperature 0 takes).
+
+    order "sorted": the candidates are the top-k logits, largest first; top-p keeps a candidate while the
+    probability mass before it is below top_p. order "index" (temperature only: no top-k, top-p 1): every token,
+    in vocabulary order, nothing sorted. The draw is the first kept candidate whose cumulative weight exceeds
+    uniform times the kept total (inverse CDF) -- the host sampler's rule (src/model/sampling.rs), in float32."""
+    g = Graph(f"sample_{order}", "float32")
+    logits = g.input("logits", TensorProto.FLOAT, ["rows", "vocab"])
+    inv_t = g.input("inv_temperature", TensorProto.FLOAT, ["rows"])
+    top_k = g.input("top_k", TensorProto.INT64, [])
+    top_p = g.input("top_p", TensorProto.FLOAT, [])
+    uniform = g.input("uniform", TensorProto.FLOAT, ["rows"])
+    g.op("ArgMax", [logits], ["greedy"], axis=-1, keepdims=0, select_last_index=0)
+    column = g.ints("/column", [1])
+    scaled = g.op("Mul", [logits, g.op("Unsqueeze", [inv_t, column])])
+    if order == "sorted":
+        values, indices = g.op("TopK", [scaled, g.op("Reshape", [top_k, column])], 2, axis=-1, largest=1, sorted=1)
+    else:
+        values, indices = scaled, None
+    weights = g.op("Exp", [g.op("Sub", [values, g.op("ReduceMax", [values, column], keepdims=1)])])
+    cumulative = g.op("CumSum", [weights, g.ints("/axis", 1)])
+    before = g.op("Div", [g.op("Sub", [cumulative, weights]), g.op("ReduceSum", [weights, column], keepdims=1)])
+    kept = g.op("Where", [g.op("Less", [before, top_p]), weights, g.const("/zero_f", np.array(0.0, np.float32))])
+    kept_cumulative = g.op("CumSum", [kept, g.ints("/axis2", 1)])
+    kept_total = g.op("Gather", [kept_cumulative, g.ints("/last", [-1])], axis=1)
+    threshold = g.op("Mul", [g.op("Unsqueeze", [uniform, column]), kept_total])
+    past = g.op("Cast", [g.op("Greater", [kept_cumulative, threshold])], to=TensorProto.INT32)
+    choice = g.op("ArgMax", [past], axis=-1, keepdims=1, select_last_index=0)
+    token = choice if indices is None else g.op("GatherElements", [indices, choice], axis=1)
+    g.op("Reshape", [token, g.ints("/rows", [-1])], ["token"])
+    chosen = g.op("GatherElements", [kept, choice], axis=1)
+    g.op("Reshape", [g.op("Log", [g.op("Div", [chosen, kept_total])]), g.ints("/rows2", [-1])], ["logprob"])
+    g.output("token", TensorProto.INT64, ["rows"])
+    g.output("logprob", TensorProto.FLOAT, ["rows"])
+    g.output("greedy", TensorProto.INT64, ["rows"])
+    return g.model()
+
+
 BUILDERS = {"decode": decode_graph, "logprob": logprob_graph, "score": score_graph}
