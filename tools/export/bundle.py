@@ -92,9 +92,12 @@ def reference_weights(hf, tensors) -> dict:
     return {t["name"]: state[t["name"]].detach().numpy() for t in tensors}
 
 
-def hf_reference(kind, ckpt, cfg, layers):
-    """transformers' model of the checkpoint's first `layers` layers, float32, eager attention."""
+def hf_reference(kind, cfg, layers, tensors):
+    """transformers' model of the checkpoint's first `layers` layers, float32, eager attention, holding exactly
+    `tensors` (read one at a time from the shards into the model's own float32 parameters): no more than the
+    truncated model is ever in memory (transformers' own loader maps whole shards and converts them)."""
     import torch
+    from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cfg = copy.deepcopy(cfg)
@@ -102,11 +105,27 @@ def hf_reference(kind, ckpt, cfg, layers):
         cfg.num_hidden_layers = layers
         if getattr(cfg, "layer_types", None) is not None:
             cfg.layer_types = cfg.layer_types[:layers]
+    cfg._attn_implementation = "eager"
+    if kind == "reward":
+        cfg.num_labels = 1
     cls = AutoModelForCausalLM if kind == "policy" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(ckpt, config=cfg, attn_implementation="eager", dtype=torch.float32).eval()
-    if kind == "reward" and model.config.num_labels != 1:
-        raise SystemExit(f"reward model must have num_labels=1, has {model.config.num_labels}")
-    return model
+    with torch.device("meta"):
+        model = cls.from_config(cfg, dtype=torch.float32)
+    model.to_empty(device="cpu")
+    base = model.model
+    base.rotary_emb = type(base.rotary_emb)(config=cfg)  # a buffer to_empty left uninitialised
+    params = dict(model.named_parameters())
+    for shard in dict.fromkeys(t["shard"] for t in tensors):
+        with safe_open(shard, framework="pt") as f:
+            for t in tensors:
+                if t["shard"] == shard:
+                    params.pop(t["name"]).data.copy_(f.get_tensor(t["name"]))
+    if getattr(cfg, "tie_word_embeddings", False):
+        model.tie_weights()
+        params.pop("lm_head.weight", None)
+    if params:
+        raise SystemExit(f"{sorted(params)[:5]}: parameters of the reference model not in the checkpoint")
+    return model.eval()
 
 
 class Exported:
@@ -145,7 +164,7 @@ def write_bundle(kind, ckpt, tokenizer_path, out, chat_template, log, parity_lay
     depth = parity_depth(A, parity_layers)
     parity_tensors = tensors if depth == A["num_layers"] else list_tensors(ckpt, kind, A["tie_word_embeddings"], depth)
     log(f"parity on {depth} of {A['num_layers']} layers")
-    hf = hf_reference(kind, ckpt, cfg, depth)
+    hf = hf_reference(kind, cfg, depth, parity_tensors)
     return Exported(kind=kind, ckpt=ckpt, out=out, cfg=cfg, A=A, rotary=rotary, tensors=tensors, dtype=dtype, tok=tok,
                     graphs=graphs, specials=specials, roles=roles, chat_template=chat_template,
                     parity_layers=depth, parity_arch=truncated(A, depth), parity_tensors=parity_tensors,
