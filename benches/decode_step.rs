@@ -60,15 +60,24 @@ fn main() {
     let shape = Shape::of(&bundle);
     let config = SessionConfig { device: Device::Cpu, device_id: 0, threads: THREADS };
     let target = resolve_target(&config).unwrap();
-    let weights = Weights::load(&bundle, Precision::Float32).unwrap();
+    let weights = Weights::load(&bundle, Precision::Float32, target).unwrap();
     let mut v2 = BoundGraph::new(&bundle, "decode", &weights, target, THREADS).unwrap();
     let mut v1 = v1_graph(repo, &bundle_dir).map(|path| V1::new(&path, &weights));
     if v1.is_none() {
         println!("  (no format-1 graph: set CROCO_BENCH_V1_GRAPH to compare)");
     }
     let mut rows = Vec::new();
+    let available = available_memory();
     for context in contexts(shape.max_positions) {
         for batch in BATCHES {
+            // Format 1 holds its input and output caches at once.
+            let cache = batch as f64 * shape.kv_bytes_per_token * (context + STEPS) as f64;
+            if 2.0 * cache + shape.weight_bytes > 0.8 * available {
+                println!(
+                    "  context {context:>5}, batch {batch:>3}: skipped, its caches need more than this machine's memory"
+                );
+                continue;
+            }
             let step = best_of(|| v2_step_seconds(&mut v2, &shape, context, batch));
             let old = v1.as_mut().map(|v1| best_of(|| v1.step_seconds(&shape, context, batch)));
             // The cache grows over the timed steps: its mean length is read.
@@ -94,6 +103,13 @@ fn main() {
         }
     }
     common::write_json("decode_step", rows);
+}
+
+/// Bytes of memory available now (Linux `MemAvailable`).
+fn available_memory() -> f64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = info.lines().find_map(|l| l.strip_prefix("MemAvailable:")).and_then(|v| v.trim().strip_suffix(" kB"));
+    kb.and_then(|v| v.trim().parse::<f64>().ok()).map_or(f64::INFINITY, |kb| kb * 1024.0)
 }
 
 fn best_of(mut run: impl FnMut() -> f64) -> f64 {

@@ -62,8 +62,11 @@ fn write_world(dir: &Path, repo: &Path, count: usize) -> std::path::PathBuf {
     let topics = ["the sea", "a quiet garden", "the old library", "winter mornings", "the city at night"];
     for i in 0..count {
         let topic = topics[i % topics.len()];
-        writeln!(file, r#"{{"prompt": "Please write one short sentence about {topic}, number {i}.", "language": "en"}}"#)
-            .unwrap();
+        writeln!(
+            file,
+            r#"{{"prompt": "Please write one short sentence about {topic}, number {i}.", "language": "en"}}"#
+        )
+        .unwrap();
     }
     file.flush().unwrap();
     let policy = repo.join("data/models/policy");

@@ -25,7 +25,7 @@ use croco::model::bundle::{Bundle, Verify};
 use croco::model::dpo::{DpoGraph, LossSettings, PairTokens};
 use croco::model::lora::{Adapter, AdapterConfig};
 use croco::model::optim::{AdamW, clip_grad_norm};
-use croco::model::runtime::{Device, SessionConfig};
+use croco::model::runtime::{Device, SessionConfig, Target};
 use rand::{Rng, SeedableRng};
 
 use self::common::Better;
@@ -175,7 +175,7 @@ fn merge_seconds(bundle: &Path) -> f64 {
             .map(|_| {
                 let started = Instant::now();
                 let precision = croco::model::precision::Precision::Float32;
-                croco::model::weights::Weights::load_merged(&bundle, adapter, precision).unwrap();
+                croco::model::weights::Weights::load_merged(&bundle, adapter, precision, Target::Cpu).unwrap();
                 started.elapsed().as_secs_f64()
             })
             .collect();

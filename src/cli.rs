@@ -334,6 +334,14 @@ async fn report_command(file: &Path, format: ReportFormat, output: Option<&Path>
     }
 }
 
+/// This process's peak resident memory (Linux `VmHWM`), what `croco plan`'s
+/// host figure predicts; `None` where `/proc` does not tell.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix(" kB")?;
+    kb.trim().parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
 fn validate_command(file: &Path, json: bool) -> Result<(), CliError> {
     match (validate::load(file), json) {
         (Ok(_), true) => print_json(&serde_json::json!({ "file": file, "valid": true, "problems": [] }))?,
@@ -391,7 +399,7 @@ fn print_plan(listed: &[(String, Vec<memory::StagePlan>)], limit: Option<u64>) -
                 Some(limit) if p.total > limit => "  DOES NOT FIT",
                 _ => "",
             };
-            out!("  {:<9} {:<22} {:>10}{fits}", p.stage.name(), p.work, human(p.total));
+            out!("  {:<9} {:<22} {:>10}{fits}  (host {})", p.stage.name(), p.work, human(p.total), human(p.host));
             out!(
                 "            weights {}, KV cache {}, activations {}, workspace {}",
                 human(p.weights),
@@ -470,7 +478,8 @@ async fn run_command(file: &Path, options: RunOptions, json: bool) -> Result<(),
         let variants: serde_json::Map<String, serde_json::Value> =
             runs.into_iter().map(|(name, reports)| (name, serde_json::json!(reports))).collect();
         return print_json(&serde_json::json!({
-            "run": plan.loaded.spec.run.name, "root": root, "retries": retries, "stages": reports, "variants": variants
+            "run": plan.loaded.spec.run.name, "root": root, "retries": retries, "stages": reports, "variants": variants,
+            "peak_rss_bytes": peak_rss_bytes(),
         }));
     }
     print_reports(&reports)?;

@@ -127,7 +127,7 @@ impl DpoGraph {
         }
         let target = resolve_target(config)?;
         let precision = bundle.precision_for("dpo", target)?;
-        let weights = Weights::load(bundle, precision)?.on_device(target)?;
+        let weights = Weights::load(bundle, precision, target)?;
         let graph = BoundGraph::new(bundle, "dpo", &weights, target, config.threads)?;
         Ok(DpoGraph { graph, pad: pad_token_id, target })
     }

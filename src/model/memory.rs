@@ -13,9 +13,10 @@
 //!   calls' worth);
 //! - **activations**: the largest call's live tensors: the logits it returns
 //!   (one row per sequence for decode and prefill; the response positions,
-//!   with their log-softmax, for log-probs; none for scores), one layer's
-//!   attention probabilities (`rows × heads × width × keys`, float32), its
-//!   MLP (`tokens × 3 · intermediate`) and a few `tokens × hidden` streams;
+//!   with their log-softmax, for log-probs; none for scores), the larger of
+//!   one layer's attention probabilities (`rows × heads × width × keys`,
+//!   float32) and its MLP (`tokens × 3 · intermediate`), and a few `tokens ×
+//!   hidden` streams;
 //! - **workspace**: ONNX Runtime's arena rounds allocations up and keeps
 //!   freed blocks; a quarter of the activations is allowed for it.
 //!
@@ -28,6 +29,12 @@ use super::precision::Precision;
 
 /// Bytes of one float32 (logits, softmax, attention probabilities).
 const F32: u64 = 4;
+
+/// Host memory of a croco process before any model is loaded: the binary,
+/// ONNX Runtime, DataFusion's session, the tokenizer, the stage's batches
+/// (measured: peak RSS of `croco run --stage generate` on the demo, less its
+/// predicted model footprint, ~170 MB on Linux x86_64).
+pub const RUNTIME_BYTES: u64 = 170 << 20;
 
 /// The parts of one model stage's peak memory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,6 +77,8 @@ pub struct ModelShape {
     pub head_dim: u64,
     /// Vocabulary size.
     pub vocab: u64,
+    /// Elements of the largest weight tensor (decoded alone on the host).
+    pub largest_tensor: u64,
 }
 
 impl ModelShape {
@@ -89,6 +98,23 @@ impl ModelShape {
             kv_heads: arch.num_kv_heads as u64,
             head_dim: arch.head_dim as u64,
             vocab: arch.vocab_size as u64,
+            largest_tensor: manifest
+                .weights
+                .tensors
+                .iter()
+                .map(|t| t.shape.iter().product::<usize>() as u64)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Host memory of the stage whose device footprint is `device`: on the
+    /// CPU everything is host memory; on CUDA the host decodes one weight
+    /// tensor at a time (in float32) and receives `host_rows` rows of logits.
+    pub fn host(&self, device: &Footprint, on_cpu: bool, host_rows: u64) -> u64 {
+        match on_cpu {
+            true => RUNTIME_BYTES + device.total(),
+            false => RUNTIME_BYTES + self.largest_tensor * F32 * 2 + host_rows * self.vocab * F32,
         }
     }
 
@@ -106,7 +132,8 @@ impl ModelShape {
         let attention = rows * self.heads * width * keys * F32;
         let mlp = tokens * 3 * self.intermediate * self.element;
         let streams = tokens * 6 * self.hidden * self.element;
-        logits * logit_copies * self.vocab * F32 + attention + mlp + streams
+        // A layer's attention and its MLP are not alive at once: ONNX Runtime frees each when its consumers ran.
+        logits * logit_copies * self.vocab * F32 + attention.max(mlp) + streams
     }
 
     fn with_workspace(&self, kv_cache: u64, activations: u64) -> Footprint {
@@ -195,6 +222,7 @@ mod tests {
             kv_heads: 8,
             head_dim: 128,
             vocab: 128_000,
+            largest_tensor: 128_000 * 4096,
         }
     }
 

@@ -76,7 +76,7 @@ impl Policy {
         bundle.expect_kind(BundleKind::Policy)?;
         let target = resolve_target(config)?;
         let precision = bundle.precision_for("decode", target)?;
-        let weights = Weights::load_merged(&bundle, adapter, precision)?.on_device(target)?;
+        let weights = Weights::load_merged(&bundle, adapter, precision, target)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
         let decode = BoundGraph::new(&bundle, "decode", &weights, target, config.threads)?;
         let logprob = BoundGraph::new(&bundle, "logprob", &weights, target, config.threads)?;

@@ -25,7 +25,7 @@ impl RewardModel {
         bundle.expect_kind(BundleKind::Reward)?;
         let target = resolve_target(config)?;
         let precision = bundle.precision_for("score", target)?;
-        let weights = Weights::load(&bundle, precision)?.on_device(target)?;
+        let weights = Weights::load(&bundle, precision, target)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
         let score = BoundGraph::new(&bundle, "score", &weights, target, config.threads)?;
         Ok(RewardModel { bundle, tokenizer, score })

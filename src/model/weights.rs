@@ -24,12 +24,15 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// The bundle's weights in `precision`, in host memory: checks that the
-    /// safetensors file holds exactly the manifest's tensors, shapes and
-    /// dtype, and converts each tensor (bfloat16 → float32 for the CPU's
-    /// graphs, say) as it is decoded.
-    pub fn load(bundle: &Bundle, precision: Precision) -> Result<Weights, ModelError> {
-        Weights::load_merged(bundle, None, precision)
+    /// The bundle's weights in `precision`, where `target` computes: checks
+    /// that the safetensors file holds exactly the manifest's tensors, shapes
+    /// and dtype, and converts each tensor (bfloat16 → float32 for the CPU's
+    /// graphs, say) as it is decoded. On CUDA each tensor is copied to the
+    /// device as soon as it is decoded and its host copy dropped: the host
+    /// holds one tensor at a time, and every session of the device binds
+    /// the same device memory.
+    pub fn load(bundle: &Bundle, precision: Precision, target: Target) -> Result<Weights, ModelError> {
+        Weights::load_merged(bundle, None, precision, target)
     }
 
     /// Like [`Weights::load`], with `adapter` merged into the weights it adapts
@@ -39,6 +42,7 @@ impl Weights {
         bundle: &Bundle,
         adapter: Option<&Adapter>,
         precision: Precision,
+        target: Target,
     ) -> Result<Weights, ModelError> {
         let spec = &bundle.manifest.weights;
         let stored = bundle.weight_precision();
@@ -68,28 +72,20 @@ impl Weights {
             if let Some(adapter) = adapter {
                 adapter.merge_into(&tensor.name, &mut values);
             }
-            tensors.push((tensor.name.clone(), precision.tensor(tensor.shape.clone(), values)?));
+            let value = precision.tensor(tensor.shape.clone(), values)?;
+            tensors.push((tensor.name.clone(), on_device(&tensor.name, value, target)?));
         }
         Ok(Weights { tensors, precision })
     }
+}
 
-    /// The weights where `target` computes: unchanged on the CPU; on CUDA
-    /// each tensor is copied to the device once and its host copy dropped,
-    /// so every session of the device binds the same device memory.
-    pub fn on_device(self, target: Target) -> Result<Weights, ModelError> {
-        let Target::Cuda(device) = target else { return Ok(self) };
-        let tensors = self
-            .tensors
-            .into_iter()
-            .map(|(name, value)| {
-                let error = |source| ModelError::Tensor { context: format!("weight `{name}` to CUDA"), source };
-                let tensor = value.downcast::<DynTensorValueType>().map_err(error)?;
-                let on_device = tensor.to(AllocationDevice::CUDA, device).map_err(error)?;
-                Ok((name, on_device.into_dyn()))
-            })
-            .collect::<Result<_, ModelError>>()?;
-        Ok(Weights { tensors, precision: self.precision })
-    }
+/// `value` where `target` computes: unchanged on the CPU, copied to the
+/// device on CUDA (the host copy is dropped on return).
+fn on_device(name: &str, value: DynValue, target: Target) -> Result<DynValue, ModelError> {
+    let Target::Cuda(device) = target else { return Ok(value) };
+    let error = |source| ModelError::Tensor { context: format!("weight `{name}` to CUDA"), source };
+    let tensor = value.downcast::<DynTensorValueType>().map_err(error)?;
+    Ok(tensor.to(AllocationDevice::CUDA, device).map_err(error)?.into_dyn())
 }
 
 fn safetensors_dtype(precision: Precision) -> Dtype {

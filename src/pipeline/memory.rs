@@ -37,8 +37,10 @@ pub struct StagePlan {
     pub activations: u64,
     /// Allocator slack.
     pub workspace: u64,
-    /// Their sum.
+    /// Their sum: the device's peak (the host's on the CPU).
     pub total: u64,
+    /// Predicted peak host memory of the process running the stage.
+    pub host: u64,
     /// The key that bounds the batch (what to lower when it does not fit).
     pub key: String,
 }
@@ -48,7 +50,7 @@ impl StagePlan {
         (stage, work, role): (StageName, &'static str, ModelRole),
         settings: String,
         tokens_per_call: u64,
-        footprint: Footprint,
+        (footprint, host): (Footprint, u64),
         key: &str,
     ) -> StagePlan {
         StagePlan {
@@ -62,6 +64,7 @@ impl StagePlan {
             activations: footprint.activations,
             workspace: footprint.workspace,
             total: footprint.total(),
+            host,
             key: key.to_string(),
         }
     }
@@ -72,6 +75,9 @@ impl StagePlan {
 /// "cpu"`: the plan is about device memory).
 pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
     let target = if spec.run.device == Device::Cpu { Target::Cpu } else { Target::Cuda(spec.run.device_id) };
+    let on_cpu = target == Target::Cpu;
+    // The device footprint and the host's: rows of logits that come back to the host per call.
+    let both = |model: &ModelShape, footprint: Footprint, rows: u64| (footprint, model.host(&footprint, on_cpu, rows));
     let shape = |role: ModelRole| manifests.get(&role).map(|m| (ModelShape::of(m, precision(m, target)), context(m)));
     let mut plans = Vec::new();
     let stages = &spec.stages;
@@ -85,7 +91,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
             (StageName::Generate, "generation", generate.sampling_role()),
             format!("{slots} slots x {length} tokens, prefill calls of {chunk} tokens"),
             slots.max(chunk),
-            model.generation(slots, length, chunk),
+            both(&model, model.generation(slots, length, chunk), 1),
             "stages.generate.slots",
         ));
     }
@@ -94,7 +100,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
     {
         let batches = Batches { rows: score.batch_size, max_tokens: score.max_batch_tokens, width: context as u64 };
         let what = (StageName::Score, "scoring", ModelRole::Reward);
-        plans.push(batches.forward(what, &model, false, "stages.score.max_batch_tokens"));
+        plans.push(batches.forward(what, &model, false, on_cpu, "stages.score.max_batch_tokens"));
     }
     let reference = if spec.models.reference.is_some() { ModelRole::Reference } else { ModelRole::Policy };
     if let Some(ref_logps) = &stages.ref_logps
@@ -103,7 +109,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
         let width = u64::from(ref_logps.max_length);
         let batches = Batches { rows: ref_logps.batch_size, max_tokens: ref_logps.max_batch_tokens, width };
         let what = (StageName::RefLogps, "log-probs", reference);
-        plans.push(batches.forward(what, &model, true, "stages.ref_logps.max_batch_tokens"));
+        plans.push(batches.forward(what, &model, true, on_cpu, "stages.ref_logps.max_batch_tokens"));
         if let Some(tune) = &stages.tune
             && let Some((policy, _)) = shape(ModelRole::Policy)
         {
@@ -113,7 +119,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
                 (StageName::Tune, "training", ModelRole::Policy),
                 format!("{rows} sequences (micro_batch {} pairs) of up to {width} tokens", tune.micro_batch),
                 rows * width,
-                policy.training(rows, width),
+                both(&policy, policy.training(rows, width), 0),
                 "stages.tune.micro_batch",
             ));
         }
@@ -124,7 +130,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
         let batches =
             Batches { rows: evaluate.batch_size, max_tokens: evaluate.max_batch_tokens, width: context as u64 };
         let what = (StageName::Evaluate, "choice log-likelihoods", ModelRole::Policy);
-        plans.push(batches.forward(what, &policy, true, "stages.evaluate.max_batch_tokens"));
+        plans.push(batches.forward(what, &policy, true, on_cpu, "stages.evaluate.max_batch_tokens"));
         if let Some(judge) = &evaluate.judge {
             let slots = u64::from(judge.batch_size);
             let chunk = crate::model::continuous::SlotLimits::DEFAULT_PREFILL_CHUNK_TOKENS as u64;
@@ -132,7 +138,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
                 (StageName::Evaluate, "answers", ModelRole::Policy),
                 format!("{slots} slots x {context} tokens"),
                 slots.max(chunk),
-                policy.generation(slots, context as u64, chunk),
+                both(&policy, policy.generation(slots, context as u64, chunk), 1),
                 "stages.evaluate.judge.batch_size",
             ));
         }
@@ -156,12 +162,14 @@ impl Batches {
         what: (StageName, &'static str, ModelRole),
         model: &ModelShape,
         logits: bool,
+        on_cpu: bool,
         key: &str,
     ) -> StagePlan {
         let (rows, width) = (u64::from(self.rows), self.width);
         let tokens = self.max_tokens.map_or(rows * width, u64::from);
         let settings = format!("{rows} rows, {tokens} padded tokens per batch, rows up to {width} tokens");
-        StagePlan::new(what, settings, tokens, model.forward(rows, tokens, width, logits), key)
+        let footprint = model.forward(rows, tokens, width, logits);
+        StagePlan::new(what, settings, tokens, (footprint, model.host(&footprint, on_cpu, 0)), key)
     }
 }
 

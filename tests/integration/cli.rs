@@ -194,3 +194,54 @@ fn plan_prints_each_model_stage_and_refuses_what_does_not_fit() {
     assert!(stdout(&output).contains("DOES NOT FIT"), "{}", stdout(&output));
     assert!(stderr(&output).contains("stages.generate.slots"), "{}", stderr(&output));
 }
+
+/// `croco plan`'s host figure against the peak memory `croco run --json`
+/// reports, for generate and score on the CPU: within 25 %. The prompts fill
+/// the planned context (448 prompt tokens + 64 new = the demo's 512), so the
+/// runs reach the sizes the plan bounds: every slot's cache at full length,
+/// score batches at their token budget.
+#[test]
+fn plan_predicts_the_peak_memory_of_generate_and_score_within_a_quarter() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("long.jsonl");
+    let sentence = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(15);
+    let lines: Vec<String> = (0..16)
+        .map(|i| serde_json::json!({"prompt": format!("{sentence}Prompt {i}."), "language": "en"}).to_string())
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let text = format!(
+        "[run]\nname = \"plan\"\nroot = \"{root}\"\nlanguages = [\"en\"]\ndevice = \"cpu\"\nthreads = 2\n\n\
+         [models]\npolicy = \"{policy}\"\nreward = \"{reward}\"\n\n\
+         [stages.prompts]\nsource = \"{prompts}\"\ncolumns = {{ text = \"prompt\", language = \"language\" }}\neval_fraction = 0.0\n\n\
+         [stages.generate]\nsamples = 8\nbatch_size = 8\nmax_prompt_tokens = 448\nmax_new_tokens = 64\nprompts_per_part = 16\n\n\
+         [stages.score]\nbatch_size = 32\n",
+        root = dir.path().join("root").display(),
+        policy = crate::util::data("models/policy"),
+        reward = crate::util::data("models/reward"),
+        prompts = prompts.display(),
+    );
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(&file, text).unwrap();
+    let file = file.to_str().unwrap();
+    let output = croco(&["plan", file, "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let predicted = |stage: &str| {
+        let stages = plan["variants"][0]["stages"].as_array().unwrap();
+        stages.iter().find(|s| s["stage"] == stage).unwrap()["host"].as_u64().unwrap() as f64
+    };
+    assert!(croco(&["run", file, "--stage", "prompts"]).status.success());
+    for stage in ["generate", "score"] {
+        let output = croco(&["run", file, "--stage", stage, "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let report: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+        let measured = report["peak_rss_bytes"].as_u64().unwrap() as f64;
+        let ratio = predicted(stage) / measured;
+        assert!(
+            (0.75..1.25).contains(&ratio),
+            "{stage}: planned {} MB, measured {} MB",
+            predicted(stage) / 1e6,
+            measured / 1e6
+        );
+    }
+}
