@@ -129,7 +129,7 @@ fn v2_step_seconds(graph: &mut BoundGraph, shape: &Shape, context: usize, batch:
     let start = Instant::now();
     for step in 0..STEPS {
         for ((past, present), tensor) in names.iter().zip(&mut cache) {
-            graph.bind_in_place(past, present, tensor).unwrap();
+            graph.bind_in_place(past, present, tensor.view_mut().into_dyn()).unwrap();
         }
         let seqlens = Tensor::from_array(([batch], vec![(context + step) as i32; batch])).unwrap().into_dyn();
         let total = Tensor::from_array((Vec::<usize>::new(), vec![(context + step + 1) as i32])).unwrap().into_dyn();

@@ -15,9 +15,10 @@
 //! a long prompt never stalls the running rows) into a cache of its own; its
 //! cached positions are then copied into the row of each of its samples as
 //! it is admitted, and its last logits give each sample's first token. Once
-//! nothing is left to admit, the running rows move into a smaller cache each
-//! time a sixteenth of the rows have ended, so the tail of a generation does
-//! not compute for idle slots.
+//! nothing is left to admit, the running rows move to the lowest rows of the
+//! cache each time a sixteenth of the rows have ended, and the calls run over
+//! those rows only, so the tail of a generation does not compute for idle
+//! slots.
 //!
 //! Each sample draws from its own seeded RNG and a row's arithmetic does not
 //! depend on the other rows, so the tokens are the same whatever the slot
@@ -386,26 +387,28 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     }
 
     /// Once nothing is left to admit and a sixteenth of the rows have ended,
-    /// moves the running rows into a cache of as many rows: the steps left
-    /// compute for them only. Each move copies the running rows' caches
-    /// once; sixteenths bound both the idle slot steps (~6 %) and the moves.
+    /// moves the running rows to the lowest rows of the cache and runs the
+    /// calls over them only: the steps left compute for the running rows,
+    /// and no second cache is allocated. Sixteenths bound both the idle slot
+    /// steps (~6 %) and the moves.
     fn shrink_when_idle(&mut self) -> Result<(), ModelError> {
         let live = self.live_rows();
         let ended = self.rows.len() - live;
         if !self.queue_is_dry() || ended == 0 || ended < self.rows.len().div_ceil(16) {
             return Ok(());
         }
-        let old = self.slots.take().expect("rows run in the slots' cache");
-        let mut cache = KvBuffer::new(self.model.graph, self.model.cache, live, old.capacity())?;
+        let slots = self.slots.as_mut().expect("rows run in the slots' cache");
         let mut kept = Vec::with_capacity(live);
         for (r, row) in std::mem::take(&mut self.rows).into_iter().enumerate() {
             if row.sequence.is_some() {
-                cache.copy_row(kept.len(), &old, r, row.cached)?;
+                if r != kept.len() {
+                    slots.move_row(r, kept.len(), row.cached)?;
+                }
                 kept.push(row);
             }
         }
+        slots.set_active(live);
         self.rows = kept;
-        self.slots = Some(cache);
         Ok(())
     }
 

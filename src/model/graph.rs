@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ort::AsPointer;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
-use ort::value::{DynTensor, DynValue};
+use ort::value::{DynValue, DynValueRefMut};
 
 use super::ModelError;
 use super::bundle::Bundle;
@@ -99,14 +100,30 @@ impl BoundGraph {
         self.target
     }
 
-    /// Binds `tensor` as input `input` and as output `output`: the graph
+    /// Binds `view` (memory the caller owns and keeps alive until the graph
+    /// is bound again) as input `input` and as output `output`: the graph
     /// reads and writes the same memory (ONNX Runtime's `GroupQueryAttention`
     /// updates the KV cache in place). It stays bound, and out of
     /// [`BoundGraph::run`]'s results, until bound again.
-    pub fn bind_in_place(&mut self, input: &str, output: &str, tensor: &mut DynTensor) -> Result<(), ModelError> {
+    pub fn bind_in_place(&mut self, input: &str, output: &str, view: DynValueRefMut<'_>) -> Result<(), ModelError> {
         let error = |source: ort::Error| ModelError::Session { path: self.path.clone(), source };
-        self.binding.bind_input(input, &*tensor).map_err(error)?;
-        self.binding.bind_output(output, &mut *tensor).map_err(error)?;
+        // ort's bind_input copies a tensor over borrowed memory (its guard against aliasing); aliasing is the
+        // point here, so the input is bound through the C API, to the very value the output is bound to.
+        let name = std::ffi::CString::new(input).expect("graph input names have no NUL");
+        // SAFETY: the binding and the value are live ONNX Runtime objects; ONNX Runtime keeps its own reference
+        // to the value, whose memory the caller keeps alive while it is bound.
+        let status = unsafe { (ort::api().BindInput)(self.binding.ptr_mut(), name.as_ptr(), view.ptr()) };
+        if !status.0.is_null() {
+            // SAFETY: a non-null status is an error ONNX Runtime allocated; it is read, then released once.
+            let message = unsafe {
+                let text =
+                    std::ffi::CStr::from_ptr((ort::api().GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+                (ort::api().ReleaseStatus)(status.0);
+                text
+            };
+            return Err(error(ort::Error::new(format!("binding `{input}`: {message}"))));
+        }
+        self.binding.bind_output(output, view).map_err(error)?;
         if !self.in_place.iter().any(|name| name == output) {
             self.in_place.push(output.to_string());
         }

@@ -70,6 +70,9 @@ impl StagePlan {
     }
 }
 
+/// Tokens a reward model's chat template and tokenizer may add to a generated exchange.
+const TEMPLATE_MARGIN: u64 = 64;
+
 /// The plan of every model stage whose bundle manifest is known, in the
 /// precision the configured device runs (CUDA's unless `[run] device =
 /// "cpu"`: the plan is about device memory).
@@ -81,11 +84,14 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
     let shape = |role: ModelRole| manifests.get(&role).map(|m| (ModelShape::of(m, precision(m, target)), context(m)));
     let mut plans = Vec::new();
     let stages = &spec.stages;
+    // The longest exchange generate can write (prompt budget + new tokens), when it samples.
+    let mut generated_length = None;
     if let Some(generate) = stages.generate.as_ref().filter(|g| g.import.is_none())
         && let Some((model, context)) = shape(generate.sampling_role())
     {
         let limits = generate.slot_limits();
         let length = (generate.prompt_budget(context) + generate.max_new_tokens as usize).min(context) as u64;
+        generated_length = Some(length);
         let (slots, chunk) = (limits.slots as u64, limits.prefill_chunk_tokens as u64);
         plans.push(StagePlan::new(
             (StageName::Generate, "generation", generate.sampling_role()),
@@ -98,7 +104,10 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
     if let Some(score) = stages.score.as_ref().filter(|s| s.import.is_none())
         && let Some((model, context)) = shape(ModelRole::Reward)
     {
-        let batches = Batches { rows: score.batch_size, max_tokens: score.max_batch_tokens, width: context as u64 };
+        // A scored exchange is a generated one in the reward model's template (a few tokens more, another
+        // tokenizer): up to its context, or generate's longest plus that margin when generate samples.
+        let width = generated_length.map_or(context as u64, |l| (l + TEMPLATE_MARGIN).min(context as u64));
+        let batches = Batches { rows: score.batch_size, max_tokens: score.max_batch_tokens, width };
         let what = (StageName::Score, "scoring", ModelRole::Reward);
         plans.push(batches.forward(what, &model, false, on_cpu, "stages.score.max_batch_tokens"));
     }

@@ -4,6 +4,7 @@ and decode benchmarks: nothing is downloaded, and the weights never all sit in m
 
     python tools/bench/make_checkpoint.py --shape eurollm-9b --dtype bfloat16 --out /var/tmp/eurollm-9b-shapes
     python tools/bench/make_checkpoint.py --shape llama-0.5b --out target/croco-bench/ckpt-llama-0.5b
+    python tools/bench/make_checkpoint.py --shape llama-0.5b --reward --out /var/tmp/reward-0.5b-ckpt
 
 Shapes: `eurollm-9b` is EuroLLM-9B's config (42 layers, hidden 4096, MLP 12288, 32/8 heads, vocab 128000,
 untied head; ~18 GB in bfloat16); `llama-0.5b` a ~0.5 B Llama (24 layers, hidden 1024, MLP 4096, 16/8 heads,
@@ -25,8 +26,9 @@ SHAPES = {
 DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "data", "models", "policy")
 
 
-def tensor_shapes(c: dict) -> list[tuple[str, list[int]]]:
-    """Every tensor of a LlamaForCausalLM with an untied head, in state-dict order."""
+def tensor_shapes(c: dict, reward: bool = False) -> list[tuple[str, list[int]]]:
+    """Every tensor of a LlamaForCausalLM with an untied head (reward: a LlamaForSequenceClassification with one
+    label), in state-dict order."""
     h, i, heads, kv = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_key_value_heads"]
     d = h // heads
     out = [("model.embed_tokens.weight", [c["vocab_size"], h])]
@@ -37,7 +39,8 @@ def tensor_shapes(c: dict) -> list[tuple[str, list[int]]]:
                 (p + "mlp.gate_proj.weight", [i, h]), (p + "mlp.up_proj.weight", [i, h]),
                 (p + "mlp.down_proj.weight", [h, i]), (p + "input_layernorm.weight", [h]),
                 (p + "post_attention_layernorm.weight", [h])]
-    return out + [("model.norm.weight", [h]), ("lm_head.weight", [c["vocab_size"], h])]
+    head = ("score.weight", [1, h]) if reward else ("lm_head.weight", [c["vocab_size"], h])
+    return out + [("model.norm.weight", [h]), head]
 
 
 def main():
@@ -50,6 +53,7 @@ def main():
     a.add_argument("--out", required=True)
     a.add_argument("--shard-gb", type=float, default=4.0)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--reward", action="store_true", help="a *ForSequenceClassification (one label): a reward model")
     args = a.parse_args()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     c = SHAPES[args.shape]
@@ -61,7 +65,7 @@ def main():
     t0 = time.time()
     shards, current, size = [], [], 0
     limit = args.shard_gb * 1e9
-    for name, shape in tensor_shapes(c):
+    for name, shape in tensor_shapes(c, args.reward):
         n = 1
         for s in shape:
             n *= s
@@ -88,7 +92,8 @@ def main():
         print(f"{file} ({time.time() - t0:.0f} s)", flush=True)
     json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
               open(os.path.join(args.out, "model.safetensors.index.json"), "w"), indent=1)
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    architecture = "LlamaForSequenceClassification" if args.reward else "LlamaForCausalLM"
+    config = {"architectures": [architecture], "model_type": "llama", "hidden_act": "silu", "num_labels": 1,
               "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": args.dtype, "bos_token_id": 1,
               "eos_token_id": 5, "pad_token_id": 0, "attention_bias": False, "mlp_bias": False,
               "head_dim": c["hidden_size"] // c["num_attention_heads"], **c}
