@@ -1,20 +1,31 @@
-//! Benchmark: generate streams its prompts. Peak resident memory of `croco
-//! run --stage generate` (the demo policy, one sample of two new tokens per
+//! Benchmark: the memory of the model stages.
+//!
+//! (1) generate streams its prompts. Peak resident memory of `croco run
+//! --stage generate` (the demo policy, one sample of two new tokens per
 //! prompt, prompts read and committed part by part) over 100,000 prompts,
 //! against the same run over 1,000: `ratio` = peak at 1,000 ÷ peak at
 //! 100,000, so 1 means flat and the issue's bound (flat within 20 %) is a
 //! ratio of at least 0.83.
 //!
+//! (2) `croco plan` predicts it. For generate and score, the plan's host
+//! figure against the peak `croco run --stage … --json` reports, with
+//! prompts that fill the planned context (448 prompt tokens + 64 new, 8
+//! samples of 8 prompts at a time): the demo bundles, and a ~0.5 B policy
+//! and reward model when `CROCO_BENCH_LLAMA_0_5B` and
+//! `CROCO_BENCH_REWARD_0_5B` name them (`tools/bench/make_checkpoint.py
+//! --shape llama-0.5b [--reward]`, then `python -m tools.export policy|reward
+//! --no-dpo`). Each row's `croco` is the relative error |planned − measured|
+//! ÷ measured, its reference the issue's bound of 25 %.
+//!
 //!     cargo bench --bench generate_memory
 //!
-//! Each run is a child process (the release `croco` binary) measured with
-//! `tools/bench/timed.py` (getrusage of the children); the prompts stage
-//! runs first, unmeasured.
+//! Each run is a child process of the release `croco` binary; the prompts
+//! stage runs first, unmeasured.
 
 mod common;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use self::common::Better;
@@ -23,9 +34,8 @@ const COUNTS: [usize; 2] = [1_000, 100_000];
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let croco = repo.join("target/release/croco");
-    let built = Command::new("cargo").args(["build", "--release", "--quiet"]).current_dir(repo).status().unwrap();
-    assert!(built.success(), "cargo build --release failed");
+    // Cargo builds the binary, in the bench's profile, for every benchmark.
+    let croco = PathBuf::from(env!("CARGO_BIN_EXE_croco"));
     let mut peaks = Vec::new();
     println!("generate's peak memory against its prompt count (demo policy, 1 sample x 2 tokens per prompt)");
     for count in COUNTS {
@@ -44,15 +54,76 @@ fn main() {
         println!("  {count:>7} prompts: peak RSS {peak:.0} MB, {seconds:.0} s");
         peaks.push(peak);
     }
-    let row = common::row(
+    let mut rows = vec![common::row(
         &format!("generate, {} prompts, 1 sample x 2 new tokens each (demo policy)", COUNTS[1]),
         "peak RSS MB",
         peaks[1],
         &format!("the same run over {} prompts", COUNTS[0]),
         Some(peaks[0]),
         Better::Lower,
+    )];
+    let demo = (repo.join("data/models/policy"), repo.join("data/models/reward"));
+    let larger = match (std::env::var("CROCO_BENCH_LLAMA_0_5B"), std::env::var("CROCO_BENCH_REWARD_0_5B")) {
+        (Ok(policy), Ok(reward)) => Some((policy.into(), reward.into())),
+        _ => None,
+    };
+    println!("croco plan's host figure against the measured peak (prompts filling the planned context)");
+    for (name, models) in std::iter::once(("demo bundles", demo)).chain(larger.map(|m| ("~0.5 B bundles", m))) {
+        rows.extend(plan_against_measured(&croco, name, &models));
+    }
+    common::write_json("generate_memory", rows);
+}
+
+/// The plan's host figure for generate and score against their measured
+/// peaks, on prompts that fill the planned context.
+fn plan_against_measured(croco: &Path, name: &str, (policy, reward): &(PathBuf, PathBuf)) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("long.jsonl");
+    let sentence = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(15);
+    let lines: Vec<String> = (0..16)
+        .map(|i| serde_json::json!({"prompt": format!("{sentence}Prompt {i}."), "language": "en"}).to_string())
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let text = format!(
+        "[run]\nname = \"plan\"\nroot = \"{root}\"\nlanguages = [\"en\"]\ndevice = \"cpu\"\nthreads = 2\n\n\
+         [models]\npolicy = \"{policy}\"\nreward = \"{reward}\"\n\n\
+         [stages.prompts]\nsource = \"{prompts}\"\ncolumns = {{ text = \"prompt\", language = \"language\" }}\neval_fraction = 0.0\n\n\
+         [stages.generate]\nsamples = 8\nbatch_size = 8\nmax_prompt_tokens = 448\nmax_new_tokens = 64\nprompts_per_part = 16\n\n\
+         [stages.score]\nbatch_size = 32\n",
+        root = dir.path().join("root").display(),
+        policy = policy.display(),
+        reward = reward.display(),
+        prompts = prompts.display(),
     );
-    common::write_json("generate_memory", vec![row]);
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(&file, text).unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let output = Command::new(croco).args(args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let file = file.to_str().unwrap();
+    let plan = json(&["plan", file, "--json"]);
+    json(&["run", file, "--stage", "prompts", "--json"]);
+    let mut rows = Vec::new();
+    for stage in ["generate", "score"] {
+        let planned =
+            plan["variants"][0]["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap()["host"]
+                .as_f64()
+                .unwrap();
+        let measured = json(&["run", file, "--stage", stage, "--json"])["peak_rss_bytes"].as_f64().unwrap();
+        let error = (planned - measured).abs() / measured;
+        println!(
+            "  {name}, {stage}: planned {:.0} MB, measured {:.0} MB ({:+.1} %)",
+            planned / 1e6,
+            measured / 1e6,
+            100.0 * (planned / measured - 1.0)
+        );
+        let case =
+            format!("croco plan, {stage}, {name} (planned {:.0} MB, measured {:.0} MB)", planned / 1e6, measured / 1e6);
+        rows.push(common::row(&case, "relative error", error, "the issue's bound", Some(0.25), Better::Lower));
+    }
+    rows
 }
 
 /// A pipeline answering `count` distinct English prompts, in `dir`.

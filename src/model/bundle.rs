@@ -149,6 +149,36 @@ pub struct GraphSpec {
     pub inputs: Vec<IoSpec>,
     /// Outputs, in graph order.
     pub outputs: Vec<IoSpec>,
+    /// The weights bound as inputs after the data inputs: `"all"` (every
+    /// tensor of `[weights]`, in manifest order) or their names, in graph
+    /// order (none for the training graphs, whose layer weights are data
+    /// inputs under generic names, bound per layer).
+    #[serde(default = "all_weights")]
+    pub weight_inputs: WeightInputs,
+}
+
+/// `weight_inputs` of a graph.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum WeightInputs {
+    /// `"all"`.
+    All(String),
+    /// The names, in graph order.
+    Named(Vec<String>),
+}
+
+fn all_weights() -> WeightInputs {
+    WeightInputs::All("all".into())
+}
+
+impl WeightInputs {
+    /// Whether the graph takes weight `name` (bound once).
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            WeightInputs::All(_) => true,
+            WeightInputs::Named(names) => names.iter().any(|n| n == name),
+        }
+    }
 }
 
 impl GraphSpec {

@@ -55,7 +55,7 @@ impl BoundGraph {
             .inputs
             .iter()
             .map(|i| i.name.as_str())
-            .chain(weights.tensors.iter().map(|(n, _)| n.as_str()))
+            .chain(weights.tensors.iter().map(|(n, _)| n.as_str()).filter(|n| spec.weight_inputs.includes(n)))
             .collect();
         let found_inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let expected_outputs: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
@@ -83,7 +83,7 @@ impl BoundGraph {
         }
         let error = |source: ort::Error| ModelError::Session { path: path.clone(), source };
         let mut binding = session.create_binding().map_err(error)?;
-        for (weight, value) in &weights.tensors {
+        for (weight, value) in weights.tensors.iter().filter(|(n, _)| spec.weight_inputs.includes(n)) {
             binding.bind_input(weight.as_str(), value).map_err(error)?;
         }
         let outputs = expected_outputs.iter().map(|s| s.to_string()).collect();

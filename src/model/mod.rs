@@ -9,6 +9,7 @@ pub mod dpo;
 pub mod generation;
 pub mod graph;
 pub mod kv;
+pub mod layerwise;
 pub mod lora;
 pub mod memory;
 pub mod optim;

@@ -6,7 +6,8 @@
 //!
 //! Each optimizer step takes the next `micro_batch × grad_accumulation` pairs
 //! of a seeded permutation (one per epoch); each micro-batch is one pass of
-//! the bundle's `dpo` graph (forward + backward w.r.t. the LoRA tensors);
+//! the bundle's training graphs, layer by layer with recomputation
+//! ([`crate::model::layerwise`]: forward + backward w.r.t. the LoRA tensors);
 //! gradients are averaged over the step's pairs, clipped by global norm and
 //! applied by AdamW in Rust at the schedule's learning rate. Everything that
 //! decides a step — the permutation, the dropout seeds, the adapter's
@@ -31,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use super::stage::{Stage, StageError, StageInput, stats};
 use crate::model::bundle::Bundle;
-use crate::model::dpo::{DpoGraph, LossSettings, PairTokens, StepOutput, Truncation, encode_pair};
+use crate::model::dpo::{LossSettings, PairTokens, StepOutput, Truncation, encode_pair};
+use crate::model::layerwise::LayerwiseGraphs;
 use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS, Adapter, AdapterConfig};
 use crate::model::optim::{AdamW, clip_grad_norm, learning_rate, warmup_steps};
 use crate::model::tensors::{read_f32_tensors, safetensors_bytes};
@@ -87,7 +89,7 @@ impl Stage for Tune {
             state = Some(TrainState::fresh(input, &bundle, params).await?);
         }
         let mut state = state.expect("set above");
-        let mut graph = DpoGraph::load(&bundle, tokenizer.pad_token_id, &input.session)?;
+        let mut graph = LayerwiseGraphs::load(&bundle, tokenizer.pad_token_id, &input.session)?;
         tracing::info!(target = ?graph.target(), pairs = examples.len(), steps = schedule.total, resumed_at, "tune");
         input.progress.set_position(state.step);
         let mut rows = Vec::new();
@@ -275,7 +277,7 @@ impl TrainState {
     /// Takes optimizer step `self.step` and returns its log row.
     fn optimizer_step(
         &mut self,
-        graph: &mut DpoGraph,
+        graph: &mut LayerwiseGraphs,
         examples: &[Example],
         schedule: &Schedule,
         params: &TuneParams,

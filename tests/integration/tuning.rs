@@ -121,9 +121,12 @@ fn truncation_cuts_the_prompt_from_the_left_then_the_responses_from_the_right() 
 /// every gradient within relative L2 `grad_rtol` (1e-3); measured at export:
 /// 2e-7 / 2e-5 / 2.5e-6. The two cases cover the sigmoid loss with label
 /// smoothing and IPO with dropout (the masks are a hash both sides compute alike).
-#[test]
-fn the_dpo_step_matches_the_torch_fixtures() {
-    use croco::model::dpo::{DpoGraph, LossSettings, PairTokens};
+#[rstest::rstest]
+#[case::whole_model_dpo_graph("dpo")]
+#[case::layer_by_layer("layerwise")]
+fn the_dpo_step_matches_the_torch_fixtures(#[case] engine: &str) {
+    use croco::model::dpo::{DpoGraph, LossSettings, PairTokens, StepOutput};
+    use croco::model::layerwise::LayerwiseGraphs;
     use croco::model::tensors::{read_f32_tensors, safetensors_bytes};
     let bundle = policy_bundle();
     let dir = repo().join("data/models/policy/parity");
@@ -164,7 +167,17 @@ fn the_dpo_step_matches_the_torch_fixtures() {
         })
         .collect();
     let batch: Vec<&PairTokens> = pairs.iter().collect();
-    let mut graph = DpoGraph::load(&bundle, 0, &CPU).unwrap();
+    type Step<'a> = Box<dyn FnMut(&[&PairTokens], &[(f32, f32)], &Adapter, &LossSettings) -> StepOutput + 'a>;
+    let mut step: Step = match engine {
+        "dpo" => {
+            let mut graph = DpoGraph::load(&bundle, 0, &CPU).unwrap();
+            Box::new(move |p, r, a, s| graph.step(p, r, a, s).unwrap())
+        }
+        _ => {
+            let mut graphs = LayerwiseGraphs::load(&bundle, 0, &CPU).unwrap();
+            Box::new(move |p, r, a, s| graphs.step(p, r, a, s).unwrap())
+        }
+    };
     let (atol, rtol) = (fixture["atol"].as_f64().unwrap(), fixture["grad_rtol"].as_f64().unwrap());
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -179,7 +192,7 @@ fn the_dpo_step_matches_the_torch_fixtures() {
             dropout_seed: case["dropout_seed"].as_i64().unwrap(),
         };
         assert_eq!(adapter.scale() as f64, case["lora_scale"].as_f64().unwrap());
-        let output = graph.step(&batch, &reference, &adapter, &settings).unwrap();
+        let output = step(&batch, &reference, &adapter, &settings);
         let loss_error = (f64::from(output.loss) - case["expected_loss"].as_f64().unwrap()).abs();
         assert!(loss_error < atol, "{name}: loss off by {loss_error}");
         let expected = &tensors[&format!("{name}/expected_policy_logps")].1;

@@ -305,6 +305,13 @@ def cmd_dpo_graph(a):
     add_dpo_to_bundle(a.bundle, log=_log, peft_check=not a.no_peft_check)
 
 
+def cmd_train_graphs(a):
+    _setup_torch(a.threads)
+    from .train_graphs import add_train_graphs_to_bundle
+
+    add_train_graphs_to_bundle(a.bundle, log=_log)
+
+
 def cmd_merge_adapter(a):
     _setup_torch(a.threads)
     from .adapter import merge_adapter
@@ -389,6 +396,10 @@ def main(argv=None):
     g.add_argument("--no-peft-check", action="store_true",
                    help="skip the cross-check against transformers + peft (torch vs ORT is always checked)")
     g.set_defaults(fn=cmd_dpo_graph)
+
+    tg = sub.add_parser("train-graphs", help="add the layer-wise training graphs (train_*.onnx) to a policy bundle")
+    tg.add_argument("bundle", help="policy bundle directory, e.g. data/models/policy")
+    tg.set_defaults(fn=cmd_train_graphs)
 
     m = sub.add_parser("merge-adapter", help="policy bundle + PEFT LoRA adapter -> full Hugging Face checkpoint")
     m.add_argument("bundle", help="policy bundle directory")

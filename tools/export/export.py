@@ -45,6 +45,68 @@ def _rot_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def rotary_and_mask(inv_freq, rope_scale, attention_mask, position_ids, past_length=0):
+    """(cos, sin) [B, 1, S, D] of the positions and the additive attention bias [B, 1, S, past + S]: key j is
+    visible to query q iff j <= past + q and attention_mask[b, j] == 1."""
+    S = position_ids.shape[1]
+    freqs = position_ids.float()[..., None] * inv_freq[None, None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = (emb.cos() * rope_scale)[:, None]
+    sin = (emb.sin() * rope_scale)[:, None]
+    T = past_length + S
+    key_pos = torch.arange(T, device=position_ids.device)
+    q_pos = torch.arange(S, device=position_ids.device) + past_length
+    allowed = (key_pos[None, :] <= q_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+    bias = torch.where(allowed, torch.zeros((), dtype=torch.float32, device=position_ids.device),
+                       torch.full((), torch.finfo(torch.float32).min, device=position_ids.device))
+    return cos, sin, bias
+
+
+def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False):
+    """One Llama-family decoder layer on x [B, S, hidden]: the weights are W[p + suffix]. Returns (x, (k, v)).
+    lora and sdpa as in llama_forward; past: this layer's (k, v) [B, KVH, P, D] or None."""
+    B, S = x.shape[0], x.shape[1]
+    H, KV, D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
+    eps = A["rms_norm_eps"]
+    h = _rms(x, W[p + "input_layernorm.weight"], eps)
+
+    def lin(name, t):
+        y = t @ W[p + name + ".weight"].T
+        b = W.get(p + name + ".bias")
+        y = y + b if b is not None else y
+        if lora is not None and p + name + ".weight" in lora["modules"]:
+            la, lb, j = lora["modules"][p + name + ".weight"]
+            dropped = lora["dropout"](t, j) if "dropout" in lora else lora_dropout(t, lora["p"], lora["seed"], j)
+            y = y + lora["scale"] * ((dropped @ la.T) @ lb.T)
+        return y
+
+    q = lin("self_attn.q_proj", h).view(B, S, H, D).transpose(1, 2)
+    k = lin("self_attn.k_proj", h).view(B, S, KV, D).transpose(1, 2)
+    v = lin("self_attn.v_proj", h).view(B, S, KV, D).transpose(1, 2)
+    if p + "self_attn.q_norm.weight" in W:
+        q = _rms(q, W[p + "self_attn.q_norm.weight"], eps)
+        k = _rms(k, W[p + "self_attn.k_norm.weight"], eps)
+    q = q * cos + _rot_half(q) * sin
+    k = k * cos + _rot_half(k) * sin
+    if past is not None:
+        k = torch.cat((past[0], k), dim=2)
+        v = torch.cat((past[1], v), dim=2)
+    T = k.shape[2]
+    rep = H // KV
+    kk = k[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
+    vv = v[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
+    if sdpa:
+        o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=bias)
+    else:
+        att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
+        o = torch.softmax(att, dim=-1) @ vv
+    o = o.transpose(1, 2).reshape(B, S, H * D)
+    x = x + lin("self_attn.o_proj", o)
+    h = _rms(x, W[p + "post_attention_layernorm.weight"], eps)
+    x = x + lin("mlp.down_proj", F.silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))
+    return x, (k, v)
+
+
 def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_mask, position_ids, past=None,
                   head="lm", lora=None, sdpa=False):
     """Returns (logits or hidden, presents). past: list of (k, v) [B, KVH, P, D] or None.
@@ -53,61 +115,14 @@ def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_m
     every listed linear becomes x W^T + scale * (dropout(x) A^T) B^T (PEFT LoRA).
     sdpa: attention by F.scaled_dot_product_attention instead of the graphs' eager softmax (the GPU
     benchmark's option; exports use the default)."""
-    B, S = input_ids.shape
-    H, KV, D, L = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"], A["num_layers"]
-    eps = A["rms_norm_eps"]
     x = F.embedding(input_ids, W["model.embed_tokens.weight"])
-    freqs = position_ids.float()[..., None] * inv_freq[None, None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos = (emb.cos() * rope_scale)[:, None]
-    sin = (emb.sin() * rope_scale)[:, None]
     P = past[0][0].shape[2] if past is not None else 0
-    T = P + S
-    key_pos = torch.arange(T, device=input_ids.device)
-    q_pos = torch.arange(S, device=input_ids.device) + P
-    allowed = (key_pos[None, :] <= q_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
-    bias = torch.where(allowed, torch.zeros((), dtype=torch.float32, device=x.device),
-                       torch.full((), torch.finfo(torch.float32).min, device=x.device))
+    cos, sin, bias = rotary_and_mask(inv_freq, rope_scale, attention_mask, position_ids, P)
     presents = []
-    for i in range(L):
-        p = f"model.layers.{i}."
-        h = _rms(x, W[p + "input_layernorm.weight"], eps)
-
-        def lin(name, t):
-            y = t @ W[p + name + ".weight"].T
-            b = W.get(p + name + ".bias")
-            y = y + b if b is not None else y
-            if lora is not None and p + name + ".weight" in lora["modules"]:
-                la, lb, j = lora["modules"][p + name + ".weight"]
-                dropped = lora["dropout"](t, j) if "dropout" in lora else lora_dropout(t, lora["p"], lora["seed"], j)
-                y = y + lora["scale"] * ((dropped @ la.T) @ lb.T)
-            return y
-
-        q = lin("self_attn.q_proj", h).view(B, S, H, D).transpose(1, 2)
-        k = lin("self_attn.k_proj", h).view(B, S, KV, D).transpose(1, 2)
-        v = lin("self_attn.v_proj", h).view(B, S, KV, D).transpose(1, 2)
-        if p + "self_attn.q_norm.weight" in W:
-            q = _rms(q, W[p + "self_attn.q_norm.weight"], eps)
-            k = _rms(k, W[p + "self_attn.k_norm.weight"], eps)
-        q = q * cos + _rot_half(q) * sin
-        k = k * cos + _rot_half(k) * sin
-        if past is not None:
-            k = torch.cat((past[i][0], k), dim=2)
-            v = torch.cat((past[i][1], v), dim=2)
-        presents.append((k, v))
-        rep = H // KV
-        kk = k[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
-        vv = v[:, :, None].expand(B, KV, rep, T, D).reshape(B, H, T, D)
-        if sdpa:
-            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=bias)
-        else:
-            att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
-            o = torch.softmax(att, dim=-1) @ vv
-        o = o.transpose(1, 2).reshape(B, S, H * D)
-        x = x + lin("self_attn.o_proj", o)
-        h = _rms(x, W[p + "post_attention_layernorm.weight"], eps)
-        x = x + lin("mlp.down_proj", F.silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))
-    x = _rms(x, W["model.norm.weight"], eps)
+    for i in range(A["num_layers"]):
+        x, kv = decoder_layer(W, f"model.layers.{i}.", A, cos, sin, bias, x, lora, past[i] if past else None, sdpa)
+        presents.append(kv)
+    x = _rms(x, W["model.norm.weight"], A["rms_norm_eps"])
     if head == "lm":
         wl = W.get("lm_head.weight", W["model.embed_tokens.weight"])
         return x @ wl.T, presents

@@ -1,0 +1,73 @@
+"""The layer-wise training graphs against torch autograd through the whole functional model: a weighted sum of
+response-token log-probs, its gradient w.r.t. every LoRA tensor, with and without LoRA dropout."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from tools.export import train_graphs as tg  # noqa: E402
+from tools.export.export import llama_forward, positions_from_mask  # noqa: E402
+from tools.export.ortrun import ort_session  # noqa: E402
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _tiny(family):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    cfg = {"llama": lambda: tf.LlamaConfig(**kw, head_dim=8), "qwen3": lambda: tf.Qwen3Config(**kw, head_dim=16)}[family]()
+    m = tf.AutoModelForCausalLM.from_config(cfg)
+    for n, p in m.named_parameters():
+        if "norm" in n:
+            torch.nn.init.normal_(p, mean=1.0, std=0.1)
+    W = {n: t.detach().float().contiguous() for n, t in m.state_dict().items() if "rotary" not in n}
+    A = {"family": family, "vocab_size": 96, "hidden_size": 32, "num_layers": 3, "num_attention_heads": 4,
+         "num_kv_heads": 2, "head_dim": cfg.head_dim, "intermediate_size": 48, "rms_norm_eps": cfg.rms_norm_eps}
+    re = m.model.rotary_emb
+    return W, A, re.inv_freq.float(), float(getattr(re, "attention_scaling", 1.0))
+
+
+@pytest.mark.parametrize("family,p", [("llama", 0.0), ("llama", 0.1), ("qwen3", 0.1)])
+def test_layerwise_gradients_equal_autograd_through_the_whole_model(tmp_path, family, p):
+    W, A, inv_freq, scale_r = _tiny(family)
+    tg.export_train_graphs(A, W, inv_freq, scale_r, TARGETS, str(tmp_path), log=lambda *_: None)
+    sessions = {n: ort_session(str(tmp_path / f"{n}.onnx")) for n in
+                ["train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"]}
+    g = torch.Generator().manual_seed(3)
+    rows, S, T, R = 4, 11, 5, 3
+    ids = torch.randint(3, 96, (rows, S), generator=g)
+    mask = torch.ones(rows, S, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    positions = torch.stack([torch.arange(S - T - 1, S - 1)] * rows)
+    targets = torch.gather(ids, 1, positions + 1)
+    weights = torch.randn(rows, T, generator=g)
+    lora = {}
+    for layer in range(3):
+        for m in TARGETS:
+            o, i = W[f"model.layers.{layer}.{tg.module_path(m)}.weight"].shape
+            lora[(layer, m)] = ((torch.randn(R, i, generator=g) * 0.1).requires_grad_(),
+                                (torch.randn(o, R, generator=g) * 0.1).requires_grad_())
+    lora_scale, seed = 2.0, 11
+    modules = {f"model.layers.{l}.{tg.module_path(m)}.weight": (a, b, l * len(TARGETS) + TARGETS.index(m))
+               for (l, m), (a, b) in lora.items()}
+    logits, _ = llama_forward(W, A, inv_freq, scale_r, ids, mask, positions_from_mask(mask),
+                              lora={"modules": modules, "scale": lora_scale, "p": torch.tensor(p),
+                                    "seed": torch.tensor(seed, dtype=torch.int64)})
+    logp = torch.gather(torch.log_softmax(logits, -1), 2, positions[..., None].expand(-1, -1, 96))
+    token = torch.gather(torch.log_softmax(logits, -1).gather(1, positions[..., None].expand(-1, -1, 96)), 2,
+                         targets[..., None])[..., 0]
+    del logp
+    (token * weights).sum().backward()
+    np_lora = {k: (a.detach().numpy(), b.detach().numpy()) for k, (a, b) in lora.items()}
+    Wn = {n: t.numpy() for n, t in W.items()}
+    got_logps, got = tg.layerwise_grads(sessions, Wn, A, TARGETS, ids.numpy(), mask.numpy(), np_lora, lora_scale, p,
+                                        seed, positions.numpy(), targets.numpy(), weights.numpy())
+    np.testing.assert_allclose(got_logps, token.detach().numpy(), atol=1e-5, rtol=0)
+    for k, (a, b) in lora.items():
+        for mine, ref in zip(got[k], (a.grad, b.grad)):
+            ref = ref.numpy()
+            assert np.linalg.norm(mine - ref) <= 1e-4 * np.linalg.norm(ref) + 1e-9, (k, np.abs(mine - ref).max())

@@ -1,0 +1,357 @@
+"""Layer-wise training graphs of a policy bundle (docs/bundle-format.md, "Training graphs"): croco drives a LoRA
+training step layer by layer, keeping only each layer's input (gradient checkpointing), so a step's memory is the
+weights, L saved layer inputs and one layer's working set, whatever the depth:
+
+- `train_embed`: the token embeddings of a batch;
+- `train_layer`: one decoder layer with its LoRA adapters (the same graph for every layer: its weights and
+  adapters are inputs under generic names, bound per layer, and `layer` picks the dropout masks);
+- `train_layer_backward`: the same layer recomputed from its saved input, then its backward: the gradient
+  w.r.t. the input and the layer's LoRA A/B (the frozen weights get none);
+- `train_head`: final norm and LM head over chosen positions only (the positions predicting a response token, in
+  chunks croco picks), per-token log-probs;
+- `train_head_backward`: the gradient of Σ token_weights · token log-probs w.r.t. the hidden states: croco computes
+  the loss and d loss / d log-prob (every TRL loss) itself.
+
+The graphs are traced (torch.func + make_fx, as dpo.py) from one layer of the functional model export.py runs, so
+export time does not grow with depth, and are held to torch autograd through the whole model (check_parity)."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from .export import (_export, _io_spec, _rms, decoder_layer, positions_from_mask, rotary_and_mask)
+from .graphs import Graph
+
+PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
+SCALAR_INPUTS = ["lora_scale", "dropout_p"]
+INT_INPUTS = ["dropout_seed", "layer"]
+
+
+def module_path(module: str) -> str:
+    return ("self_attn." if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp.") + module
+
+
+def layer_suffixes(weight_names) -> list[str]:
+    """The tensors of one decoder layer (layer 0's names less their prefix), in manifest order."""
+    return [n[len("model.layers.0."):] for n in weight_names if n.startswith("model.layers.0.")]
+
+
+def lora_inputs(targets) -> list[str]:
+    return [f"lora.{m}.{ab}" for m in targets for ab in ("A", "B")]
+
+
+def make_layer(A, inv_freq, rope_scale, suffixes, targets):
+    """f(hidden, attention_mask, lora_scale, dropout_p, dropout_seed, layer, *weights, *lora) -> hidden."""
+    ns = len(suffixes)
+
+    def layer_fn(hidden, mask, scale, p, seed, layer, *rest):
+        W = {PREFIX + s: w for s, w in zip(suffixes, rest[:ns])}
+        lora = rest[ns:]
+        modules = {PREFIX + module_path(m) + ".weight": (lora[2 * i], lora[2 * i + 1], layer * len(targets) + i)
+                   for i, m in enumerate(targets)}
+        cos, sin, bias = rotary_and_mask(inv_freq, rope_scale, mask, positions_from_mask(mask))
+        out, _ = decoder_layer(W, PREFIX, A, cos, sin, bias, hidden,
+                               lora={"modules": modules, "scale": scale, "p": p, "seed": seed})
+        return out
+
+    return layer_fn
+
+
+def make_layer_backward(layer_fn, ns, nl):
+    """g(hidden, mask, scale, p, seed, layer, *weights, *lora, grad_out) -> (grad_hidden, *grad_lora)."""
+
+    def backward(*flat):
+        fixed, weights, lora, grad_out = flat[:6], flat[6:6 + ns], flat[6 + ns:6 + ns + nl], flat[-1]
+        hidden = fixed[0]
+
+        def f(h, *lo):
+            return layer_fn(h, *fixed[1:], *weights, *lo)
+
+        _, vjp = torch.func.vjp(f, hidden, *lora)
+        return vjp(grad_out)
+
+    return backward
+
+
+def make_head(A):
+    """h(hidden, target_positions, target_ids, norm, lm_head) -> token log-probs [rows, targets]."""
+
+    def head(hidden, positions, targets, norm, lm):
+        picked = torch.gather(hidden, 1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        x = _rms(picked, norm, A["rms_norm_eps"])
+        logp = torch.log_softmax((x @ lm.T).float(), dim=-1)
+        return torch.gather(logp, 2, targets[..., None])[..., 0]
+
+    return head
+
+
+def make_head_backward(head):
+    def backward(hidden, positions, targets, weights, norm, lm):
+        _, vjp = torch.func.vjp(lambda h: head(h, positions, targets, norm, lm), hidden)
+        return vjp(weights)[0]
+
+    return backward
+
+
+def _trace(fn, args):
+    from torch._decomp import get_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    # Backward ops torch.onnx has no translation for, in plain ops.
+    decompositions = get_decompositions([torch.ops.aten.silu_backward, torch.ops.aten._softmax_backward_data,
+                                         torch.ops.aten._log_softmax_backward_data])
+    with torch.no_grad():
+        gm = make_fx(fn, decomposition_table=decompositions, tracing_mode="symbolic",
+                     _allow_non_fake_inputs=True)(*args)
+    kept = sum(1 for nd in gm.graph.nodes if nd.op == "placeholder")
+    if kept != len(args):
+        raise SystemExit(f"make_fx kept {kept} of {len(args)} inputs (equal input objects are merged)")
+    gm.eval()
+    return gm
+
+
+def _sizes(W, A, avoid=()):
+    """Example sizes no weight dim has (make_fx's duck sizing unifies equal sizes)."""
+    used = {d for t in W.values() for d in t.shape} | {A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]}
+    used |= set(avoid)
+    return [v for v in range(3, 2000) if v not in used and v % 2 == 1]
+
+
+def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log):
+    """Exports the five training graphs into `out`; returns their [graphs] entries (graph_entry format)."""
+    from torch.export import Dim
+
+    from .export import graph_entry
+
+    if A["family"] not in ("llama", "mistral", "qwen2", "qwen3"):
+        raise SystemExit(f"training graphs: family {A['family']!r} is not supported yet (llama-family only)")
+    names = list(W)
+    suffixes = layer_suffixes(names)
+    ns, nl = len(suffixes), 2 * len(targets)
+    free = _sizes(W, A)
+    R, S, rows, T = free[0], free[1], 2 * free[2], free[3]
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, S, A["hidden_size"], generator=g)
+    mask = torch.ones(rows, S, dtype=torch.long)
+    mask[0, :2] = 0
+    scalars = [torch.tensor(2.0), torch.tensor(0.1), torch.tensor(7, dtype=torch.int64), torch.tensor(1, dtype=torch.int64)]
+    weights = [W["model.layers.0." + s] for s in suffixes]
+    lora, lora_specs = [], []
+    for m in targets:
+        o, i = W["model.layers.0." + module_path(m) + ".weight"].shape
+        lora += [torch.randn(R, i, generator=g) * 0.01, torch.randn(o, R, generator=g) * 0.01]
+        lora_specs += [_io_spec(f"lora.{m}.A", "float32", ["rank", i]), _io_spec(f"lora.{m}.B", "float32", [o, "rank"])]
+    weight_specs = [_io_spec(PREFIX + s, "float32", list(W["model.layers.0." + s].shape)) for s in suffixes]
+    dyn, rank = Dim.DYNAMIC, Dim("rank", min=1)
+    dims = {"hidden": ["rows", "seq", A["hidden_size"]], "attention_mask": ["rows", "seq"],
+            "hidden_out": ["rows", "seq", A["hidden_size"]], "grad_hidden_out": ["rows", "seq", A["hidden_size"]],
+            "grad_hidden": ["rows", "seq", A["hidden_size"]], "lora_scale": [], "dropout_p": [],
+            "dropout_seed": [], "layer": []}
+    for sp in lora_specs:
+        dims[sp["name"]] = dims["grad." + sp["name"]] = sp["shape"]
+    for sp in weight_specs:
+        dims[sp["name"]] = sp["shape"]
+    common_in = [_io_spec("hidden", "float32", dims["hidden"]), _io_spec("attention_mask", "int64", dims["attention_mask"]),
+                 _io_spec("lora_scale", "float32", []), _io_spec("dropout_p", "float32", []),
+                 _io_spec("dropout_seed", "int64", []), _io_spec("layer", "int64", [])]
+    in_names = [s["name"] for s in common_in] + [s["name"] for s in weight_specs] + [s["name"] for s in lora_specs]
+    ds = [{0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None, None, None] + [None] * ns + [{0: rank}, {1: rank}] * len(targets)
+    layer_fn = make_layer(A, inv_freq, rope_scale, suffixes, targets)
+    args = [hidden, mask, *scalars, *weights, *lora]
+    t0 = time.time()
+    entries = {}
+    _export(_trace(layer_fn, args), tuple(args), os.path.join(out, "train_layer.onnx"), in_names, ["hidden_out"],
+            tuple(ds), dims, log, strip_metadata=True)
+    entries["train_layer"] = {"file": "train_layer.onnx", "inputs": common_in + weight_specs + lora_specs,
+                              "outputs": [_io_spec("hidden_out", "float32", dims["hidden_out"])], "weight_inputs": []}
+    grad_out = torch.randn(rows, S, A["hidden_size"], generator=g)
+    bargs = args + [grad_out]
+    bnames = in_names + ["grad_hidden_out"]
+    bds = tuple(ds + [{0: dyn, 1: dyn}])
+    grad_names = ["grad_hidden"] + ["grad." + s["name"] for s in lora_specs]
+    _export(_trace(make_layer_backward(layer_fn, ns, nl), bargs), tuple(bargs),
+            os.path.join(out, "train_layer_backward.onnx"), bnames, grad_names, bds, dims, log, strip_metadata=True)
+    entries["train_layer_backward"] = {
+        "file": "train_layer_backward.onnx",
+        "inputs": common_in + weight_specs + lora_specs + [_io_spec("grad_hidden_out", "float32", dims["grad_hidden_out"])],
+        "outputs": [_io_spec("grad_hidden", "float32", dims["grad_hidden"])]
+        + [_io_spec("grad." + s["name"], "float32", s["shape"]) for s in lora_specs],
+        "weight_inputs": []}
+    head_entries(A, W, out, log, hidden, T, entries)
+    embed_entry(A, W, out, entries)
+    log(f"training graphs exported in {time.time() - t0:.1f}s")
+    return {name: graph_entry(spec, names) for name, spec in entries.items()}
+
+
+def head_entries(A, W, out, log, hidden, T, entries):
+    from torch.export import Dim
+
+    head_weights = {"model.norm.weight": W["model.norm.weight"],
+                    "lm_head.weight": W.get("lm_head.weight", W["model.embed_tokens.weight"])}
+    rows, S = hidden.shape[0], hidden.shape[1]
+    g = torch.Generator().manual_seed(1)
+    positions = torch.randint(0, S, (rows, T), generator=g)
+    targets = torch.randint(0, A["vocab_size"], (rows, T), generator=g)
+    weights = torch.randn(rows, T, generator=g)
+    norm, lm = head_weights["model.norm.weight"].clone(), head_weights["lm_head.weight"].clone()
+    dyn = Dim.DYNAMIC
+    dims = {"hidden": ["rows", "seq", A["hidden_size"]], "target_positions": ["rows", "targets"],
+            "target_ids": ["rows", "targets"], "token_logps": ["rows", "targets"], "token_weights": ["rows", "targets"],
+            "grad_hidden": ["rows", "seq", A["hidden_size"]], "norm.weight": list(norm.shape),
+            "lm_head.weight": list(lm.shape)}
+    head = make_head(A)
+    specs_in = [_io_spec("hidden", "float32", dims["hidden"]), _io_spec("target_positions", "int64", dims["target_positions"]),
+                _io_spec("target_ids", "int64", dims["target_ids"])]
+    specs_w = [_io_spec("norm.weight", "float32", dims["norm.weight"]), _io_spec("lm_head.weight", "float32", dims["lm_head.weight"])]
+    args = [hidden, positions, targets, norm, lm]
+    names = [s["name"] for s in specs_in + specs_w]
+    ds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None)
+    _export(_trace(head, args), tuple(args), os.path.join(out, "train_head.onnx"), names, ["token_logps"], ds, dims,
+            log, strip_metadata=True)
+    entries["train_head"] = {"file": "train_head.onnx", "inputs": specs_in + specs_w,
+                             "outputs": [_io_spec("token_logps", "float32", dims["token_logps"])], "weight_inputs": []}
+    bargs = [hidden, positions, targets, weights, norm, lm]
+    bspecs = specs_in + [_io_spec("token_weights", "float32", dims["token_weights"])] + specs_w
+    bds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None)
+    _export(_trace(make_head_backward(head), bargs), tuple(bargs), os.path.join(out, "train_head_backward.onnx"),
+            [s["name"] for s in bspecs], ["grad_hidden"], bds, dims, log, strip_metadata=True)
+    entries["train_head_backward"] = {"file": "train_head_backward.onnx", "inputs": bspecs,
+                                      "outputs": [_io_spec("grad_hidden", "float32", dims["grad_hidden"])],
+                                      "weight_inputs": []}
+
+
+def embed_entry(A, W, out, entries):
+    """`train_embed`: Gather of the embedding rows, built with onnx.helper."""
+    import onnx
+    from onnx import TensorProto
+
+    g = Graph("train_embed", "float32")
+    ids = g.input("input_ids", TensorProto.INT64, ["rows", "seq"])
+    table = g.input("embed_tokens.weight", TensorProto.FLOAT, [A["vocab_size"], A["hidden_size"]])
+    g.op("Gather", [table, ids], ["hidden"], axis=0)
+    g.output("hidden", TensorProto.FLOAT, ["rows", "seq", A["hidden_size"]])
+    onnx.save(g.model(), os.path.join(out, "train_embed.onnx"))
+    entries["train_embed"] = {
+        "file": "train_embed.onnx",
+        "inputs": [_io_spec("input_ids", "int64", ["rows", "seq"]),
+                   _io_spec("embed_tokens.weight", "float32", [A["vocab_size"], A["hidden_size"]])],
+        "outputs": [_io_spec("hidden", "float32", ["rows", "seq", A["hidden_size"]])], "weight_inputs": []}
+
+
+def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, positions, token_ids, token_weights):
+    """Runs the exported graphs as croco does (ONNX Runtime): embeddings, every layer forward keeping its input,
+    the head, then every layer backward. Returns (token log-probs, grad wrt every LoRA tensor in lora_modules
+    order). lora: {(layer, module): (A, B)} numpy arrays."""
+    L = A["num_layers"]
+    suffixes = layer_suffixes(list(W))
+    f32 = lambda v: np.array(v, np.float32)  # noqa: E731
+    i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+    (x,) = sessions["train_embed"].run(None, {"input_ids": ids, "embed_tokens.weight": W["model.embed_tokens.weight"]})
+    saved = []
+
+    def layer_feeds(layer, hidden):
+        feeds = {"hidden": hidden, "attention_mask": mask, "lora_scale": f32(scale), "dropout_p": f32(p),
+                 "dropout_seed": i64(seed), "layer": i64(layer)}
+        feeds.update({PREFIX + s: W[f"model.layers.{layer}.{s}"] for s in suffixes})
+        for m in targets:
+            a, b = lora[(layer, m)]
+            feeds[f"lora.{m}.A"], feeds[f"lora.{m}.B"] = a, b
+        return feeds
+
+    for layer in range(L):
+        saved.append(x)
+        (x,) = sessions["train_layer"].run(None, layer_feeds(layer, x))
+    head_w = {"norm.weight": W["model.norm.weight"], "lm_head.weight": W.get("lm_head.weight", W["model.embed_tokens.weight"])}
+    (logps,) = sessions["train_head"].run(None, {"hidden": x, "target_positions": positions, "target_ids": token_ids,
+                                                 **head_w})
+    (grad,) = sessions["train_head_backward"].run(None, {"hidden": x, "target_positions": positions,
+                                                          "target_ids": token_ids, "token_weights": token_weights,
+                                                          **head_w})
+    grads = {}
+    for layer in reversed(range(L)):
+        outs = sessions["train_layer_backward"].run(None, {**layer_feeds(layer, saved[layer]), "grad_hidden_out": grad})
+        grad = outs[0]
+        for i, m in enumerate(targets):
+            grads[(layer, m)] = (outs[1 + 2 * i], outs[2 + 2 * i])
+    return logps, grads
+
+
+def add_train_graphs_to_bundle(bundle, log=print, check=True):
+    """Exports the training graphs into an existing policy bundle and updates its manifest ([graphs], [files])
+    and the sibling `checksums` file when it lists the bundle; every other file stays byte-identical. check:
+    hold the graphs to torch autograd through the whole model (check_parity) first."""
+    from .adapter import load_bundle
+    from .dpo import update_checksums
+    from .export import file_table, rope_inv_freq, write_manifest
+
+    man, W = load_bundle(bundle)
+    A = man["architecture"]
+    if man["kind"] != "policy":
+        raise SystemExit(f"{bundle} is a {man['kind']} bundle: training graphs are for policies")
+    before = {f: e["sha256"] for f, e in man["files"].items() if not f.startswith("train_")}
+    from .adapter import hf_model_from_bundle
+
+    _, _, hf = hf_model_from_bundle(bundle)
+    inv_freq, rope_scale = rope_inv_freq(hf)
+    targets = man["lora"]["target_modules"]
+    man["graphs"].update(export_train_graphs(A, W, inv_freq, rope_scale, targets, bundle, log))
+    if check:
+        report = check_parity(bundle, A, W, inv_freq, rope_scale, targets)
+        man["parity"]["measured_max_rel_l2"] = {**man["parity"].get("measured_max_rel_l2", {}), **report}
+        log(f"training graphs vs torch autograd: {report}")
+    man["files"] = file_table(bundle)
+    changed = [f for f, h in before.items() if man["files"].get(f, {}).get("sha256") != h]
+    if changed:
+        raise SystemExit(f"files that must not change did: {changed}")
+    write_manifest(bundle, man)
+    update_checksums(bundle, log)
+
+
+def check_parity(out, A, W, inv_freq, rope_scale, targets, p=0.1, seed=5):
+    """The graphs in `out`, chained as croco chains them, against torch autograd through the whole functional
+    model: token log-probs within ATOL, every LoRA gradient within GRAD_RTOL relative L2 error. Returns the
+    largest relative errors."""
+    from .export import ATOL, GRAD_RTOL, ParityError, llama_forward
+    from .ortrun import ort_session
+
+    sessions = {n: ort_session(os.path.join(out, f"{n}.onnx")) for n in
+                ["train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"]}
+    g = torch.Generator().manual_seed(3)
+    rows, S, T, R = 4, 24, 8, 2
+    ids = torch.randint(3, A["vocab_size"], (rows, S), generator=g)
+    mask = torch.ones(rows, S, dtype=torch.long)
+    mask[1, :5] = 0
+    positions = torch.stack([torch.arange(S - T - 1, S - 1)] * rows)
+    token_ids = torch.gather(ids, 1, positions + 1)
+    weights = torch.randn(rows, T, generator=g)
+    lora = {}
+    for layer in range(A["num_layers"]):
+        for m in targets:
+            o, i = W[f"model.layers.{layer}.{module_path(m)}.weight"].shape
+            lora[(layer, m)] = ((torch.randn(R, i, generator=g) * 0.05).requires_grad_(),
+                                (torch.randn(o, R, generator=g) * 0.05).requires_grad_())
+    modules = {f"model.layers.{l}.{module_path(m)}.weight": (a, b, l * len(targets) + targets.index(m))
+               for (l, m), (a, b) in lora.items()}
+    logits, _ = llama_forward(W, A, inv_freq, rope_scale, ids, mask, positions_from_mask(mask),
+                              lora={"modules": modules, "scale": 2.0, "p": torch.tensor(p),
+                                    "seed": torch.tensor(seed, dtype=torch.int64)})
+    lp = torch.log_softmax(logits, -1).gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+    token = torch.gather(lp, 2, token_ids[..., None])[..., 0]
+    (token * weights).sum().backward()
+    got_logps, got = layerwise_grads(sessions, {n: t.detach().numpy() for n, t in W.items()}, A, targets,
+                                     ids.numpy(), mask.numpy(),
+                                     {k: (a.detach().numpy(), b.detach().numpy()) for k, (a, b) in lora.items()},
+                                     2.0, p, seed, positions.numpy(), token_ids.numpy(), weights.numpy())
+    diff = float(np.abs(got_logps - token.detach().numpy()).max())
+    if not diff <= ATOL:
+        raise ParityError(f"PARITY FAILED: training graphs' token log-probs differ by {diff:.3g}")
+    worst = 0.0
+    for k, (a, b) in lora.items():
+        for mine, ref in zip(got[k], (a.grad.numpy(), b.grad.numpy())):
+            worst = max(worst, float(np.linalg.norm(mine - ref) / max(np.linalg.norm(ref), 1e-12)))
+    if not worst <= GRAD_RTOL:
+        raise ParityError(f"PARITY FAILED: training graphs' LoRA gradients: relative L2 error {worst:.3g}")
+    return {"train_token_logps": diff, "train_lora_grads": worst}
