@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
-use croco::model::dpo::{DpoGraph, LossSettings, PairTokens};
+use croco::model::dpo::{DpoGraph, Loss, LossSettings, PairTokens};
 use croco::model::lora::{Adapter, AdapterConfig};
 use croco::model::optim::{AdamW, clip_grad_norm};
 use croco::model::runtime::{Device, SessionConfig, Target};
@@ -140,8 +140,14 @@ fn croco_step(setup: &Setup) -> (f64, f64) {
     let (mut steps, mut updates) = (Vec::new(), Vec::new());
     let timed = std::env::var("CROCO_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(STEPS);
     for step in 0..=timed {
-        let settings =
-            LossSettings { beta: 0.1, label_smoothing: 0.0, ipo: false, dropout: 0.05, dropout_seed: step as i64 };
+        let settings = LossSettings {
+            beta: 0.1,
+            label_smoothing: 0.0,
+            loss: Loss::Sigmoid,
+            rpo_alpha: 0.0,
+            dropout: 0.05,
+            dropout_seed: step as i64,
+        };
         let started = Instant::now();
         let output = graph.step(&batch, &reference, &adapter, &settings).unwrap();
         let update_started = Instant::now();

@@ -78,15 +78,45 @@ pub fn encode_pair(
     Ok((pair, true))
 }
 
+/// A tuning loss, as TRL names them (`loss_type`), with h = (π_c − π_r) −
+/// (ref_c − ref_r) the difference of the policy's and the reference's
+/// log-prob margins of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// −(1 − ε)·log σ(β·h) − ε·log σ(−β·h): DPO, with label smoothing ε (cDPO); the recipe's.
+    #[default]
+    Sigmoid,
+    /// (h − 1/(2β))² on length-normalised log-probs.
+    Ipo,
+    /// max(0, 1 − β·h) (SLiC).
+    Hinge,
+    /// (−(1 − ε)·log σ(β·h) + ε·log σ(−β·h)) / (1 − 2ε): unbiased under label noise ε.
+    Robust,
+    /// The SFT baseline: mean negative log-likelihood of the chosen responses' tokens (the rejected ones
+    /// are not trained on).
+    Sft,
+}
+
+impl Loss {
+    /// Whether the loss compares per-token means instead of sums.
+    pub fn length_normalised(self) -> bool {
+        self == Loss::Ipo
+    }
+}
+
 /// The loss settings of a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossSettings {
     /// β.
     pub beta: f32,
-    /// Label smoothing ε (sigmoid loss only).
+    /// Label smoothing ε (sigmoid and robust).
     pub label_smoothing: f32,
-    /// IPO instead of the sigmoid loss (log-probs length-normalised).
-    pub ipo: bool,
+    /// The loss.
+    pub loss: Loss,
+    /// Weight α of an NLL term on the chosen responses' tokens added to a
+    /// preference loss (TRL `rpo_alpha`); 0 for none.
+    pub rpo_alpha: f32,
     /// Dropout on the adapters' inputs.
     pub dropout: f32,
     /// Seed of this micro-batch's dropout masks.
@@ -146,6 +176,12 @@ impl DpoGraph {
         adapter: &Adapter,
         settings: &LossSettings,
     ) -> Result<StepOutput, ModelError> {
+        if !matches!(settings.loss, Loss::Sigmoid | Loss::Ipo) || settings.rpo_alpha != 0.0 {
+            return Err(ModelError::Invalid {
+                dir: "dpo.onnx".into(),
+                problem: format!("the whole-model `dpo` graph computes sigmoid and ipo only, not {settings:?}"),
+            });
+        }
         let sequences: Vec<&[i64]> =
             pairs.iter().map(|p| p.chosen.as_slice()).chain(pairs.iter().map(|p| p.rejected.as_slice())).collect();
         let starts: Vec<usize> = pairs.iter().chain(pairs.iter()).map(|p| p.response_start).collect();
@@ -168,7 +204,7 @@ impl DpoGraph {
             ("ref_logps".into(), tensor(vec![padded.rows], ref_logps)?),
             ("beta".into(), scalar(settings.beta)?),
             ("label_smoothing".into(), scalar(settings.label_smoothing)?),
-            ("ipo".into(), scalar(if settings.ipo { 1.0f32 } else { 0.0 })?),
+            ("ipo".into(), scalar(if settings.loss == Loss::Ipo { 1.0f32 } else { 0.0 })?),
             ("lora_scale".into(), scalar(adapter.scale())?),
             ("dropout_p".into(), scalar(settings.dropout)?),
             ("dropout_seed".into(), scalar(settings.dropout_seed)?),

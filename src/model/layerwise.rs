@@ -17,7 +17,7 @@
 use ort::value::{DynValue, Tensor};
 
 use super::bundle::{Bundle, BundleKind};
-use super::dpo::{LossSettings, PairTokens, StepOutput};
+use super::dpo::{Loss, LossSettings, PairTokens, StepOutput};
 use super::graph::BoundGraph;
 use super::lora::Adapter;
 use super::precision::Precision;
@@ -121,13 +121,11 @@ impl LayerwiseGraphs {
         let token_logps = self.head_logps(&x, &targets)?;
         let counts: Vec<f32> = targets.counts().iter().map(|&n| n as f32).collect();
         let sums: Vec<f32> = token_logps.iter().map(|row| row.iter().sum()).collect();
+        let normalised = settings.loss.length_normalised();
         let policy: Vec<f32> =
-            sums.iter().zip(&counts).map(|(s, n)| if settings.ipo { s / n.max(1.0) } else { *s }).collect();
+            sums.iter().zip(&counts).map(|(s, n)| if normalised { s / n.max(1.0) } else { *s }).collect();
         let reference: Vec<f32> = reference.iter().map(|r| r.0).chain(reference.iter().map(|r| r.1)).collect();
-        let (loss, d_policy) = preference_loss(settings, &policy, &reference);
-        // d loss / d token log-prob: the row's, divided by its length under IPO.
-        let weights: Vec<f32> =
-            d_policy.iter().zip(&counts).map(|(d, n)| if settings.ipo { d / n.max(1.0) } else { *d }).collect();
+        let (loss, weights) = objective(settings, &policy, &reference, &counts);
         let mut grad = self.head_grad(&x, &targets, &weights, rows, width)?;
 
         // Backward, layer by layer, recomputing each from its saved input.
@@ -405,9 +403,38 @@ impl Scalars {
     }
 }
 
+/// The step's loss and, per row (the chosen sequences, then the rejected),
+/// its gradient w.r.t. each of the row's response-token log-probs (the same
+/// for every token of a row). `policy`: the rows' log-probs (per-token means
+/// for a length-normalised loss), `counts`: their response tokens.
+pub fn objective(settings: &LossSettings, policy: &[f32], reference: &[f32], counts: &[f32]) -> (f32, Vec<f32>) {
+    let pairs = policy.len() / 2;
+    let chosen_tokens: f32 = counts[..pairs].iter().sum::<f32>().max(1.0);
+    if settings.loss == Loss::Sft {
+        // The mean NLL of the chosen responses' tokens; the rejected rows get no gradient.
+        let loss = -policy[..pairs].iter().sum::<f32>() / chosen_tokens;
+        let weights = (0..policy.len()).map(|r| if r < pairs { -1.0 / chosen_tokens } else { 0.0 }).collect();
+        return (loss, weights);
+    }
+    let (mut loss, d_policy) = preference_loss(settings, policy, reference);
+    let mut weights: Vec<f32> = d_policy
+        .iter()
+        .zip(counts)
+        .map(|(d, n)| if settings.loss.length_normalised() { d / n.max(1.0) } else { *d })
+        .collect();
+    if settings.rpo_alpha > 0.0 {
+        // TRL's rpo_alpha: α times the mean NLL of the chosen tokens (sums here: rpo needs them).
+        let sums: f32 =
+            (0..pairs).map(|r| if settings.loss.length_normalised() { policy[r] * counts[r] } else { policy[r] }).sum();
+        loss += settings.rpo_alpha * (-sums / chosen_tokens);
+        weights[..pairs].iter_mut().for_each(|w| *w -= settings.rpo_alpha / chosen_tokens);
+    }
+    (loss, weights)
+}
+
 /// The mean preference loss over the pairs and its gradient w.r.t. each
-/// row's policy log-prob (rows: the chosen sequences, then the rejected):
-/// TRL's `sigmoid` (with label smoothing ε) or `ipo`.
+/// row's policy log-prob (rows: the chosen sequences, then the rejected), as
+/// TRL computes them (`loss_type` sigmoid, ipo, hinge, robust).
 pub fn preference_loss(settings: &LossSettings, policy: &[f32], reference: &[f32]) -> (f32, Vec<f32>) {
     let pairs = policy.len() / 2;
     let (beta, eps) = (f64::from(settings.beta), f64::from(settings.label_smoothing));
@@ -415,9 +442,17 @@ pub fn preference_loss(settings: &LossSettings, policy: &[f32], reference: &[f32
     let mut grad = vec![0f32; policy.len()];
     for i in 0..pairs {
         let h = f64::from(policy[i] - policy[pairs + i]) - f64::from(reference[i] - reference[pairs + i]);
-        let (l, dh) = match settings.ipo {
-            true => ((h - 1.0 / (2.0 * beta)).powi(2), 2.0 * (h - 1.0 / (2.0 * beta))),
-            false => (
+        let (l, dh) = match settings.loss {
+            Loss::Ipo => ((h - 1.0 / (2.0 * beta)).powi(2), 2.0 * (h - 1.0 / (2.0 * beta))),
+            Loss::Hinge => match 1.0 - beta * h > 0.0 {
+                true => (1.0 - beta * h, -beta),
+                false => (0.0, 0.0),
+            },
+            Loss::Robust => (
+                (-(1.0 - eps) * log_sigmoid(beta * h) + eps * log_sigmoid(-beta * h)) / (1.0 - 2.0 * eps),
+                (-(1.0 - eps) * beta * sigmoid(-beta * h) - eps * beta * sigmoid(beta * h)) / (1.0 - 2.0 * eps),
+            ),
+            Loss::Sigmoid | Loss::Sft => (
                 -(1.0 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h),
                 -(1.0 - eps) * beta * sigmoid(-beta * h) + eps * beta * sigmoid(beta * h),
             ),
@@ -453,4 +488,70 @@ fn take_ref<'a>(
     name: &str,
 ) -> Result<&'a DynValue, ModelError> {
     outputs.get(name).ok_or_else(|| ModelError::MissingOutput { graph: "training".into(), output: name.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(loss: Loss, rpo_alpha: f32) -> LossSettings {
+        LossSettings { beta: 0.3, label_smoothing: 0.1, loss, rpo_alpha, dropout: 0.0, dropout_seed: 0 }
+    }
+
+    /// Every loss's gradient against central differences of its own value.
+    #[test]
+    fn every_loss_gradient_matches_finite_differences() {
+        let policy = [-12.0f32, -30.5, -9.0, -14.0, -29.0, -11.5];
+        let reference = [-13.0f32, -31.0, -8.0, -13.5, -30.0, -10.0];
+        let counts = [6.0f32, 15.0, 4.0, 7.0, 14.0, 5.0];
+        for (loss, rpo) in [
+            (Loss::Sigmoid, 0.0),
+            (Loss::Sigmoid, 0.5),
+            (Loss::Ipo, 0.0),
+            (Loss::Hinge, 0.0),
+            (Loss::Robust, 0.0),
+            (Loss::Sft, 0.0),
+        ] {
+            let s = settings(loss, rpo);
+            // The objective's weights are per token: a row's log-prob (a sum) moves with each of them.
+            let value = |p: &[f32]| -> f64 {
+                let scaled: Vec<f32> = match loss.length_normalised() {
+                    true => p.iter().zip(&counts).map(|(x, n)| x / n).collect(),
+                    false => p.to_vec(),
+                };
+                f64::from(objective(&s, &scaled, &reference, &counts).0)
+            };
+            let scaled: Vec<f32> = match loss.length_normalised() {
+                true => policy.iter().zip(&counts).map(|(x, n)| x / n).collect(),
+                false => policy.to_vec(),
+            };
+            let (_, weights) = objective(&s, &scaled, &reference, &counts);
+            for r in 0..policy.len() {
+                let (mut up, mut down) = (policy, policy);
+                up[r] += 1e-2;
+                down[r] -= 1e-2;
+                let numeric = (value(&up) - value(&down)) / 2e-2;
+                assert!(
+                    (numeric - f64::from(weights[r])).abs() < 2e-3,
+                    "{loss:?} rpo {rpo}, row {r}: {numeric} vs {}",
+                    weights[r]
+                );
+            }
+        }
+    }
+
+    /// The values TRL's formulas give at one point.
+    #[test]
+    fn losses_take_trls_values() {
+        // One pair, h = (−10 − −12) − (−11 − −11.5) = 1.5.
+        let (policy, reference) = ([-10.0f32, -12.0], [-11.0f32, -11.5]);
+        let value = |loss| objective(&settings(loss, 0.0), &policy, &reference, &[5.0, 5.0]).0 as f64;
+        let (beta, eps, h) = (0.3f64, 0.1f64, 1.5f64);
+        let log_sig = |x: f64| -(1.0 + (-x).exp()).ln();
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        close(value(Loss::Sigmoid), -(1.0 - eps) * log_sig(beta * h) - eps * log_sig(-beta * h));
+        close(value(Loss::Hinge), (1.0 - beta * h).max(0.0));
+        close(value(Loss::Robust), (-(1.0 - eps) * log_sig(beta * h) + eps * log_sig(-beta * h)) / (1.0 - 2.0 * eps));
+        close(value(Loss::Sft), 10.0 / 5.0);
+    }
 }

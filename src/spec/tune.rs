@@ -5,18 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Section, ValueProblem, positive};
 use super::models::ModelsSpec;
+use crate::model::dpo::Loss;
 use crate::model::optim::LrSchedule;
-
-/// The DPO loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DpoLoss {
-    /// −log σ(β·h), with label smoothing ε: the recipe's loss (TRL `sigmoid`).
-    #[default]
-    Sigmoid,
-    /// (h − 1/(2β))² on length-normalised log-probs (TRL `ipo`).
-    Ipo,
-}
 
 /// `[stages.tune.lora]`: the adapter.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -67,21 +57,27 @@ impl Default for LoraParams {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TuneParams {
-    /// Loss.
+    /// Loss: `sigmoid` (the recipe's), `ipo`, `hinge`, `robust`, or `sft`
+    /// (the SFT baseline: the chosen responses only, default learning rate
+    /// 2e-4 instead of 5e-6).
     #[serde(default)]
-    pub loss: DpoLoss,
+    pub loss: Loss,
     /// β of DPO.
     #[serde(default = "default_beta")]
     pub beta: f64,
-    /// Label smoothing ε of the sigmoid loss (conservative DPO); 0 = plain DPO.
+    /// Label smoothing ε of the sigmoid and robust losses (conservative DPO); 0 = plain DPO.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Weight of an NLL term on the chosen responses added to the preference
+    /// loss (TRL's `rpo_alpha`); unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_alpha: Option<f64>,
     /// The adapter.
     #[serde(default)]
     pub lora: LoraParams,
-    /// Peak learning rate.
-    #[serde(default = "default_learning_rate")]
-    pub learning_rate: f64,
+    /// Peak learning rate (default: 5e-6, the recipe's; 2e-4 for `loss = "sft"`).
+    #[serde(default)]
+    pub learning_rate: Option<f64>,
     /// Schedule after warm-up.
     #[serde(default)]
     pub schedule: LrSchedule,
@@ -115,8 +111,18 @@ fn default_beta() -> f64 {
     0.1
 }
 
-fn default_learning_rate() -> f64 {
-    5e-6
+impl TuneParams {
+    /// The peak learning rate: the one set, else the loss's default (the
+    /// recipe's 5e-6 for DPO, the paper's 2e-4 for its SFT baseline).
+    pub fn peak_learning_rate(&self) -> f64 {
+        self.learning_rate.unwrap_or(if self.loss == Loss::Sft { 2e-4 } else { 5e-6 })
+    }
+
+    /// The parameters with the default learning rate filled in: what enters
+    /// the stage's key (a key never depends on which default applied).
+    pub fn resolved(&self) -> TuneParams {
+        TuneParams { learning_rate: Some(self.peak_learning_rate()), ..self.clone() }
+    }
 }
 
 fn default_warmup_ratio() -> f64 {
@@ -156,7 +162,11 @@ impl Section for TuneParams {
         };
         require("beta", self.beta.is_finite() && self.beta > 0.0, "must be a finite number > 0");
         require("label_smoothing", (0.0..0.5).contains(&self.label_smoothing), "must be in [0, 0.5)");
-        require("learning_rate", self.learning_rate.is_finite() && self.learning_rate > 0.0, "must be > 0");
+        let lr = self.peak_learning_rate();
+        require("learning_rate", lr.is_finite() && lr > 0.0, "must be > 0");
+        let rpo = self.rpo_alpha.unwrap_or(0.0);
+        require("rpo_alpha", rpo.is_finite() && rpo >= 0.0, "must be >= 0");
+        require("rpo_alpha", rpo == 0.0 || self.loss != Loss::Sft, "adds an NLL term to a preference loss, not to sft");
         require("warmup_ratio", (0.0..=1.0).contains(&self.warmup_ratio), "must be in [0, 1]");
         require("weight_decay", self.weight_decay.is_finite() && self.weight_decay >= 0.0, "must be >= 0");
         require("max_grad_norm", self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0, "must be >= 0");

@@ -39,7 +39,7 @@ use crate::model::optim::{AdamW, clip_grad_norm, learning_rate, warmup_steps};
 use crate::model::tensors::{read_f32_tensors, safetensors_bytes};
 use crate::model::tokenizer::ChatTokenizer;
 use crate::spec::ref_logps::RefLogpsParams;
-use crate::spec::tune::{DpoLoss, TuneParams};
+use crate::spec::tune::TuneParams;
 use crate::spec::{PipelineSpec, StageName};
 use crate::store::manifest::Stats;
 use crate::store::rows::text_at;
@@ -66,7 +66,7 @@ impl Stage for Tune {
     const NAME: StageName = StageName::Tune;
 
     fn params(spec: &PipelineSpec) -> Option<TuneStage> {
-        let tune = spec.stages.tune.clone()?;
+        let tune = spec.stages.tune.as_ref()?.resolved();
         Some(TuneStage { tune, truncation: spec.stages.truncation() })
     }
 
@@ -306,7 +306,8 @@ impl TrainState {
                 ),
             });
         }
-        let lr = learning_rate(params.schedule, params.learning_rate, self.step, schedule.total, schedule.warmup);
+        let lr =
+            learning_rate(params.schedule, params.peak_learning_rate(), self.step, schedule.total, schedule.warmup);
         let mut tensors: Vec<&mut [f32]> = self
             .adapter
             .modules
@@ -358,7 +359,8 @@ fn loss_settings(params: &TuneParams, step: u64, micro: usize) -> LossSettings {
     LossSettings {
         beta: params.beta as f32,
         label_smoothing: params.label_smoothing as f32,
-        ipo: params.loss == DpoLoss::Ipo,
+        loss: params.loss,
+        rpo_alpha: params.rpo_alpha.unwrap_or(0.0) as f32,
         dropout: params.lora.dropout as f32,
         dropout_seed: seed,
     }
@@ -368,9 +370,9 @@ fn loss_settings(params: &TuneParams, step: u64, micro: usize) -> LossSettings {
 /// means under IPO (as the graph normalises the policy's).
 fn reference_of(example: &Example, params: &TuneParams) -> (f32, f32) {
     let (chosen, rejected) = example.reference;
-    match params.loss {
-        DpoLoss::Sigmoid => (chosen as f32, rejected as f32),
-        DpoLoss::Ipo => (
+    match params.loss.length_normalised() {
+        false => (chosen as f32, rejected as f32),
+        true => (
             (chosen / example.tokens.chosen_tokens().max(1) as f64) as f32,
             (rejected / example.tokens.rejected_tokens().max(1) as f64) as f32,
         ),

@@ -125,7 +125,7 @@ fn truncation_cuts_the_prompt_from_the_left_then_the_responses_from_the_right() 
 #[case::whole_model_dpo_graph("dpo")]
 #[case::layer_by_layer("layerwise")]
 fn the_dpo_step_matches_the_torch_fixtures(#[case] engine: &str) {
-    use croco::model::dpo::{DpoGraph, LossSettings, PairTokens, StepOutput};
+    use croco::model::dpo::{DpoGraph, Loss, LossSettings, PairTokens, StepOutput};
     use croco::model::layerwise::LayerwiseGraphs;
     use croco::model::tensors::{read_f32_tensors, safetensors_bytes};
     let bundle = policy_bundle();
@@ -187,7 +187,8 @@ fn the_dpo_step_matches_the_torch_fixtures(#[case] engine: &str) {
         let settings = LossSettings {
             beta: case["beta"].as_f64().unwrap() as f32,
             label_smoothing: case["label_smoothing"].as_f64().unwrap() as f32,
-            ipo: case["ipo"].as_f64().unwrap() == 1.0,
+            loss: if case["ipo"].as_f64().unwrap() == 1.0 { Loss::Ipo } else { Loss::Sigmoid },
+            rpo_alpha: 0.0,
             dropout: case["dropout_p"].as_f64().unwrap() as f32,
             dropout_seed: case["dropout_seed"].as_i64().unwrap(),
         };
@@ -264,6 +265,42 @@ async fn tuning_drives_the_dpo_loss_down_and_reward_accuracy_up_and_writes_a_pef
     let adapter = Adapter::from_peft(&policy_bundle(), &weights, &config).unwrap();
     assert_eq!(adapter.config.r, 8);
     assert!(adapter.modules.iter().filter(|m| m.trainable).all(|m| m.b.iter().any(|&b| b != 0.0)), "every B moved");
+}
+
+/// The SFT baseline (`loss = "sft"`) and the other TRL losses train through
+/// the same layer-wise step: SFT's loss is the chosen tokens' mean NLL, and it
+/// falls; hinge, robust and rpo_alpha run and move the adapter.
+#[rstest::rstest]
+#[case::sft("loss = \"sft\"")]
+#[case::hinge("loss = \"hinge\"")]
+#[case::robust("loss = \"robust\"\nlabel_smoothing = 0.1")]
+#[case::sigmoid_with_rpo("rpo_alpha = 0.5")]
+#[tokio::test]
+async fn every_loss_trains_the_adapter(#[case] loss: &str) {
+    use croco::pipeline::runner::RunOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "{loss}\nlearning_rate = 2e-3\nepochs = 2\nmicro_batch = 4\ngrad_accumulation = 2\n\
+                            lora = {{ rank = 4, alpha = 8.0, dropout = 0.0 }}"
+    );
+    let file = tuning_pipeline(dir.path(), &settings);
+    let reports = crate::util::run(&file, RunOptions::default()).await;
+    let log = query(&file, "SELECT loss FROM train_log ORDER BY step").await;
+    let loss_values = floats(&log, 0);
+    assert!(loss_values.iter().all(|l| l.is_finite()), "{loss}: {loss_values:?}");
+    if loss.contains("sft") {
+        // A fresh adapter is the base: the first loss is the base's mean NLL of the chosen tokens.
+        assert!(loss_values[0] > 0.5, "sft: the NLL starts high: {loss_values:?}");
+        let half = loss_values.len() / 2;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!(mean(&loss_values[half..]) < mean(&loss_values[..half]), "sft: the NLL falls: {loss_values:?}");
+    }
+    let tune = reports.last().unwrap();
+    let adapter_dir = std::path::PathBuf::from(tune.stats["adapter"].as_str().unwrap().trim_start_matches("file://"));
+    let weights = std::fs::read(adapter_dir.join("adapter_model.safetensors")).unwrap();
+    let config = std::fs::read(adapter_dir.join("adapter_config.json")).unwrap();
+    let adapter = Adapter::from_peft(&policy_bundle(), &weights, &config).unwrap();
+    assert!(adapter.modules.iter().filter(|m| m.trainable).any(|m| m.b.iter().any(|&b| b != 0.0)), "{loss}: B moved");
 }
 
 /// Regression test for resume: `kill -9` after tune committed a checkpoint,
