@@ -162,14 +162,24 @@ impl ModelShape {
         self.with_workspace(0, self.call(rows, width, width, positions, copies))
     }
 
-    /// One training step (the DPO graph, no gradient checkpointing) over
-    /// `rows` sequences `width` tokens wide: every layer's activations stay
-    /// alive for the backward pass, and the logits with their log-softmax
-    /// and its gradient.
-    pub fn training(&self, rows: u64, width: u64) -> Footprint {
-        let per_layer = self.call(rows, width, width, 0, 0);
-        let logits = 3 * rows * width * self.vocab * F32;
-        self.with_workspace(0, self.layers * per_layer + logits)
+    /// One layer-wise training step (`src/model/layerwise.rs`; the training
+    /// graphs are float32) over `rows` sequences `width` tokens wide: the
+    /// weights, every layer's saved input (`layers × rows × width × hidden`),
+    /// and the larger of one layer's working set while it is recomputed and
+    /// differentiated (about three of its forward passes) and one head chunk
+    /// of `head_chunk` positions per row (its logits, their softmax and
+    /// gradient).
+    pub fn training(&self, rows: u64, width: u64, head_chunk: u64) -> Footprint {
+        let float32 = ModelShape { weight_bytes: self.weight_bytes / self.element * F32, element: F32, ..*self };
+        let saved = self.layers * rows * width * self.hidden * F32;
+        let layer = 3 * float32.call(rows, width, width, 0, 0);
+        let head = 3 * rows * head_chunk.min(width) * self.vocab * F32;
+        Footprint {
+            weights: float32.weight_bytes,
+            kv_cache: 0,
+            activations: saved + layer.max(head),
+            workspace: layer.max(head) / 4,
+        }
     }
 }
 
@@ -248,6 +258,18 @@ mod tests {
         // Scoring returns no logits: log-probs of the same batch add its logits and their log-softmax.
         let scoring = shape.forward(64, 8192, 4096, false);
         assert_eq!(small.activations - scoring.activations, 2 * 8192 * 128_000 * F32);
+    }
+
+    #[test]
+    fn layer_wise_training_saves_one_input_per_layer_and_works_on_one_layer() {
+        let shape = eurollm_9b();
+        let step = shape.training(2, 4096, 512);
+        // 42 saved inputs of 2 × 4096 × 4096 float32: 5.6 GB.
+        assert!(step.activations > 42 * 2 * 4096 * 4096 * F32);
+        // Without recomputation every layer's working set would stay alive: 42× one layer's.
+        let one_layer = 3 * shape.call(2, 4096, 4096, 0, 0);
+        assert!(step.activations < 42 * 2 * 4096 * 4096 * F32 + 2 * one_layer);
+        assert_eq!(step.weights, 9_150_000_000 * F32);
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
                 (StageName::Tune, "training", ModelRole::Policy),
                 format!("{rows} sequences (micro_batch {} pairs) of up to {width} tokens", tune.micro_batch),
                 rows * width,
-                both(&policy, policy.training(rows, width), 0),
+                both(&policy, policy.training(rows, width, crate::model::layerwise::HEAD_CHUNK as u64), 0),
                 "stages.tune.micro_batch",
             ));
         }
