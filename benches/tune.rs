@@ -1,17 +1,19 @@
-//! Benchmark: one LoRA DPO optimizer step — croco (the bundle's `dpo` graph on
-//! ONNX Runtime, CPU, + AdamW in Rust) against TRL's `DPOTrainer` (PyTorch
-//! CPU, peft LoRA) and against a plain PyTorch forward + backward + AdamW of
-//! the same loss, same policy, LoRA config, pairs and sequence length, in one
-//! run; prints pairs/s, tokens/s, peak memory and the ratios.
+//! Benchmark: one LoRA DPO optimizer step — croco (the tune stage's
+//! layer-wise step on ONNX Runtime, CPU: each layer recomputed in the
+//! backward, + AdamW in Rust) against TRL's `DPOTrainer` (PyTorch CPU, peft
+//! LoRA, sdpa attention) with and without gradient checkpointing
+//! (`use_reentrant=False`), and against a plain PyTorch forward + backward +
+//! AdamW of the same loss; same policy, LoRA config, pairs and sequence
+//! length, in one run; prints pairs/s, tokens/s, peak memory and the ratios.
 //!
 //!     CROCO_BENCH_PYTHON=/opt/export-venv/bin/python cargo bench --bench tune
 //!
-//! `CROCO_BENCH_BUNDLE` (default `data/models/policy`), `CROCO_BENCH_DEVICE`
-//! (`cpu` or `cuda`), `CROCO_BENCH_PAIRS` (default 4) and `CROCO_BENCH_STEPS`
-//! (default 10) point the croco side
-//! at another bundle or the GPU (`tools/gpu/check.sh` does; its PyTorch
-//! reference there is `tools/gpu/torch_dpo_step.py`). The Python references
-//! run only on the CPU defaults.
+//! `CROCO_BENCH_BUNDLE` (default `data/models/policy`; it needs the training
+//! graphs: `python -m tools.export train-graphs BUNDLE`), `CROCO_BENCH_DEVICE`
+//! (`cpu` or `cuda`), `CROCO_BENCH_PAIRS` (default 4), `CROCO_BENCH_SEQ_LEN`
+//! (tokens per sequence, default 128, 32 of them prompt) and
+//! `CROCO_BENCH_STEPS` (default 10) choose the case; the Python references
+//! run on the CPU (on a GPU, `tools/gpu/torch_dpo_step.py`).
 //!
 //! The Python side is `tools/bench/trl_dpo.py` (needs torch, transformers,
 //! peft and trl: `pip install -r tools/export/requirements.txt`).
@@ -22,7 +24,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
-use croco::model::dpo::{DpoGraph, Loss, LossSettings, PairTokens};
+use croco::model::dpo::{Loss, LossSettings, PairTokens};
+use croco::model::layerwise::LayerwiseGraphs;
 use croco::model::lora::{Adapter, AdapterConfig};
 use croco::model::optim::{AdamW, clip_grad_norm};
 use croco::model::runtime::{Device, SessionConfig, Target};
@@ -31,7 +34,8 @@ use rand::{Rng, SeedableRng};
 use self::common::Better;
 
 const PROMPT_TOKENS: usize = 32;
-const RESPONSE_TOKENS: usize = 96;
+/// Tokens per sequence by default (`CROCO_BENCH_SEQ_LEN`).
+const SEQ_LEN: usize = 128;
 const RANK: usize = 16;
 /// Steps timed (the median is reported); `CROCO_BENCH_STEPS` overrides it for big bundles.
 const STEPS: usize = 10;
@@ -42,6 +46,9 @@ struct Setup {
     bundle: std::path::PathBuf,
     config: SessionConfig,
     pairs: usize,
+    /// Tokens per sequence (prompt + response).
+    seq_len: usize,
+    steps: usize,
 }
 
 fn setup(repo: &Path) -> Setup {
@@ -55,6 +62,8 @@ fn setup(repo: &Path) -> Setup {
         bundle: repo.join(var("CROCO_BENCH_BUNDLE").unwrap_or_else(|| "data/models/policy".into())),
         config: SessionConfig { device, device_id: 0, threads },
         pairs: var("CROCO_BENCH_PAIRS").and_then(|p| p.parse().ok()).unwrap_or(4),
+        seq_len: var("CROCO_BENCH_SEQ_LEN").and_then(|p| p.parse().ok()).unwrap_or(SEQ_LEN),
+        steps: var("CROCO_BENCH_STEPS").and_then(|s| s.parse().ok()).unwrap_or(STEPS),
     }
 }
 
@@ -64,13 +73,13 @@ fn main() {
     let (step_s, optimizer_s) = croco_step(&setup);
     let merge_s = merge_seconds(&setup.bundle);
     let pairs = setup.pairs;
-    let tokens = (2 * pairs * (PROMPT_TOKENS + RESPONSE_TOKENS)) as f64;
+    let tokens = (2 * pairs * setup.seq_len) as f64;
     let peak = common::peak_rss_mb();
     println!(
         "LoRA DPO step, {:?}, {}, {pairs} pairs x {} tokens, r={RANK} on q,k,v,o,gate,up,down:",
         setup.config.device,
         setup.bundle.display(),
-        PROMPT_TOKENS + RESPONSE_TOKENS
+        setup.seq_len
     );
     println!(
         "  croco        {:.2} pairs/s, {:.0} tokens/s, {:.1} ms/step (AdamW + clipping in Rust: {:.2} ms = {:.2} %), peak RSS {peak:.0} MB",
@@ -85,11 +94,11 @@ fn main() {
          (once per session; a merged policy then decodes at the base's speed)",
         merge_s * 1e3
     );
-    let defaults = setup.config.device == Device::Cpu && setup.bundle == repo.join("data/models/policy") && pairs == 4;
-    let case = format!("LoRA DPO step, {pairs} pairs x {} tokens, r={RANK}", PROMPT_TOKENS + RESPONSE_TOKENS);
+    let on_cpu = setup.config.device == Device::Cpu;
+    let case = format!("LoRA DPO step, {pairs} pairs x {} tokens, r={RANK}", setup.seq_len);
     let mut rows = Vec::new();
-    for engine in ["trl", "torch-step"].into_iter().filter(|_| defaults) {
-        let result = reference(engine);
+    for engine in ["trl", "trl-checkpointing", "torch-step"].into_iter().filter(|_| on_cpu) {
+        let result = reference(engine, &setup);
         let theirs = result.as_ref().and_then(|r| r["step_s"].as_f64());
         rows.push(common::row(&case, "seconds per step (median)", step_s, engine, theirs, Better::Lower));
         let their_peak = result.as_ref().and_then(|r| r["peak_rss_mb"].as_f64());
@@ -122,14 +131,14 @@ fn croco_step(setup: &Setup) -> (f64, f64) {
     }))
     .unwrap();
     let mut adapter = Adapter::init(&bundle, adapter_config, 0).unwrap();
-    let mut graph = DpoGraph::load(&bundle, bundle.manifest.tokenizer.pad_token_id, &setup.config).unwrap();
+    let mut graph = LayerwiseGraphs::load(&bundle, bundle.manifest.tokenizer.pad_token_id, &setup.config).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut ids = |n: usize| (0..n).map(|_| rng.random_range(6..vocab)).collect::<Vec<i64>>();
     let pairs: Vec<PairTokens> = (0..setup.pairs)
         .map(|_| {
             let prompt = ids(PROMPT_TOKENS);
-            let chosen = [prompt.clone(), ids(RESPONSE_TOKENS)].concat();
-            let rejected = [prompt, ids(RESPONSE_TOKENS)].concat();
+            let chosen = [prompt.clone(), ids(setup.seq_len - PROMPT_TOKENS)].concat();
+            let rejected = [prompt, ids(setup.seq_len - PROMPT_TOKENS)].concat();
             PairTokens { chosen, rejected, response_start: PROMPT_TOKENS }
         })
         .collect();
@@ -138,8 +147,7 @@ fn croco_step(setup: &Setup) -> (f64, f64) {
     let sizes: Vec<usize> = adapter.named_tensors(|m| m.trainable).iter().map(|t| t.2.len()).collect();
     let mut optimizer = AdamW::new(&sizes, 0.01);
     let (mut steps, mut updates) = (Vec::new(), Vec::new());
-    let timed = std::env::var("CROCO_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(STEPS);
-    for step in 0..=timed {
+    for step in 0..=setup.steps {
         let settings = LossSettings {
             beta: 0.1,
             label_smoothing: 0.0,
@@ -195,20 +203,21 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Runs the Python reference `engine` and returns its JSON result line.
-fn reference(engine: &str) -> Option<serde_json::Value> {
-    let args = [
+/// Runs the Python reference `engine` (`trl-checkpointing`: TRL with
+/// gradient checkpointing) and returns its JSON result line.
+fn reference(engine: &str, setup: &Setup) -> Option<serde_json::Value> {
+    let mut args = vec![
         "tools/bench/trl_dpo.py".to_string(),
         "--engine".into(),
-        engine.into(),
+        engine.trim_end_matches("-checkpointing").into(),
         "--bundle".into(),
-        "data/models/policy".into(),
+        setup.bundle.display().to_string(),
         "--pairs".into(),
-        "4".into(),
+        setup.pairs.to_string(),
         "--prompt-len".into(),
         PROMPT_TOKENS.to_string(),
         "--seq-len".into(),
-        (PROMPT_TOKENS + RESPONSE_TOKENS).to_string(),
+        setup.seq_len.to_string(),
         "--rank".into(),
         RANK.to_string(),
         "--alpha".into(),
@@ -216,9 +225,12 @@ fn reference(engine: &str) -> Option<serde_json::Value> {
         "--lora-dropout".into(),
         "0.05".into(),
         "--steps".into(),
-        STEPS.to_string(),
+        setup.steps.to_string(),
         "--threads".into(),
         THREADS.to_string(),
     ];
+    if engine.ends_with("-checkpointing") {
+        args.push("--gradient-checkpointing".into());
+    }
     common::python_json(&args)
 }

@@ -15,8 +15,8 @@
 //!   (one row per sequence for decode and prefill; the response positions,
 //!   with their log-softmax, for log-probs; none for scores), the larger of
 //!   one layer's attention probabilities (`rows × heads × width × keys`,
-//!   float32) and its MLP (`tokens × 3 · intermediate`), and a few `tokens ×
-//!   hidden` streams;
+//!   float32) and its MLP (`tokens × 3 · intermediate`), and four `tokens ×
+//!   hidden` streams (residual, normed input, attention output, projection);
 //! - **workspace**: ONNX Runtime's arena rounds allocations up and keeps
 //!   freed blocks; a quarter of the activations is allowed for it.
 //!
@@ -32,9 +32,10 @@ const F32: u64 = 4;
 
 /// Host memory of a croco process before any model is loaded: the binary,
 /// ONNX Runtime, DataFusion's session, the tokenizer, the stage's batches
-/// (measured: peak RSS of `croco run --stage generate` on the demo, less its
-/// predicted model footprint, ~170 MB on Linux x86_64).
-pub const RUNTIME_BYTES: u64 = 170 << 20;
+/// (measured: peak RSS of `croco run --stage generate` on the demo less its
+/// predicted model footprint, ~125 MB for a release build and ~170 MB for a
+/// debug one on Linux x86_64; between the two).
+pub const RUNTIME_BYTES: u64 = 150 << 20;
 
 /// The parts of one model stage's peak memory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -131,7 +132,7 @@ impl ModelShape {
         let tokens = rows * width;
         let attention = rows * self.heads * width * keys * F32;
         let mlp = tokens * 3 * self.intermediate * self.element;
-        let streams = tokens * 6 * self.hidden * self.element;
+        let streams = tokens * 4 * self.hidden * self.element;
         // A layer's attention and its MLP are not alive at once: ONNX Runtime frees each when its consumers ran.
         logits * logit_copies * self.vocab * F32 + attention.max(mlp) + streams
     }

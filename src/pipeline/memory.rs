@@ -71,7 +71,7 @@ impl StagePlan {
 }
 
 /// Tokens a reward model's chat template and tokenizer may add to a generated exchange.
-const TEMPLATE_MARGIN: u64 = 64;
+const TEMPLATE_MARGIN: u64 = 32;
 
 /// The plan of every model stage whose bundle manifest is known, in the
 /// precision the configured device runs (CUDA's unless `[run] device =

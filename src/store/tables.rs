@@ -25,6 +25,8 @@ use super::storage::Storage;
 /// Rows per Parquet part: small enough that a resumed stage loses little,
 /// large enough that part overhead stays negligible.
 pub const DEFAULT_ROWS_PER_PART: usize = 250_000;
+/// Rows per Parquet row group, at most.
+const ROWS_PER_ROW_GROUP: usize = 16_384;
 
 /// The directory (relative to the root) of one version of a table.
 pub fn version_dir(table: Table, key: &str) -> String {
@@ -156,7 +158,12 @@ impl TableWriter {
         let file = format!("part-{}-{:05}.parquet", self.nonce, self.parts.len());
         let path = self.storage.path(&format!("{}/{file}", self.dir));
         let object = BufWriter::new(self.storage.store().clone(), path.clone());
-        let properties = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        // Row groups of at most ROWS_PER_ROW_GROUP rows: the writer holds the open row group's pages in
+        // memory, so a part of a quarter million rows would otherwise stay in memory until it closes.
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
+            .build();
         let writer = AsyncArrowWriter::try_new(object, self.table.schema().arrow_schema(), Some(properties))
             .map_err(|source| StoreError::Parquet { url: self.storage.url_of(&path), source })?;
         self.current = Some((writer, file, 0));

@@ -67,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--no-precompute-ref", action="store_true",
                    help="trl: reference forward in every step instead of precomputed reference log-probs")
     p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="trl: recompute each layer in the backward (use_reentrant=False), as croco's layer-wise step")
     p.add_argument("--torch-autograd", action="store_true",
                    help="torch-step: loss.backward() on the same functional loss instead of torch.func.grad_and_value")
     a = p.parse_args(argv)
@@ -148,7 +150,9 @@ def run_trl(a, manifest, pairs):
                         max_length=a.seq_len, precompute_ref_log_probs=not a.no_precompute_ref,
                         eval_strategy="no", save_strategy="no", report_to="none", logging_strategy="no",
                         use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=a.seed,
-                        gradient_checkpointing=False, pad_to_multiple_of=None,
+                        gradient_checkpointing=a.gradient_checkpointing,
+                        gradient_checkpointing_kwargs={"use_reentrant": False} if a.gradient_checkpointing else None,
+                        pad_to_multiple_of=None,
                         disable_dropout=False)  # trl's default True would also zero peft's lora_dropout
         trainer = Pretokenized(model=model, args=cfg, train_dataset=Dataset.from_list(pairs), processing_class=tok,
                                callbacks=[timer])
@@ -157,7 +161,7 @@ def run_trl(a, manifest, pairs):
     timed = timer.times[a.warmup:]
     if len(timed) != a.steps:
         raise SystemExit(f"expected {a.steps} timed steps, the callback saw {len(timer.times)} steps in all")
-    return timed, {"precompute_ref_logps": not a.no_precompute_ref}
+    return timed, {"precompute_ref_logps": not a.no_precompute_ref, "gradient_checkpointing": a.gradient_checkpointing}
 
 
 # ---------------------------------------------------------------- torch-step (functional model of tools/export)
