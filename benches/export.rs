@@ -71,7 +71,7 @@ fn main() {
             checkpoint.to_str().unwrap(),
             "--out",
             bundle.to_str().unwrap(),
-            "--no-dpo",
+            "--no-train",
         ]);
         let copy = timed(&["cp", "-r", checkpoint.to_str().unwrap(), scratch.join("copy").to_str().unwrap()]);
         let peer = if case.peer {

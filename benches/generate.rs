@@ -10,7 +10,7 @@
 //! ~0.5 B random Llama, stop tokens ignored (fixed lengths), when
 //! `CROCO_BENCH_LLAMA_0_5B` names its bundle (`python -m tools.export
 //! random-llama --out DIR --hidden 1024 --layers 32 --heads 16 --kv-heads 8
-//! --intermediate 4096 --no-dpo`); score: the demo reward bundle.
+//! --intermediate 4096 --no-train`); score: the demo reward bundle.
 //! The Python sides are `tools/bench/hf_reference.py` and
 //! `tools/bench/ortgenai_reference.py` (`pip install -r tools/export/requirements.txt`
 //! plus `onnxruntime-genai==0.18.0`).

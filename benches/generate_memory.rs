@@ -14,7 +14,7 @@
 //! and reward model when `CROCO_BENCH_LLAMA_0_5B` and
 //! `CROCO_BENCH_REWARD_0_5B` name them (`tools/bench/make_checkpoint.py
 //! --shape llama-0.5b [--reward]`, then `python -m tools.export policy|reward
-//! --no-dpo`). Each row's `croco` is the relative error |planned − measured|
+//! --no-train`). Each row's `croco` is the relative error |planned − measured|
 //! ÷ measured, its reference the bound of 25 %.
 //!
 //!     cargo bench --bench generate_memory

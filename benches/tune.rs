@@ -12,8 +12,11 @@
 //! graphs: `python -m tools.export train-graphs BUNDLE`), `CROCO_BENCH_DEVICE`
 //! (`cpu` or `cuda`), `CROCO_BENCH_PAIRS` (default 4), `CROCO_BENCH_SEQ_LEN`
 //! (tokens per sequence, default 128, 32 of them prompt) and
-//! `CROCO_BENCH_STEPS` (default 10) choose the case; the Python references
-//! run on the CPU (on a GPU, `tools/gpu/torch_dpo_step.py`).
+//! `CROCO_BENCH_STEPS` (default 10) choose the case; `CROCO_BENCH_PEERS`
+//! (default `trl,trl-checkpointing,torch-step`, `none` for none) the Python
+//! references, which run on the CPU (on a GPU, `tools/gpu/torch_dpo_step.py`).
+//! Every run also holds croco's peak RSS against the memory plan's host
+//! figure for the step (`croco plan`'s tune row).
 //!
 //! The Python side is `tools/bench/trl_dpo.py` (needs torch, transformers,
 //! peft and trl: `pip install -r tools/export/requirements.txt`).
@@ -25,9 +28,11 @@ use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
 use croco::model::dpo::{Loss, LossSettings, PairTokens};
-use croco::model::layerwise::LayerwiseGraphs;
+use croco::model::layerwise::{HEAD_CHUNK, LayerwiseGraphs};
 use croco::model::lora::{Adapter, AdapterConfig};
+use croco::model::memory::ModelShape;
 use croco::model::optim::{AdamW, clip_grad_norm};
+use croco::model::precision::Precision;
 use croco::model::runtime::{Device, SessionConfig, Target};
 use rand::{Rng, SeedableRng};
 
@@ -95,9 +100,17 @@ fn main() {
         merge_s * 1e3
     );
     let on_cpu = setup.config.device == Device::Cpu;
-    let case = format!("LoRA DPO step, {pairs} pairs x {} tokens, r={RANK}", setup.seq_len);
-    let mut rows = Vec::new();
-    for engine in ["trl", "trl-checkpointing", "torch-step"].into_iter().filter(|_| on_cpu) {
+    let name = setup.bundle.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let case = format!("LoRA DPO step, {name}, {pairs} pairs x {} tokens, r={RANK}", setup.seq_len);
+    let planned = planned_peak_mb(&setup);
+    println!(
+        "  plan         {planned:.0} MB planned on the host (croco plan), measured {peak:.0} MB: {:+.1} %",
+        100.0 * (peak - planned) / planned
+    );
+    let mut rows =
+        vec![common::row(&case, "peak RSS, MB, measured vs planned", peak, "croco plan", Some(planned), Better::Lower)];
+    let peers = std::env::var("CROCO_BENCH_PEERS").unwrap_or_else(|_| "trl,trl-checkpointing,torch-step".into());
+    for engine in peers.split(',').filter(|e| on_cpu && !e.is_empty() && *e != "none") {
         let result = reference(engine, &setup);
         let theirs = result.as_ref().and_then(|r| r["step_s"].as_f64());
         rows.push(common::row(&case, "seconds per step (median)", step_s, engine, theirs, Better::Lower));
@@ -119,6 +132,15 @@ fn main() {
         }
     }
     common::write_json("tune", rows);
+}
+
+/// The memory plan's host figure for this step, in MB: what `croco plan`
+/// predicts for a tune stage of `pairs` pairs at `seq_len` tokens on the CPU.
+fn planned_peak_mb(setup: &Setup) -> f64 {
+    let bundle = Bundle::open(&setup.bundle, Verify::Manifest).unwrap();
+    let shape = ModelShape::of(&bundle.manifest, Precision::Float32);
+    let step = shape.training(2 * setup.pairs as u64, setup.seq_len as u64, HEAD_CHUNK as u64);
+    shape.host(&step, true, 0) as f64 / (1u64 << 20) as f64
 }
 
 /// Median seconds of a whole croco step and of its optimizer part.

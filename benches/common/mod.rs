@@ -49,10 +49,25 @@ pub fn write_json(bench: &str, rows: Vec<serde_json::Value>) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/croco-bench");
     std::fs::create_dir_all(&out).unwrap();
-    let json = serde_json::json!({ "bench": bench, "machine": { "cpu": cpu, "cores": cores }, "rows": rows });
     let path = out.join(format!("{bench}.json"));
+    let rows = merged_rows(&path, rows);
+    let json = serde_json::json!({ "bench": bench, "machine": { "cpu": cpu, "cores": cores }, "rows": rows });
     std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
     println!("wrote {}", path.display());
+}
+
+/// `rows` after the rows of an earlier run in `path` that measured other
+/// cases (another bundle, length or batch): a bench run once per case keeps
+/// every case's figures, and a rerun replaces its own.
+fn merged_rows(path: &Path, rows: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let key = |row: &serde_json::Value| (row["case"].clone(), row["metric"].clone(), row["reference"].clone());
+    let fresh: std::collections::HashSet<_> = rows.iter().map(key).collect();
+    let earlier: Vec<serde_json::Value> = std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|json| json["rows"].as_array().cloned())
+        .unwrap_or_default();
+    earlier.into_iter().filter(|row| !fresh.contains(&key(row))).chain(rows).collect()
 }
 
 /// Runs `python` (`CROCO_BENCH_PYTHON`, else `python3`) with `args` in the

@@ -1,20 +1,10 @@
-//! One DPO forward + backward pass on ONNX Runtime: the bundle's `dpo`
-//! graph (`docs/bundle-format.md`) takes a micro-batch of pairs, the
-//! reference log-probs, the loss settings and the LoRA tensors, and returns
-//! the loss, the policy's log-probs and the gradients of every LoRA tensor.
-//! The base weights are bound once and never change; the optimizer runs in
-//! Rust ([`super::optim`]).
+//! The vocabulary of one preference-tuning step: tokenized pairs and their
+//! truncation, the losses TRL names and their settings, and what a step
+//! returns. The step itself runs layer by layer ([`super::layerwise`]); the
+//! optimizer runs in Rust ([`super::optim`]).
 
-use ort::value::{DynValue, Tensor};
-
-use super::bundle::{Bundle, BundleKind};
-use super::graph::BoundGraph;
-use super::lora::Adapter;
-use super::runtime::{SessionConfig, Target, resolve_target};
+use super::ModelError;
 use super::tokenizer::ChatTokenizer;
-use super::values::left_pad;
-use super::weights::Weights;
-use super::{ModelError, tensor_error};
 
 /// One tokenized pair: the prompt + chosen and prompt + rejected sequences,
 /// and where the response starts in each.
@@ -136,116 +126,4 @@ pub struct StepOutput {
     pub grads: Vec<Vec<f32>>,
     /// Non-padding tokens processed.
     pub tokens: usize,
-}
-
-/// The `dpo` graph of a policy bundle, weights bound.
-pub struct DpoGraph {
-    graph: BoundGraph,
-    pad: i64,
-    target: Target,
-}
-
-impl DpoGraph {
-    /// Builds the session of the bundle's `dpo` graph on the configured device.
-    pub fn load(bundle: &Bundle, pad_token_id: i64, config: &SessionConfig) -> Result<DpoGraph, ModelError> {
-        bundle.expect_kind(BundleKind::Policy)?;
-        if !bundle.manifest.graphs.contains_key("dpo") {
-            return Err(ModelError::Invalid {
-                dir: bundle.dir.clone(),
-                problem: "no `dpo` training graph: add one with `python -m tools.export dpo-graph BUNDLE`".into(),
-            });
-        }
-        let target = resolve_target(config)?;
-        let precision = bundle.precision_for("dpo", target)?;
-        let weights = Weights::load(bundle, precision, target)?;
-        let graph = BoundGraph::new(bundle, "dpo", &weights, target, config.threads)?;
-        Ok(DpoGraph { graph, pad: pad_token_id, target })
-    }
-
-    /// Where the session runs.
-    pub fn target(&self) -> Target {
-        self.target
-    }
-
-    /// Loss, log-probs and LoRA gradients of `pairs` given their reference
-    /// log-probs `(chosen, rejected)` (length-normalised by the caller under IPO).
-    pub fn step(
-        &mut self,
-        pairs: &[&PairTokens],
-        reference: &[(f32, f32)],
-        adapter: &Adapter,
-        settings: &LossSettings,
-    ) -> Result<StepOutput, ModelError> {
-        if !matches!(settings.loss, Loss::Sigmoid | Loss::Ipo) || settings.rpo_alpha != 0.0 {
-            return Err(ModelError::Invalid {
-                dir: "dpo.onnx".into(),
-                problem: format!("the whole-model `dpo` graph computes sigmoid and ipo only, not {settings:?}"),
-            });
-        }
-        let sequences: Vec<&[i64]> =
-            pairs.iter().map(|p| p.chosen.as_slice()).chain(pairs.iter().map(|p| p.rejected.as_slice())).collect();
-        let starts: Vec<usize> = pairs.iter().chain(pairs.iter()).map(|p| p.response_start).collect();
-        let padded = left_pad(&sequences, self.pad);
-        let response_mask: Vec<f32> = sequences
-            .iter()
-            .zip(&starts)
-            .flat_map(|(ids, start)| {
-                let first = padded.width - ids.len() + start;
-                (0..padded.width).map(move |t| if t >= first { 1.0 } else { 0.0 })
-            })
-            .collect();
-        let ref_logps: Vec<f32> =
-            reference.iter().map(|r| r.0).chain(reference.iter().map(|r| r.1)).collect::<Vec<f32>>();
-        let shape = [padded.rows, padded.width];
-        let mut inputs: Vec<(String, DynValue)> = vec![
-            ("input_ids".into(), tensor(shape.to_vec(), padded.ids.clone())?),
-            ("attention_mask".into(), tensor(shape.to_vec(), padded.mask.clone())?),
-            ("response_mask".into(), tensor(shape.to_vec(), response_mask)?),
-            ("ref_logps".into(), tensor(vec![padded.rows], ref_logps)?),
-            ("beta".into(), scalar(settings.beta)?),
-            ("label_smoothing".into(), scalar(settings.label_smoothing)?),
-            ("ipo".into(), scalar(if settings.loss == Loss::Ipo { 1.0f32 } else { 0.0 })?),
-            ("lora_scale".into(), scalar(adapter.scale())?),
-            ("dropout_p".into(), scalar(settings.dropout)?),
-            ("dropout_seed".into(), scalar(settings.dropout_seed)?),
-        ];
-        let lora = adapter.named_tensors(|_| true);
-        for (name, shape, values) in &lora {
-            inputs.push((name.clone(), tensor(shape.clone(), values.to_vec())?));
-        }
-        let grad_names: Vec<String> = lora.iter().map(|(name, _, _)| format!("grad.{name}")).collect();
-        let mut on_host: Vec<&str> = vec!["loss", "policy_logps"];
-        on_host.extend(grad_names.iter().map(String::as_str));
-        let borrowed: Vec<(&str, &DynValue)> = inputs.iter().map(|(n, v)| (n.as_str(), v)).collect();
-        let outputs = self.graph.run(&borrowed, &on_host)?;
-        let values = |name: &str| -> Result<Vec<f32>, ModelError> {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| ModelError::MissingOutput { graph: "dpo".into(), output: name.into() })?;
-            let (_, data) = value.try_extract_tensor::<f32>().map_err(|source| tensor_error(name, source))?;
-            Ok(data.to_vec())
-        };
-        let logps = values("policy_logps")?;
-        let grads = grad_names.iter().map(|name| values(name)).collect::<Result<Vec<_>, _>>()?;
-        Ok(StepOutput {
-            loss: values("loss")?[0],
-            chosen_logps: logps[..pairs.len()].to_vec(),
-            rejected_logps: logps[pairs.len()..].to_vec(),
-            grads,
-            tokens: sequences.iter().map(|s| s.len()).sum(),
-        })
-    }
-}
-
-fn tensor<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
-    shape: Vec<usize>,
-    data: Vec<T>,
-) -> Result<DynValue, ModelError> {
-    Ok(Tensor::from_array((shape, data)).map_err(|source| tensor_error("input", source))?.into_dyn())
-}
-
-fn scalar<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
-    value: T,
-) -> Result<DynValue, ModelError> {
-    tensor(Vec::new(), vec![value])
 }

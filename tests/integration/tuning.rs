@@ -115,17 +115,16 @@ fn truncation_cuts_the_prompt_from_the_left_then_the_responses_from_the_right() 
     assert!(pair.chosen.len() <= 16);
 }
 
-/// The `dpo` graph run from Rust on the exporter's fixed batch
-/// (`parity/dpo.json` + `dpo.safetensors`) gives torch's loss, log-probs and
-/// LoRA gradients: loss and log-probs within the fixture's `atol` (1e-4),
-/// every gradient within relative L2 `grad_rtol` (1e-3); measured at export:
-/// 2e-7 / 2e-5 / 2.5e-6. The two cases cover the sigmoid loss with label
-/// smoothing and IPO with dropout (the masks are a hash both sides compute alike).
-#[rstest::rstest]
-#[case::whole_model_dpo_graph("dpo")]
-#[case::layer_by_layer("layerwise")]
-fn the_dpo_step_matches_the_torch_fixtures(#[case] engine: &str) {
-    use croco::model::dpo::{DpoGraph, Loss, LossSettings, PairTokens, StepOutput};
+/// The layer-wise step run from Rust on the exporter's fixed batch
+/// (`parity/dpo.json` + `dpo.safetensors`, computed by torch after it
+/// matched transformers + peft) gives torch's loss, log-probs and LoRA
+/// gradients: loss and log-probs within the fixture's `atol` (1e-4), every
+/// gradient within relative L2 `grad_rtol` (1e-3). The two cases cover the
+/// sigmoid loss with label smoothing and IPO with dropout (the masks are a
+/// hash both sides compute alike).
+#[test]
+fn the_dpo_step_matches_the_torch_fixtures() {
+    use croco::model::dpo::{Loss, LossSettings, PairTokens};
     use croco::model::layerwise::LayerwiseGraphs;
     use croco::model::tensors::{read_f32_tensors, safetensors_bytes};
     let bundle = policy_bundle();
@@ -167,17 +166,7 @@ fn the_dpo_step_matches_the_torch_fixtures(#[case] engine: &str) {
         })
         .collect();
     let batch: Vec<&PairTokens> = pairs.iter().collect();
-    type Step<'a> = Box<dyn FnMut(&[&PairTokens], &[(f32, f32)], &Adapter, &LossSettings) -> StepOutput + 'a>;
-    let mut step: Step = match engine {
-        "dpo" => {
-            let mut graph = DpoGraph::load(&bundle, 0, &CPU).unwrap();
-            Box::new(move |p, r, a, s| graph.step(p, r, a, s).unwrap())
-        }
-        _ => {
-            let mut graphs = LayerwiseGraphs::load(&bundle, 0, &CPU).unwrap();
-            Box::new(move |p, r, a, s| graphs.step(p, r, a, s).unwrap())
-        }
-    };
+    let mut graphs = LayerwiseGraphs::load(&bundle, 0, &CPU).unwrap();
     let (atol, rtol) = (fixture["atol"].as_f64().unwrap(), fixture["grad_rtol"].as_f64().unwrap());
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -193,7 +182,7 @@ fn the_dpo_step_matches_the_torch_fixtures(#[case] engine: &str) {
             dropout_seed: case["dropout_seed"].as_i64().unwrap(),
         };
         assert_eq!(adapter.scale() as f64, case["lora_scale"].as_f64().unwrap());
-        let output = step(&batch, &reference, &adapter, &settings);
+        let output = graphs.step(&batch, &reference, &adapter, &settings).unwrap();
         let loss_error = (f64::from(output.loss) - case["expected_loss"].as_f64().unwrap()).abs();
         assert!(loss_error < atol, "{name}: loss off by {loss_error}");
         let expected = &tensors[&format!("{name}/expected_policy_logps")].1;

@@ -5,6 +5,7 @@ and decode benchmarks: nothing is downloaded, and the weights never all sit in m
     python tools/bench/make_checkpoint.py --shape eurollm-9b --dtype bfloat16 --out /var/tmp/eurollm-9b-shapes
     python tools/bench/make_checkpoint.py --shape llama-0.5b --out target/croco-bench/ckpt-llama-0.5b
     python tools/bench/make_checkpoint.py --shape llama-0.5b --reward --out /var/tmp/reward-0.5b-ckpt
+    python tools/bench/make_checkpoint.py --shape eurollm-9b --layers 2 --dtype bfloat16 --out /var/tmp/eurollm-2l
 
 Shapes: `eurollm-9b` is EuroLLM-9B's config (42 layers, hidden 4096, MLP 12288, 32/8 heads, vocab 128000,
 untied head; ~18 GB in bfloat16); `llama-0.5b` a ~0.5 B Llama (24 layers, hidden 1024, MLP 4096, 16/8 heads,
@@ -54,9 +55,11 @@ def main():
     a.add_argument("--shard-gb", type=float, default=4.0)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--reward", action="store_true", help="a *ForSequenceClassification (one label): a reward model")
+    a.add_argument("--layers", type=int, help="decoder layers instead of the shape's (the widths stay), e.g. 2 for "
+                   "the tune memory check at EuroLLM-9B's widths")
     args = a.parse_args()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    c = SHAPES[args.shape]
+    c = SHAPES[args.shape] | ({"num_hidden_layers": args.layers} if args.layers else {})
     if os.path.exists(os.path.join(args.out, "model.safetensors.index.json")):
         print(f"{args.out}: already written")
         return

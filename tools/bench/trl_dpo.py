@@ -11,11 +11,11 @@ the rest response tokens; no padding), LoRA on all 7 projections of every layer 
   gradient clipping 1.0 (trl's default), `disable_dropout=False` so that `--lora-dropout` applies (the
   model's own dropouts are 0 in the config; trl's default would zero the LoRA dropout too). Reference log-probs are **precomputed** by default
   (`precompute_ref_log_probs=True`, before training, not timed): the like-for-like setting for croco's
-  dpo graph, which takes `ref_logps` as an input. `--no-precompute-ref` lets trl run the reference
+  step, which takes `ref_logps` as an input. `--no-precompute-ref` lets trl run the reference
   forward (adapter disabled) inside every step instead. Step times come from a callback
   (`on_step_begin` -> `on_step_end`: forward, backward, clipping, optimizer step, trl's metrics).
 * `--engine torch-step`: the functional Llama of `tools/export` with LoRA, the same loss through
-  `torch.func.grad_and_value` (the function `dpo.onnx` is traced from, run eagerly; `--torch-autograd`:
+  `torch.func.grad_and_value` (the model croco's training graphs are traced from, run eagerly; `--torch-autograd`:
   `loss.backward()` instead), clipping 1.0 and `torch.optim.AdamW` on the LoRA tensors (PEFT's init:
   A kaiming-uniform, B zero); reference log-probs precomputed once (not timed).
 

@@ -1,4 +1,4 @@
-"""Entry command: python -m tools.export {demo-world,policy,reward,random-llama,rebundle,dpo-graph,merge-adapter} ..."""
+"""Entry command: python -m tools.export {demo-world,policy,reward,random-llama,rebundle,train-graphs,merge-adapter} ..."""
 from __future__ import annotations
 
 import argparse
@@ -232,7 +232,7 @@ def cmd_policy(a):
     export_policy(a.checkpoint, tpath, a.out, chat_template=_template(a, tpath),
                   parity_prompts=a.prompt or ["Hello!", "Wie geht es dir?", "Dia duit."], log=_log,
                   name=a.name or os.path.basename(os.path.normpath(a.checkpoint)), stop_tokens=a.stop_token,
-                  dpo=not a.no_dpo, parity_layers=a.parity_layers)
+                  train=not a.no_train, parity_layers=a.parity_layers)
 
 
 def cmd_reward(a):
@@ -252,7 +252,7 @@ def cmd_random_llama(a):
     from .policy import random_llama
 
     random_llama(a.out, a.tokenizer, hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads,
-                 intermediate=a.intermediate, vocab=a.vocab, seed=a.seed, log=_log, dpo=not a.no_dpo,
+                 intermediate=a.intermediate, vocab=a.vocab, seed=a.seed, log=_log, train=not a.no_train,
                  dtype=a.dtype, max_positions=a.max_positions)
 
 
@@ -291,18 +291,11 @@ def cmd_rebundle(a):
         if man["kind"] == "policy":
             last = json.load(open(os.path.join(parity, "greedy.json")))["cases"][-1]
             export_policy(ckpt, tpath, a.out, template, last["prompts"], max_new=last["max_new_tokens"],
-                          dpo="dpo" in man["graphs"], **common)
+                          train="dpo" in man["graphs"] or "train_layer" in man["graphs"], **common)
         else:
             pairs = [(p["prompt"], p["response"]) for p in json.load(open(os.path.join(parity, "score.json")))["pairs"]]
             export_reward(ckpt, tpath, a.out, template, pairs, **common)
     update_checksums(a.out, log=_log)
-
-
-def cmd_dpo_graph(a):
-    _setup_torch(a.threads)
-    from .dpo import add_dpo_to_bundle
-
-    add_dpo_to_bundle(a.bundle, log=_log, peft_check=not a.no_peft_check)
 
 
 def cmd_train_graphs(a):
@@ -363,7 +356,8 @@ def main(argv=None):
                        help="check parity on a copy of the first N layers read from the same checkpoint "
                             "(0: the whole model, when memory allows)")
         if name == "policy":
-            s.add_argument("--no-dpo", action="store_true", help="skip the DPO training-step graph dpo.onnx")
+            s.add_argument("--no-train", action="store_true",
+                           help="skip the layer-wise training graphs (train_*.onnx) and the DPO fixtures")
         s.set_defaults(fn=fn)
 
     r = sub.add_parser("random-llama", help="randomly initialised Llama bundle for benchmarks (not committed)")
@@ -379,7 +373,7 @@ def main(argv=None):
     r.add_argument("--max-positions", type=int, default=4096)
     r.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="the checkpoint's dtype (bfloat16: the bundle also gets bfloat16 graphs for CUDA)")
-    r.add_argument("--no-dpo", action="store_true", help="skip the DPO training-step graph dpo.onnx")
+    r.add_argument("--no-train", action="store_true", help="skip the layer-wise training graphs (train_*.onnx)")
     r.set_defaults(fn=cmd_random_llama)
 
     sg = sub.add_parser("sampler-graph", help="write the device sampler graph croco compiles in")
@@ -391,13 +385,8 @@ def main(argv=None):
     b.add_argument("--out", required=True, help="output directory (may be the bundle itself)")
     b.set_defaults(fn=cmd_rebundle)
 
-    g = sub.add_parser("dpo-graph", help="add the DPO training-step graph dpo.onnx (+ fixtures) to a policy bundle")
-    g.add_argument("bundle", help="policy bundle directory, e.g. data/models/policy")
-    g.add_argument("--no-peft-check", action="store_true",
-                   help="skip the cross-check against transformers + peft (torch vs ORT is always checked)")
-    g.set_defaults(fn=cmd_dpo_graph)
-
-    tg = sub.add_parser("train-graphs", help="add the layer-wise training graphs (train_*.onnx) to a policy bundle")
+    tg = sub.add_parser("train-graphs", help="add the layer-wise training graphs (train_*.onnx) and the DPO fixtures to a "
+                        "policy bundle (replacing a whole-model dpo.onnx)")
     tg.add_argument("bundle", help="policy bundle directory, e.g. data/models/policy")
     tg.set_defaults(fn=cmd_train_graphs)
 

@@ -1,7 +1,7 @@
 """croco's LoRA dropout: a deterministic counter hash of (seed, step, module, position, feature), computed
-bit-identically by torch and by ONNX Runtime (docs/bundle-format.md, dpo), so a resumed run draws the masks an
-uninterrupted one draws. Shared by the graphs' forward pass (export.llama_forward) and the training-step graph
-(dpo)."""
+bit-identically by torch and by ONNX Runtime (docs/bundle-format.md, "LoRA dropout"), so a resumed run draws the
+masks an uninterrupted one draws. Shared by the functional model (export.llama_forward), the DPO fixtures (dpo.py)
+and the training graphs traced from it (train_graphs.py)."""
 from __future__ import annotations
 
 import torch
@@ -20,25 +20,35 @@ def _mix(h, mul, add):
     return torch.remainder(h * mul + add, HASH_P)
 
 
+def _scramble(h):
+    """Two rounds of squaring mod 2^31 - 1 around a _mix round: the _mix rounds are nearly affine in a small
+    counter, and the ratio of two positions' hashes must look random (see dropout_keep)."""
+    h = torch.remainder(h * h, HASH_P)
+    h = _mix(h, 1597334677, 777)
+    return torch.remainder(h * h, HASH_P)
+
+
+def _nonzero(h):
+    """h mapped into [1, 2^31 - 2]: an invertible element of the field."""
+    return torch.remainder(h, HASH_P - 1) + 1
+
+
 def dropout_keep(x, p, seed, module_index):
-    """bool mask of x's shape [rows, seq, in] (docs/bundle-format.md, dpo): keep element (n, i) of module j,
-    n = r * seq + s the position, i the feature, iff h(n, i) >= trunc(p * 2^31). The strong hash (_mix
-    rounds) runs on the small per-module key, per-position and per-feature vectors only; per element
-    the cost is two (add, multiply, mod 2^31 - 1) rounds and a compare, all exact int64 (< 2^63)."""
+    """bool mask of x's shape [rows, seq, in] (docs/bundle-format.md, "LoRA dropout"): keep element (n, i) of
+    module j, n = r * seq + s the position, i the feature, iff h(n, i) >= trunc(p * 2^31), where
+    h(n, i) = hr[n] * hf[i] mod (2^31 - 1), the product of a per-position and a per-feature hash in the
+    multiplicative group of the prime field. The strong hash (_mix rounds) runs on the small per-module key and
+    the per-position and per-feature vectors only; per element the cost is one exact int64 multiply (< 2^62),
+    one mod and a compare. A product, not a sum: two positions' masks are then h and c * h for a random c
+    (nearly independent), where a sum would make them shifts h + d of each other (correlated)."""
     F = x.shape[-1]
     n = x.numel() // F
     k = _mix(_mix(torch.remainder(seed, HASH_P), 1103515245, module_index + 1), 1597334677, 7)
     pos = torch.arange(n, dtype=torch.int64, device=x.device).view(*x.shape[:-1], 1)
-    hr = _mix(_mix(pos, 1597334677, k), 1103515245, 12345)
+    hr = _nonzero(_scramble(_mix(_mix(pos, 1597334677, k), 1103515245, 12345)))
     feat = torch.arange(F, dtype=torch.int64, device=x.device)
-    hf = _mix(_mix(feat, 1103515245, k), 1597334677, 54321)
-    hf2 = _mix(hf, 1597334677, 777)
-    # x -> x^2 mod Q is the non-linear step: without it h would be A(n) + B(i) mod Q and two
-    # positions' masks would be shifts of each other (correlated).
-    h = torch.remainder(hr + hf, HASH_P)
-    h = torch.remainder(h * h, HASH_P)
-    h = torch.remainder((h + hf2) * 1103515245, HASH_P)
-    h = torch.remainder(h * h, HASH_P)
+    hf = _nonzero(_scramble(_mix(_mix(feat, 1103515245, k), 1597334677, 54321)))
+    h = torch.remainder(hr * hf, HASH_P)  # never 0: the field has no zero divisors
     return h >= (p * 2147483648.0).long()
 
 

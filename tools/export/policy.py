@@ -1,6 +1,7 @@
 """Policy bundles: a checkpoint written as a version-2 bundle (bundle.py: decode and logprob graphs) plus, by
-default, the DPO training-step graph (dpo.py), each held to the checkpoint by parity checks; and a randomly
-initialised Llama policy for benchmarks. Above bundle.py and dpo.py in the exporter's import line."""
+default, the layer-wise training graphs (train_graphs.py) and the DPO fixtures (dpo.py), each held to the
+checkpoint by parity checks; and a randomly initialised Llama policy for benchmarks. Above bundle.py, dpo.py and
+train_graphs.py in the exporter's import line."""
 from __future__ import annotations
 
 import json
@@ -11,18 +12,19 @@ import torch
 
 from . import ortrun
 from .bundle import DEFAULT_PARITY_LAYERS, check_chat_template, finish, fixtures_note, write_bundle
-from .dpo import dpo_parity, export_dpo
-from .export import (ATOL, LORA_TARGETS, ParityError, _check, _tok_fixture, _tok_ids, fill_template, graph_entry,
-                     left_pad, positions_from_mask)
+from .dpo import dpo_fixtures
+from .export import (ATOL, LORA_TARGETS, ParityError, _check, _tok_fixture, _tok_ids, fill_template, left_pad,
+                     positions_from_mask)
+from .train_graphs import check_parity as check_train_parity
+from .train_graphs import FAMILIES, export_train_graphs
 
 
 def export_policy(ckpt, tokenizer_path, out, chat_template, parity_prompts, log=print, name="policy",
-                  max_new=24, stop_tokens=None, dpo=True, parity_layers=DEFAULT_PARITY_LAYERS):
+                  max_new=24, stop_tokens=None, train=True, parity_layers=DEFAULT_PARITY_LAYERS):
     """A version-2 policy bundle (bundle.write_bundle) held to transformers: greedy tokens identical and logits,
-    log-probs within ATOL on the depth-truncated copy, single prompts and a padded batch. dpo: also the DPO
-    training-step graph dpo.onnx with its fixtures (tools/export/dpo.py; needs the whole model for parity)."""
-    if dpo and parity_depth_is_partial(ckpt, parity_layers):
-        raise SystemExit("the dpo graph's parity needs the whole model: pass --parity-layers 0 or --no-dpo")
+    log-probs within ATOL on the depth-truncated copy, single prompts and a padded batch. train: also the
+    layer-wise training graphs, held to torch autograd on the same copy (one layer's graph serves every layer), and
+    when that copy is the whole model the DPO fixtures the Rust tests replay (tools/export/dpo.py)."""
     ex = write_bundle("policy", ckpt, tokenizer_path, out, chat_template, log, parity_layers, stop_tokens)
     pad_id, stop_ids = ex.roles["pad_token_id"], ex.roles["stop_token_ids"]
     report = {}
@@ -69,15 +71,20 @@ def export_policy(ckpt, tokenizer_path, out, chat_template, parity_prompts, log=
     _tok_fixture(ex.tok, out, [fill_template(chat_template, p, r) for p, r in pairs])
     chat = check_chat_template(ckpt, ex.tok, chat_template, log)
     extra, rel = {}, None
-    if dpo:
+    if train and ex.A["family"] not in FAMILIES:
+        log(f"no training graphs: family {ex.A['family']!r} has none yet; tune and sft refuse this bundle")
+    elif train:
         W = {n: torch.from_numpy(w) for n, w in ex.parity_weights.items()}
         inv_freq = torch.from_numpy(ex.rotary["inv_freq"]).float()
         scale = ex.rotary["attention_scaling"]
-        spec, step, lnames = export_dpo(ex.A, W, inv_freq, scale, LORA_TARGETS, out, log)
-        extra["dpo"] = graph_entry(spec, list(W))
-        rep, rel = dpo_parity(out, ex.A, W, inv_freq, scale, LORA_TARGETS, step, lnames, ex.tok, chat_template, pad_id,
-                              ex.hf, log)
-        report.update(rep)
+        extra = export_train_graphs(ex.parity_arch, W, inv_freq, scale, LORA_TARGETS, out, log)
+        rel = check_train_parity(out, ex.parity_arch, W, inv_freq, scale, LORA_TARGETS)
+        log(f"training graphs vs torch autograd: {rel}")
+        if not parity_depth_is_partial(ckpt, parity_layers):
+            rep, dpo_rel = dpo_fixtures(out, ex.A, W, inv_freq, scale, LORA_TARGETS, ex.tok, chat_template, pad_id,
+                                        ex.hf, log)
+            report.update(rep)
+            rel |= dpo_rel
     finish(ex, name, report, fixtures_note(ex, chat), extra_graphs=extra, rel_report=rel)
     log(f"policy bundle {out}: parity OK {report}")
     return report
@@ -132,11 +139,10 @@ def logprob_parity(ex, sess, pairs, chat_template, pad_id, report):
               open(os.path.join(ex.out, "parity", "logprob.json"), "w"), ensure_ascii=False, indent=1)
 
 
-def random_llama(out, tokenizer_path, hidden, layers, heads, kv_heads, intermediate, vocab, seed, log=print, dpo=True,
+def random_llama(out, tokenizer_path, hidden, layers, heads, kv_heads, intermediate, vocab, seed, log=print, train=True,
                  dtype="float32", max_positions=4096):
     """Randomly initialised Llama policy bundle (for benchmarks; never committed), saved in `dtype` first so
-    that the bundle stores what such a checkpoint ships. Parity on the whole model with the dpo graph, else on
-    the default truncated copy."""
+    that the bundle stores what such a checkpoint ships; parity on the default truncated copy."""
     import tempfile
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -154,5 +160,4 @@ def random_llama(out, tokenizer_path, hidden, layers, heads, kv_heads, intermedi
         m.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]).save_pretrained(d)
         del m
         export_policy(d, tokenizer_path, out, CHAT_TEMPLATE, ["Hello!", "Wie geht es dir?"], log=log,
-                      name=f"random-llama-{hidden}x{layers}", max_new=8, dpo=dpo,
-                      parity_layers=0 if dpo else DEFAULT_PARITY_LAYERS)
+                      name=f"random-llama-{hidden}x{layers}", max_new=8, train=train)

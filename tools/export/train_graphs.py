@@ -26,6 +26,7 @@ from .export import (_export, _io_spec, _rms, decoder_layer, positions_from_mask
 from .graphs import Graph
 
 PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # the functional model's families (no sliding window, no cohere2)
 SCALAR_INPUTS = ["lora_scale", "dropout_p"]
 INT_INPUTS = ["dropout_seed", "layer"]
 
@@ -126,7 +127,7 @@ def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log):
 
     from .export import graph_entry
 
-    if A["family"] not in ("llama", "mistral", "qwen2", "qwen3"):
+    if A["family"] not in FAMILIES:
         raise SystemExit(f"training graphs: family {A['family']!r} is not supported yet (llama-family only)")
     names = list(W)
     suffixes = layer_suffixes(names)
@@ -280,28 +281,40 @@ def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, po
 
 
 def add_train_graphs_to_bundle(bundle, log=print, check=True):
-    """Exports the training graphs into an existing policy bundle and updates its manifest ([graphs], [files])
-    and the sibling `checksums` file when it lists the bundle; every other file stays byte-identical. check:
-    hold the graphs to torch autograd through the whole model (check_parity) first."""
-    from .adapter import load_bundle
-    from .dpo import update_checksums
-    from .export import file_table, rope_inv_freq, write_manifest
+    """Exports the training graphs into an existing policy bundle with its DPO fixtures (dpo.dpo_fixtures), drops
+    the whole-model `dpo` graph of older exports, and updates its manifest ([graphs], [parity], [files]) and the
+    sibling `checksums` file when it lists the bundle; every other file stays byte-identical. check: hold the
+    graphs to torch autograd through the whole model (check_parity) first."""
+    from tokenizers import Tokenizer
 
-    man, W = load_bundle(bundle)
+    from .adapter import hf_model_from_bundle
+    from .dpo import dpo_fixtures, update_checksums
+    from .export import GRAD_RTOL, file_table, rope_inv_freq, write_manifest
+
+    man, W, hf = hf_model_from_bundle(bundle)
     A = man["architecture"]
     if man["kind"] != "policy":
         raise SystemExit(f"{bundle} is a {man['kind']} bundle: training graphs are for policies")
-    before = {f: e["sha256"] for f, e in man["files"].items() if not f.startswith("train_")}
-    from .adapter import hf_model_from_bundle
-
-    _, _, hf = hf_model_from_bundle(bundle)
+    rewritten = ("train_", "dpo.onnx", "parity/dpo.")
+    before = {f: e["sha256"] for f, e in man["files"].items() if not f.startswith(rewritten)}
     inv_freq, rope_scale = rope_inv_freq(hf)
     targets = man["lora"]["target_modules"]
+    man["graphs"].pop("dpo", None)
+    if os.path.exists(os.path.join(bundle, "dpo.onnx")):
+        os.remove(os.path.join(bundle, "dpo.onnx"))
     man["graphs"].update(export_train_graphs(A, W, inv_freq, rope_scale, targets, bundle, log))
+    measured = {k: v for k, v in man["parity"]["measured_max_abs_diff"].items() if not k.startswith("dpo_")}
+    relative = {k: v for k, v in man["parity"].get("measured_max_rel_l2", {}).items() if not k.startswith("dpo_")}
     if check:
         report = check_parity(bundle, A, W, inv_freq, rope_scale, targets)
-        man["parity"]["measured_max_rel_l2"] = {**man["parity"].get("measured_max_rel_l2", {}), **report}
+        relative |= report
         log(f"training graphs vs torch autograd: {report}")
+    tok = Tokenizer.from_file(os.path.join(bundle, man["tokenizer"]["file"]))
+    rep, rel = dpo_fixtures(bundle, A, W, inv_freq, rope_scale, targets, tok, man["chat"]["template"],
+                            man["tokenizer"]["pad_token_id"], hf, log)
+    man["parity"]["measured_max_abs_diff"] = measured | rep
+    man["parity"]["grad_rtol"] = GRAD_RTOL
+    man["parity"]["measured_max_rel_l2"] = relative | rel
     man["files"] = file_table(bundle)
     changed = [f for f, h in before.items() if man["files"].get(f, {}).get("sha256") != h]
     if changed:

@@ -1,5 +1,5 @@
 """PyTorch baseline for croco's DPO tune step: the same LoRA-adapted Llama forward as the bundle's
-dpo.onnx (tools/export/export.py llama_forward, imported), the DPO sigmoid loss against fixed reference
+training graphs (tools/export/export.py llama_forward, imported), the DPO sigmoid loss against fixed reference
 log-probs, backward, gradient clipping and a torch.optim.AdamW step on the LoRA parameters.
 
 Needs torch + numpy only (and the repository's tools/export, imported). Reads BUNDLE/croco-model.toml ([architecture]) and
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 # The model and croco's dropout mask are the export tool's own (torch + numpy only at import),
-# so this baseline runs exactly the forward the dpo graph was traced from.
+# so this baseline runs exactly the forward the training graphs were traced from.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from tools.export.dropout import dropout_keep  # noqa: E402
 from tools.export.export import llama_forward  # noqa: E402

@@ -1,6 +1,6 @@
 """PEFT adapter interop: an adapter written the way croco writes it (PEFT format, by hand) loads in peft, gives
-the log-probs of the ONNX logprob graph fed merged weights (W + scale * B @ A) and of the dpo graph fed the
-adapter, and `merge-adapter` turns it into a transformers checkpoint with the same log-probs."""
+the log-probs of the ONNX logprob graph fed merged weights (W + scale * B @ A) and of the layer-wise training
+graphs fed the adapter, and `merge-adapter` turns it into a transformers checkpoint with the same log-probs."""
 import json
 import os
 
@@ -93,25 +93,33 @@ def test_peft_equals_onnx_logprob_graph_with_merged_weights(adapter, peft_logpro
     np.testing.assert_allclose([g.sum() for g in got], peft_logprobs[1], atol=TOL, rtol=0)
 
 
-def test_dpo_graph_policy_logps_equal_merged_weights(adapter, peft_logprobs):
-    """What the dpo graph trains (LoRA inputs, dropout 0) is what the merged weights generate with."""
+def test_training_graphs_logps_equal_merged_weights(adapter, peft_logprobs):
+    """What the layer-wise training graphs train (LoRA inputs, dropout 0) is what the merged weights generate with."""
+    from tools.export import train_graphs as tg
     from tools.export.adapter import load_bundle
     from tools.export.ortrun import ort_session
 
     man, W = load_bundle(POLICY)
-    if "dpo" not in man["graphs"]:
-        pytest.skip("bundle has no dpo graph")
+    sessions = {n: ort_session(os.path.join(POLICY, man["graphs"][n]["files"]["float32"])) for n in
+                ["train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"]}
     ids, mask, rm = _fixture_inputs()
-    if len(ids) % 2:
-        ids, mask, rm = ids[:-1], mask[:-1], rm[:-1]
-    sess = ort_session(os.path.join(POLICY, man["graphs"]["dpo"]["files"]["float32"]))
-    f = lambda v: np.array(v, np.float32)  # noqa: E731
-    out = sess.run(None, {"input_ids": ids, "attention_mask": mask, "response_mask": rm.astype(np.float32),
-                          "ref_logps": np.zeros(len(ids), np.float32), "beta": f(0.1), "label_smoothing": f(0.0),
-                          "ipo": f(0.0), "lora_scale": f(ALPHA / R), "dropout_p": f(0.0),
-                          "dropout_seed": np.array(3, np.int64), **{n: t.numpy() for n, t in adapter[1].items()},
-                          **{n: t.numpy() for n, t in W.items()}})
-    np.testing.assert_allclose(out[1], peft_logprobs[1][: len(ids)], atol=TOL, rtol=0)
+    # each row's response tokens as (predicting position, token), padded with weight 0 to the longest response
+    targets = [np.flatnonzero(r) for r in rm]
+    width = max(len(t) for t in targets)
+    positions = np.zeros((len(ids), width), np.int64)
+    valid = np.zeros((len(ids), width), np.float32)
+    for i, t in enumerate(targets):
+        positions[i, : len(t)], valid[i, : len(t)] = t - 1, 1.0
+    token_ids = np.take_along_axis(ids, positions + 1, 1)
+    targets_of = man["lora"]["target_modules"]
+    lora = {}
+    for layer in range(man["architecture"]["num_layers"]):
+        for m in targets_of:
+            base = f"base_model.model.model.layers.{layer}.{tg.module_path(m)}"
+            lora[(layer, m)] = (adapter[1][base + ".lora_A.weight"].numpy(), adapter[1][base + ".lora_B.weight"].numpy())
+    logps, _ = tg.layerwise_grads(sessions, {n: t.numpy() for n, t in W.items()}, man["architecture"], targets_of,
+                                  ids, mask, lora, ALPHA / R, 0.0, 3, positions, token_ids, valid)
+    np.testing.assert_allclose((logps * valid).sum(-1), peft_logprobs[1], atol=TOL, rtol=0)
 
 
 def test_merge_adapter_checkpoint_in_transformers(adapter, peft_logprobs, tmp_path):

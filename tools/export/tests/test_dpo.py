@@ -1,5 +1,5 @@
-"""The DPO graph's building blocks: the dropout hash is bit-identical in torch and ONNX Runtime, p = 0 is an
-exact identity, and the loss matches TRL's formulas."""
+"""The training graphs' building blocks: the dropout hash is bit-identical in torch and ONNX Runtime, p = 0 is an
+exact identity, the loss matches TRL's formulas, and a wide MLP's dropout bakes no constant into the graphs."""
 import numpy as np
 import pytest
 
@@ -64,17 +64,18 @@ def test_logsigmoid_and_loss_formulas():
     torch.testing.assert_close(g, torch.sigmoid(-x.detach()), atol=1e-6, rtol=0)  # 1/2 at 0
 
 
-def test_dpo_export_wide_mlp_bakes_no_constant(tmp_path):
+def test_training_graphs_of_a_wide_mlp_bake_no_constant(tmp_path):
     """intermediate_size > MAX_CONST_ELEMS (4096): the feature-index term of down_proj's dropout hash used to be
     constant-folded into an int64 [intermediate] initializer, which _export's baked-weights check rejects
     (random-llama --intermediate 4608). One tiny layer is the smallest config that showed it."""
     import onnx
 
+    from tools.export import train_graphs as tg
     from tools.export.export import LORA_TARGETS, MAX_CONST_ELEMS
 
     hidden, heads, kv, inter, vocab = 16, 2, 1, MAX_CONST_ELEMS + 1, 64
     D = hidden // heads
-    A = {"vocab_size": vocab, "hidden_size": hidden, "num_layers": 1, "num_attention_heads": heads,
+    A = {"family": "llama", "vocab_size": vocab, "hidden_size": hidden, "num_layers": 1, "num_attention_heads": heads,
          "num_kv_heads": kv, "head_dim": D, "intermediate_size": inter, "rms_norm_eps": 1e-5}
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
@@ -86,26 +87,11 @@ def test_dpo_export_wide_mlp_bakes_no_constant(tmp_path):
          p + "mlp.up_proj.weight": r(inter, hidden), p + "mlp.down_proj.weight": r(hidden, inter) * 0.1,
          "model.norm.weight": 1 + r(hidden), "lm_head.weight": r(vocab, hidden)}
     inv_freq = 1.0 / (10000.0 ** (torch.arange(0, D, 2).float() / D))
-    _, step, lnames = dpo.export_dpo(A, W, inv_freq, 1.0, LORA_TARGETS, str(tmp_path), lambda *_: None)
-    path = str(tmp_path / "dpo.onnx")
-    m = onnx.load(path)
-    big = [(t.name, list(t.dims)) for t in m.graph.initializer if np.prod(t.dims) > MAX_CONST_ELEMS]
-    assert not big, big
-    # same numerics as the traced torch step, dropout mask included
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    rows, S = 4, 6
-    ids = torch.randint(3, vocab, (rows, S), generator=g)
-    mask = torch.ones(rows, S, dtype=torch.long)
-    mask[1, :2] = 0
-    rm = torch.zeros(rows, S)
-    rm[:, 3:] = 1.0
-    lora = [t for w, _, _ in lnames for t in (r(2, W[w].shape[1]), r(W[w].shape[0], 2))]
-    names = [n for _, a, b in lnames for n in (a, b)] + list(W)
-    for dp in (0.0, 0.3):
-        data = dpo.step_inputs(ids, mask, rm, -torch.rand(rows, generator=g) * 5, 0.1, 0.1, 0.0, 2.0, dp, 11)
-        want = [t.detach().numpy() for t in step(*data, *lora, *W.values())]
-        got = sess.run(None, {n: t.numpy() for n, t in zip(dpo.DATA_INPUTS + names, data + lora + list(W.values()))})
-        np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(got[1], want[1], atol=1e-4, rtol=0)
-        for o, t in zip(got[2:], want[2:]):
-            assert np.linalg.norm(o - t) <= 1e-4 * np.linalg.norm(t)
+    tg.export_train_graphs(A, W, inv_freq, 1.0, LORA_TARGETS, str(tmp_path), lambda *_: None)
+    for name in ("train_layer", "train_layer_backward"):
+        m = onnx.load(str(tmp_path / f"{name}.onnx"))
+        big = [(t.name, list(t.dims)) for t in m.graph.initializer if np.prod(t.dims) > MAX_CONST_ELEMS]
+        assert not big, (name, big)
+    # same numerics as torch autograd through the model, dropout mask included
+    report = tg.check_parity(str(tmp_path), A, W, inv_freq, 1.0, LORA_TARGETS, p=0.3)
+    assert report["train_lora_grads"] < 1e-4, report

@@ -61,13 +61,14 @@ PROMPTS = ["Hello there", "Wie geht es dir heute?", "Dia duit, conas atá tú? S
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_policy_export_parity_with_the_dpo_graph(tmp_path, tokenizer_path, family):
+def test_policy_export_parity_with_the_training_graphs(tmp_path, tokenizer_path, family):
     _tiny("policy", family, tmp_path / "ckpt")
     out = tmp_path / "bundle"
     rep = policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE, PROMPTS,
                                log=lambda *_: None, max_new=6, parity_layers=0)
     assert max(rep.values()) < ex.ATOL
-    for f in ["croco-model.toml", "decode.float32.onnx", "logprob.float32.onnx", "dpo.onnx", "model.safetensors",
+    for f in ["croco-model.toml", "decode.float32.onnx", "logprob.float32.onnx", "train_layer.onnx",
+              "train_layer_backward.onnx", "train_head.onnx", "train_head_backward.onnx", "model.safetensors",
               "tokenizer.json", "parity/greedy.json", "parity/logprob.json", "parity/tokenizer.json",
               "parity/dpo.json", "parity/dpo.safetensors"]:
         assert (out / f).exists(), f
@@ -78,9 +79,12 @@ def test_policy_export_parity_with_the_dpo_graph(tmp_path, tokenizer_path, famil
         assert ex.sha256_file(str(out / rel)) == meta["sha256"]
     assert man["format_version"] == 2 and man["weights"]["dtype"] == "float32"
     assert man["tokenizer"]["special_tokens"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    assert list(man["graphs"]) == ["decode", "logprob", "dpo"]
+    assert list(man["graphs"]) == ["decode", "logprob", "train_embed", "train_layer", "train_layer_backward",
+                                   "train_head", "train_head_backward"]
+    assert not (out / "dpo.onnx").exists()
     assert max(man["parity"]["measured_max_rel_l2"].values()) < ex.GRAD_RTOL
     assert any(k.endswith("_vs_peft_grads") for k in man["parity"]["measured_max_rel_l2"])
+    assert "train_lora_grads" in man["parity"]["measured_max_rel_l2"]
     if family == "qwen2":
         assert any(t["name"].endswith("q_proj.bias") for t in man["weights"]["tensors"])
 
@@ -92,7 +96,7 @@ def test_every_family_matches_transformers_on_a_truncated_copy(tmp_path, tokeniz
     _tiny("policy", family, tmp_path / "ckpt", layers=4)
     out = tmp_path / "bundle"
     rep = policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE, PROMPTS,
-                               log=lambda *_: None, max_new=8, dpo=False)
+                               log=lambda *_: None, max_new=8, train=False)
     assert max(rep.values()) < ex.ATOL
     import tomllib
 
