@@ -76,10 +76,11 @@ fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let setup = setup(repo);
     let (step_s, optimizer_s) = croco_step(&setup);
+    // The step's peak, before merging loads the weights a second time.
+    let peak = common::peak_rss_mb();
     let merge_s = merge_seconds(&setup.bundle);
     let pairs = setup.pairs;
     let tokens = (2 * pairs * setup.seq_len) as f64;
-    let peak = common::peak_rss_mb();
     println!(
         "LoRA DPO step, {:?}, {}, {pairs} pairs x {} tokens, r={RANK} on q,k,v,o,gate,up,down:",
         setup.config.device,

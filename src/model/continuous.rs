@@ -20,9 +20,15 @@
 //! those rows only, so the tail of a generation does not compute for idle
 //! slots.
 //!
-//! Each sample draws from its own seeded RNG and a row's arithmetic does not
-//! depend on the other rows, so the tokens are the same whatever the slot
-//! count, the chunk size or the order in which rows were admitted.
+//! Each sample draws from its own seeded RNG and each row attends to its own
+//! cache only, so what a row computes does not depend on which rows share its
+//! batch, up to float rounding: ONNX Runtime's CPU GEMM is not
+//! batch-invariant (its one-row kernel and its thread partition reduce in
+//! other orders, ~7e-6 on the demo's logits), so a draw that falls that close
+//! to a token boundary may pick the neighbouring token under another slot
+//! count or chunk size (0–1 of 60 demo samples; still a true draw, its
+//! recorded log-prob the policy's). `tests/integration/model_parity.rs` holds
+//! both.
 
 use std::collections::VecDeque;
 use std::rc::Rc;

@@ -166,23 +166,46 @@ impl ModelShape {
     /// One layer-wise training step (`src/model/layerwise.rs`; the training
     /// graphs are float32) over `rows` sequences `width` tokens wide: the
     /// weights, every layer's saved input (`layers × rows × width × hidden`),
-    /// and the larger of one layer's working set while it is recomputed and
-    /// differentiated (about three of its forward passes) and one head chunk
-    /// of `head_chunk` positions per row (its logits, their softmax and
-    /// gradient).
+    /// one layer's working set in the forward and in the recompute +
+    /// backward, and one head chunk of `head_chunk` positions per row (its
+    /// logits, their softmax and gradient). Each graph's session keeps its
+    /// own arena, so the parts add up.
+    ///
+    /// The working sets are calibrated on measured peaks (tune bench, CPU):
+    /// the layer's on a ~0.5 B Llama at 1 pair × 1,024 and × 2,048 tokens
+    /// (5.24 and 12.4 GiB; its vocabulary of 4,096 makes the head
+    /// negligible), where the traced graphs materialise attention (scores,
+    /// probabilities and their gradients, forward and recompute): about
+    /// [`TRAINING_ATTENTION_COPIES`] float32 `rows × heads × width²` tensors
+    /// plus [`TRAINING_STREAM_COPIES`] copies of each token's projections;
+    /// the head's on two layers of EuroLLM-9B's widths (vocabulary 128,000)
+    /// at 1 pair × 1,024 tokens (18.0 GiB): [`TRAINING_HEAD_COPIES`]
+    /// vocabulary-wide float32 rows per chunk position, over the head's two
+    /// sessions.
     pub fn training(&self, rows: u64, width: u64, head_chunk: u64) -> Footprint {
-        let float32 = ModelShape { weight_bytes: self.weight_bytes / self.element * F32, element: F32, ..*self };
+        let weights = self.weight_bytes / self.element * F32;
         let saved = self.layers * rows * width * self.hidden * F32;
-        let layer = 3 * float32.call(rows, width, width, 0, 0);
-        let head = 3 * rows * head_chunk.min(width) * self.vocab * F32;
-        Footprint {
-            weights: float32.weight_bytes,
-            kv_cache: 0,
-            activations: saved + layer.max(head),
-            workspace: layer.max(head) / 4,
-        }
+        let attention = rows * self.heads * width * width * F32;
+        let streams = rows * width * (4 * self.hidden + 3 * self.intermediate) * F32;
+        let layer = TRAINING_ATTENTION_COPIES * attention + TRAINING_STREAM_COPIES * streams;
+        let head = TRAINING_HEAD_COPIES * rows * head_chunk.min(width) * self.vocab * F32;
+        Footprint { weights, kv_cache: 0, activations: saved + layer + head, workspace: 0 }
     }
 }
+
+/// `rows × heads × width²` float32 attention tensors alive in a layer-wise
+/// training step, with the arenas' slack (fitted: 15.8; see
+/// [`ModelShape::training`]).
+pub const TRAINING_ATTENTION_COPIES: u64 = 16;
+
+/// `tokens × (4 · hidden + 3 · intermediate)` float32 streams alive in a
+/// layer-wise training step, with the arenas' slack (fitted: 7.7).
+pub const TRAINING_STREAM_COPIES: u64 = 8;
+
+/// Vocabulary-wide float32 rows per head-chunk position alive in a
+/// layer-wise training step: logits, their softmax and gradient in the head
+/// and in its backward, each session's arena kept (fitted: ~10).
+pub const TRAINING_HEAD_COPIES: u64 = 10;
 
 /// `bytes` as a short human figure (`1.5 GiB`).
 pub fn human(bytes: u64) -> String {
@@ -266,10 +289,13 @@ mod tests {
         let shape = eurollm_9b();
         let step = shape.training(2, 4096, 512);
         // 42 saved inputs of 2 × 4096 × 4096 float32: 5.6 GB.
-        assert!(step.activations > 42 * 2 * 4096 * 4096 * F32);
-        // Without recomputation every layer's working set would stay alive: 42× one layer's.
-        let one_layer = 3 * shape.call(2, 4096, 4096, 0, 0);
-        assert!(step.activations < 42 * 2 * 4096 * 4096 * F32 + 2 * one_layer);
+        let saved = 42 * 2 * 4096 * 4096 * F32;
+        // One layer's working set, whatever the depth: the same step of a 2-layer model differs by the saved inputs only.
+        let two_layers = ModelShape { layers: 2, ..shape }.training(2, 4096, 512);
+        assert_eq!(step.activations - two_layers.activations, saved - 2 * 2 * 4096 * 4096 * F32);
+        // Its attention tensors grow with the square of the length: twice the tokens, ~3× the working set.
+        let working = |width: u64| shape.training(2, width, 512).activations - 42 * 2 * width * 4096 * F32;
+        assert!(working(4096) * 10 > 29 * working(2048), "{} {}", working(4096), working(2048));
         assert_eq!(step.weights, 9_150_000_000 * F32);
     }
 

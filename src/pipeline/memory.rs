@@ -129,7 +129,8 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
                 format!("{rows} sequences (micro_batch {} pairs) of up to {width} tokens", tune.micro_batch),
                 rows * width,
                 both(&policy, policy.training(rows, width, crate::model::layerwise::HEAD_CHUNK as u64), 0),
-                "stages.tune.micro_batch",
+                // One pair is the least a step takes: then only shorter sequences help.
+                if tune.micro_batch > 1 { "stages.tune.micro_batch" } else { "stages.ref_logps.max_length" },
             ));
         }
     }
