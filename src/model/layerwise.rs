@@ -9,8 +9,8 @@
 //! set and one head chunk, whatever the depth; the full `[rows, seq, vocab]`
 //! logits never exist.
 //!
-//! The result is [`super::dpo::StepOutput`], as the whole-model `dpo` graph
-//! gives it, and the same numbers (the graphs are traced from the same
+//! The result is [`super::dpo::StepOutput`], with the numbers of the torch
+//! DPO step the fixtures hold (the graphs are traced from the same
 //! functional model; `tools/export/tests/test_train_graphs.py` holds them to
 //! torch autograd).
 
@@ -89,7 +89,7 @@ impl LayerwiseGraphs {
 
     /// Loss, log-probs and LoRA gradients of `pairs` given their reference
     /// log-probs `(chosen, rejected)` (length-normalised by the caller under
-    /// IPO): what the whole-model `dpo` graph computes, layer by layer.
+    /// IPO): the whole model's DPO step, computed layer by layer.
     pub fn step(
         &mut self,
         pairs: &[&PairTokens],

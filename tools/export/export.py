@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from .dropout import lora_dropout
 
 FORMAT_VERSION = 2
-OPSET = 18  # the traced dpo graph's opset (graphs.OPSET: the built inference graphs')
+OPSET = 18  # the traced training graphs' opset (graphs.OPSET: the built inference graphs')
 ATOL = 1e-4
-GRAD_RTOL = 1e-3  # dpo graph: max relative L2 error of a LoRA gradient, ORT vs torch
+GRAD_RTOL = 1e-3  # training graphs: max relative L2 error of a LoRA gradient, ORT vs torch
 MAX_CONST_ELEMS = 4096  # largest constant an exported graph may hold: bigger initializers are taken for
 # baked weights (_export fails), and the optimizer folds nothing into a constant bigger than this
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -148,7 +148,7 @@ def _optimize(model, input_names, output_names):
     (onnxscript constant folding + rewrites + ONNX fusions, then the io renaming, in this order: a graph
     that exported fine before comes out byte-identical), except that no op is folded into a constant of
     more than MAX_CONST_ELEMS elements. With onnxscript's default limit (512^2) shape-only terms were
-    folded into big constants: in dpo.onnx the dropout hash of the feature index, arange(in_features) *
+    folded into big constants: in the training graphs the dropout hash of the feature index, arange(in_features) *
     32769 * 1103515245 (dropout.dropout_keep), became an int64 [in_features] initializer per LoRA module, which
     the baked-weights check rejects once in_features > MAX_CONST_ELEMS (down_proj with intermediate_size
     4608). Such terms now stay ops (Range, Mul ...) that compute the same exact int64 values at run time."""
