@@ -23,6 +23,8 @@
 //! stage runs first, unmeasured.
 
 mod common;
+#[path = "../tests/shared/memory_plan_pipeline.rs"]
+mod memory_plan_pipeline;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,25 +80,7 @@ fn main() {
 /// peaks, on prompts that fill the planned context.
 fn plan_against_measured(croco: &Path, name: &str, (policy, reward): &(PathBuf, PathBuf)) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
-    let prompts = dir.path().join("long.jsonl");
-    let sentence = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(15);
-    let lines: Vec<String> = (0..16)
-        .map(|i| serde_json::json!({"prompt": format!("{sentence}Prompt {i}."), "language": "en"}).to_string())
-        .collect();
-    std::fs::write(&prompts, lines.join("\n")).unwrap();
-    let text = format!(
-        "[run]\nname = \"plan\"\nroot = \"{root}\"\nlanguages = [\"en\"]\ndevice = \"cpu\"\nthreads = 2\n\n\
-         [models]\npolicy = \"{policy}\"\nreward = \"{reward}\"\n\n\
-         [stages.prompts]\nsource = \"{prompts}\"\ncolumns = {{ text = \"prompt\", language = \"language\" }}\neval_fraction = 0.0\n\n\
-         [stages.generate]\nsamples = 8\nbatch_size = 8\nmax_prompt_tokens = 448\nmax_new_tokens = 64\nprompts_per_part = 16\n\n\
-         [stages.score]\nbatch_size = 32\n",
-        root = dir.path().join("root").display(),
-        policy = policy.display(),
-        reward = reward.display(),
-        prompts = prompts.display(),
-    );
-    let file = dir.path().join("pipeline.toml");
-    std::fs::write(&file, text).unwrap();
+    let file = memory_plan_pipeline::write(dir.path(), &policy.display().to_string(), &reward.display().to_string());
     let json = |args: &[&str]| -> serde_json::Value {
         let output = Command::new(croco).args(args).output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -69,7 +69,6 @@ impl Weights {
                 )));
             }
             let mut values = stored.widen(view.data());
-            release_pages(&bytes, view.data());
             if let Some(adapter) = adapter {
                 adapter.merge_into(&tensor.name, &mut values);
             }
@@ -89,22 +88,6 @@ fn on_device(name: &str, value: DynValue, target: Target) -> Result<DynValue, Mo
     Ok(tensor.to(AllocationDevice::CUDA, device).map_err(error)?.into_dyn())
 }
 
-/// Drops `data`'s pages of the mapping `file` from this process's resident
-/// set: a decoded tensor's file pages would otherwise count in the peak RSS
-/// until the mapping is dropped, doubling the peak of loading (measured: 5.4
-/// GB for a 2 GB float32 bundle's tune step). Advisory: a failure only
-/// keeps the pages.
-fn release_pages(file: &memmap2::Mmap, data: &[u8]) {
-    #[cfg(unix)]
-    {
-        let offset = data.as_ptr() as usize - file.as_ptr() as usize;
-        // SAFETY: the mapping is shared and read-only, so MADV_DONTNEED only
-        // unmaps its pages: a later read faults them in again from the
-        // unchanged file, with the same contents.
-        let _ = unsafe { file.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len()) };
-    }
-}
-
 fn safetensors_dtype(precision: Precision) -> Dtype {
     match precision {
         Precision::Float32 => Dtype::F32,
@@ -114,9 +97,8 @@ fn safetensors_dtype(precision: Precision) -> Dtype {
 }
 
 /// The file at `path`, memory-mapped: each tensor is decoded from the
-/// mapping into its own buffer and its pages released at once
-/// ([`release_pages`]), so loading holds the weights once in memory, not
-/// twice (a file read whole, or every mapped page, and the tensors).
+/// mapping into its own buffer, so loading holds the weights once in
+/// memory, not twice (a file read whole, then its tensors).
 fn map_file(path: &std::path::Path) -> Result<memmap2::Mmap, ModelError> {
     let io = |source| ModelError::Io { path: path.to_path_buf(), source };
     let file = std::fs::File::open(path).map_err(io)?;

@@ -203,25 +203,11 @@ fn plan_prints_each_model_stage_and_refuses_what_does_not_fit() {
 #[test]
 fn plan_predicts_the_peak_memory_of_generate_and_score_within_a_quarter() {
     let dir = tempfile::tempdir().unwrap();
-    let prompts = dir.path().join("long.jsonl");
-    let sentence = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(15);
-    let lines: Vec<String> = (0..16)
-        .map(|i| serde_json::json!({"prompt": format!("{sentence}Prompt {i}."), "language": "en"}).to_string())
-        .collect();
-    std::fs::write(&prompts, lines.join("\n")).unwrap();
-    let text = format!(
-        "[run]\nname = \"plan\"\nroot = \"{root}\"\nlanguages = [\"en\"]\ndevice = \"cpu\"\nthreads = 2\n\n\
-         [models]\npolicy = \"{policy}\"\nreward = \"{reward}\"\n\n\
-         [stages.prompts]\nsource = \"{prompts}\"\ncolumns = {{ text = \"prompt\", language = \"language\" }}\neval_fraction = 0.0\n\n\
-         [stages.generate]\nsamples = 8\nbatch_size = 8\nmax_prompt_tokens = 448\nmax_new_tokens = 64\nprompts_per_part = 16\n\n\
-         [stages.score]\nbatch_size = 32\n",
-        root = dir.path().join("root").display(),
-        policy = crate::util::data("models/policy"),
-        reward = crate::util::data("models/reward"),
-        prompts = prompts.display(),
+    let file = crate::memory_plan_pipeline::write(
+        dir.path(),
+        &crate::util::data("models/policy"),
+        &crate::util::data("models/reward"),
     );
-    let file = dir.path().join("pipeline.toml");
-    std::fs::write(&file, text).unwrap();
     let file = file.to_str().unwrap();
     let output = croco(&["plan", file, "--json"]);
     assert!(output.status.success(), "{}", stderr(&output));

@@ -14,6 +14,8 @@ mod inputs;
 mod interop;
 mod lock;
 mod malformed;
+#[path = "../shared/memory_plan_pipeline.rs"]
+mod memory_plan_pipeline;
 mod model_parity;
 mod model_stages;
 mod pairs_rule;
