@@ -155,6 +155,11 @@ pub struct GraphSpec {
     /// inputs under generic names, bound per layer).
     #[serde(default = "all_weights")]
     pub weight_inputs: WeightInputs,
+    /// The layer training graphs: how many chunks they cut the sequence
+    /// into (one layer's working set is about `1 / sequence_chunks` of the
+    /// sequence's); absent (one) in exports before chunking.
+    #[serde(default)]
+    pub sequence_chunks: Option<u32>,
 }
 
 /// `weight_inputs` of a graph.

@@ -80,6 +80,9 @@ pub struct ModelShape {
     pub vocab: u64,
     /// Elements of the largest weight tensor (decoded alone on the host).
     pub largest_tensor: u64,
+    /// Sequence chunks of the layer training graphs (one in exports from
+    /// before chunking).
+    pub sequence_chunks: u64,
 }
 
 impl ModelShape {
@@ -106,6 +109,12 @@ impl ModelShape {
                 .map(|t| t.shape.iter().product::<usize>() as u64)
                 .max()
                 .unwrap_or(0),
+            // A bundle without training graphs yet is planned with the ones
+            // `train-graphs` would add.
+            sequence_chunks: manifest
+                .graphs
+                .get("train_layer_backward")
+                .map_or(EXPORTED_SEQUENCE_CHUNKS, |g| g.sequence_chunks.map_or(1, u64::from)),
         }
     }
 
@@ -166,46 +175,61 @@ impl ModelShape {
     /// One layer-wise training step (`src/model/layerwise.rs`; the training
     /// graphs are float32) over `rows` sequences `width` tokens wide: the
     /// weights, every layer's saved input (`layers × rows × width × hidden`),
-    /// one layer's working set in the forward and in the recompute +
-    /// backward, and one head chunk of `head_chunk` positions per row (its
-    /// logits, their softmax and gradient). Each graph's session keeps its
-    /// own arena, so the parts add up.
+    /// the layer graphs' working set and one head chunk of `head_chunk`
+    /// positions per row (its logits, their softmax and gradient). Each
+    /// graph's session keeps its own arena, so the parts add up.
     ///
-    /// The working sets are calibrated on measured peaks (tune bench, CPU):
-    /// the layer's on a ~0.5 B Llama at 1 pair × 1,024 and × 2,048 tokens
-    /// (5.24 and 12.4 GiB; its vocabulary of 4,096 makes the head
-    /// negligible), where the traced graphs materialise attention (scores,
-    /// probabilities and their gradients, forward and recompute): about
-    /// [`TRAINING_ATTENTION_COPIES`] float32 `rows × heads × width²` tensors
-    /// plus [`TRAINING_STREAM_COPIES`] copies of each token's projections;
-    /// the head's on two layers of EuroLLM-9B's widths (vocabulary 128,000)
-    /// at 1 pair × 1,024 tokens (18.0 GiB): [`TRAINING_HEAD_COPIES`]
-    /// vocabulary-wide float32 rows per chunk position, over the head's two
-    /// sessions.
+    /// The layer graphs cut the sequence into `sequence_chunks` chunks of
+    /// `c = ⌈width / chunks⌉` positions (`tools/export/chunked.py`): they
+    /// hold a few whole-sequence streams (inputs, queries, keys, values,
+    /// attention outputs and their gradients), and one chunk at a time its
+    /// MLP and its attention scores over the key prefix (the last chunk's:
+    /// `rows × heads × c × width`). The copies of each are fitted on measured
+    /// peaks (tune bench, CPU, 8 chunks; within 7 % of all four): a ~0.5 B
+    /// Llama at 1 pair × 1,024 and × 2,048 tokens (3.96 and 4.90 GB; its
+    /// vocabulary of 4,096 makes the head negligible) and two layers of
+    /// EuroLLM-9B's widths at 1 pair × 1,024 and × 2,048 (13.3 and 16.5 GB;
+    /// vocabulary 128,000: the head's two sessions).
     pub fn training(&self, rows: u64, width: u64, head_chunk: u64) -> Footprint {
         let weights = self.weight_bytes / self.element * F32;
-        let saved = self.layers * rows * width * self.hidden * F32;
-        let attention = rows * self.heads * width * width * F32;
-        let streams = rows * width * (4 * self.hidden + 3 * self.intermediate) * F32;
-        let layer = TRAINING_ATTENTION_COPIES * attention + TRAINING_STREAM_COPIES * streams;
+        let saved = TRAINING_SAVED_COPIES * self.layers * rows * width * self.hidden * F32;
+        let chunk = width.div_ceil(self.sequence_chunks.max(1));
+        let padded = chunk * self.sequence_chunks.max(1);
+        let sequence = TRAINING_SEQUENCE_COPIES * rows * padded * self.hidden * F32;
+        let attention = TRAINING_ATTENTION_COPIES * rows * self.heads * chunk * padded * F32;
+        let mlp = TRAINING_STREAM_COPIES * rows * chunk * (4 * self.hidden + 3 * self.intermediate) * F32;
         let head = TRAINING_HEAD_COPIES * rows * head_chunk.min(width) * self.vocab * F32;
-        Footprint { weights, kv_cache: 0, activations: saved + layer + head, workspace: 0 }
+        Footprint { weights, kv_cache: 0, activations: saved + sequence + attention + mlp + head, workspace: 0 }
     }
 }
 
-/// `rows × heads × width²` float32 attention tensors alive in a layer-wise
-/// training step, with the arenas' slack (fitted: 15.8; see
-/// [`ModelShape::training`]).
-pub const TRAINING_ATTENTION_COPIES: u64 = 16;
+/// The sequence chunks of the layer training graphs `tools/export` writes
+/// (`train_graphs.SEQUENCE_CHUNKS`).
+pub const EXPORTED_SEQUENCE_CHUNKS: u64 = 8;
 
-/// `tokens × (4 · hidden + 3 · intermediate)` float32 streams alive in a
-/// layer-wise training step, with the arenas' slack (fitted: 7.7).
-pub const TRAINING_STREAM_COPIES: u64 = 8;
+/// Bytes per saved layer input: the input itself and the slack of the
+/// forward session's arena, which allocates them and grows by doubling
+/// (fitted; see [`ModelShape::training`]).
+pub const TRAINING_SAVED_COPIES: u64 = 3;
+
+/// Whole-sequence `rows × width × hidden` float32 streams alive in the layer
+/// graphs' sessions, with the arenas' slack (fitted).
+pub const TRAINING_SEQUENCE_COPIES: u64 = 16;
+
+/// `rows × heads × chunk × width` float32 attention tensors alive in the
+/// layer graphs' sessions: one chunk's scores, probabilities and their
+/// gradients (fitted).
+pub const TRAINING_ATTENTION_COPIES: u64 = 4;
+
+/// `rows × chunk × (4 · hidden + 3 · intermediate)` float32 streams of one
+/// chunk's projections, MLP and dropout masks alive in the layer graphs'
+/// sessions (fitted).
+pub const TRAINING_STREAM_COPIES: u64 = 28;
 
 /// Vocabulary-wide float32 rows per head-chunk position alive in a
 /// layer-wise training step: logits, their softmax and gradient in the head
-/// and in its backward, each session's arena kept (fitted: ~10).
-pub const TRAINING_HEAD_COPIES: u64 = 10;
+/// and in its backward, each session's arena kept (fitted).
+pub const TRAINING_HEAD_COPIES: u64 = 12;
 
 /// `bytes` as a short human figure (`1.5 GiB`).
 pub fn human(bytes: u64) -> String {
@@ -256,6 +280,7 @@ mod tests {
             kv_heads: 8,
             head_dim: 128,
             vocab: 128_000,
+            sequence_chunks: 8,
             largest_tensor: 128_000 * 4096,
         }
     }
@@ -288,15 +313,27 @@ mod tests {
     fn layer_wise_training_saves_one_input_per_layer_and_works_on_one_layer() {
         let shape = eurollm_9b();
         let step = shape.training(2, 4096, 512);
-        // 42 saved inputs of 2 × 4096 × 4096 float32: 5.6 GB.
-        let saved = 42 * 2 * 4096 * 4096 * F32;
+        // 42 saved inputs of 2 × 4096 × 4096 float32 (5.6 GB), with the forward arena's slack.
+        let saved = TRAINING_SAVED_COPIES * 42 * 2 * 4096 * 4096 * F32;
         // One layer's working set, whatever the depth: the same step of a 2-layer model differs by the saved inputs only.
         let two_layers = ModelShape { layers: 2, ..shape }.training(2, 4096, 512);
-        assert_eq!(step.activations - two_layers.activations, saved - 2 * 2 * 4096 * 4096 * F32);
-        // Its attention tensors grow with the square of the length: twice the tokens, ~3× the working set.
-        let working = |width: u64| shape.training(2, width, 512).activations - 42 * 2 * width * 4096 * F32;
-        assert!(working(4096) * 10 > 29 * working(2048), "{} {}", working(4096), working(2048));
+        assert_eq!(step.activations - two_layers.activations, saved * 40 / 42);
         assert_eq!(step.weights, 9_150_000_000 * F32);
+        // The recipe's step (1 pair × 4,096 tokens, float32 training graphs) fits one 80 GB GPU.
+        assert!(step.total() < 80 * (1 << 30), "{}", human(step.total()));
+    }
+
+    #[test]
+    fn chunked_layer_graphs_hold_a_chunk_of_attention_not_the_whole_square() {
+        let chunked = eurollm_9b();
+        let whole = ModelShape { sequence_chunks: 1, ..chunked };
+        let attention = |shape: &ModelShape| {
+            let step = shape.training(2, 4096, 512);
+            step.activations - ModelShape { heads: 0, ..*shape }.training(2, 4096, 512).activations
+        };
+        // The last query chunk sees every key: 1/8 of the 4096² scores per head.
+        assert_eq!(attention(&whole), 8 * attention(&chunked));
+        assert_eq!(attention(&chunked), TRAINING_ATTENTION_COPIES * 2 * 32 * 512 * 4096 * F32);
     }
 
     #[test]

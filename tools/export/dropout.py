@@ -33,6 +33,29 @@ def _nonzero(h):
     return torch.remainder(h, HASH_P - 1) + 1
 
 
+def row_hashes(seed, module_index, positions):
+    """hr[n] of dropout_keep for the position indices n (int64, any shape)."""
+    k = _module_key(seed, module_index)
+    return _nonzero(_scramble(_mix(_mix(positions, 1597334677, k), 1103515245, 12345)))
+
+
+def feature_hashes(seed, module_index, features, device=None):
+    """hf[i] of dropout_keep for the features 0..features-1."""
+    k = _module_key(seed, module_index)
+    feat = torch.arange(features, dtype=torch.int64, device=device)
+    return _nonzero(_scramble(_mix(_mix(feat, 1103515245, k), 1597334677, 54321)))
+
+
+def _module_key(seed, module_index):
+    return _mix(_mix(torch.remainder(seed, HASH_P), 1103515245, module_index + 1), 1597334677, 7)
+
+
+def keep_mask(hr, hf, p):
+    """The mask from a position hash hr [..., 1] and the feature hashes hf [in]."""
+    h = torch.remainder(hr * hf, HASH_P)  # never 0: the field has no zero divisors
+    return h >= (p * 2147483648.0).long()
+
+
 def dropout_keep(x, p, seed, module_index):
     """bool mask of x's shape [rows, seq, in] (docs/bundle-format.md, "LoRA dropout"): keep element (n, i) of
     module j, n = r * seq + s the position, i the feature, iff h(n, i) >= trunc(p * 2^31), where
@@ -42,16 +65,15 @@ def dropout_keep(x, p, seed, module_index):
     one mod and a compare. A product, not a sum: two positions' masks are then h and c * h for a random c
     (nearly independent), where a sum would make them shifts h + d of each other (correlated)."""
     F = x.shape[-1]
-    n = x.numel() // F
-    k = _mix(_mix(torch.remainder(seed, HASH_P), 1103515245, module_index + 1), 1597334677, 7)
-    pos = torch.arange(n, dtype=torch.int64, device=x.device).view(*x.shape[:-1], 1)
-    hr = _nonzero(_scramble(_mix(_mix(pos, 1597334677, k), 1103515245, 12345)))
-    feat = torch.arange(F, dtype=torch.int64, device=x.device)
-    hf = _nonzero(_scramble(_mix(_mix(feat, 1103515245, k), 1597334677, 54321)))
-    h = torch.remainder(hr * hf, HASH_P)  # never 0: the field has no zero divisors
-    return h >= (p * 2147483648.0).long()
+    pos = torch.arange(x.numel() // F, dtype=torch.int64, device=x.device).view(*x.shape[:-1], 1)
+    return keep_mask(row_hashes(seed, module_index, pos), feature_hashes(seed, module_index, F, x.device), p)
+
+
+def apply_dropout(x, keep, p):
+    """Inverted dropout of x with the mask keep; p = 0 is an exact identity (x * 1.0)."""
+    return x * (keep.to(x.dtype) * (1.0 / (1.0 - p)))
 
 
 def lora_dropout(x, p, seed, module_index):
     """Inverted dropout with the deterministic mask; p = 0 is an exact identity (x * 1.0)."""
-    return x * (dropout_keep(x, p, seed, module_index).to(x.dtype) * (1.0 / (1.0 - p)))
+    return apply_dropout(x, dropout_keep(x, p, seed, module_index), p)

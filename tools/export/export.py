@@ -36,7 +36,8 @@ def rope_inv_freq(hf_model) -> tuple[torch.Tensor, float]:
 
 def _rms(x, w, eps):
     xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    # xf * xf, not xf.pow(2): the same values, and ONNX Runtime's CPU Pow is several times slower than a Mul
+    xf = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)
     return w * xf
 
 
@@ -45,14 +46,18 @@ def _rot_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def rotary(inv_freq, rope_scale, position_ids):
+    """(cos, sin) [B, 1, S, D] of the positions, the attention scaling folded in."""
+    freqs = position_ids.float()[..., None] * inv_freq[None, None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * rope_scale)[:, None], (emb.sin() * rope_scale)[:, None]
+
+
 def rotary_and_mask(inv_freq, rope_scale, attention_mask, position_ids, past_length=0):
     """(cos, sin) [B, 1, S, D] of the positions and the additive attention bias [B, 1, S, past + S]: key j is
     visible to query q iff j <= past + q and attention_mask[b, j] == 1."""
     S = position_ids.shape[1]
-    freqs = position_ids.float()[..., None] * inv_freq[None, None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos = (emb.cos() * rope_scale)[:, None]
-    sin = (emb.sin() * rope_scale)[:, None]
+    cos, sin = rotary(inv_freq, rope_scale, position_ids)
     T = past_length + S
     key_pos = torch.arange(T, device=position_ids.device)
     q_pos = torch.arange(S, device=position_ids.device) + past_length
@@ -60,6 +65,19 @@ def rotary_and_mask(inv_freq, rope_scale, attention_mask, position_ids, past_len
     bias = torch.where(allowed, torch.zeros((), dtype=torch.float32, device=position_ids.device),
                        torch.full((), torch.finfo(torch.float32).min, device=position_ids.device))
     return cos, sin, bias
+
+
+def project(W, name, t, lora=None):
+    """The linear W[name] on t (t W^T, plus its bias if any), plus PEFT LoRA's scale * (dropout(t) A^T) B^T when
+    lora (as llama_forward's) adapts W[name]."""
+    y = t @ W[name].T
+    b = W.get(name[:-len("weight")] + "bias")
+    y = y + b if b is not None else y
+    if lora is not None and name in lora["modules"]:
+        la, lb, j = lora["modules"][name]
+        dropped = lora["dropout"](t, j) if "dropout" in lora else lora_dropout(t, lora["p"], lora["seed"], j)
+        y = y + lora["scale"] * ((dropped @ la.T) @ lb.T)
+    return y
 
 
 def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False):
@@ -71,14 +89,7 @@ def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False):
     h = _rms(x, W[p + "input_layernorm.weight"], eps)
 
     def lin(name, t):
-        y = t @ W[p + name + ".weight"].T
-        b = W.get(p + name + ".bias")
-        y = y + b if b is not None else y
-        if lora is not None and p + name + ".weight" in lora["modules"]:
-            la, lb, j = lora["modules"][p + name + ".weight"]
-            dropped = lora["dropout"](t, j) if "dropout" in lora else lora_dropout(t, lora["p"], lora["seed"], j)
-            y = y + lora["scale"] * ((dropped @ la.T) @ lb.T)
-        return y
+        return project(W, p + name + ".weight", t, lora)
 
     q = lin("self_attn.q_proj", h).view(B, S, H, D).transpose(1, 2)
     k = lin("self_attn.k_proj", h).view(B, S, KV, D).transpose(1, 2)
@@ -352,9 +363,12 @@ def finish_manifest(out, kind, name, A, tensors, dtype, graphs, specials, chat_t
 
 def graph_entry(g, weight_names):
     """[graphs.<name>] of a traced float32 graph (dpo.export_dpo's spec)."""
-    return {"files": {"float32": g["file"]}, "opset": OPSET,
-            "weight_inputs": "all" if g["weight_inputs"] == list(weight_names) else g["weight_inputs"],
-            "inputs": g["inputs"], "outputs": g["outputs"]}
+    entry = {"files": {"float32": g["file"]}, "opset": OPSET,
+             "weight_inputs": "all" if g["weight_inputs"] == list(weight_names) else g["weight_inputs"],
+             "inputs": g["inputs"], "outputs": g["outputs"]}
+    if "sequence_chunks" in g:
+        entry["sequence_chunks"] = g["sequence_chunks"]
+    return entry
 
 
 def file_table(out):

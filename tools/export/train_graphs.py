@@ -12,8 +12,9 @@ weights, L saved layer inputs and one layer's working set, whatever the depth:
 - `train_head_backward`: the gradient of Σ token_weights · token log-probs w.r.t. the hidden states: croco computes
   the loss and d loss / d log-prob (every TRL loss) itself.
 
-The graphs are traced (torch.func + make_fx, as dpo.py) from one layer of the functional model export.py runs, so
-export time does not grow with depth, and are held to torch autograd through the whole model (check_parity)."""
+The layer graphs work in sequence chunks and are assembled from pieces traced once (torch.func + make_fx) from the
+functional model export.py runs (chunked.py), the head graphs are traced whole, so export time grows with neither
+depth nor chunks; all are held to torch autograd through the whole model (check_parity)."""
 from __future__ import annotations
 
 import os
@@ -22,59 +23,17 @@ import time
 import numpy as np
 import torch
 
-from .export import (_export, _io_spec, _rms, decoder_layer, positions_from_mask, rotary_and_mask)
+from .chunked import PREFIX, LayerGraphs, Pieces, example_sizes, module_path, trace
+from .export import _export, _io_spec, _rms
 from .graphs import Graph
 
-PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # the functional model's families (no sliding window, no cohere2)
-SCALAR_INPUTS = ["lora_scale", "dropout_p"]
-INT_INPUTS = ["dropout_seed", "layer"]
-
-
-def module_path(module: str) -> str:
-    return ("self_attn." if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp.") + module
+SEQUENCE_CHUNKS = 8  # the layer graphs' sequence chunks (chunked.py): a layer's working set is ~1/8 of a sequence's
 
 
 def layer_suffixes(weight_names) -> list[str]:
     """The tensors of one decoder layer (layer 0's names less their prefix), in manifest order."""
     return [n[len("model.layers.0."):] for n in weight_names if n.startswith("model.layers.0.")]
-
-
-def lora_inputs(targets) -> list[str]:
-    return [f"lora.{m}.{ab}" for m in targets for ab in ("A", "B")]
-
-
-def make_layer(A, inv_freq, rope_scale, suffixes, targets):
-    """f(hidden, attention_mask, lora_scale, dropout_p, dropout_seed, layer, *weights, *lora) -> hidden."""
-    ns = len(suffixes)
-
-    def layer_fn(hidden, mask, scale, p, seed, layer, *rest):
-        W = {PREFIX + s: w for s, w in zip(suffixes, rest[:ns])}
-        lora = rest[ns:]
-        modules = {PREFIX + module_path(m) + ".weight": (lora[2 * i], lora[2 * i + 1], layer * len(targets) + i)
-                   for i, m in enumerate(targets)}
-        cos, sin, bias = rotary_and_mask(inv_freq, rope_scale, mask, positions_from_mask(mask))
-        out, _ = decoder_layer(W, PREFIX, A, cos, sin, bias, hidden,
-                               lora={"modules": modules, "scale": scale, "p": p, "seed": seed})
-        return out
-
-    return layer_fn
-
-
-def make_layer_backward(layer_fn, ns, nl):
-    """g(hidden, mask, scale, p, seed, layer, *weights, *lora, grad_out) -> (grad_hidden, *grad_lora)."""
-
-    def backward(*flat):
-        fixed, weights, lora, grad_out = flat[:6], flat[6:6 + ns], flat[6 + ns:6 + ns + nl], flat[-1]
-        hidden = fixed[0]
-
-        def f(h, *lo):
-            return layer_fn(h, *fixed[1:], *weights, *lo)
-
-        _, vjp = torch.func.vjp(f, hidden, *lora)
-        return vjp(grad_out)
-
-    return backward
 
 
 def make_head(A):
@@ -97,90 +56,31 @@ def make_head_backward(head):
     return backward
 
 
-def _trace(fn, args):
-    from torch._decomp import get_decompositions
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    # Backward ops torch.onnx has no translation for, in plain ops.
-    decompositions = get_decompositions([torch.ops.aten.silu_backward, torch.ops.aten._softmax_backward_data,
-                                         torch.ops.aten._log_softmax_backward_data])
-    with torch.no_grad():
-        gm = make_fx(fn, decomposition_table=decompositions, tracing_mode="symbolic",
-                     _allow_non_fake_inputs=True)(*args)
-    kept = sum(1 for nd in gm.graph.nodes if nd.op == "placeholder")
-    if kept != len(args):
-        raise SystemExit(f"make_fx kept {kept} of {len(args)} inputs (equal input objects are merged)")
-    gm.eval()
-    return gm
-
-
-def _sizes(W, A, avoid=()):
-    """Example sizes no weight dim has (make_fx's duck sizing unifies equal sizes)."""
-    used = {d for t in W.values() for d in t.shape} | {A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]}
-    used |= set(avoid)
-    return [v for v in range(3, 2000) if v not in used and v % 2 == 1]
-
-
-def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log):
-    """Exports the five training graphs into `out`; returns their [graphs] entries (graph_entry format)."""
-    from torch.export import Dim
-
+def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log, chunks=SEQUENCE_CHUNKS):
+    """Exports the five training graphs into `out`, the layer graphs in `chunks` sequence chunks (chunked.py);
+    returns their [graphs] entries (graph_entry format)."""
     from .export import graph_entry
 
     if A["family"] not in FAMILIES:
         raise SystemExit(f"training graphs: family {A['family']!r} is not supported yet (llama-family only)")
     names = list(W)
     suffixes = layer_suffixes(names)
-    ns, nl = len(suffixes), 2 * len(targets)
-    free = _sizes(W, A)
-    R, S, rows, T = free[0], free[1], 2 * free[2], free[3]
-    g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(rows, S, A["hidden_size"], generator=g)
-    mask = torch.ones(rows, S, dtype=torch.long)
-    mask[0, :2] = 0
-    scalars = [torch.tensor(2.0), torch.tensor(0.1), torch.tensor(7, dtype=torch.int64), torch.tensor(1, dtype=torch.int64)]
-    weights = [W["model.layers.0." + s] for s in suffixes]
-    lora, lora_specs = [], []
+    weight_specs = [_io_spec(PREFIX + s, "float32", list(W["model.layers.0." + s].shape)) for s in suffixes]
+    lora_specs = []
     for m in targets:
         o, i = W["model.layers.0." + module_path(m) + ".weight"].shape
-        lora += [torch.randn(R, i, generator=g) * 0.01, torch.randn(o, R, generator=g) * 0.01]
         lora_specs += [_io_spec(f"lora.{m}.A", "float32", ["rank", i]), _io_spec(f"lora.{m}.B", "float32", [o, "rank"])]
-    weight_specs = [_io_spec(PREFIX + s, "float32", list(W["model.layers.0." + s].shape)) for s in suffixes]
-    dyn, rank = Dim.DYNAMIC, Dim("rank", min=1)
-    dims = {"hidden": ["rows", "seq", A["hidden_size"]], "attention_mask": ["rows", "seq"],
-            "hidden_out": ["rows", "seq", A["hidden_size"]], "grad_hidden_out": ["rows", "seq", A["hidden_size"]],
-            "grad_hidden": ["rows", "seq", A["hidden_size"]], "lora_scale": [], "dropout_p": [],
-            "dropout_seed": [], "layer": []}
-    for sp in lora_specs:
-        dims[sp["name"]] = dims["grad." + sp["name"]] = sp["shape"]
-    for sp in weight_specs:
-        dims[sp["name"]] = sp["shape"]
-    common_in = [_io_spec("hidden", "float32", dims["hidden"]), _io_spec("attention_mask", "int64", dims["attention_mask"]),
+    stream = ["rows", "seq", A["hidden_size"]]
+    dims = {"hidden_out": stream, "grad_hidden_out": stream, "grad_hidden": stream}
+    common_in = [_io_spec("hidden", "float32", stream), _io_spec("attention_mask", "int64", ["rows", "seq"]),
                  _io_spec("lora_scale", "float32", []), _io_spec("dropout_p", "float32", []),
                  _io_spec("dropout_seed", "int64", []), _io_spec("layer", "int64", [])]
-    in_names = [s["name"] for s in common_in] + [s["name"] for s in weight_specs] + [s["name"] for s in lora_specs]
-    ds = [{0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None, None, None] + [None] * ns + [{0: rank}, {1: rank}] * len(targets)
-    layer_fn = make_layer(A, inv_freq, rope_scale, suffixes, targets)
-    args = [hidden, mask, *scalars, *weights, *lora]
     t0 = time.time()
-    entries = {}
-    _export(_trace(layer_fn, args), tuple(args), os.path.join(out, "train_layer.onnx"), in_names, ["hidden_out"],
-            tuple(ds), dims, log, strip_metadata=True)
-    entries["train_layer"] = {"file": "train_layer.onnx", "inputs": common_in + weight_specs + lora_specs,
-                              "outputs": [_io_spec("hidden_out", "float32", dims["hidden_out"])], "weight_inputs": []}
-    grad_out = torch.randn(rows, S, A["hidden_size"], generator=g)
-    bargs = args + [grad_out]
-    bnames = in_names + ["grad_hidden_out"]
-    bds = tuple(ds + [{0: dyn, 1: dyn}])
-    grad_names = ["grad_hidden"] + ["grad." + s["name"] for s in lora_specs]
-    _export(_trace(make_layer_backward(layer_fn, ns, nl), bargs), tuple(bargs),
-            os.path.join(out, "train_layer_backward.onnx"), bnames, grad_names, bds, dims, log, strip_metadata=True)
-    entries["train_layer_backward"] = {
-        "file": "train_layer_backward.onnx",
-        "inputs": common_in + weight_specs + lora_specs + [_io_spec("grad_hidden_out", "float32", dims["grad_hidden_out"])],
-        "outputs": [_io_spec("grad_hidden", "float32", dims["grad_hidden"])]
-        + [_io_spec("grad." + s["name"], "float32", s["shape"]) for s in lora_specs],
-        "weight_inputs": []}
+    pieces = Pieces(A, inv_freq, rope_scale, suffixes, targets, chunks)
+    W0 = {s: W["model.layers.0." + s] for s in suffixes}
+    entries = LayerGraphs(pieces, W0, log).export(out, common_in, weight_specs, lora_specs, dims)
+    half_rows, S, T = example_sizes(W, A, 3)
+    hidden = torch.randn(2 * half_rows, S, A["hidden_size"], generator=torch.Generator().manual_seed(0))
     head_entries(A, W, out, log, hidden, T, entries)
     embed_entry(A, W, out, entries)
     log(f"training graphs exported in {time.time() - t0:.1f}s")
@@ -210,14 +110,14 @@ def head_entries(A, W, out, log, hidden, T, entries):
     args = [hidden, positions, targets, norm, lm]
     names = [s["name"] for s in specs_in + specs_w]
     ds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None)
-    _export(_trace(head, args), tuple(args), os.path.join(out, "train_head.onnx"), names, ["token_logps"], ds, dims,
+    _export(trace(head, args), tuple(args), os.path.join(out, "train_head.onnx"), names, ["token_logps"], ds, dims,
             log, strip_metadata=True)
     entries["train_head"] = {"file": "train_head.onnx", "inputs": specs_in + specs_w,
                              "outputs": [_io_spec("token_logps", "float32", dims["token_logps"])], "weight_inputs": []}
     bargs = [hidden, positions, targets, weights, norm, lm]
     bspecs = specs_in + [_io_spec("token_weights", "float32", dims["token_weights"])] + specs_w
     bds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None)
-    _export(_trace(make_head_backward(head), bargs), tuple(bargs), os.path.join(out, "train_head_backward.onnx"),
+    _export(trace(make_head_backward(head), bargs), tuple(bargs), os.path.join(out, "train_head_backward.onnx"),
             [s["name"] for s in bspecs], ["grad_hidden"], bds, dims, log, strip_metadata=True)
     entries["train_head_backward"] = {"file": "train_head_backward.onnx", "inputs": bspecs,
                                       "outputs": [_io_spec("grad_hidden", "float32", dims["grad_hidden"])],
@@ -327,7 +227,7 @@ def check_parity(out, A, W, inv_freq, rope_scale, targets, p=0.1, seed=5):
     """The graphs in `out`, chained as croco chains them, against torch autograd through the whole functional
     model: token log-probs within ATOL, every LoRA gradient within GRAD_RTOL relative L2 error. Returns the
     largest relative errors."""
-    from .export import ATOL, GRAD_RTOL, ParityError, llama_forward
+    from .export import ATOL, GRAD_RTOL, ParityError, llama_forward, positions_from_mask
     from .ortrun import ort_session
 
     sessions = {n: ort_session(os.path.join(out, f"{n}.onnx")) for n in

@@ -1,0 +1,440 @@
+"""The training graphs' decoder layer in sequence chunks, so that one layer's working set is a fraction of the
+sequence's whatever its length (docs/bundle-format.md, "Training graphs"):
+
+- the sequence, padded at its end to `chunks * c` positions (c = ceil(seq / chunks)), is cut into `chunks` chunks
+  (a number fixed at export; the chunk length follows the input);
+- the position-wise parts of the layer (norms, projections with their LoRA adapters, rotary, the MLP) run chunk
+  by chunk; the LoRA dropout hash is fed each position's index in the whole batch, so the masks are the ones
+  the whole-sequence layer draws;
+- causal attention runs query chunk by query chunk over its key prefix (chunks 0..i): keys after the chunk are
+  never visible, so their blocks are skipped, and only one chunk's `[rows, heads, c, (i + 1) c]` scores exist at
+  a time;
+- the backward is written out, not traced through attention: the probabilities are recomputed chunk by chunk
+  from the queries and keys (as flash attention's backward does), torch.func.vjp differentiates the
+  position-wise parts per chunk, and the gradients of the keys, values and LoRA tensors are summed over chunks.
+
+Only the pieces are traced (torch.func + make_fx, then torch.onnx), each once: `prepare` (padding, rotary, the
+positions' indices), `pre` (norm, q/k/v projections, rotary) and `post` (o_proj, residual, norm, MLP), their
+vjps, and `attend` over one query chunk and its vjp. They become ONNX functions of the graph (domain
+`croco.train`, inlined by ONNX Runtime), and the chunk loop is written with onnx.helper, so export time does not
+grow with the chunk count. Padded positions are masked as keys and dropped from the outputs."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+
+from .dropout import apply_dropout, feature_hashes, keep_mask, row_hashes
+from .export import _rms, _rot_half, positions_from_mask, project, rotary
+
+PRE = ("q_proj", "k_proj", "v_proj")  # the adapted modules before attention; the others come after it
+PRE_TENSORS = ("input_layernorm.", "self_attn.q_", "self_attn.k_", "self_attn.v_")  # their layer tensors
+DOMAIN = "croco.train"
+MASKED = torch.finfo(torch.float32).min
+
+
+def module_path(module: str) -> str:
+    return ("self_attn." if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp.") + module
+
+
+def probabilities(q, keys, keep, start, rep, scale):
+    """Softmax of one query chunk's scores over its key prefix: q [B, KV, rep * c, D] (rows rep-major), keys
+    [B, KV, K, D], keep [B, K] (1: a real key), start: the chunk's first position -> [B, KV, rep * c, K]. Query
+    start + t sees key k iff k <= start + t and keep[b, k]."""
+    s = (q @ keys.transpose(-1, -2)) * scale
+    B, KV, K = s.shape[0], s.shape[1], s.shape[3]
+    s = s.view(B, KV, rep, -1, K)
+    q_pos = torch.arange(s.shape[3], device=q.device) + start
+    causal = torch.arange(K, device=q.device)[None, :] <= q_pos[:, None]
+    allowed = causal[None, None, None] & (keep[:, None, None, None, :] > 0)
+    return torch.softmax(torch.where(allowed, s, MASKED).view(B, KV, -1, K), dim=-1)
+
+
+class Pieces:
+    """The traced pieces of one decoder layer (module docstring) for the architecture A, the layer tensors
+    `suffixes` (layer 0's names less `model.layers.0.`) and the LoRA `targets`."""
+
+    def __init__(self, A, inv_freq, rope_scale, suffixes, targets, chunks):
+        self.A, self.inv_freq, self.rope_scale, self.targets, self.chunks = A, inv_freq, rope_scale, targets, chunks
+        self.H, self.KV, self.D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
+        self.rep, self.scale = self.H // self.KV, 1.0 / math.sqrt(A["head_dim"])
+        self.pre_tensors = [s for s in suffixes if s.startswith(PRE_TENSORS)]
+        self.post_tensors = [s for s in suffixes if not s.startswith(PRE_TENSORS)]
+        self.pre_targets = [m for m in targets if m in PRE]
+        self.post_targets = [m for m in targets if m not in PRE]
+
+    def _weights_and_lora(self, rest, tensors, targets, scale, p, seed, layer, index):
+        """(W, lora) of a piece from its flat weight and LoRA inputs; the dropout masks from index [B, c, 1]."""
+        W = {s: w for s, w in zip(tensors, rest)}
+        flat = rest[len(tensors):]
+        modules = {module_path(m) + ".weight": (flat[2 * i], flat[2 * i + 1], layer * len(self.targets)
+                                                + self.targets.index(m)) for i, m in enumerate(targets)}
+
+        def dropout(t, j):
+            hashes = feature_hashes(seed, j, t.shape[-1], t.device)
+            return apply_dropout(t, keep_mask(row_hashes(seed, j, index), hashes, p), p)
+
+        return W, {"modules": modules, "scale": scale, "p": p, "seed": seed, "dropout": dropout}
+
+    def prepare(self, mask):
+        """mask [B, S] -> (padded mask [B, P], cos and sin [B, 1, P, D], each position's index n = b * S + s
+        in the batch [B, P, 1]); P = chunks * ceil(S / chunks)."""
+        B, S = mask.shape
+        P = self.chunks * ((S + self.chunks - 1) // self.chunks)
+        padded = F.pad(mask, (0, P - S))
+        cos, sin = rotary(self.inv_freq, self.rope_scale, positions_from_mask(padded))
+        index = torch.arange(B, device=mask.device)[:, None] * S + torch.arange(P, device=mask.device)[None, :]
+        return padded, cos, sin, index[..., None]
+
+    def pre(self, x, cos, sin, index, scale, p, seed, layer, *rest):
+        """x [B, c, hidden] -> queries [B, KV, rep * c, D] (rows rep-major), keys and values [B, KV, c, D]."""
+        W, lora = self._weights_and_lora(rest, self.pre_tensors, self.pre_targets, scale, p, seed, layer, index)
+        A, H, KV, D = self.A, self.H, self.KV, self.D
+        B, c = x.shape[0], x.shape[1]
+        h = _rms(x, W["input_layernorm.weight"], A["rms_norm_eps"])
+        q = project(W, "self_attn.q_proj.weight", h, lora).view(B, c, H, D).transpose(1, 2)
+        k = project(W, "self_attn.k_proj.weight", h, lora).view(B, c, KV, D).transpose(1, 2)
+        v = project(W, "self_attn.v_proj.weight", h, lora).view(B, c, KV, D).transpose(1, 2)
+        if "self_attn.q_norm.weight" in W:
+            q = _rms(q, W["self_attn.q_norm.weight"], A["rms_norm_eps"])
+            k = _rms(k, W["self_attn.k_norm.weight"], A["rms_norm_eps"])
+        q = q * cos + _rot_half(q) * sin
+        k = k * cos + _rot_half(k) * sin
+        return q.reshape(B, KV, self.rep * c, D), k, v
+
+    def post(self, x, o, index, scale, p, seed, layer, *rest):
+        """The residual stream x [B, c, hidden] and the attention output [B, KV, rep, c, D] -> the layer's
+        output [B, c, hidden]."""
+        W, lora = self._weights_and_lora(rest, self.post_tensors, self.post_targets, scale, p, seed, layer, index)
+        B, c = x.shape[0], x.shape[1]
+        o = o.permute(0, 3, 1, 2, 4).reshape(B, c, self.H * self.D)
+        x = x + project(W, "self_attn.o_proj.weight", o, lora)
+        h = _rms(x, W["post_attention_layernorm.weight"], self.A["rms_norm_eps"])
+        act = F.silu(project(W, "mlp.gate_proj.weight", h, lora)) * project(W, "mlp.up_proj.weight", h, lora)
+        return x + project(W, "mlp.down_proj.weight", act, lora)
+
+    def pre_vjp(self, x, cos, sin, index, scale, p, seed, layer, *rest):
+        """pre's inputs, then the gradients of its outputs (the queries' as [B, KV, rep, c, D]) -> (grad x, the
+        LoRA gradients)."""
+        (dq, dk, dv), rest = rest[-3:], rest[:-3]
+        n = len(self.pre_tensors)
+        dq = dq.reshape(x.shape[0], self.KV, self.rep * x.shape[1], self.D)
+
+        def f(x_, *lora_):
+            return self.pre(x_, cos, sin, index, scale, p, seed, layer, *rest[:n], *lora_)
+
+        return torch.func.vjp(f, x, *rest[n:])[1]((dq, dk, dv))
+
+    def post_vjp(self, x, o, index, scale, p, seed, layer, *rest):
+        """post's inputs, then the gradient of its output -> (grad x, grad o [B, KV, rep, c, D], the LoRA
+        gradients)."""
+        grad, rest = rest[-1], rest[:-1]
+        n = len(self.post_tensors)
+
+        def f(x_, o_, *lora_):
+            return self.post(x_, o_, index, scale, p, seed, layer, *rest[:n], *lora_)
+
+        return torch.func.vjp(f, x, o, *rest[n:])[1](grad)
+
+    def attend(self, q, keys, values, keep, start):
+        """One query chunk's attention output [B, KV, rep * c, D] over its key prefix (probabilities)."""
+        return probabilities(q, keys, keep, start, self.rep, self.scale) @ values
+
+    def attend_vjp(self, q, keys, values, keep, start, o, grad_o):
+        """The gradients of attend w.r.t. q, keys and values, from probabilities recomputed here and the
+        output o: dS = P * (dP - rowsum(dO * O)) (the softmax's backward)."""
+        prob = probabilities(q, keys, keep, start, self.rep, self.scale)
+        dp = grad_o @ values.transpose(-1, -2)
+        ds = prob * (dp - (grad_o * o).sum(-1, keepdim=True)) * self.scale
+        return ds @ keys, ds.transpose(-1, -2) @ q, prob.transpose(-1, -2) @ grad_o
+
+
+def trace(fn, args):
+    """fn traced by make_fx with symbolic sizes (backward ops without a torch.onnx translation decomposed)."""
+    from torch._decomp import get_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    decompositions = get_decompositions([torch.ops.aten.silu_backward, torch.ops.aten._softmax_backward_data,
+                                         torch.ops.aten._log_softmax_backward_data])
+    with torch.no_grad():
+        gm = make_fx(fn, decomposition_table=decompositions, tracing_mode="symbolic",
+                     _allow_non_fake_inputs=True)(*args)
+    kept = sum(1 for nd in gm.graph.nodes if nd.op == "placeholder")
+    if kept != len(args):
+        raise SystemExit(f"make_fx kept {kept} of {len(args)} inputs (equal input objects are merged)")
+    gm.eval()
+    return gm
+
+
+def example_sizes(W, A, count):
+    """`count` distinct odd example sizes that no weight dim, head count or head dim has, nor their products
+    with the heads per KV head (make_fx's duck sizing unifies equal sizes)."""
+    rep = A["num_attention_heads"] // A["num_kv_heads"]
+    used = {d for t in W.values() for d in t.shape} | {A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]}
+    sizes = []
+    for v in range(3, 4000, 2):
+        if v not in used and v * rep not in used and all(v != w * rep and v * rep != w for w in sizes):
+            sizes.append(v)
+            used.add(v)
+            if len(sizes) == count:
+                return sizes
+    raise SystemExit("no example sizes left")
+
+
+def _function(path, name):
+    """The exported piece at path as an ONNX function of DOMAIN (its constants as Constant nodes)."""
+    m = onnx.load(path)
+    consts = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
+    return helper.make_function(DOMAIN, name, [i.name for i in m.graph.input], [o.name for o in m.graph.output],
+                                consts + list(m.graph.node), opset_imports=list(m.opset_import))
+
+
+class LayerGraphs:
+    """Traces the pieces of one decoder layer once and writes `train_layer` and `train_layer_backward` with the
+    chunk loop unrolled over them (module docstring). W0: layer 0's tensors by suffix; lora_shapes: per target,
+    the (in, out) features."""
+
+    def __init__(self, pieces: Pieces, W0, log):
+        self.P, self.W0, self.log = pieces, W0, log
+
+    def export(self, out, common_in, weight_specs, lora_specs, dims):
+        """Writes both graphs into `out`; returns their [graphs] entries (train_graphs' spec dicts)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            functions = self._functions(tmp)
+        entries = {}
+        io = {"in": common_in + weight_specs + lora_specs}
+        grad_in = [{"name": "grad_hidden_out", "dtype": "float32", "shape": dims["grad_hidden_out"]}]
+        fwd_out = [{"name": "hidden_out", "dtype": "float32", "shape": dims["hidden_out"]}]
+        bwd_out = ([{"name": "grad_hidden", "dtype": "float32", "shape": dims["grad_hidden"]}]
+                   + [{"name": "grad." + s["name"], "dtype": "float32", "shape": s["shape"]} for s in lora_specs])
+        for name, inputs, outputs, body in (("train_layer", io["in"], fwd_out, self._forward),
+                                            ("train_layer_backward", io["in"] + grad_in, bwd_out, self._backward)):
+            g = _Assembly(name, inputs, self.P)
+            body(g)
+            for spec in outputs:
+                g.output(spec)
+            path = os.path.join(out, f"{name}.onnx")
+            onnx.save(g.model(functions), path)
+            onnx.checker.check_model(path)
+            self.log(f"assembled {name}.onnx ({os.path.getsize(path)} bytes, {len(g.nodes)} nodes, "
+                     f"{self.P.chunks} chunks)")
+            entries[name] = {"file": f"{name}.onnx", "inputs": inputs, "outputs": outputs, "weight_inputs": [],
+                             "sequence_chunks": self.P.chunks}
+        return entries
+
+    def _functions(self, tmp):
+        from torch.export import Dim
+
+        from .export import _export
+
+        Pc, W0 = self.P, self.W0
+        A, KV, D, rep = Pc.A, Pc.KV, Pc.D, Pc.rep
+        R, half_rows, c, K = example_sizes(W0, A, 4)
+        rows, hidden = 2 * half_rows, A["hidden_size"]
+        g = torch.Generator().manual_seed(0)
+        dyn, rank = Dim.DYNAMIC, Dim("rank", min=1)
+        scalars = [torch.tensor(2.0), torch.tensor(0.1), torch.tensor(7, dtype=torch.int64),
+                   torch.tensor(1, dtype=torch.int64)]
+        scalar_names = ["scale", "p", "seed", "layer"]
+
+        def lora(targets):
+            tensors, names, ds = [], [], []
+            for m in targets:
+                o, i = W0[module_path(m) + ".weight"].shape
+                tensors += [torch.randn(R, i, generator=g) * 0.01, torch.randn(o, R, generator=g) * 0.01]
+                names += [f"lora.{m}.A", f"lora.{m}.B"]
+                ds += [{0: rank}, {1: rank}]
+            return tensors, names, ds
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=g)
+
+        index = torch.arange(rows * c, dtype=torch.int64).view(rows, c, 1)
+        pre_lora, pre_lora_names, pre_lora_ds = lora(Pc.pre_targets)
+        post_lora, post_lora_names, post_lora_ds = lora(Pc.post_targets)
+        pre_w, post_w = [W0[s] for s in Pc.pre_tensors], [W0[s] for s in Pc.post_tensors]
+        row_chunk = {0: dyn, 1: dyn}
+        pre_in = ([rand(rows, c, hidden), rand(rows, 1, c, D), rand(rows, 1, c, D), index] + scalars + pre_w
+                  + pre_lora)
+        pre_names = ["x", "cos", "sin", "index"] + scalar_names + Pc.pre_tensors + pre_lora_names
+        pre_ds = ([row_chunk, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}, row_chunk] + [None] * (4 + len(pre_w))
+                  + pre_lora_ds)
+        o5 = rand(rows, KV, rep, c, D)
+        post_in = [rand(rows, c, hidden), o5, index] + scalars + post_w + post_lora
+        post_names = ["x", "o", "index"] + scalar_names + Pc.post_tensors + post_lora_names
+        post_ds = [row_chunk, {0: dyn, 3: dyn}, row_chunk] + [None] * (4 + len(post_w)) + post_lora_ds
+        q, keys = rand(rows, KV, rep * c, D), rand(rows, KV, K, D)
+        keep = torch.ones(rows, K, dtype=torch.int64)
+        keep[0, :2] = 0
+        att_in = [q, keys, rand(rows, KV, K, D), keep, torch.tensor(K - c, dtype=torch.int64)]
+        att_names = ["q", "keys", "values", "keep", "start"]
+        att_ds = [{0: dyn, 2: dyn}, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}, {0: dyn, 1: dyn}, None]
+        mask = torch.ones(rows, Pc.chunks * c - 1, dtype=torch.int64)
+        mask[0, :2] = 0
+        grad_lora = lambda names: ["grad." + n for n in names]  # noqa: E731
+        specs = {
+            "prepare": (Pc.prepare, [mask], ["mask"], [row_chunk], ["padded", "cos", "sin", "index"]),
+            "pre": (Pc.pre, pre_in, pre_names, pre_ds, ["q", "k", "v"]),
+            "pre_vjp": (Pc.pre_vjp, pre_in + [o5, rand(rows, KV, c, D), rand(rows, KV, c, D)],
+                        pre_names + ["grad_q", "grad_k", "grad_v"],
+                        pre_ds + [{0: dyn, 3: dyn}, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}],
+                        ["grad_x"] + grad_lora(pre_lora_names)),
+            "post": (Pc.post, post_in, post_names, post_ds, ["y"]),
+            "post_vjp": (Pc.post_vjp, post_in + [rand(rows, c, hidden)], post_names + ["grad_y"],
+                         post_ds + [row_chunk], ["grad_x", "grad_o"] + grad_lora(post_lora_names)),
+            "attend": (Pc.attend, att_in, att_names, att_ds, ["o"]),
+            "attend_vjp": (Pc.attend_vjp, att_in + [q.clone(), q.clone() * 0.5], att_names + ["o", "grad_o"],
+                           att_ds + [{0: dyn, 2: dyn}, {0: dyn, 2: dyn}], ["grad_q", "grad_keys", "grad_values"]),
+        }
+        functions = []
+        for name, (fn, args, names, ds, outs) in specs.items():
+            path = os.path.join(tmp, name + ".onnx")
+            # the io names are the function's formal parameters; prefixed apart from the traced values' names
+            _export(trace(lambda *a, fn=fn: fn(*a), args), tuple(args), path, [f"in.{n}" for n in names],
+                    [f"out.{n}" for n in outs], tuple(ds), {}, self.log, strip_metadata=True)
+            functions.append(_function(path, name))
+        return functions
+
+    def _scalars(self):
+        return ["lora_scale", "dropout_p", "dropout_seed", "layer"]
+
+    def _prologue(self, g):
+        """The padded chunks of the inputs: (x chunks, cos, sin, index, keep chunks, chunk starts, S)."""
+        n = self.P.chunks
+        padded, cos, sin, index = g.call("prepare", ["attention_mask"], 4)
+        S = g.op("Shape", ["hidden"], start=1, end=2)
+        P = g.op("Shape", [padded], start=1, end=2)
+        c = g.op("Squeeze", [g.op("Div", [P, g.ints("chunks", [n])])])
+        pads = g.op("Concat", [g.ints("pad_begin", [0, 0, 0, 0]), g.op("Sub", [P, S]), g.ints("pad_end", [0])], axis=0)
+        starts = [g.op("Mul", [c, g.ints(f"chunk_{i}", i)]) for i in range(n)]
+        return (g.split(g.op("Pad", ["hidden", pads]), 1, n), g.split(cos, 2, n), g.split(sin, 2, n),
+                g.split(index, 1, n), g.split(padded, 1, n), starts, S, pads)
+
+    def _names(self):
+        Pc = self.P
+        pre = [PREFIX + s for s in Pc.pre_tensors] + [f"lora.{m}.{ab}" for m in Pc.pre_targets for ab in "AB"]
+        post = [PREFIX + s for s in Pc.post_tensors] + [f"lora.{m}.{ab}" for m in Pc.post_targets for ab in "AB"]
+        return pre, post
+
+    def _forward(self, g):
+        xs, cos, sin, index, keep, starts, S, _ = self._prologue(g)
+        pre, post = self._names()
+        keys, values, outs = [], [], []
+        for i in range(self.P.chunks):
+            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *self._scalars(), *pre], 3)
+            keys.append(k)
+            values.append(v)
+            [o] = g.call("attend", [q, g.concat(keys, 2), g.concat(values, 2), g.concat(keep[:i + 1], 1), starts[i]], 1)
+            outs += g.call("post", [xs[i], g.heads5(o), index[i], *self._scalars(), *post], 1)
+        g.op("Slice", [g.concat(outs, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["hidden_out"])
+
+    def _backward(self, g):
+        Pc, n = self.P, self.P.chunks
+        xs, cos, sin, index, keep, starts, S, pads = self._prologue(g)
+        grads = g.split(g.op("Pad", ["grad_hidden_out", pads]), 1, n)
+        pre, post = self._names()
+        scalars = self._scalars()
+        qs, keys, values = [], [], []
+        for i in range(n):
+            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *scalars, *pre], 3)
+            qs.append(q)
+            keys.append(k)
+            values.append(v)
+        lora_grads, grad_x, grad_o, outs = {}, [], [], []
+        post_lora = [f"grad.lora.{m}.{ab}" for m in Pc.post_targets for ab in "AB"]
+
+        def prefix(i):
+            """Chunk i's key prefix, concatenated where it is used (a copy per use, none kept between loops)."""
+            return [g.concat(keys[:i + 1], 2), g.concat(values[:i + 1], 2), g.concat(keep[:i + 1], 1), starts[i]]
+
+        for i in range(n):
+            outs += g.call("attend", [qs[i], *prefix(i)], 1)
+            gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(outs[i]), index[i], *scalars, *post, grads[i]],
+                                 2 + len(post_lora))
+            grad_x.append(gx)
+            grad_o.append(g.op("Reshape", [go, g.ints("heads4", [0, 0, -1, Pc.D])]))
+            g.accumulate(lora_grads, post_lora, gl)
+        grad_k, grad_v, grad_q = {}, {}, []
+        for i in range(n):
+            dq, dk, dv = g.call("attend_vjp", [qs[i], *prefix(i), outs[i], grad_o[i]], 3)
+            grad_q.append(g.heads5(dq))
+            g.accumulate(grad_k, range(i + 1), g.split(dk, 2, i + 1))
+            g.accumulate(grad_v, range(i + 1), g.split(dv, 2, i + 1))
+        pre_lora = [f"grad.lora.{m}.{ab}" for m in Pc.pre_targets for ab in "AB"]
+        for i in range(n):
+            gx, *gl = g.call("pre_vjp", [xs[i], cos[i], sin[i], index[i], *scalars, *pre, grad_q[i], grad_k[i],
+                                         grad_v[i]], 1 + len(pre_lora))
+            grad_x[i] = g.op("Add", [grad_x[i], gx])
+            g.accumulate(lora_grads, pre_lora, gl)
+        g.op("Slice", [g.concat(grad_x, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["grad_hidden"])
+        for name in [f"grad.lora.{m}.{ab}" for m in Pc.targets for ab in "AB"]:
+            g.op("Identity", [lora_grads[name]], [name])
+
+
+PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
+
+
+class _Assembly:
+    """A layer graph being written: graphs.Graph's nodes plus calls of the pieces and the chunk helpers."""
+
+    def __init__(self, name, inputs, pieces):
+        from .graphs import Graph
+
+        self.graph, self.pieces, self.consts = Graph(name, "float32"), pieces, set()
+        elem = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+        for spec in inputs:
+            self.graph.input(spec["name"], elem[spec["dtype"]], spec["shape"])
+
+    @property
+    def nodes(self):
+        return self.graph.nodes
+
+    def op(self, op_type, inputs, outputs=1, **attrs):
+        return self.graph.op(op_type, inputs, outputs, **attrs)
+
+    def call(self, function, inputs, outputs):
+        names = self.graph.op(function, inputs, outputs, domain=DOMAIN)
+        return names if isinstance(names, list) else [names]
+
+    def ints(self, name, values):
+        if name not in self.consts:
+            self.consts.add(name)
+            self.graph.ints(name, values)
+        return name
+
+    def split(self, t, axis, parts):
+        return [t] if parts == 1 else self.op("Split", [t], parts, axis=axis, num_outputs=parts)
+
+    def concat(self, parts, axis):
+        return parts[0] if len(parts) == 1 else self.op("Concat", list(parts), axis=axis)
+
+    def heads5(self, t):
+        """[B, KV, rep * c, D] -> [B, KV, rep, c, D]."""
+        return self.op("Reshape", [t, self.ints("heads5", [0, 0, self.pieces.rep, -1, self.pieces.D])])
+
+    def accumulate(self, sums, keys, values):
+        for key, value in zip(keys, values):
+            sums[key] = value if key not in sums else self.op("Add", [sums[key], value])
+
+    def output(self, spec):
+        elem = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+        self.graph.output(spec["name"], elem[spec["dtype"]], spec["shape"])
+
+    def model(self, functions):
+        from .export import OPSET
+
+        g = self.graph
+        graph = helper.make_graph(g.nodes, g.name, g.inputs, g.outputs, g.initializers)
+        opsets = {"": OPSET, DOMAIN: 1}
+        for f in functions:
+            for o in f.opset_import:
+                opsets.setdefault(o.domain, o.version)
+        model = helper.make_model(graph, functions=functions, producer_name="croco tools/export",
+                                  opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+        model.ir_version = 10
+        return model
