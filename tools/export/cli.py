@@ -302,7 +302,7 @@ def cmd_train_graphs(a):
     _setup_torch(a.threads)
     from .train_graphs import add_train_graphs_to_bundle
 
-    add_train_graphs_to_bundle(a.bundle, log=_log)
+    add_train_graphs_to_bundle(a.bundle, log=_log, chunks=a.sequence_chunks)
 
 
 def cmd_merge_adapter(a):
@@ -388,6 +388,9 @@ def main(argv=None):
     tg = sub.add_parser("train-graphs", help="add the layer-wise training graphs (train_*.onnx) and the DPO fixtures to a "
                         "policy bundle (replacing a whole-model dpo.onnx)")
     tg.add_argument("bundle", help="policy bundle directory, e.g. data/models/policy")
+    tg.add_argument("--sequence-chunks", type=int, default=None,
+                    help="chunks the layer graphs cut the sequence into (default 8): more chunks, less memory per "
+                         "layer; fewer, fewer and larger kernels (docs/bundle-format.md, \"Sequence chunks\")")
     tg.set_defaults(fn=cmd_train_graphs)
 
     m = sub.add_parser("merge-adapter", help="policy bundle + PEFT LoRA adapter -> full Hugging Face checkpoint")

@@ -180,11 +180,12 @@ def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, po
     return logps, grads
 
 
-def add_train_graphs_to_bundle(bundle, log=print, check=True):
+def add_train_graphs_to_bundle(bundle, log=print, check=True, chunks=None):
     """Exports the training graphs into an existing policy bundle with its DPO fixtures (dpo.dpo_fixtures), drops
     the whole-model `dpo` graph of older exports, and updates its manifest ([graphs], [parity], [files]) and the
     sibling `checksums` file when it lists the bundle; every other file stays byte-identical. check: hold the
-    graphs to torch autograd through the whole model (check_parity) first."""
+    graphs to torch autograd through the whole model (check_parity) first; chunks: the layer graphs' sequence chunks
+    (None: SEQUENCE_CHUNKS)."""
     from tokenizers import Tokenizer
 
     from .adapter import hf_model_from_bundle
@@ -202,7 +203,8 @@ def add_train_graphs_to_bundle(bundle, log=print, check=True):
     man["graphs"].pop("dpo", None)
     if os.path.exists(os.path.join(bundle, "dpo.onnx")):
         os.remove(os.path.join(bundle, "dpo.onnx"))
-    man["graphs"].update(export_train_graphs(A, W, inv_freq, rope_scale, targets, bundle, log))
+    man["graphs"].update(export_train_graphs(A, W, inv_freq, rope_scale, targets, bundle, log,
+                                             chunks=chunks or SEQUENCE_CHUNKS))
     measured = {k: v for k, v in man["parity"]["measured_max_abs_diff"].items() if not k.startswith("dpo_")}
     relative = {k: v for k, v in man["parity"].get("measured_max_rel_l2", {}).items() if not k.startswith("dpo_")}
     if check:
