@@ -193,8 +193,9 @@ impl ModelShape {
     pub fn training(&self, rows: u64, width: u64, head_chunk: u64) -> Footprint {
         let weights = self.weight_bytes / self.element * F32;
         let saved = TRAINING_SAVED_COPIES * self.layers * rows * width * self.hidden * F32;
-        let chunk = width.div_ceil(self.sequence_chunks.max(1));
-        let padded = chunk * self.sequence_chunks.max(1);
+        let chunks = self.sequence_chunks.max(1);
+        let chunk = width.div_ceil(chunks);
+        let padded = chunk * chunks;
         let sequence = TRAINING_SEQUENCE_COPIES * rows * padded * self.hidden * F32;
         let attention = TRAINING_ATTENTION_COPIES * rows * self.heads * chunk * padded * F32;
         let mlp = TRAINING_STREAM_COPIES * rows * chunk * (4 * self.hidden + 3 * self.intermediate) * F32;

@@ -35,11 +35,19 @@ from .export import _rms, _rot_half, positions_from_mask, project, rotary
 PRE = ("q_proj", "k_proj", "v_proj")  # the adapted modules before attention; the others come after it
 PRE_TENSORS = ("input_layernorm.", "self_attn.q_", "self_attn.k_", "self_attn.v_")  # their layer tensors
 DOMAIN = "croco.train"
+PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
+SCALARS = ["lora_scale", "dropout_p", "dropout_seed", "layer"]  # the layer graphs' scalar inputs, in piece order
+ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
 MASKED = torch.finfo(torch.float32).min
 
 
 def module_path(module: str) -> str:
     return ("self_attn." if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp.") + module
+
+
+def lora_names(targets, prefix=""):
+    """The LoRA inputs of the targeted modules (or, with prefix "grad.", their gradients), A then B each."""
+    return [f"{prefix}lora.{m}.{ab}" for m in targets for ab in "AB"]
 
 
 def probabilities(q, keys, keep, start, rep, scale):
@@ -196,34 +204,37 @@ def _function(path, name):
 
 class LayerGraphs:
     """Traces the pieces of one decoder layer once and writes `train_layer` and `train_layer_backward` with the
-    chunk loop unrolled over them (module docstring). W0: layer 0's tensors by suffix; lora_shapes: per target,
-    the (in, out) features."""
+    chunk loop unrolled over them (module docstring). W0: layer 0's tensors by suffix (shapes and example
+    values for the traces)."""
 
     def __init__(self, pieces: Pieces, W0, log):
         self.P, self.W0, self.log = pieces, W0, log
 
-    def export(self, out, common_in, weight_specs, lora_specs, dims):
-        """Writes both graphs into `out`; returns their [graphs] entries (train_graphs' spec dicts)."""
+    def export(self, out, inputs, lora_specs, stream):
+        """Writes both graphs into `out`; returns their [graphs] entries (train_graphs' spec dicts). inputs: the
+        forward graph's (data, weights, LoRA); lora_specs: the LoRA inputs' specs; stream: the shape of the
+        hidden states."""
+        from .export import _io_spec
+
         with tempfile.TemporaryDirectory() as tmp:
             functions = self._functions(tmp)
         entries = {}
-        io = {"in": common_in + weight_specs + lora_specs}
-        grad_in = [{"name": "grad_hidden_out", "dtype": "float32", "shape": dims["grad_hidden_out"]}]
-        fwd_out = [{"name": "hidden_out", "dtype": "float32", "shape": dims["hidden_out"]}]
-        bwd_out = ([{"name": "grad_hidden", "dtype": "float32", "shape": dims["grad_hidden"]}]
-                   + [{"name": "grad." + s["name"], "dtype": "float32", "shape": s["shape"]} for s in lora_specs])
-        for name, inputs, outputs, body in (("train_layer", io["in"], fwd_out, self._forward),
-                                            ("train_layer_backward", io["in"] + grad_in, bwd_out, self._backward)):
-            g = _Assembly(name, inputs, self.P)
+        backward_in = inputs + [_io_spec("grad_hidden_out", "float32", stream)]
+        forward_out = [_io_spec("hidden_out", "float32", stream)]
+        backward_out = ([_io_spec("grad_hidden", "float32", stream)]
+                        + [_io_spec("grad." + s["name"], "float32", s["shape"]) for s in lora_specs])
+        for name, ins, outs, body in (("train_layer", inputs, forward_out, self._forward),
+                                      ("train_layer_backward", backward_in, backward_out, self._backward)):
+            g = _Assembly(name, ins, self.P)
             body(g)
-            for spec in outputs:
-                g.output(spec)
+            for spec in outs:
+                g.graph.output(spec["name"], ELEM[spec["dtype"]], spec["shape"])
             path = os.path.join(out, f"{name}.onnx")
             onnx.save(g.model(functions), path)
             onnx.checker.check_model(path)
-            self.log(f"assembled {name}.onnx ({os.path.getsize(path)} bytes, {len(g.nodes)} nodes, "
+            self.log(f"assembled {name}.onnx ({os.path.getsize(path)} bytes, {len(g.graph.nodes)} nodes, "
                      f"{self.P.chunks} chunks)")
-            entries[name] = {"file": f"{name}.onnx", "inputs": inputs, "outputs": outputs, "weight_inputs": [],
+            entries[name] = {"file": f"{name}.onnx", "inputs": ins, "outputs": outs, "weight_inputs": [],
                              "sequence_chunks": self.P.chunks}
         return entries
 
@@ -243,13 +254,11 @@ class LayerGraphs:
         scalar_names = ["scale", "p", "seed", "layer"]
 
         def lora(targets):
-            tensors, names, ds = [], [], []
+            tensors = []
             for m in targets:
                 o, i = W0[module_path(m) + ".weight"].shape
                 tensors += [torch.randn(R, i, generator=g) * 0.01, torch.randn(o, R, generator=g) * 0.01]
-                names += [f"lora.{m}.A", f"lora.{m}.B"]
-                ds += [{0: rank}, {1: rank}]
-            return tensors, names, ds
+            return tensors, lora_names(targets), [{0: rank}, {1: rank}] * len(targets)
 
         def rand(*shape):
             return torch.randn(*shape, generator=g)
@@ -276,17 +285,16 @@ class LayerGraphs:
         att_ds = [{0: dyn, 2: dyn}, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}, {0: dyn, 1: dyn}, None]
         mask = torch.ones(rows, Pc.chunks * c - 1, dtype=torch.int64)
         mask[0, :2] = 0
-        grad_lora = lambda names: ["grad." + n for n in names]  # noqa: E731
         specs = {
             "prepare": (Pc.prepare, [mask], ["mask"], [row_chunk], ["padded", "cos", "sin", "index"]),
             "pre": (Pc.pre, pre_in, pre_names, pre_ds, ["q", "k", "v"]),
             "pre_vjp": (Pc.pre_vjp, pre_in + [o5, rand(rows, KV, c, D), rand(rows, KV, c, D)],
                         pre_names + ["grad_q", "grad_k", "grad_v"],
                         pre_ds + [{0: dyn, 3: dyn}, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}],
-                        ["grad_x"] + grad_lora(pre_lora_names)),
+                        ["grad_x"] + lora_names(Pc.pre_targets, "grad.")),
             "post": (Pc.post, post_in, post_names, post_ds, ["y"]),
             "post_vjp": (Pc.post_vjp, post_in + [rand(rows, c, hidden)], post_names + ["grad_y"],
-                         post_ds + [row_chunk], ["grad_x", "grad_o"] + grad_lora(post_lora_names)),
+                         post_ds + [row_chunk], ["grad_x", "grad_o"] + lora_names(Pc.post_targets, "grad.")),
             "attend": (Pc.attend, att_in, att_names, att_ds, ["o"]),
             "attend_vjp": (Pc.attend_vjp, att_in + [q.clone(), q.clone() * 0.5], att_names + ["o", "grad_o"],
                            att_ds + [{0: dyn, 2: dyn}, {0: dyn, 2: dyn}], ["grad_q", "grad_keys", "grad_values"]),
@@ -300,11 +308,9 @@ class LayerGraphs:
             functions.append(_function(path, name))
         return functions
 
-    def _scalars(self):
-        return ["lora_scale", "dropout_p", "dropout_seed", "layer"]
-
     def _prologue(self, g):
-        """The padded chunks of the inputs: (x chunks, cos, sin, index, keep chunks, chunk starts, S)."""
+        """The padded chunks of the inputs: (x chunks, cos, sin, index, keep chunks, chunk starts, S, the pads of
+        a [rows, seq, hidden] input)."""
         n = self.P.chunks
         padded, cos, sin, index = g.call("prepare", ["attention_mask"], 4)
         S = g.op("Shape", ["hidden"], start=1, end=2)
@@ -317,8 +323,8 @@ class LayerGraphs:
 
     def _names(self):
         Pc = self.P
-        pre = [PREFIX + s for s in Pc.pre_tensors] + [f"lora.{m}.{ab}" for m in Pc.pre_targets for ab in "AB"]
-        post = [PREFIX + s for s in Pc.post_tensors] + [f"lora.{m}.{ab}" for m in Pc.post_targets for ab in "AB"]
+        pre = [PREFIX + s for s in Pc.pre_tensors] + lora_names(Pc.pre_targets)
+        post = [PREFIX + s for s in Pc.post_tensors] + lora_names(Pc.post_targets)
         return pre, post
 
     def _forward(self, g):
@@ -326,11 +332,11 @@ class LayerGraphs:
         pre, post = self._names()
         keys, values, outs = [], [], []
         for i in range(self.P.chunks):
-            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *self._scalars(), *pre], 3)
+            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
             keys.append(k)
             values.append(v)
             [o] = g.call("attend", [q, g.concat(keys, 2), g.concat(values, 2), g.concat(keep[:i + 1], 1), starts[i]], 1)
-            outs += g.call("post", [xs[i], g.heads5(o), index[i], *self._scalars(), *post], 1)
+            outs += g.call("post", [xs[i], g.heads5(o), index[i], *SCALARS, *post], 1)
         g.op("Slice", [g.concat(outs, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["hidden_out"])
 
     def _backward(self, g):
@@ -338,15 +344,14 @@ class LayerGraphs:
         xs, cos, sin, index, keep, starts, S, pads = self._prologue(g)
         grads = g.split(g.op("Pad", ["grad_hidden_out", pads]), 1, n)
         pre, post = self._names()
-        scalars = self._scalars()
         qs, keys, values = [], [], []
         for i in range(n):
-            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *scalars, *pre], 3)
+            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
             qs.append(q)
             keys.append(k)
             values.append(v)
         lora_grads, grad_x, grad_o, outs = {}, [], [], []
-        post_lora = [f"grad.lora.{m}.{ab}" for m in Pc.post_targets for ab in "AB"]
+        post_lora = lora_names(Pc.post_targets, "grad.")
 
         def prefix(i):
             """Chunk i's key prefix, concatenated where it is used (a copy per use, none kept between loops)."""
@@ -354,7 +359,7 @@ class LayerGraphs:
 
         for i in range(n):
             outs += g.call("attend", [qs[i], *prefix(i)], 1)
-            gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(outs[i]), index[i], *scalars, *post, grads[i]],
+            gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(outs[i]), index[i], *SCALARS, *post, grads[i]],
                                  2 + len(post_lora))
             grad_x.append(gx)
             grad_o.append(g.op("Reshape", [go, g.ints("heads4", [0, 0, -1, Pc.D])]))
@@ -365,34 +370,27 @@ class LayerGraphs:
             grad_q.append(g.heads5(dq))
             g.accumulate(grad_k, range(i + 1), g.split(dk, 2, i + 1))
             g.accumulate(grad_v, range(i + 1), g.split(dv, 2, i + 1))
-        pre_lora = [f"grad.lora.{m}.{ab}" for m in Pc.pre_targets for ab in "AB"]
+        pre_lora = lora_names(Pc.pre_targets, "grad.")
         for i in range(n):
-            gx, *gl = g.call("pre_vjp", [xs[i], cos[i], sin[i], index[i], *scalars, *pre, grad_q[i], grad_k[i],
+            gx, *gl = g.call("pre_vjp", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre, grad_q[i], grad_k[i],
                                          grad_v[i]], 1 + len(pre_lora))
             grad_x[i] = g.op("Add", [grad_x[i], gx])
             g.accumulate(lora_grads, pre_lora, gl)
         g.op("Slice", [g.concat(grad_x, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["grad_hidden"])
-        for name in [f"grad.lora.{m}.{ab}" for m in Pc.targets for ab in "AB"]:
+        for name in lora_names(Pc.targets, "grad."):
             g.op("Identity", [lora_grads[name]], [name])
 
 
-PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
-
 
 class _Assembly:
-    """A layer graph being written: graphs.Graph's nodes plus calls of the pieces and the chunk helpers."""
+    """A layer graph being written: a graphs.Graph plus calls of the pieces and the chunk helpers."""
 
     def __init__(self, name, inputs, pieces):
         from .graphs import Graph
 
         self.graph, self.pieces, self.consts = Graph(name, "float32"), pieces, set()
-        elem = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
         for spec in inputs:
-            self.graph.input(spec["name"], elem[spec["dtype"]], spec["shape"])
-
-    @property
-    def nodes(self):
-        return self.graph.nodes
+            self.graph.input(spec["name"], ELEM[spec["dtype"]], spec["shape"])
 
     def op(self, op_type, inputs, outputs=1, **attrs):
         return self.graph.op(op_type, inputs, outputs, **attrs)
@@ -402,6 +400,7 @@ class _Assembly:
         return names if isinstance(names, list) else [names]
 
     def ints(self, name, values):
+        """An int64 constant, added once under its name."""
         if name not in self.consts:
             self.consts.add(name)
             self.graph.ints(name, values)
@@ -421,20 +420,12 @@ class _Assembly:
         for key, value in zip(keys, values):
             sums[key] = value if key not in sums else self.op("Add", [sums[key], value])
 
-    def output(self, spec):
-        elem = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
-        self.graph.output(spec["name"], elem[spec["dtype"]], spec["shape"])
-
     def model(self, functions):
+        """The model with the pieces as its functions, at the traced pieces' opsets."""
         from .export import OPSET
 
-        g = self.graph
-        graph = helper.make_graph(g.nodes, g.name, g.inputs, g.outputs, g.initializers)
         opsets = {"": OPSET, DOMAIN: 1}
         for f in functions:
             for o in f.opset_import:
                 opsets.setdefault(o.domain, o.version)
-        model = helper.make_model(graph, functions=functions, producer_name="croco tools/export",
-                                  opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
-        model.ir_version = 10
-        return model
+        return self.graph.model(opsets, functions)

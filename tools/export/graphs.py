@@ -61,10 +61,13 @@ class Graph:
     def output(self, name, elem_type, shape):
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
 
-    def model(self) -> onnx.ModelProto:
+    def model(self, opsets=None, functions=()) -> onnx.ModelProto:
+        """The model; opsets: {domain: version} (default: OPSET and com.microsoft 1), functions: its local
+        functions."""
+        opsets = opsets or {"": OPSET, MS: 1}
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
-                                  producer_name="croco tools/export")
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+                                  functions=list(functions), producer_name="croco tools/export")
         model.ir_version = 10
         return model
 

@@ -71,14 +71,13 @@ def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log, chunks=SE
         o, i = W["model.layers.0." + module_path(m) + ".weight"].shape
         lora_specs += [_io_spec(f"lora.{m}.A", "float32", ["rank", i]), _io_spec(f"lora.{m}.B", "float32", [o, "rank"])]
     stream = ["rows", "seq", A["hidden_size"]]
-    dims = {"hidden_out": stream, "grad_hidden_out": stream, "grad_hidden": stream}
     common_in = [_io_spec("hidden", "float32", stream), _io_spec("attention_mask", "int64", ["rows", "seq"]),
                  _io_spec("lora_scale", "float32", []), _io_spec("dropout_p", "float32", []),
                  _io_spec("dropout_seed", "int64", []), _io_spec("layer", "int64", [])]
     t0 = time.time()
     pieces = Pieces(A, inv_freq, rope_scale, suffixes, targets, chunks)
     W0 = {s: W["model.layers.0." + s] for s in suffixes}
-    entries = LayerGraphs(pieces, W0, log).export(out, common_in, weight_specs, lora_specs, dims)
+    entries = LayerGraphs(pieces, W0, log).export(out, common_in + weight_specs + lora_specs, lora_specs, stream)
     half_rows, S, T = example_sizes(W, A, 3)
     hidden = torch.randn(2 * half_rows, S, A["hidden_size"], generator=torch.Generator().manual_seed(0))
     head_entries(A, W, out, log, hidden, T, entries)
