@@ -185,7 +185,7 @@ impl ModelShape {
     /// attention outputs and their gradients), and one chunk at a time its
     /// MLP and its attention scores over the key prefix (the last chunk's:
     /// `rows × heads × c × width`). The copies of each are fitted on measured
-    /// peaks (tune bench, CPU, 8 chunks; within 7 % of all four): a ~0.5 B
+    /// peaks (tune bench, CPU, 8 chunks; within 7.1 % of all four): a ~0.5 B
     /// Llama at 1 pair × 1,024 and × 2,048 tokens (3.96 and 4.90 GB; its
     /// vocabulary of 4,096 makes the head negligible) and two layers of
     /// EuroLLM-9B's widths at 1 pair × 1,024 and × 2,048 (13.3 and 16.5 GB;

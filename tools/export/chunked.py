@@ -9,28 +9,33 @@ sequence's whatever its length (docs/bundle-format.md, "Training graphs"):
 - causal attention runs query chunk by query chunk over its key prefix (chunks 0..i): keys after the chunk are
   never visible, so their blocks are skipped, and only one chunk's `[rows, heads, c, (i + 1) c]` scores exist at
   a time;
-- the backward is written out, not traced through attention: the probabilities are recomputed chunk by chunk
-  from the queries and keys (as flash attention's backward does), torch.func.vjp differentiates the
-  position-wise parts per chunk, and the gradients of the keys, values and LoRA tensors are summed over chunks.
+- the backward is written out, not traced through attention: chunk by chunk, the recomputed attention's
+  probabilities serve both the chunk's output (which post's vjp needs) and its softmax backward
+  dS = P * (dP - rowsum(dO * O)), so they are computed once per chunk and only one chunk's exist at a time;
+  torch.func.vjp differentiates the position-wise parts per chunk, and the gradients of the keys, values and
+  LoRA tensors are summed over chunks.
 
-Only the pieces are traced (torch.func + make_fx, then torch.onnx), each once: `prepare` (padding, rotary, the
-positions' indices), `pre` (norm, q/k/v projections, rotary) and `post` (o_proj, residual, norm, MLP), their
-vjps, and `attend` over one query chunk and its vjp. They become ONNX functions of the graph (domain
-`croco.train`, inlined by ONNX Runtime), and the chunk loop is written with onnx.helper, so export time does not
-grow with the chunk count. Padded positions are masked as keys and dropped from the outputs."""
+Only the position-wise pieces are traced (torch.func + make_fx, then torch.onnx), each once: `prepare` (padding,
+rotary, the positions' indices), `pre` (norm, q/k/v projections, rotary) and `post` (o_proj, residual, norm,
+MLP), and their vjps. They become ONNX functions of the graph (domain `croco.train`, inlined by ONNX Runtime).
+The chunk loop and attention are written with onnx.helper: export time does not grow with the chunk count, and
+attention's matmuls take their transposed operands as they are (ONNX Runtime folds the transposes into the
+GEMM), where torch's traced batched matmuls expand and copy them. Padded positions are masked as keys and
+dropped from the outputs."""
 from __future__ import annotations
 
 import math
 import os
 import tempfile
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from .dropout import apply_dropout, feature_hashes, keep_mask, row_hashes
-from .export import _rms, _rot_half, positions_from_mask, project, rotary
+from .export import norm, positions_from_mask, project, rotary, rotate
 
 PRE = ("q_proj", "k_proj", "v_proj")  # the adapted modules before attention; the others come after it
 PRE_TENSORS = ("input_layernorm.", "self_attn.q_", "self_attn.k_", "self_attn.v_")  # their layer tensors
@@ -50,19 +55,6 @@ def lora_names(targets, prefix=""):
     return [f"{prefix}lora.{m}.{ab}" for m in targets for ab in "AB"]
 
 
-def probabilities(q, keys, keep, start, rep, scale):
-    """Softmax of one query chunk's scores over its key prefix: q [B, KV, rep * c, D] (rows rep-major), keys
-    [B, KV, K, D], keep [B, K] (1: a real key), start: the chunk's first position -> [B, KV, rep * c, K]. Query
-    start + t sees key k iff k <= start + t and keep[b, k]."""
-    s = (q @ keys.transpose(-1, -2)) * scale
-    B, KV, K = s.shape[0], s.shape[1], s.shape[3]
-    s = s.view(B, KV, rep, -1, K)
-    q_pos = torch.arange(s.shape[3], device=q.device) + start
-    causal = torch.arange(K, device=q.device)[None, :] <= q_pos[:, None]
-    allowed = causal[None, None, None] & (keep[:, None, None, None, :] > 0)
-    return torch.softmax(torch.where(allowed, s, MASKED).view(B, KV, -1, K), dim=-1)
-
-
 class Pieces:
     """The traced pieces of one decoder layer (module docstring) for the architecture A, the layer tensors
     `suffixes` (layer 0's names less `model.layers.0.`) and the LoRA `targets`."""
@@ -71,8 +63,13 @@ class Pieces:
         self.A, self.inv_freq, self.rope_scale, self.targets, self.chunks = A, inv_freq, rope_scale, targets, chunks
         self.H, self.KV, self.D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
         self.rep, self.scale = self.H // self.KV, 1.0 / math.sqrt(A["head_dim"])
+        self.parallel = bool(A.get("parallel_block"))  # cohere2: attention and MLP both on the input's norm
         self.pre_tensors = [s for s in suffixes if s.startswith(PRE_TENSORS)]
-        self.post_tensors = [s for s in suffixes if not s.startswith(PRE_TENSORS)]
+        self.post_tensors = [s for s in suffixes if not s.startswith(PRE_TENSORS)
+                             or (self.parallel and s.startswith("input_layernorm."))]
+        rotary_layers = A.get("rotary_layers") or [True] * A["num_layers"]
+        # cohere2's global layers do not rotate: cos and sin become 1 and 0 there (rotary_gate)
+        self.rotary_flags = None if all(rotary_layers) else torch.tensor([float(r) for r in rotary_layers])
         self.pre_targets = [m for m in targets if m in PRE]
         self.post_targets = [m for m in targets if m not in PRE]
 
@@ -95,7 +92,8 @@ class Pieces:
         B, S = mask.shape
         P = self.chunks * ((S + self.chunks - 1) // self.chunks)
         padded = F.pad(mask, (0, P - S))
-        cos, sin = rotary(self.inv_freq, self.rope_scale, positions_from_mask(padded))
+        cos, sin = rotary(self.inv_freq, self.rope_scale, positions_from_mask(padded),
+                          self.A.get("rotary_interleaved", False))
         index = torch.arange(B, device=mask.device)[:, None] * S + torch.arange(P, device=mask.device)[None, :]
         return padded, cos, sin, index[..., None]
 
@@ -104,27 +102,40 @@ class Pieces:
         W, lora = self._weights_and_lora(rest, self.pre_tensors, self.pre_targets, scale, p, seed, layer, index)
         A, H, KV, D = self.A, self.H, self.KV, self.D
         B, c = x.shape[0], x.shape[1]
-        h = _rms(x, W["input_layernorm.weight"], A["rms_norm_eps"])
+        h = norm(A, x, W["input_layernorm.weight"])
         q = project(W, "self_attn.q_proj.weight", h, lora).view(B, c, H, D).transpose(1, 2)
         k = project(W, "self_attn.k_proj.weight", h, lora).view(B, c, KV, D).transpose(1, 2)
         v = project(W, "self_attn.v_proj.weight", h, lora).view(B, c, KV, D).transpose(1, 2)
         if "self_attn.q_norm.weight" in W:
-            q = _rms(q, W["self_attn.q_norm.weight"], A["rms_norm_eps"])
-            k = _rms(k, W["self_attn.k_norm.weight"], A["rms_norm_eps"])
-        q = q * cos + _rot_half(q) * sin
-        k = k * cos + _rot_half(k) * sin
+            q = norm(A, q, W["self_attn.q_norm.weight"])
+            k = norm(A, k, W["self_attn.k_norm.weight"])
+        cos, sin = self.rotary_gate(cos, sin, layer)
+        q, k = rotate(A, q, cos, sin), rotate(A, k, cos, sin)
         return q.reshape(B, KV, self.rep * c, D), k, v
+
+    def rotary_gate(self, cos, sin, layer):
+        """cos and sin on the layers that rotate, 1 and 0 (an exact identity) on those that do not."""
+        if self.rotary_flags is None:
+            return cos, sin
+        on = self.rotary_flags.to(cos.device)[layer]
+        return cos * on + (1.0 - on), sin * on
 
     def post(self, x, o, index, scale, p, seed, layer, *rest):
         """The residual stream x [B, c, hidden] and the attention output [B, KV, rep, c, D] -> the layer's
-        output [B, c, hidden]."""
+        output [B, c, hidden]: sequential (the MLP on the stream after attention) or, for cohere2, parallel
+        (the MLP on the input's norm, recomputed here)."""
         W, lora = self._weights_and_lora(rest, self.post_tensors, self.post_targets, scale, p, seed, layer, index)
         B, c = x.shape[0], x.shape[1]
         o = o.permute(0, 3, 1, 2, 4).reshape(B, c, self.H * self.D)
-        x = x + project(W, "self_attn.o_proj.weight", o, lora)
-        h = _rms(x, W["post_attention_layernorm.weight"], self.A["rms_norm_eps"])
+        attended = project(W, "self_attn.o_proj.weight", o, lora)
+        if self.parallel:
+            h = norm(self.A, x, W["input_layernorm.weight"])
+        else:
+            x = x + attended
+            h = norm(self.A, x, W["post_attention_layernorm.weight"])
         act = F.silu(project(W, "mlp.gate_proj.weight", h, lora)) * project(W, "mlp.up_proj.weight", h, lora)
-        return x + project(W, "mlp.down_proj.weight", act, lora)
+        mlp = project(W, "mlp.down_proj.weight", act, lora)
+        return x + attended + mlp if self.parallel else x + mlp
 
     def pre_vjp(self, x, cos, sin, index, scale, p, seed, layer, *rest):
         """pre's inputs, then the gradients of its outputs (the queries' as [B, KV, rep, c, D]) -> (grad x, the
@@ -148,18 +159,6 @@ class Pieces:
             return self.post(x_, o_, index, scale, p, seed, layer, *rest[:n], *lora_)
 
         return torch.func.vjp(f, x, o, *rest[n:])[1](grad)
-
-    def attend(self, q, keys, values, keep, start):
-        """One query chunk's attention output [B, KV, rep * c, D] over its key prefix (probabilities)."""
-        return probabilities(q, keys, keep, start, self.rep, self.scale) @ values
-
-    def attend_vjp(self, q, keys, values, keep, start, o, grad_o):
-        """The gradients of attend w.r.t. q, keys and values, from probabilities recomputed here and the
-        output o: dS = P * (dP - rowsum(dO * O)) (the softmax's backward)."""
-        prob = probabilities(q, keys, keep, start, self.rep, self.scale)
-        dp = grad_o @ values.transpose(-1, -2)
-        ds = prob * (dp - (grad_o * o).sum(-1, keepdim=True)) * self.scale
-        return ds @ keys, ds.transpose(-1, -2) @ q, prob.transpose(-1, -2) @ grad_o
 
 
 def trace(fn, args):
@@ -245,7 +244,7 @@ class LayerGraphs:
 
         Pc, W0 = self.P, self.W0
         A, KV, D, rep = Pc.A, Pc.KV, Pc.D, Pc.rep
-        R, half_rows, c, K = example_sizes(W0, A, 4)
+        R, half_rows, c = example_sizes(W0, A, 3)
         rows, hidden = 2 * half_rows, A["hidden_size"]
         g = torch.Generator().manual_seed(0)
         dyn, rank = Dim.DYNAMIC, Dim("rank", min=1)
@@ -277,12 +276,6 @@ class LayerGraphs:
         post_in = [rand(rows, c, hidden), o5, index] + scalars + post_w + post_lora
         post_names = ["x", "o", "index"] + scalar_names + Pc.post_tensors + post_lora_names
         post_ds = [row_chunk, {0: dyn, 3: dyn}, row_chunk] + [None] * (4 + len(post_w)) + post_lora_ds
-        q, keys = rand(rows, KV, rep * c, D), rand(rows, KV, K, D)
-        keep = torch.ones(rows, K, dtype=torch.int64)
-        keep[0, :2] = 0
-        att_in = [q, keys, rand(rows, KV, K, D), keep, torch.tensor(K - c, dtype=torch.int64)]
-        att_names = ["q", "keys", "values", "keep", "start"]
-        att_ds = [{0: dyn, 2: dyn}, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}, {0: dyn, 1: dyn}, None]
         mask = torch.ones(rows, Pc.chunks * c - 1, dtype=torch.int64)
         mask[0, :2] = 0
         specs = {
@@ -295,9 +288,6 @@ class LayerGraphs:
             "post": (Pc.post, post_in, post_names, post_ds, ["y"]),
             "post_vjp": (Pc.post_vjp, post_in + [rand(rows, c, hidden)], post_names + ["grad_y"],
                          post_ds + [row_chunk], ["grad_x", "grad_o"] + lora_names(Pc.post_targets, "grad.")),
-            "attend": (Pc.attend, att_in, att_names, att_ds, ["o"]),
-            "attend_vjp": (Pc.attend_vjp, att_in + [q.clone(), q.clone() * 0.5], att_names + ["o", "grad_o"],
-                           att_ds + [{0: dyn, 2: dyn}, {0: dyn, 2: dyn}], ["grad_q", "grad_keys", "grad_values"]),
         }
         functions = []
         for name, (fn, args, names, ds, outs) in specs.items():
@@ -309,17 +299,19 @@ class LayerGraphs:
         return functions
 
     def _prologue(self, g):
-        """The padded chunks of the inputs: (x chunks, cos, sin, index, keep chunks, chunk starts, S, the pads of
-        a [rows, seq, hidden] input)."""
+        """The padded chunks of the inputs: (x chunks, cos, sin, index, each query chunk's attention mask over its
+        key prefix, S, the pads of a [rows, seq, hidden] input)."""
         n = self.P.chunks
         padded, cos, sin, index = g.call("prepare", ["attention_mask"], 4)
         S = g.op("Shape", ["hidden"], start=1, end=2)
         P = g.op("Shape", [padded], start=1, end=2)
         c = g.op("Squeeze", [g.op("Div", [P, g.ints("chunks", [n])])])
         pads = g.op("Concat", [g.ints("pad_begin", [0, 0, 0, 0]), g.op("Sub", [P, S]), g.ints("pad_end", [0])], axis=0)
-        starts = [g.op("Mul", [c, g.ints(f"chunk_{i}", i)]) for i in range(n)]
+        keep = g.split(padded, 1, n)
+        allowed = [g.allowed(g.concat(keep[:i + 1], 1), g.op("Mul", [c, g.ints(f"chunk_{i}", i)]), c)
+                   for i in range(n)]
         return (g.split(g.op("Pad", ["hidden", pads]), 1, n), g.split(cos, 2, n), g.split(sin, 2, n),
-                g.split(index, 1, n), g.split(padded, 1, n), starts, S, pads)
+                g.split(index, 1, n), allowed, S, pads)
 
     def _names(self):
         Pc = self.P
@@ -328,20 +320,23 @@ class LayerGraphs:
         return pre, post
 
     def _forward(self, g):
-        xs, cos, sin, index, keep, starts, S, _ = self._prologue(g)
+        xs, cos, sin, index, allowed, S, _ = self._prologue(g)
         pre, post = self._names()
         keys, values, outs = [], [], []
         for i in range(self.P.chunks):
             q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
             keys.append(k)
             values.append(v)
-            [o] = g.call("attend", [q, g.concat(keys, 2), g.concat(values, 2), g.concat(keep[:i + 1], 1), starts[i]], 1)
+            o, _, _ = g.attend(q, g.concat(keys, 2), g.concat(values, 2), allowed[i])
             outs += g.call("post", [xs[i], g.heads5(o), index[i], *SCALARS, *post], 1)
         g.op("Slice", [g.concat(outs, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["hidden_out"])
 
     def _backward(self, g):
+        """Recomputes the keys and values of every chunk, then per query chunk: its attention (probabilities
+        kept for the chunk), post's vjp, attention's backward; then pre's vjp per chunk with the key and value
+        gradients summed over the query chunks that saw them."""
         Pc, n = self.P, self.P.chunks
-        xs, cos, sin, index, keep, starts, S, pads = self._prologue(g)
+        xs, cos, sin, index, allowed, S, pads = self._prologue(g)
         grads = g.split(g.op("Pad", ["grad_hidden_out", pads]), 1, n)
         pre, post = self._names()
         qs, keys, values = [], [], []
@@ -350,23 +345,18 @@ class LayerGraphs:
             qs.append(q)
             keys.append(k)
             values.append(v)
-        lora_grads, grad_x, grad_o, outs = {}, [], [], []
+        lora_grads, grad_x, grad_q, grad_k, grad_v = {}, [], [], {}, {}
         post_lora = lora_names(Pc.post_targets, "grad.")
-
-        def prefix(i):
-            """Chunk i's key prefix, concatenated where it is used (a copy per use, none kept between loops)."""
-            return [g.concat(keys[:i + 1], 2), g.concat(values[:i + 1], 2), g.concat(keep[:i + 1], 1), starts[i]]
-
         for i in range(n):
-            outs += g.call("attend", [qs[i], *prefix(i)], 1)
-            gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(outs[i]), index[i], *SCALARS, *post, grads[i]],
+            # chunk i's key prefix, concatenated here and freed after the chunk (none kept between chunks)
+            prefix_k, prefix_v = g.concat(keys[:i + 1], 2), g.concat(values[:i + 1], 2)
+            o, prob, scaled_q = g.attend(qs[i], prefix_k, prefix_v, allowed[i])
+            gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(o), index[i], *SCALARS, *post, grads[i]],
                                  2 + len(post_lora))
             grad_x.append(gx)
-            grad_o.append(g.op("Reshape", [go, g.ints("heads4", [0, 0, -1, Pc.D])]))
             g.accumulate(lora_grads, post_lora, gl)
-        grad_k, grad_v, grad_q = {}, {}, []
-        for i in range(n):
-            dq, dk, dv = g.call("attend_vjp", [qs[i], *prefix(i), outs[i], grad_o[i]], 3)
+            grad_o = g.op("Reshape", [go, g.ints("heads4", [0, 0, -1, Pc.D])])
+            dq, dk, dv = g.attend_vjp(scaled_q, prefix_k, prefix_v, prob, o, grad_o)
             grad_q.append(g.heads5(dq))
             g.accumulate(grad_k, range(i + 1), g.split(dk, 2, i + 1))
             g.accumulate(grad_v, range(i + 1), g.split(dv, 2, i + 1))
@@ -379,7 +369,6 @@ class LayerGraphs:
         g.op("Slice", [g.concat(grad_x, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["grad_hidden"])
         for name in lora_names(Pc.targets, "grad."):
             g.op("Identity", [lora_grads[name]], [name])
-
 
 
 class _Assembly:
@@ -415,6 +404,61 @@ class _Assembly:
     def heads5(self, t):
         """[B, KV, rep * c, D] -> [B, KV, rep, c, D]."""
         return self.op("Reshape", [t, self.ints("heads5", [0, 0, self.pieces.rep, -1, self.pieces.D])])
+
+    def floats(self, name, value):
+        """A float32 scalar constant, added once under its name."""
+        if name not in self.consts:
+            self.consts.add(name)
+            self.graph.const(name, np.array(value, np.float32))
+        return name
+
+    def allowed(self, keep, start, c):
+        """Which keys each query of the chunk [start, start + c) sees, [B, 1, 1, c, K] (bool): key k iff
+        k <= the query's position, keep[b, k] (keep [B, K]: 1 for a real token) and, on a layer with a sliding
+        window w, the query's position - k < w (transformers' sliding mask; the window is picked by the graph's
+        `layer` input)."""
+        end = self.op("Add", [start, c])
+        one = self.ints("one_scalar", 1)
+        key_pos = self.op("Unsqueeze", [self.op("Range", [self.ints("zero_scalar", 0), end, one]),
+                                        self.ints("axis_0", [0])])
+        query_pos = self.op("Unsqueeze", [self.op("Range", [start, end, one]), self.ints("axis_1", [1])])
+        causal = self.op("LessOrEqual", [key_pos, query_pos])
+        windows = self.pieces.A.get("attention_windows") or []
+        if any(w > 0 for w in windows):
+            # global layers get a window no sequence reaches
+            table = self.ints("attention_windows", [w if w > 0 else 2 ** 62 for w in windows])
+            window = self.op("Gather", [table, "layer"], axis=0)
+            near = self.op("Less", [self.op("Sub", [query_pos, key_pos]), window])
+            causal = self.op("And", [causal, near])
+        real = self.op("Greater", [keep, self.ints("zero_scalar", 0)])
+        return self.op("And", [causal, self.op("Unsqueeze", [real, self.ints("axes_123", [1, 2, 3])])])
+
+    def attend(self, q, keys, values, allowed):
+        """One query chunk's attention over its key prefix: q [B, KV, rep * c, D] (rows rep-major), keys and
+        values [B, KV, K, D] -> (output [B, KV, rep * c, D], probabilities [B, KV, rep * c, K], q times the
+        softmax scale). The scale goes on q, not on the [.., K] scores: the same values wherever it is a power of
+        two (head_dim 64 or 256), within rounding otherwise."""
+        scaled_q = self.op("Mul", [q, self.floats("softmax_scale", self.pieces.scale)])
+        scores = self.op("MatMul", [scaled_q, self.transposed(keys)])
+        rep5 = self.op("Concat", [self.ints("rep5", [0, 0, self.pieces.rep, -1]),
+                                  self.op("Shape", [keys], start=2, end=3)], axis=0)
+        masked = self.op("Where", [allowed, self.op("Reshape", [scores, rep5]), self.floats("masked", MASKED)])
+        prob = self.op("Reshape", [self.op("Softmax", [masked], axis=-1), self.op("Shape", [scores])])
+        return self.op("MatMul", [prob, values]), prob, scaled_q
+
+    def attend_vjp(self, scaled_q, keys, values, prob, o, grad_o):
+        """The gradients of attend's output w.r.t. q, keys and values from its probabilities and output:
+        dS = P * (dP - rowsum(dO * O)), the softmax's backward."""
+        dp = self.op("MatMul", [grad_o, self.transposed(values)])
+        rowsum = self.op("ReduceSum", [self.op("Mul", [grad_o, o]), self.ints("last_axis", [-1])], keepdims=1)
+        ds = self.op("Mul", [prob, self.op("Sub", [dp, rowsum])])
+        grad_q = self.op("Mul", [self.op("MatMul", [ds, keys]), self.floats("softmax_scale", self.pieces.scale)])
+        return (grad_q, self.op("MatMul", [self.transposed(ds), scaled_q]),
+                self.op("MatMul", [self.transposed(prob), grad_o]))
+
+    def transposed(self, t):
+        """The last two axes of a 4-D t swapped (folded into the consuming MatMul by ONNX Runtime)."""
+        return self.op("Transpose", [t], perm=[0, 1, 3, 2])
 
     def accumulate(self, sums, keys, values):
         for key, value in zip(keys, values):

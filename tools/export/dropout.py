@@ -40,10 +40,11 @@ def row_hashes(seed, module_index, positions):
 
 
 def feature_hashes(seed, module_index, features, device=None):
-    """hf[i] of dropout_keep for the features 0..features-1."""
+    """hf[i] of dropout_keep for the features 0..features-1: odd, below 2^32 (the multipliers of the
+    multiply-shift hash)."""
     k = _module_key(seed, module_index)
     feat = torch.arange(features, dtype=torch.int64, device=device)
-    return _nonzero(_scramble(_mix(_mix(feat, 1103515245, k), 1597334677, 54321)))
+    return _nonzero(_scramble(_mix(_mix(feat, 1103515245, k), 1597334677, 54321))) * 2 + 1
 
 
 def _module_key(seed, module_index):
@@ -51,19 +52,21 @@ def _module_key(seed, module_index):
 
 
 def keep_mask(hr, hf, p):
-    """The mask from a position hash hr [..., 1] and the feature hashes hf [in]."""
-    h = torch.remainder(hr * hf, HASH_P)  # never 0: the field has no zero divisors
-    return h >= (p * 2147483648.0).long()
+    """The mask from a position hash hr [..., 1] and the feature hashes hf [in]: the low 32 bits of the exact
+    int64 product (< 2^63) as a signed int32 (a two's-complement cast: no mod, no overflow), kept iff at least
+    trunc(p * 2^32) - 2^31."""
+    h = (hr * hf).to(torch.int32)
+    return h >= ((p * 4294967296.0).long() - 2147483648).to(torch.int32)
 
 
 def dropout_keep(x, p, seed, module_index):
     """bool mask of x's shape [rows, seq, in] (docs/bundle-format.md, "LoRA dropout"): keep element (n, i) of
-    module j, n = r * seq + s the position, i the feature, iff h(n, i) >= trunc(p * 2^31), where
-    h(n, i) = hr[n] * hf[i] mod (2^31 - 1), the product of a per-position and a per-feature hash in the
-    multiplicative group of the prime field. The strong hash (_mix rounds) runs on the small per-module key and
-    the per-position and per-feature vectors only; per element the cost is one exact int64 multiply (< 2^62),
-    one mod and a compare. A product, not a sum: two positions' masks are then h and c * h for a random c
-    (nearly independent), where a sum would make them shifts h + d of each other (correlated)."""
+    module j, n = r * seq + s the position, i the feature, iff h(n, i) >= trunc(p * 2^32) - 2^31, where
+    h(n, i) is the low 32 bits, as a signed int32, of hr[n] * hf[i]: a per-position hash times an odd
+    per-feature multiplier, the multiply-shift hash (its top bits decide). The strong hash (_mix rounds) runs
+    on the small per-module key and the per-position and per-feature vectors only; per element the cost is one
+    exact int64 multiply (< 2^63), a cast and a compare. A product, not a sum: a sum would make two positions'
+    masks shifts h + d of each other (correlated)."""
     F = x.shape[-1]
     pos = torch.arange(x.numel() // F, dtype=torch.int64, device=x.device).view(*x.shape[:-1], 1)
     return keep_mask(row_hashes(seed, module_index, pos), feature_hashes(seed, module_index, F, x.device), p)

@@ -41,30 +41,55 @@ def _rms(x, w, eps):
     return w * xf
 
 
+def _layer_norm(x, w, eps):
+    """cohere2's LayerNorm: no bias, statistics in float32."""
+    xf = x.float()
+    centred = xf - xf.mean(-1, keepdim=True)
+    return w * (centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps))
+
+
+def norm(A, x, w):
+    """The family's norm: LayerNorm without bias (cohere2) or RMSNorm."""
+    if A["family"] == "cohere2":
+        return _layer_norm(x, w, A["layer_norm_eps"])
+    return _rms(x, w, A["rms_norm_eps"])
+
+
 def _rot_half(x):
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def rotary(inv_freq, rope_scale, position_ids):
-    """(cos, sin) [B, 1, S, D] of the positions, the attention scaling folded in."""
+def _rot_pairs(x):
+    """cohere2's rotation: neighbours (2i, 2i + 1) paired, where _rot_half pairs i with i + D/2."""
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+def rotate(A, t, cos, sin):
+    """Rotary embedding of t [B, heads, S, D] with the family's pairing."""
+    return t * cos + (_rot_pairs(t) if A.get("rotary_interleaved") else _rot_half(t)) * sin
+
+
+def rotary(inv_freq, rope_scale, position_ids, interleaved=False):
+    """(cos, sin) [B, 1, S, D] of the positions, the attention scaling folded in; interleaved: each angle
+    repeated for a pair of neighbours (cohere2) instead of for both halves."""
     freqs = position_ids.float()[..., None] * inv_freq[None, None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
+    emb = torch.repeat_interleave(freqs, 2, dim=-1) if interleaved else torch.cat((freqs, freqs), dim=-1)
     return (emb.cos() * rope_scale)[:, None], (emb.sin() * rope_scale)[:, None]
 
 
-def rotary_and_mask(inv_freq, rope_scale, attention_mask, position_ids, past_length=0):
-    """(cos, sin) [B, 1, S, D] of the positions and the additive attention bias [B, 1, S, past + S]: key j is
-    visible to query q iff j <= past + q and attention_mask[b, j] == 1."""
-    S = position_ids.shape[1]
-    cos, sin = rotary(inv_freq, rope_scale, position_ids)
-    T = past_length + S
-    key_pos = torch.arange(T, device=position_ids.device)
-    q_pos = torch.arange(S, device=position_ids.device) + past_length
-    allowed = (key_pos[None, :] <= q_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
-    bias = torch.where(allowed, torch.zeros((), dtype=torch.float32, device=position_ids.device),
-                       torch.full((), torch.finfo(torch.float32).min, device=position_ids.device))
-    return cos, sin, bias
+def attention_bias(attention_mask, S, past_length=0, window=-1):
+    """The additive attention bias [B, 1, S, past + S]: key j is visible to query q iff j <= past + q,
+    attention_mask[b, j] == 1 and, with a sliding window w > 0, past + q - j < w (transformers' sliding mask)."""
+    device = attention_mask.device
+    key_pos = torch.arange(past_length + S, device=device)
+    q_pos = torch.arange(S, device=device) + past_length
+    visible = key_pos[None, :] <= q_pos[:, None]
+    if window > 0:
+        visible = visible & (q_pos[:, None] - key_pos[None, :] < window)
+    allowed = visible[None, None] & (attention_mask[:, None, None, :] > 0)
+    return torch.where(allowed, torch.zeros((), dtype=torch.float32, device=device),
+                       torch.full((), torch.finfo(torch.float32).min, device=device))
 
 
 def project(W, name, t, lora=None):
@@ -80,13 +105,14 @@ def project(W, name, t, lora=None):
     return y
 
 
-def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False):
-    """One Llama-family decoder layer on x [B, S, hidden]: the weights are W[p + suffix]. Returns (x, (k, v)).
-    lora and sdpa as in llama_forward; past: this layer's (k, v) [B, KVH, P, D] or None."""
+def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False, rotary=True):
+    """One decoder layer on x [B, S, hidden]: the weights are W[p + suffix]. Returns (x, (k, v)). Llama-family
+    layers are sequential (attention, then the MLP on the updated stream); cohere2's are parallel (attention and
+    MLP on the same normed input, both added to the stream). lora and sdpa as in llama_forward; past: this layer's
+    (k, v) [B, KVH, P, D] or None; rotary: whether this layer rotates q and k (cohere2's global layers do not)."""
     B, S = x.shape[0], x.shape[1]
     H, KV, D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
-    eps = A["rms_norm_eps"]
-    h = _rms(x, W[p + "input_layernorm.weight"], eps)
+    h = norm(A, x, W[p + "input_layernorm.weight"])
 
     def lin(name, t):
         return project(W, p + name + ".weight", t, lora)
@@ -95,10 +121,10 @@ def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False):
     k = lin("self_attn.k_proj", h).view(B, S, KV, D).transpose(1, 2)
     v = lin("self_attn.v_proj", h).view(B, S, KV, D).transpose(1, 2)
     if p + "self_attn.q_norm.weight" in W:
-        q = _rms(q, W[p + "self_attn.q_norm.weight"], eps)
-        k = _rms(k, W[p + "self_attn.k_norm.weight"], eps)
-    q = q * cos + _rot_half(q) * sin
-    k = k * cos + _rot_half(k) * sin
+        q = norm(A, q, W[p + "self_attn.q_norm.weight"])
+        k = norm(A, k, W[p + "self_attn.k_norm.weight"])
+    if rotary:
+        q, k = rotate(A, q, cos, sin), rotate(A, k, cos, sin)
     if past is not None:
         k = torch.cat((past[0], k), dim=2)
         v = torch.cat((past[1], v), dim=2)
@@ -112,10 +138,12 @@ def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False):
         att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
         o = torch.softmax(att, dim=-1) @ vv
     o = o.transpose(1, 2).reshape(B, S, H * D)
-    x = x + lin("self_attn.o_proj", o)
-    h = _rms(x, W[p + "post_attention_layernorm.weight"], eps)
-    x = x + lin("mlp.down_proj", F.silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))
-    return x, (k, v)
+    attended = lin("self_attn.o_proj", o)
+    if not A.get("parallel_block"):
+        x = x + attended
+        h = norm(A, x, W[p + "post_attention_layernorm.weight"])
+    mlp = lin("mlp.down_proj", F.silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))
+    return (x + attended + mlp if A.get("parallel_block") else x + mlp), (k, v)
 
 
 def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_mask, position_ids, past=None,
@@ -125,18 +153,26 @@ def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_m
     "p" and "seed" (croco's hash dropout, dropout.lora_dropout) or "dropout": a function (x, module index) -> x}:
     every listed linear becomes x W^T + scale * (dropout(x) A^T) B^T (PEFT LoRA).
     sdpa: attention by F.scaled_dot_product_attention instead of the graphs' eager softmax (the GPU
-    benchmark's option; exports use the default)."""
+    benchmark's option; exports use the default). Every family of the training graphs: per-layer rotary and
+    sliding windows (A["rotary_layers"], A["attention_windows"]), cohere2's parallel blocks, LayerNorm and
+    logit scale."""
     x = F.embedding(input_ids, W["model.embed_tokens.weight"])
     P = past[0][0].shape[2] if past is not None else 0
-    cos, sin, bias = rotary_and_mask(inv_freq, rope_scale, attention_mask, position_ids, P)
+    S = input_ids.shape[1]
+    cos, sin = rotary(inv_freq, rope_scale, position_ids, A.get("rotary_interleaved", False))
+    windows = A.get("attention_windows") or [-1] * A["num_layers"]
+    biases = {w: attention_bias(attention_mask, S, P, w) for w in set(windows)}
+    rotary_layers = A.get("rotary_layers") or [True] * A["num_layers"]
     presents = []
     for i in range(A["num_layers"]):
-        x, kv = decoder_layer(W, f"model.layers.{i}.", A, cos, sin, bias, x, lora, past[i] if past else None, sdpa)
+        x, kv = decoder_layer(W, f"model.layers.{i}.", A, cos, sin, biases[windows[i]], x, lora,
+                              past[i] if past else None, sdpa, rotary_layers[i])
         presents.append(kv)
-    x = _rms(x, W["model.norm.weight"], A["rms_norm_eps"])
+    x = norm(A, x, W["model.norm.weight"])
     if head == "lm":
         wl = W.get("lm_head.weight", W["model.embed_tokens.weight"])
-        return x @ wl.T, presents
+        logits = x @ wl.T
+        return (logits * A["logit_scale"] if A.get("logit_scale", 1.0) != 1.0 else logits), presents
     return x, presents
 
 

@@ -16,7 +16,7 @@ from .dpo import dpo_fixtures
 from .export import (ATOL, LORA_TARGETS, ParityError, _check, _tok_fixture, _tok_ids, fill_template, left_pad,
                      positions_from_mask)
 from .train_graphs import check_parity as check_train_parity
-from .train_graphs import FAMILIES, export_train_graphs
+from .train_graphs import export_train_graphs
 
 
 def export_policy(ckpt, tokenizer_path, out, chat_template, parity_prompts, log=print, name="policy",
@@ -71,13 +71,13 @@ def export_policy(ckpt, tokenizer_path, out, chat_template, parity_prompts, log=
     _tok_fixture(ex.tok, out, [fill_template(chat_template, p, r) for p, r in pairs])
     chat = check_chat_template(ckpt, ex.tok, chat_template, log)
     extra, rel = {}, None
-    if train and ex.A["family"] not in FAMILIES:
-        log(f"no training graphs: family {ex.A['family']!r} has none yet; tune and sft refuse this bundle")
-    elif train:
+    if train:
         W = {n: torch.from_numpy(w) for n, w in ex.parity_weights.items()}
         inv_freq = torch.from_numpy(ex.rotary["inv_freq"]).float()
         scale = ex.rotary["attention_scaling"]
-        extra = export_train_graphs(ex.parity_arch, W, inv_freq, scale, LORA_TARGETS, out, log)
+        # the whole model's architecture: its per-layer tables (rotary, windows) are indexed by `layer`; the
+        # truncated copy's weights only give the shapes
+        extra = export_train_graphs(ex.A, W, inv_freq, scale, LORA_TARGETS, out, log)
         rel = check_train_parity(out, ex.parity_arch, W, inv_freq, scale, LORA_TARGETS)
         log(f"training graphs vs torch autograd: {rel}")
         if not parity_depth_is_partial(ckpt, parity_layers):

@@ -24,10 +24,9 @@ import numpy as np
 import torch
 
 from .chunked import PREFIX, LayerGraphs, Pieces, example_sizes, module_path, trace
-from .export import _export, _io_spec, _rms
+from .export import _export, _io_spec, norm
 from .graphs import Graph
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # the functional model's families (no sliding window, no cohere2)
 SEQUENCE_CHUNKS = 8  # the layer graphs' sequence chunks (chunked.py): a layer's working set is ~1/8 of a sequence's
 
 
@@ -39,10 +38,12 @@ def layer_suffixes(weight_names) -> list[str]:
 def make_head(A):
     """h(hidden, target_positions, target_ids, norm, lm_head) -> token log-probs [rows, targets]."""
 
-    def head(hidden, positions, targets, norm, lm):
+    def head(hidden, positions, targets, norm_weight, lm):
         picked = torch.gather(hidden, 1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
-        x = _rms(picked, norm, A["rms_norm_eps"])
-        logp = torch.log_softmax((x @ lm.T).float(), dim=-1)
+        logits = (norm(A, picked, norm_weight) @ lm.T).float()
+        if A.get("logit_scale", 1.0) != 1.0:  # cohere2
+            logits = logits * A["logit_scale"]
+        logp = torch.log_softmax(logits, dim=-1)
         return torch.gather(logp, 2, targets[..., None])[..., 0]
 
     return head
@@ -61,8 +62,6 @@ def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log, chunks=SE
     returns their [graphs] entries (graph_entry format)."""
     from .export import graph_entry
 
-    if A["family"] not in FAMILIES:
-        raise SystemExit(f"training graphs: family {A['family']!r} is not supported yet (llama-family only)")
     names = list(W)
     suffixes = layer_suffixes(names)
     weight_specs = [_io_spec(PREFIX + s, "float32", list(W["model.layers.0." + s].shape)) for s in suffixes]

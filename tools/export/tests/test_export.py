@@ -60,7 +60,7 @@ def _tiny(kind, family, path, layers=2, dtype=None):
 PROMPTS = ["Hello there", "Wie geht es dir heute?", "Dia duit, conas atá tú? Sut mae?"]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "cohere2"])
 def test_policy_export_parity_with_the_training_graphs(tmp_path, tokenizer_path, family):
     _tiny("policy", family, tmp_path / "ckpt")
     out = tmp_path / "bundle"
@@ -106,6 +106,32 @@ def test_every_family_matches_transformers_on_a_truncated_copy(tmp_path, tokeniz
     if family == "cohere2":
         assert man["architecture"]["rotary_layers"] == [True, False, True, False]
         assert man["architecture"]["attention_windows"] == [4, -1, 4, -1]
+
+
+def test_training_graphs_of_a_truncated_parity_export_train_every_layer(tmp_path, tokenizer_path):
+    """cohere2's training graphs pick each layer's rotary and sliding window from tables indexed by `layer`, so
+    they are built from the whole model's architecture even when parity runs on a depth-truncated copy: held to
+    the functional model through all four layers of the bundle."""
+    import tomllib
+
+    import transformers as tf
+    from safetensors.numpy import load_file
+
+    from tools.export.checkpoint import rotary_of
+    from tools.export.export import LORA_TARGETS
+    from tools.export.train_graphs import check_parity
+
+    _tiny("policy", "cohere2", tmp_path / "ckpt", layers=4)
+    out = tmp_path / "bundle"
+    policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE, PROMPTS,
+                         log=lambda *_: None, max_new=6, parity_layers=2)
+    A = tomllib.load(open(out / "croco-model.toml", "rb"))["architecture"]
+    assert A["num_layers"] == 4 and A["attention_windows"] == [4, -1, 4, -1]
+    W = {n: torch.from_numpy(t) for n, t in load_file(str(out / "model.safetensors")).items()}
+    rotary = rotary_of(tf.AutoConfig.from_pretrained(str(tmp_path / "ckpt")))
+    rel = check_parity(str(out), A, W, torch.from_numpy(rotary["inv_freq"]).float(), rotary["attention_scaling"],
+                       LORA_TARGETS)
+    assert max(rel.values()) < ex.GRAD_RTOL
 
 
 def test_a_bfloat16_checkpoint_keeps_its_weights_and_gets_bfloat16_graphs(tmp_path, tokenizer_path):

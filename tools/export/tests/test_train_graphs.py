@@ -13,25 +13,52 @@ from tools.export.ortrun import ort_session  # noqa: E402
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _tiny(family):
+def _tiny(family, with_model=False):
+    """A tiny random checkpoint of the family: (W, A, inv_freq, attention scaling[, the transformers model]).
+    cohere2: a sliding window of 4 on layers 0 and 2 (rotary there only), a global layer 1, logit scale 0.5."""
     import transformers as tf
+
+    from tools.export.checkpoint import arch_from_config
 
     torch.manual_seed(0)
     kw = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
-    cfg = {"llama": lambda: tf.LlamaConfig(**kw, head_dim=8), "qwen3": lambda: tf.Qwen3Config(**kw, head_dim=16)}[family]()
-    m = tf.AutoModelForCausalLM.from_config(cfg)
+    cfg = {"llama": lambda: tf.LlamaConfig(**kw, head_dim=8), "qwen3": lambda: tf.Qwen3Config(**kw, head_dim=16),
+           "cohere2": lambda: tf.Cohere2Config(**{**kw, "hidden_size": 64, "tie_word_embeddings": True},
+                                               sliding_window=4, logit_scale=0.5,
+                                               layer_types=["sliding_attention", "full_attention",
+                                                            "sliding_attention"])}[family]()
+    m = tf.AutoModelForCausalLM.from_config(cfg).eval()
     for n, p in m.named_parameters():
         if "norm" in n:
             torch.nn.init.normal_(p, mean=1.0, std=0.1)
     W = {n: t.detach().float().contiguous() for n, t in m.state_dict().items() if "rotary" not in n}
-    A = {"family": family, "vocab_size": 96, "hidden_size": 32, "num_layers": 3, "num_attention_heads": 4,
-         "num_kv_heads": 2, "head_dim": cfg.head_dim, "intermediate_size": 48, "rms_norm_eps": cfg.rms_norm_eps}
+    A = arch_from_config(cfg) if family == "cohere2" else {
+        "family": family, "vocab_size": 96, "hidden_size": 32, "num_layers": 3, "num_attention_heads": 4,
+        "num_kv_heads": 2, "head_dim": cfg.head_dim, "intermediate_size": 48, "rms_norm_eps": cfg.rms_norm_eps}
     re = m.model.rotary_emb
-    return W, A, re.inv_freq.float(), float(getattr(re, "attention_scaling", 1.0))
+    tiny = W, A, re.inv_freq.float(), float(getattr(re, "attention_scaling", 1.0))
+    return (*tiny, m) if with_model else tiny
 
 
-@pytest.mark.parametrize("family,p", [("llama", 0.0), ("llama", 0.1), ("qwen3", 0.1)])
+def test_functional_cohere2_equals_transformers():
+    """The functional model the training graphs are held to, on cohere2 (parallel blocks, LayerNorm, neighbour-
+    paired rotary on the sliding layers only, a window shorter than the sequence, logit scale), against
+    transformers' own Cohere2ForCausalLM, left padding included."""
+    W, A, inv_freq, scale_r, m = _tiny("cohere2", with_model=True)
+    ids = torch.randint(3, 96, (2, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :3] = 0
+    pos = positions_from_mask(mask)
+    mine, _ = llama_forward(W, A, inv_freq, scale_r, ids, mask, pos)
+    with torch.no_grad():
+        ref = m(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    real = mask.bool()
+    np.testing.assert_allclose(mine[real].detach().numpy(), ref[real].numpy(), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family,p", [("llama", 0.0), ("llama", 0.1), ("qwen3", 0.1), ("cohere2", 0.0),
+                                      ("cohere2", 0.1)])
 def test_layerwise_gradients_equal_autograd_through_the_whole_model(tmp_path, family, p):
     W, A, inv_freq, scale_r = _tiny(family)
     tg.export_train_graphs(A, W, inv_freq, scale_r, TARGETS, str(tmp_path), log=lambda *_: None)
