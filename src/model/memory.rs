@@ -17,11 +17,9 @@
 //!   MLP (`tokens × 3 · intermediate`) and four `tokens × hidden` streams
 //!   (residual, normed input, attention output, projection). Generation
 //!   also counts the larger of the MLP and one layer's attention
-//!   probabilities (`rows × heads × width × keys`, float32). A batched
-//!   forward without a cache (score, log-probs) counts instead every layer's
-//!   present keys and values, which ONNX Runtime keeps until the call ends
-//!   though nothing reads them: measured, its peak grows with depth by
-//!   exactly those, and does not depend on `width²` at a given token count;
+//!   probabilities (`rows × heads × width × keys`, float32); a batched
+//!   forward without a cache (score, log-probs) does not (measured: its peak
+//!   does not depend on `width²` at a given token count);
 //! - **workspace**: ONNX Runtime's arena rounds allocations up and keeps
 //!   freed blocks; a quarter of the activations is allowed for it in
 //!   generation (a batched forward's figure was measured with its arena).
@@ -178,13 +176,11 @@ impl ModelShape {
     /// Measured on the CPU (`cargo bench --bench generate_memory`; the demo
     /// and a ~0.5 B reward bundle, 32 rows × ~512 tokens): the peak is the
     /// same at 64 × 256, 32 × 512 and 16 × 1,024 tokens (GroupQueryAttention
-    /// never holds the batch's `rows × heads × width²` probabilities), and
-    /// grows with depth by each layer's present keys and values (6 and 12 of
-    /// the 0.5 B model's 24 layers: 33.5 MB per layer at 8,192 tokens, its
-    /// `tokens × 2 · kv_heads · head_dim` floats). The MLP, streams and
-    /// presents together, without further slack, fall within 14 % of both
-    /// (the attention term and a quarter of slack had planned the 0.5 B
-    /// model 35 % low and the demo 18 % high).
+    /// never holds the batch's `rows × heads × width²` probabilities). The
+    /// graphs leave out attention's present keys and values (ONNX Runtime
+    /// had kept every layer's until the call ended: bundles exported before
+    /// 2026-12-05 still do, and need `rebundle`), so the MLP and the streams,
+    /// without further slack, are the figure.
     pub fn forward(&self, rows: u64, tokens: u64, width: u64, logits: bool) -> Footprint {
         let width = width.min(tokens).max(1);
         let rows = rows.min(tokens / width).max(1);
@@ -193,8 +189,7 @@ impl ModelShape {
         // (at most every position); scores return no logits.
         let logits = if logits { tokens * 2 * self.vocab * F32 } else { 0 };
         let mlp = tokens * 3 * self.intermediate * self.element;
-        let presents = tokens * self.kv_bytes_per_token();
-        let activations = logits + mlp + self.streams(tokens) + presents;
+        let activations = logits + mlp + self.streams(tokens);
         Footprint { weights: self.weight_bytes, kv_cache: 0, activations, workspace: 0 }
     }
 
