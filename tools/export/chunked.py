@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from .dropout import apply_dropout, feature_hashes, keep_mask, row_hashes
-from .export import norm, positions_from_mask, project, rotary, rotate
+from .export import after_attention, norm, positions_from_mask, project, qkv, rotary, rotate
 
 PRE = ("q_proj", "k_proj", "v_proj")  # the adapted modules before attention; the others come after it
 PRE_TENSORS = ("input_layernorm.", "self_attn.q_", "self_attn.k_", "self_attn.v_")  # their layer tensors
@@ -63,10 +63,10 @@ class Pieces:
         self.A, self.inv_freq, self.rope_scale, self.targets, self.chunks = A, inv_freq, rope_scale, targets, chunks
         self.H, self.KV, self.D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
         self.rep, self.scale = self.H // self.KV, 1.0 / math.sqrt(A["head_dim"])
-        self.parallel = bool(A.get("parallel_block"))  # cohere2: attention and MLP both on the input's norm
         self.pre_tensors = [s for s in suffixes if s.startswith(PRE_TENSORS)]
+        # cohere2's parallel block: post's MLP takes the input's norm too
         self.post_tensors = [s for s in suffixes if not s.startswith(PRE_TENSORS)
-                             or (self.parallel and s.startswith("input_layernorm."))]
+                             or (A.get("parallel_block") and s.startswith("input_layernorm."))]
         rotary_layers = A.get("rotary_layers") or [True] * A["num_layers"]
         # cohere2's global layers do not rotate: cos and sin become 1 and 0 there (rotary_gate)
         self.rotary_flags = None if all(rotary_layers) else torch.tensor([float(r) for r in rotary_layers])
@@ -100,18 +100,11 @@ class Pieces:
     def pre(self, x, cos, sin, index, scale, p, seed, layer, *rest):
         """x [B, c, hidden] -> queries [B, KV, rep * c, D] (rows rep-major), keys and values [B, KV, c, D]."""
         W, lora = self._weights_and_lora(rest, self.pre_tensors, self.pre_targets, scale, p, seed, layer, index)
-        A, H, KV, D = self.A, self.H, self.KV, self.D
-        B, c = x.shape[0], x.shape[1]
-        h = norm(A, x, W["input_layernorm.weight"])
-        q = project(W, "self_attn.q_proj.weight", h, lora).view(B, c, H, D).transpose(1, 2)
-        k = project(W, "self_attn.k_proj.weight", h, lora).view(B, c, KV, D).transpose(1, 2)
-        v = project(W, "self_attn.v_proj.weight", h, lora).view(B, c, KV, D).transpose(1, 2)
-        if "self_attn.q_norm.weight" in W:
-            q = norm(A, q, W["self_attn.q_norm.weight"])
-            k = norm(A, k, W["self_attn.k_norm.weight"])
+        A = self.A
+        q, k, v = qkv(A, W, "", norm(A, x, W["input_layernorm.weight"]), lora)
         cos, sin = self.rotary_gate(cos, sin, layer)
         q, k = rotate(A, q, cos, sin), rotate(A, k, cos, sin)
-        return q.reshape(B, KV, self.rep * c, D), k, v
+        return q.reshape(x.shape[0], self.KV, self.rep * x.shape[1], self.D), k, v
 
     def rotary_gate(self, cos, sin, layer):
         """cos and sin on the layers that rotate, 1 and 0 (an exact identity) on those that do not."""
@@ -125,17 +118,8 @@ class Pieces:
         output [B, c, hidden]: sequential (the MLP on the stream after attention) or, for cohere2, parallel
         (the MLP on the input's norm, recomputed here)."""
         W, lora = self._weights_and_lora(rest, self.post_tensors, self.post_targets, scale, p, seed, layer, index)
-        B, c = x.shape[0], x.shape[1]
-        o = o.permute(0, 3, 1, 2, 4).reshape(B, c, self.H * self.D)
-        attended = project(W, "self_attn.o_proj.weight", o, lora)
-        if self.parallel:
-            h = norm(self.A, x, W["input_layernorm.weight"])
-        else:
-            x = x + attended
-            h = norm(self.A, x, W["post_attention_layernorm.weight"])
-        act = F.silu(project(W, "mlp.gate_proj.weight", h, lora)) * project(W, "mlp.up_proj.weight", h, lora)
-        mlp = project(W, "mlp.down_proj.weight", act, lora)
-        return x + attended + mlp if self.parallel else x + mlp
+        o = o.permute(0, 3, 1, 2, 4).reshape(x.shape[0], x.shape[1], self.H * self.D)
+        return after_attention(self.A, W, "", x, project(W, "self_attn.o_proj.weight", o, lora), lora)
 
     def pre_vjp(self, x, cos, sin, index, scale, p, seed, layer, *rest):
         """pre's inputs, then the gradients of its outputs (the queries' as [B, KV, rep, c, D]) -> (grad x, the

@@ -105,24 +105,42 @@ def project(W, name, t, lora=None):
     return y
 
 
-def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False, rotary=True):
-    """One decoder layer on x [B, S, hidden]: the weights are W[p + suffix]. Returns (x, (k, v)). Llama-family
-    layers are sequential (attention, then the MLP on the updated stream); cohere2's are parallel (attention and
-    MLP on the same normed input, both added to the stream). lora and sdpa as in llama_forward; past: this layer's
-    (k, v) [B, KVH, P, D] or None; rotary: whether this layer rotates q and k (cohere2's global layers do not)."""
-    B, S = x.shape[0], x.shape[1]
+def qkv(A, W, p, h, lora=None):
+    """Queries [B, heads, S, D], keys and values [B, kv_heads, S, D] of a layer's normed input h [B, S, hidden]
+    (weights W[p + suffix]), q and k normed per head where the family does (qwen3); rotary is the caller's."""
+    B, S = h.shape[0], h.shape[1]
     H, KV, D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
-    h = norm(A, x, W[p + "input_layernorm.weight"])
-
-    def lin(name, t):
-        return project(W, p + name + ".weight", t, lora)
-
-    q = lin("self_attn.q_proj", h).view(B, S, H, D).transpose(1, 2)
-    k = lin("self_attn.k_proj", h).view(B, S, KV, D).transpose(1, 2)
-    v = lin("self_attn.v_proj", h).view(B, S, KV, D).transpose(1, 2)
+    q = project(W, p + "self_attn.q_proj.weight", h, lora).view(B, S, H, D).transpose(1, 2)
+    k = project(W, p + "self_attn.k_proj.weight", h, lora).view(B, S, KV, D).transpose(1, 2)
+    v = project(W, p + "self_attn.v_proj.weight", h, lora).view(B, S, KV, D).transpose(1, 2)
     if p + "self_attn.q_norm.weight" in W:
         q = norm(A, q, W[p + "self_attn.q_norm.weight"])
         k = norm(A, k, W[p + "self_attn.k_norm.weight"])
+    return q, k, v
+
+
+def after_attention(A, W, p, x, attended, lora=None):
+    """A layer's output from its input x and attention's projected output: sequential for the Llama family
+    (attention added, then the MLP of the updated stream's norm), parallel for cohere2 (attention and the MLP of
+    the input's norm, both added to x)."""
+    if A.get("parallel_block"):
+        return x + attended + _mlp(W, p, norm(A, x, W[p + "input_layernorm.weight"]), lora)
+    x = x + attended
+    return x + _mlp(W, p, norm(A, x, W[p + "post_attention_layernorm.weight"]), lora)
+
+
+def _mlp(W, p, h, lora):
+    gate = F.silu(project(W, p + "mlp.gate_proj.weight", h, lora))
+    return project(W, p + "mlp.down_proj.weight", gate * project(W, p + "mlp.up_proj.weight", h, lora), lora)
+
+
+def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False, rotary=True):
+    """One decoder layer on x [B, S, hidden]: the weights are W[p + suffix]. Returns (x, (k, v)); the block is
+    after_attention's. lora and sdpa as in llama_forward; past: this layer's (k, v) [B, KVH, P, D] or None;
+    rotary: whether this layer rotates q and k (cohere2's global layers do not)."""
+    B, S = x.shape[0], x.shape[1]
+    H, KV, D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
+    q, k, v = qkv(A, W, p, norm(A, x, W[p + "input_layernorm.weight"]), lora)
     if rotary:
         q, k = rotate(A, q, cos, sin), rotate(A, k, cos, sin)
     if past is not None:
@@ -138,12 +156,7 @@ def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False, 
         att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
         o = torch.softmax(att, dim=-1) @ vv
     o = o.transpose(1, 2).reshape(B, S, H * D)
-    attended = lin("self_attn.o_proj", o)
-    if not A.get("parallel_block"):
-        x = x + attended
-        h = norm(A, x, W[p + "post_attention_layernorm.weight"])
-    mlp = lin("mlp.down_proj", F.silu(lin("mlp.gate_proj", h)) * lin("mlp.up_proj", h))
-    return (x + attended + mlp if A.get("parallel_block") else x + mlp), (k, v)
+    return after_attention(A, W, p, x, project(W, p + "self_attn.o_proj.weight", o, lora), lora), (k, v)
 
 
 def llama_forward(W: dict, A: dict, inv_freq, rope_scale, input_ids, attention_mask, position_ids, past=None,

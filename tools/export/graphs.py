@@ -152,10 +152,11 @@ class Layers:
         # ended though nothing read them (~40 % of a scoring batch's peak, measured).
         presents = [cache[2], cache[3]] if cache else []
         inputs = [q3, k3, v3, *past, seqlens_k, total] + ([self.cos, self.sin] if rotary else [])
-        outs = g.op("GroupQueryAttention", inputs, [f"/attn_{i}", *presents], domain=MS, num_heads=H,
-                    kv_num_heads=KV, do_rotary=int(rotary), rotary_interleaved=int(A["rotary_interleaved"]),
-                    local_window_size=A["attention_windows"][i], scale=float(D ** -0.5))
-        attn = g.op("Reshape", [outs if isinstance(outs, str) else outs[0], g.ints(f"/attn_flat_{i}", [-1, H * D])])
+        attended = f"/attn_{i}"
+        g.op("GroupQueryAttention", inputs, [attended, *presents], domain=MS, num_heads=H, kv_num_heads=KV,
+             do_rotary=int(rotary), rotary_interleaved=int(A["rotary_interleaved"]),
+             local_window_size=A["attention_windows"][i], scale=float(D ** -0.5))
+        attn = g.op("Reshape", [attended, g.ints(f"/attn_flat_{i}", [-1, H * D])])
         return self.linear(attn, p + "o_proj")
 
     def mlp(self, i, h2d):
