@@ -17,8 +17,10 @@
 //! its `decode.onnx` read from git at the last format-1 commit ([`V1_COMMIT`];
 //! the weights are the same values under the same names). Both graphs are
 //! timed the way croco drives them: v2 with the cache bound as past and
-//! present and written in place, v1 with the cache passed in and the
-//! concatenated present fed back as the next step's past.
+//! present and written in place and the weights packed once by the session
+//! ([`WeightFeed::packed_on`]), v1 with the cache passed in, the
+//! concatenated present fed back as the next step's past and the weights
+//! bound as inputs.
 
 mod common;
 
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
-use croco::model::graph::BoundGraph;
+use croco::model::graph::{BoundGraph, WeightFeed};
 use croco::model::precision::Precision;
 use croco::model::runtime::{Device, SessionConfig, Target, resolve_target};
 use croco::model::weights::Weights;
@@ -61,7 +63,7 @@ fn main() {
     let config = SessionConfig { device: Device::Cpu, device_id: 0, threads: THREADS };
     let target = resolve_target(&config).unwrap();
     let weights = Weights::load(&bundle, Precision::Float32, target).unwrap();
-    let mut v2 = BoundGraph::new(&bundle, "decode", &weights, target, THREADS).unwrap();
+    let mut v2 = BoundGraph::new(&bundle, "decode", &weights, target, THREADS, WeightFeed::packed_on(target)).unwrap();
     let mut v1 = v1_graph(repo, &bundle_dir).map(|path| V1::new(&path, &weights));
     if v1.is_none() {
         println!("  (no format-1 graph: set CROCO_BENCH_V1_GRAPH to compare)");

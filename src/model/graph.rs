@@ -5,7 +5,8 @@
 //! is bound as both an input and an output, and written in place.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ort::AsPointer;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
@@ -14,9 +15,56 @@ use ort::value::{DynValue, DynValueRefMut};
 
 use super::ModelError;
 use super::bundle::Bundle;
+use super::onnx_proto::{WeightInput, weights_as_initializers};
 use super::precision::Precision;
-use super::runtime::{Target, session};
+use super::runtime::{Target, session, session_with_initializers};
 use super::weights::Weights;
+
+/// How a session gets the bundle's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFeed {
+    /// Graph inputs, bound by reference to the device's one copy.
+    Bound,
+    /// Initializers supplied from that copy (the graph is rewritten on load,
+    /// [`super::onnx_proto`]), which the CPU's GEMMs pack once instead of on
+    /// every call: for graphs of few rows per call, such as a decode step
+    /// (1.4× faster at 16 and 32 rows on a ~0.5 B model). The packed copies
+    /// are the session's own: the weights' memory once more.
+    Initializers,
+}
+
+impl WeightFeed {
+    /// Packed initializers on the CPU; on CUDA, where nothing is packed, the
+    /// weights bound as inputs.
+    pub fn packed_on(target: Target) -> WeightFeed {
+        if target == Target::Cpu { WeightFeed::Initializers } else { WeightFeed::Bound }
+    }
+}
+
+/// The session of the graph file at `path` with `weights` (graph inputs in
+/// the file) turned into initializers that read the weights' memory.
+fn initializer_session(
+    path: &Path,
+    bundle: &Bundle,
+    weights: &[&(String, Arc<DynValue>)],
+    precision: Precision,
+    target: Target,
+    threads: usize,
+) -> Result<Session, ModelError> {
+    let model = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let shapes = &bundle.manifest.weights.tensors;
+    let inputs: Vec<WeightInput<'_>> = weights
+        .iter()
+        .map(|(name, _)| {
+            let dims = shapes.iter().find(|t| &t.name == name).map_or(&[][..], |t| t.shape.as_slice());
+            WeightInput { name, dims, data_type: precision.onnx_data_type() }
+        })
+        .collect();
+    let rewritten = weights_as_initializers(&model, &inputs)
+        .map_err(|source| ModelError::Graph { path: path.to_path_buf(), source })?;
+    let initializers: Vec<(String, Arc<DynValue>)> = weights.iter().map(|(n, v)| (n.clone(), Arc::clone(v))).collect();
+    session_with_initializers(path, &rewritten, target, threads, &initializers)
+}
 
 /// A graph ready to run.
 pub struct BoundGraph {
@@ -32,13 +80,15 @@ pub struct BoundGraph {
 
 impl BoundGraph {
     /// Builds the session of graph `name` in the weights' precision, checks
-    /// its inputs and outputs against the manifest, and binds the weights.
+    /// its inputs and outputs against the manifest, and hands it the weights
+    /// as `feed` says.
     pub fn new(
         bundle: &Bundle,
         name: &str,
         weights: &Weights,
         target: Target,
         threads: usize,
+        feed: WeightFeed,
     ) -> Result<Self, ModelError> {
         let spec = bundle.graph(name)?;
         let precision = weights.precision;
@@ -50,13 +100,18 @@ impl BoundGraph {
             ),
         })?;
         let path = bundle.file(file);
-        let session = session(&path, target, threads)?;
-        let expected_inputs: Vec<&str> = spec
-            .inputs
-            .iter()
-            .map(|i| i.name.as_str())
-            .chain(weights.tensors.iter().map(|(n, _)| n.as_str()).filter(|n| spec.weight_inputs.includes(n)))
-            .collect();
+        let graph_weights: Vec<&(String, Arc<DynValue>)> =
+            weights.tensors.iter().filter(|(n, _)| spec.weight_inputs.includes(n)).collect();
+        let session = match feed {
+            WeightFeed::Bound => session(&path, target, threads)?,
+            WeightFeed::Initializers => initializer_session(&path, bundle, &graph_weights, precision, target, threads)?,
+        };
+        let bound_weights = match feed {
+            WeightFeed::Bound => graph_weights.as_slice(),
+            WeightFeed::Initializers => &[],
+        };
+        let expected_inputs: Vec<&str> =
+            spec.inputs.iter().map(|i| i.name.as_str()).chain(bound_weights.iter().map(|(n, _)| n.as_str())).collect();
         let found_inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         let expected_outputs: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
         let found_outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
@@ -83,8 +138,8 @@ impl BoundGraph {
         }
         let error = |source: ort::Error| ModelError::Session { path: path.clone(), source };
         let mut binding = session.create_binding().map_err(error)?;
-        for (weight, value) in weights.tensors.iter().filter(|(n, _)| spec.weight_inputs.includes(n)) {
-            binding.bind_input(weight.as_str(), value).map_err(error)?;
+        for (weight, value) in bound_weights {
+            binding.bind_input(weight.as_str(), &**value).map_err(error)?;
         }
         let outputs = expected_outputs.iter().map(|s| s.to_string()).collect();
         Ok(BoundGraph { path, session, binding, target, outputs, in_place: Vec::new(), precision })

@@ -18,7 +18,7 @@ use ort::value::{DynValue, Tensor};
 
 use super::bundle::{Bundle, BundleKind};
 use super::dpo::{Loss, LossSettings, PairTokens, StepOutput};
-use super::graph::BoundGraph;
+use super::graph::{BoundGraph, WeightFeed};
 use super::lora::Adapter;
 use super::precision::Precision;
 use super::runtime::{SessionConfig, Target, resolve_target};
@@ -64,7 +64,7 @@ impl LayerwiseGraphs {
         }
         let target = resolve_target(config)?;
         let weights = Weights::load(bundle, Precision::Float32, target)?;
-        let graph = |name: &str| BoundGraph::new(bundle, name, &weights, target, config.threads);
+        let graph = |name: &str| BoundGraph::new(bundle, name, &weights, target, config.threads, WeightFeed::Bound);
         let arch = &bundle.manifest.architecture;
         let targets = bundle.manifest.lora.as_ref().map(|l| l.target_modules.clone()).unwrap_or_default();
         Ok(LayerwiseGraphs {
@@ -171,7 +171,7 @@ impl LayerwiseGraphs {
             ("layer".into(), &index),
         ];
         for (name, value) in self.weights.tensors.iter().filter(|(n, _)| n.starts_with(&prefix)) {
-            inputs.push((format!("layer.{}", &name[prefix.len()..]), value));
+            inputs.push((format!("layer.{}", &name[prefix.len()..]), &**value));
         }
         for (m, module) in self.targets.iter().enumerate() {
             let (a, b) = &lora.tensors[layer * self.targets.len() + m];
@@ -258,7 +258,7 @@ fn weight<'w>(weights: &'w Weights, name: &str) -> Result<&'w DynValue, ModelErr
         .tensors
         .iter()
         .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
+        .map(|(_, v)| &**v)
         .ok_or_else(|| ModelError::MissingOutput { graph: "weights".into(), output: name.into() })
 }
 

@@ -6,7 +6,8 @@
 //! (float32 on the CPU, the bundle's half precision on CUDA), the way ONNX
 //! Runtime runs them:
 //! - **weights**: every tensor of the manifest, once, in that precision
-//!   (bound by reference to every session of the device);
+//!   (bound by reference to every session of the device), and on the CPU
+//!   the matrices once more in generation, whose decode session packs them;
 //! - **KV cache** (generation): one buffer of `slots × length` tokens of
 //!   `2 · layers · kv_heads · head_dim` elements, written in place, plus the
 //!   caches of the prompts prefilled ahead of admission (about two prefill
@@ -84,6 +85,10 @@ pub struct ModelShape {
     pub vocab: u64,
     /// Elements of the largest weight tensor (decoded alone on the host).
     pub largest_tensor: u64,
+    /// Bytes of the weights GEMMs multiply by (every matrix but the
+    /// embeddings, which are gathered, unless the LM head reuses them): what
+    /// a session that packs its weights holds once more.
+    pub gemm_weight_bytes: u64,
     /// Sequence chunks of the layer training graphs (one in exports from
     /// before chunking).
     pub sequence_chunks: u64,
@@ -94,8 +99,13 @@ impl ModelShape {
     pub fn of(manifest: &BundleManifest, precision: Precision) -> ModelShape {
         let arch = &manifest.architecture;
         let element = precision.bytes() as u64;
-        let weight_bytes =
-            manifest.weights.tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64 * element).sum();
+        let bytes = |t: &&super::bundle::TensorSpec| t.shape.iter().product::<usize>() as u64 * element;
+        let weight_bytes = manifest.weights.tensors.iter().map(|t| bytes(&t)).sum();
+        let tied = !manifest.weights.tensors.iter().any(|t| t.name == "lm_head.weight");
+        let gemm_weight_bytes = (manifest.weights.tensors.iter())
+            .filter(|t| t.shape.len() == 2 && (tied || !t.name.ends_with("embed_tokens.weight")))
+            .map(|t| bytes(&t))
+            .sum();
         ModelShape {
             weight_bytes,
             element,
@@ -113,6 +123,7 @@ impl ModelShape {
                 .map(|t| t.shape.iter().product::<usize>() as u64)
                 .max()
                 .unwrap_or(0),
+            gemm_weight_bytes,
             // A bundle without training graphs yet is planned with the ones
             // `train-graphs` would add.
             sequence_chunks: manifest
@@ -161,13 +172,19 @@ impl ModelShape {
 
     /// Generation over `slots` sequences of up to `length` cached tokens,
     /// prompts prefilled in calls of at most `prefill_tokens` padded tokens.
-    pub fn generation(&self, slots: u64, length: u64, prefill_tokens: u64) -> Footprint {
+    /// On the CPU the decode session packs its GEMMs' weights once more
+    /// ([`super::graph::WeightFeed::Initializers`]).
+    pub fn generation(&self, slots: u64, length: u64, prefill_tokens: u64, on_cpu: bool) -> Footprint {
         let chunk = prefill_tokens.min(length);
         let kv_cache = (slots * length + 2 * chunk) * self.kv_bytes_per_token();
         let decode = self.call(slots, 1, length, slots, 1);
         // The worst prefill call: one prompt filling the chunk, its last position's logits returned.
         let prefill = self.call(1, chunk, chunk, 1, 1);
-        self.with_workspace(kv_cache, decode.max(prefill))
+        let mut footprint = self.with_workspace(kv_cache, decode.max(prefill));
+        if on_cpu {
+            footprint.weights += self.gemm_weight_bytes;
+        }
+        footprint
     }
 
     /// Reward scoring (or log-probs with `logits`) of batches of at most
@@ -304,6 +321,7 @@ mod tests {
             vocab: 128_000,
             sequence_chunks: 8,
             largest_tensor: 128_000 * 4096,
+            gemm_weight_bytes: (9_150_000_000 - 128_000 * 4096) * 2,
         }
     }
 
@@ -312,10 +330,10 @@ mod tests {
         let shape = eurollm_9b();
         // 2 · 42 layers · 8 heads · 128 · 2 bytes = 172,032 bytes per token in bfloat16.
         assert_eq!(shape.kv_bytes_per_token(), 172_032);
-        let plan = shape.generation(1024, 4096, 2048);
+        let plan = shape.generation(1024, 4096, 2048, false);
         assert_eq!(plan.kv_cache, (1024 * 4096 + 2 * 2048) * 172_032);
         // 64 slots of 4,608 tokens fit beside the 18 GB of weights on an 80 GB H100.
-        let paper = shape.generation(64, 4608, 2048);
+        let paper = shape.generation(64, 4608, 2048, false);
         assert!(paper.total() < 80 * (1 << 30), "{paper:?}");
         assert!(plan.total() > plan.kv_cache);
     }

@@ -12,6 +12,7 @@ pub mod kv;
 pub mod layerwise;
 pub mod lora;
 pub mod memory;
+pub mod onnx_proto;
 pub mod optim;
 pub mod policy;
 pub mod precision;
@@ -55,6 +56,9 @@ pub enum ModelError {
     /// A graph has no output of that name.
     #[error("{graph} graph: no output `{output}`")]
     MissingOutput { graph: String, output: String },
+    /// A graph file could not be rewritten for its session.
+    #[error("{}: {source}", path.display())]
+    Graph { path: PathBuf, source: onnx_proto::ProtoError },
     /// A session could not be built or run.
     #[error("{}: {source}", path.display())]
     Session { path: PathBuf, source: ort::Error },

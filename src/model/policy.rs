@@ -11,7 +11,7 @@ use super::bundle::{Bundle, BundleKind};
 use super::continuous::{DecodeModel, Scheduler, SlotLimits};
 use super::device_sampler::DeviceSampler;
 pub use super::generation::{Finish, Generated, GenerationRequest, StepCounts};
-use super::graph::BoundGraph;
+use super::graph::{BoundGraph, WeightFeed};
 use super::kv::CacheShape;
 use super::lora::Adapter;
 use super::runtime::{SessionConfig, Target, resolve_target};
@@ -52,7 +52,11 @@ pub struct Policy {
     pub bundle: Bundle,
     /// Its tokenizer.
     pub tokenizer: ChatTokenizer,
-    decode: BoundGraph,
+    weights: Weights,
+    /// Built on the first generation: its session holds packed weights on
+    /// the CPU ([`WeightFeed::Initializers`]), which a stage that only
+    /// computes log-probs does not pay for.
+    decode: Option<BoundGraph>,
     logprob: BoundGraph,
     target: Target,
     threads: usize,
@@ -64,7 +68,8 @@ pub struct Policy {
 
 impl Policy {
     /// Loads the policy bundle in `bundle`: weights, tokenizer, and the
-    /// `decode` and `logprob` sessions on the configured device.
+    /// `logprob` session on the configured device (the `decode` session
+    /// follows on the first generation).
     pub fn load(bundle: Bundle, config: &SessionConfig) -> Result<Policy, ModelError> {
         Policy::load_tuned(bundle, None, config)
     }
@@ -78,12 +83,12 @@ impl Policy {
         let precision = bundle.precision_for("decode", target)?;
         let weights = Weights::load_merged(&bundle, adapter, precision, target)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
-        let decode = BoundGraph::new(&bundle, "decode", &weights, target, config.threads)?;
-        let logprob = BoundGraph::new(&bundle, "logprob", &weights, target, config.threads)?;
+        let logprob = BoundGraph::new(&bundle, "logprob", &weights, target, config.threads, WeightFeed::Bound)?;
         let mut policy = Policy {
             bundle,
             tokenizer,
-            decode,
+            weights,
+            decode: None,
             logprob,
             target,
             threads: config.threads,
@@ -128,8 +133,19 @@ impl Policy {
             .flat_map(|layer| ["key", "value"].map(|part| (layer, part)))
             .map(|(layer, part)| (format!("past_key_values.{layer}.{part}"), format!("present.{layer}.{part}")))
             .collect();
+        let decode = match &mut self.decode {
+            Some(decode) => decode,
+            None => self.decode.insert(BoundGraph::new(
+                &self.bundle,
+                "decode",
+                &self.weights,
+                self.target,
+                self.threads,
+                WeightFeed::packed_on(self.target),
+            )?),
+        };
         let model = DecodeModel {
-            graph: &mut self.decode,
+            graph: decode,
             cache_names,
             cache: CacheShape { tensors: 2 * arch.num_layers, heads: arch.num_kv_heads, dim: arch.head_dim },
             vocab: arch.vocab_size,

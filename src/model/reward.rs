@@ -4,7 +4,7 @@
 
 use super::ModelError;
 use super::bundle::{Bundle, BundleKind};
-use super::graph::BoundGraph;
+use super::graph::{BoundGraph, WeightFeed};
 use super::runtime::{SessionConfig, resolve_target};
 use super::tokenizer::ChatTokenizer;
 use super::values::{host_f32, right_pad, sequence_lengths, tensor_i64};
@@ -27,7 +27,7 @@ impl RewardModel {
         let precision = bundle.precision_for("score", target)?;
         let weights = Weights::load(&bundle, precision, target)?;
         let tokenizer = ChatTokenizer::load(&bundle)?;
-        let score = BoundGraph::new(&bundle, "score", &weights, target, config.threads)?;
+        let score = BoundGraph::new(&bundle, "score", &weights, target, config.threads, WeightFeed::Bound)?;
         Ok(RewardModel { bundle, tokenizer, score })
     }
 

@@ -7,12 +7,13 @@
 //! so the path is checked here first and a missing library is a clear error.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::value::DynValue;
 use serde::{Deserialize, Serialize};
 
 use super::ModelError;
@@ -135,6 +136,25 @@ pub fn session_from_memory(name: &str, model: &[u8], target: Target, threads: us
     let path = Path::new(name);
     let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
     builder(path, target, threads)?.commit_from_memory(model).map_err(error)
+}
+
+/// Like [`session_from_memory`], with `initializers` handed to ONNX Runtime
+/// as the data of the graph's external initializers of those names
+/// ([`super::onnx_proto::weights_as_initializers`]): the session reads them
+/// where they are, and the CPU's kernels pack them once.
+pub fn session_with_initializers(
+    path: &Path,
+    model: &[u8],
+    target: Target,
+    threads: usize,
+    initializers: &[(String, Arc<DynValue>)],
+) -> Result<Session, ModelError> {
+    let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
+    let mut builder = builder(path, target, threads)?;
+    for (name, value) in initializers {
+        builder = builder.with_external_initializer(name, Arc::clone(value)).map_err(|e| error(e.into()))?;
+    }
+    builder.commit_from_memory(model).map_err(error)
 }
 
 /// A session builder on `target`; `path` names the graph in errors.

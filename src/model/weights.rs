@@ -3,6 +3,8 @@
 //! graphs take the weights as inputs): decode, log-probs, sampling and the
 //! judge share one copy.
 
+use std::sync::Arc;
+
 use ort::memory::AllocationDevice;
 use ort::value::{DynTensorValueType, DynValue};
 use safetensors::{Dtype, SafeTensors};
@@ -16,8 +18,9 @@ use super::runtime::Target;
 /// Named weight tensors in the manifest's (graph-input) order, all in one
 /// precision, on one device.
 pub struct Weights {
-    /// (name, value) pairs.
-    pub tensors: Vec<(String, DynValue)>,
+    /// (name, value) pairs; a session that takes the weights as
+    /// initializers ([`super::graph::WeightFeed::Initializers`]) holds them too.
+    pub tensors: Vec<(String, Arc<DynValue>)>,
     /// The element type of every tensor: the precision of the graph variant
     /// they are bound to.
     pub precision: Precision,
@@ -73,7 +76,7 @@ impl Weights {
                 adapter.merge_into(&tensor.name, &mut values);
             }
             let value = precision.tensor(tensor.shape.clone(), values)?;
-            tensors.push((tensor.name.clone(), on_device(&tensor.name, value, target)?));
+            tensors.push((tensor.name.clone(), Arc::new(on_device(&tensor.name, value, target)?)));
         }
         Ok(Weights { tensors, precision })
     }

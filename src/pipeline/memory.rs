@@ -97,7 +97,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
             (StageName::Generate, "generation", generate.sampling_role()),
             format!("{slots} slots x {length} tokens, prefill calls of {chunk} tokens"),
             slots.max(chunk),
-            both(&model, model.generation(slots, length, chunk), 1),
+            both(&model, model.generation(slots, length, chunk, on_cpu), 1),
             "stages.generate.slots",
         ));
     }
@@ -148,7 +148,7 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
                 (StageName::Evaluate, "answers", ModelRole::Policy),
                 format!("{slots} slots x {context} tokens"),
                 slots.max(chunk),
-                both(&policy, policy.generation(slots, context as u64, chunk), 1),
+                both(&policy, policy.generation(slots, context as u64, chunk, on_cpu), 1),
                 "stages.evaluate.judge.batch_size",
             ));
         }

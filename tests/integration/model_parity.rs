@@ -332,3 +332,50 @@ fn reward_scores_match_transformers_padded_or_not() {
         assert!((f64::from(alone) - unpadded).abs() < atol, "pair {row} alone: {alone} vs {unpadded}");
     }
 }
+
+/// The CPU's decode session takes the weights as initializers its GEMMs
+/// pack once (its graph rewritten on load); it computes what a session with
+/// the weights bound as inputs does.
+#[test]
+fn the_decode_graph_with_packed_weights_computes_what_the_bound_one_does() {
+    use croco::model::graph::{BoundGraph, WeightFeed};
+    use croco::model::precision::Precision;
+    use croco::model::runtime::Target;
+    use croco::model::weights::Weights;
+    use ort::value::{DynValue, Tensor};
+
+    let bundle = Bundle::open(&bundle_dir("policy"), Verify::Sizes).unwrap();
+    let weights = Weights::load(&bundle, Precision::Float32, Target::Cpu).unwrap();
+    let arch = bundle.manifest.architecture.clone();
+    let (rows, width, capacity) = (2, 5, 8);
+    let mut inputs: Vec<(String, DynValue)> = vec![
+        (
+            "input_ids".into(),
+            Tensor::from_array(([rows, width], vec![1i64, 3, 40, 41, 42, 1, 3, 50, 51, 52])).unwrap().into_dyn(),
+        ),
+        ("seqlens_k".into(), Tensor::from_array(([rows], vec![width as i32 - 1; rows])).unwrap().into_dyn()),
+        (
+            "total_sequence_length".into(),
+            Tensor::from_array((Vec::<usize>::new(), vec![width as i32])).unwrap().into_dyn(),
+        ),
+    ];
+    for layer in 0..arch.num_layers {
+        for part in ["key", "value"] {
+            let zeros = vec![0f32; rows * arch.num_kv_heads * capacity * arch.head_dim];
+            let cache = Tensor::from_array(([rows, arch.num_kv_heads, capacity, arch.head_dim], zeros)).unwrap();
+            inputs.push((format!("past_key_values.{layer}.{part}"), cache.into_dyn()));
+        }
+    }
+    let inputs: Vec<(&str, &DynValue)> = inputs.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    let logits = |graph: &mut BoundGraph| {
+        let outputs = graph.run(&inputs, &["logits"]).unwrap_or_else(|e| panic!("{e}"));
+        outputs["logits"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+    };
+    let bound = logits(&mut BoundGraph::new(&bundle, "decode", &weights, Target::Cpu, 2, WeightFeed::Bound).unwrap());
+    let packed =
+        logits(&mut BoundGraph::new(&bundle, "decode", &weights, Target::Cpu, 2, WeightFeed::Initializers).unwrap());
+    assert_eq!(bound.len(), packed.len());
+    let scale = bound.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = bound.iter().zip(&packed).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 0.0 && worst <= 1e-5 * scale, "largest difference {worst} (logits up to {scale})");
+}
