@@ -22,11 +22,14 @@
 //!
 //! Each sample draws from its own seeded RNG and each row attends to its own
 //! cache only, so what a row computes does not depend on which rows share its
-//! batch, up to float rounding: ONNX Runtime's CPU GEMM is not
-//! batch-invariant (its one-row kernel and its thread partition reduce in
-//! other orders, ~7e-6 on the demo's logits), so a draw that falls that close
-//! to a token boundary may pick the neighbouring token under another slot
-//! count or chunk size (0–1 of 60 demo samples; still a true draw, its
+//! batch. On the CPU that holds bit for bit: the decode session's GEMMs run
+//! on weights packed once, a kernel that reduces each row in the same order
+//! whatever the batch (with the weights as inputs, its one-row path and its
+//! thread partition did not: ~7e-6 on the demo's logits), so every sample is
+//! identical, token for token, whatever the slot count. A prompt prefilled
+//! in chunks goes through attention's other path: its logits agree to float
+//! rounding, and a draw that falls that close to a token boundary may pick
+//! the neighbouring token (0–1 of 60 demo samples; still a true draw, its
 //! recorded log-prob the policy's). `tests/integration/model_parity.rs` holds
 //! both.
 

@@ -7,11 +7,15 @@ use std::path::PathBuf;
 
 use croco::model::bundle::{Bundle, Verify};
 use croco::model::continuous::SlotLimits;
+use croco::model::graph::{BoundGraph, WeightFeed};
 use croco::model::policy::{Generated, GenerationRequest, Policy};
+use croco::model::precision::Precision;
 use croco::model::reward::RewardModel;
-use croco::model::runtime::{Device, SessionConfig};
+use croco::model::runtime::{Device, SessionConfig, Target};
 use croco::model::sampling::SamplingParams;
 use croco::model::tokenizer::ChatTokenizer;
+use croco::model::weights::Weights;
+use ort::value::{DynValue, Tensor};
 use serde_json::Value;
 
 use crate::util::repo;
@@ -153,16 +157,17 @@ fn demo_requests(policy: &Policy, prompts: usize, samples: u64) -> Vec<Generatio
 
 /// Continuous batching changes which rows share a batch, never what a row
 /// computes: a sample's tokens come from its own seed and its own logits,
-/// and each row attends to its own cache only. ONNX Runtime's CPU GEMM
-/// (MLAS) is not batch-invariant, though: its kernel for one row and its
-/// thread partition for 16 rows and more reduce in another order (measured
-/// at 2 threads: logits differ by ~7e-6 between a batch of 8 and one of 16),
-/// and a chunked prompt goes through attention's other path. So logits
-/// agree to float rounding, and an inverse-CDF draw that falls within that
-/// distance of one of the 4,096 boundaries goes to the neighbouring token
-/// (measured: 0 or 1 of these 60 samples). Such a sample must still be a true
-/// draw of the policy (its recorded log-prob is the policy's); the others
-/// are identical.
+/// and each row attends to its own cache only. On the CPU the decode
+/// session's GEMMs run on weights packed once ([`WeightFeed::Initializers`]),
+/// and that kernel reduces each row in the same order whatever the batch
+/// (with the weights bound as inputs, one row and 16 rows and more did not:
+/// logits differed by ~7e-6), so without chunked prompts every sample is
+/// identical, token for token, at 3 slots as at 64. A prompt prefilled in
+/// chunks goes through attention's other path, though: its logits agree to
+/// float rounding, and an inverse-CDF draw that falls within that distance
+/// of one of the 4,096 boundaries goes to the neighbouring token. Such a
+/// sample must still be a true draw of the policy (its recorded log-prob is
+/// the policy's); the others are identical.
 #[test]
 fn continuous_batching_draws_the_same_tokens_whatever_the_slots_and_chunks() {
     let mut policy = policy();
@@ -192,7 +197,9 @@ fn continuous_batching_draws_the_same_tokens_whatever_the_slots_and_chunks() {
                 assert!((g.logprob - e.logprob).abs() < 1e-4 * (1.0 + e.logprob.abs()), "{limits:?}: ({r}, {k})");
             }
         }
-        assert!(differing.len() <= 6, "{limits:?}: {} of 60 samples differ: {differing:?}", differing.len());
+        let chunked = requests.iter().any(|r| r.prompt.len() > limits.prefill_chunk_tokens);
+        let allowed = if chunked { 6 } else { 0 };
+        assert!(differing.len() <= allowed, "{limits:?}: {} of 60 samples differ: {differing:?}", differing.len());
         for &(r, k) in &differing {
             assert_true_draw(&mut policy, &requests[r], &generated[r][k]);
         }
@@ -338,12 +345,6 @@ fn reward_scores_match_transformers_padded_or_not() {
 /// the weights bound as inputs does.
 #[test]
 fn the_decode_graph_with_packed_weights_computes_what_the_bound_one_does() {
-    use croco::model::graph::{BoundGraph, WeightFeed};
-    use croco::model::precision::Precision;
-    use croco::model::runtime::Target;
-    use croco::model::weights::Weights;
-    use ort::value::{DynValue, Tensor};
-
     let bundle = Bundle::open(&bundle_dir("policy"), Verify::Sizes).unwrap();
     let weights = Weights::load(&bundle, Precision::Float32, Target::Cpu).unwrap();
     let arch = bundle.manifest.architecture.clone();
