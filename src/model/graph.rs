@@ -1,6 +1,8 @@
 //! One ONNX graph of a bundle as a session whose weight inputs are bound
 //! once (IoBinding) to the device's one copy of the weights ([`Weights`]),
-//! in the variant of the weights' precision. Outputs can stay on the device
+//! in the variant of the weights' precision, or, for the CPU's decode
+//! session, handed that copy as initializers its GEMMs pack once
+//! ([`WeightFeed`]). Outputs can stay on the device
 //! or be written into tensors the caller owns: the decode graph's KV cache
 //! is bound as both an input and an output, and written in place.
 
