@@ -103,10 +103,7 @@ async fn sample_policy(
     let mut policy = Policy::load_tuned(bundle, adapter.as_ref().map(|(a, _)| a), &input.session)?;
     tracing::info!(target = ?policy.target(), "generate: policy loaded");
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
-    let sql = format!(
-        "SELECT prompt_id, source_id, language, text FROM prompts WHERE {} ORDER BY prompt_id",
-        params.split.sql("split")
-    );
+    let sql = format!("SELECT prompt_id, source_id, language, text FROM prompts WHERE {}", params.split.sql("split"));
     // A shard answers only the prompts of its slice, a round those of its own.
     let row = |batch: &RecordBatch, i: usize| {
         let prompt_id = text_at(batch, "prompt_id", i);

@@ -49,7 +49,7 @@ impl Stage for RefLogps {
         let label = format!("bundle:{}", &bundle.checksum[..16]);
         let mut model = Policy::load(bundle, &input.session)?;
         let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
-        let sql = "SELECT pair_id, prompt_text, chosen_text, rejected_text FROM pairs ORDER BY pair_id";
+        let sql = "SELECT pair_id, prompt_text, chosen_text, rejected_text FROM pairs";
         let row = |batch: &RecordBatch, i: usize| {
             Some(PairText {
                 pair_id: text_at(batch, "pair_id", i),

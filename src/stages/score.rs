@@ -78,7 +78,7 @@ async fn score_with_model(
     let mut model = RewardModel::load(bundle, &input.session)?;
     let done = if input.resume { sink.resume_chunks().await? } else { Default::default() };
     let sql = "SELECT g.generation_id, p.text AS prompt, g.text AS response FROM generations AS g \
-               JOIN prompts AS p ON p.prompt_id = g.prompt_id ORDER BY g.generation_id";
+               JOIN prompts AS p ON p.prompt_id = g.prompt_id";
     // In a sharded run the generations table holds this shard's rows only.
     let row = |batch: &RecordBatch, i: usize| {
         Some(Exchange {
