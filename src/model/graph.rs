@@ -44,22 +44,24 @@ impl WeightFeed {
 }
 
 /// The session of the graph file at `path` with `weights` (graph inputs in
-/// the file) turned into initializers that read the weights' memory.
+/// the file) turned into initializers that read the weights' memory; each
+/// initializer takes its shape and element type from its value.
 fn initializer_session(
     path: &Path,
-    bundle: &Bundle,
     weights: &[&(String, Arc<DynValue>)],
-    precision: Precision,
     target: Target,
     threads: usize,
 ) -> Result<Session, ModelError> {
     let model = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    let shapes = &bundle.manifest.weights.tensors;
     let inputs: Vec<WeightInput<'_>> = weights
         .iter()
-        .map(|(name, _)| {
-            let dims = shapes.iter().find(|t| &t.name == name).map_or(&[][..], |t| t.shape.as_slice());
-            WeightInput { name, dims, data_type: precision.onnx_data_type() }
+        .map(|(name, value)| {
+            let ty = value.dtype();
+            WeightInput {
+                name,
+                dims: ty.tensor_shape().map_or(&[][..], |shape| &shape[..]),
+                data_type: ty.tensor_type().map_or(0, |t| ort::sys::ONNXTensorElementDataType::from(t) as i32),
+            }
         })
         .collect();
     let rewritten = weights_as_initializers(&model, &inputs)
@@ -106,7 +108,7 @@ impl BoundGraph {
             weights.tensors.iter().filter(|(n, _)| spec.weight_inputs.includes(n)).collect();
         let session = match feed {
             WeightFeed::Bound => session(&path, target, threads)?,
-            WeightFeed::Initializers => initializer_session(&path, bundle, &graph_weights, precision, target, threads)?,
+            WeightFeed::Initializers => initializer_session(&path, &graph_weights, target, threads)?,
         };
         let bound_weights = match feed {
             WeightFeed::Bound => graph_weights.as_slice(),

@@ -99,15 +99,15 @@ impl ModelShape {
     pub fn of(manifest: &BundleManifest, precision: Precision) -> ModelShape {
         let arch = &manifest.architecture;
         let element = precision.bytes() as u64;
-        let bytes = |t: &&super::bundle::TensorSpec| t.shape.iter().product::<usize>() as u64 * element;
-        let weight_bytes = manifest.weights.tensors.iter().map(|t| bytes(&t)).sum();
-        let tied = !manifest.weights.tensors.iter().any(|t| t.name == "lm_head.weight");
-        let gemm_weight_bytes = (manifest.weights.tensors.iter())
+        let tensors = &manifest.weights.tensors;
+        let elements = |t: &super::bundle::TensorSpec| t.shape.iter().product::<usize>() as u64;
+        let tied = !tensors.iter().any(|t| t.name == "lm_head.weight");
+        let gemm_elements: u64 = (tensors.iter())
             .filter(|t| t.shape.len() == 2 && (tied || !t.name.ends_with("embed_tokens.weight")))
-            .map(|t| bytes(&t))
+            .map(elements)
             .sum();
         ModelShape {
-            weight_bytes,
+            weight_bytes: tensors.iter().map(elements).sum::<u64>() * element,
             element,
             layers: arch.num_layers as u64,
             hidden: arch.hidden_size as u64,
@@ -116,14 +116,8 @@ impl ModelShape {
             kv_heads: arch.num_kv_heads as u64,
             head_dim: arch.head_dim as u64,
             vocab: arch.vocab_size as u64,
-            largest_tensor: manifest
-                .weights
-                .tensors
-                .iter()
-                .map(|t| t.shape.iter().product::<usize>() as u64)
-                .max()
-                .unwrap_or(0),
-            gemm_weight_bytes,
+            largest_tensor: tensors.iter().map(elements).max().unwrap_or(0),
+            gemm_weight_bytes: gemm_elements * element,
             // A bundle without training graphs yet is planned with the ones
             // `train-graphs` would add.
             sequence_chunks: manifest

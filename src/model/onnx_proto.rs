@@ -46,7 +46,7 @@ pub struct WeightInput<'a> {
     /// The graph input's name.
     pub name: &'a str,
     /// Its shape.
-    pub dims: &'a [usize],
+    pub dims: &'a [i64],
     /// Its ONNX element type (`TensorProto.DataType`).
     pub data_type: i32,
 }
@@ -124,6 +124,7 @@ fn value_info_name(message: &[u8], base: usize) -> Result<Option<&[u8]>, ProtoEr
 /// A `TensorProto` of `weight`'s name, shape and type whose data is external.
 fn external_tensor(weight: &WeightInput<'_>) -> Vec<u8> {
     let mut tensor = Vec::with_capacity(64 + weight.name.len());
+    // Tensor dims are never negative; an int64 field's varint is its two's-complement bits.
     for &dim in weight.dims {
         put_varint_field(&mut tensor, TENSOR_DIMS, dim as u64);
     }

@@ -42,15 +42,6 @@ impl Precision {
         }
     }
 
-    /// The ONNX `TensorProto.DataType` of the precision.
-    pub fn onnx_data_type(self) -> i32 {
-        match self {
-            Precision::Float32 => 1,
-            Precision::Float16 => 10,
-            Precision::BFloat16 => 16,
-        }
-    }
-
     /// The precision a manifest names, if it is one.
     pub fn parse(name: &str) -> Option<Precision> {
         [Precision::Float32, Precision::Float16, Precision::BFloat16].into_iter().find(|p| p.name() == name)

@@ -133,13 +133,12 @@ pub fn session(path: &Path, target: Target, threads: usize) -> Result<Session, M
 /// Like [`session`], for a graph compiled into croco; `name` stands for its
 /// path in errors.
 pub fn session_from_memory(name: &str, model: &[u8], target: Target, threads: usize) -> Result<Session, ModelError> {
-    let path = Path::new(name);
-    let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
-    builder(path, target, threads)?.commit_from_memory(model).map_err(error)
+    session_with_initializers(Path::new(name), model, target, threads, &[])
 }
 
-/// Like [`session_from_memory`], with `initializers` handed to ONNX Runtime
-/// as the data of the graph's external initializers of those names
+/// The session of the graph `model` (`path` names it in errors), with
+/// `initializers` handed to ONNX Runtime as the data of the graph's external
+/// initializers of those names
 /// ([`super::onnx_proto::weights_as_initializers`]): the session reads them
 /// where they are, and the CPU's kernels pack them once.
 pub fn session_with_initializers(
