@@ -26,12 +26,11 @@
 //! on weights packed once, a kernel that reduces each row in the same order
 //! whatever the batch (with the weights as inputs, its one-row path and its
 //! thread partition did not: ~7e-6 on the demo's logits), so every sample is
-//! identical, token for token, whatever the slot count. A prompt prefilled
-//! in chunks goes through attention's other path: its logits agree to float
-//! rounding, and a draw that falls that close to a token boundary may pick
-//! the neighbouring token (0–1 of 60 demo samples; still a true draw, its
-//! recorded log-prob the policy's). `tests/integration/model_parity.rs` holds
-//! both.
+//! identical, token for token, whatever the slot count. The same holds for
+//! the prefill batches and chunks: attention reduces a query's row in the
+//! same order in any call that does not leave it alone in its block of
+//! queries, and prefill calls are shaped so that none does
+//! ([`QueryBlocks`]). `tests/integration/model_parity.rs` holds it.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -47,7 +46,7 @@ use ort::value::{DynValue, Tensor};
 use super::device_sampler::DeviceSampler;
 use super::sampling::{Sampled, SamplingParams, next_token, sequence_rng};
 use super::tensor_error;
-use super::values::{host_f32, right_pad, tensor_i32, tensor_i64};
+use super::values::{host_f32, right_pad_to, tensor_i32, tensor_i64};
 
 /// How much generation runs at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +65,13 @@ impl SlotLimits {
     /// short enough that the running rows wait at most one such call.
     pub const DEFAULT_PREFILL_CHUNK_TOKENS: usize = 2048;
 
+    /// The most tokens one prefill call feeds: a chunk may take one token
+    /// more than `prefill_chunk_tokens` rather than leave one behind, and a
+    /// batch one padding column more (see [`QueryBlocks`]).
+    pub fn prefill_call_tokens(&self) -> usize {
+        self.prefill_chunk_tokens.max(2) + 1
+    }
+
     /// `prompts` prompts of `samples` samples each in flight, as a static
     /// batch of that many prompts would hold.
     pub fn for_prompts(prompts: usize, samples: usize) -> SlotLimits {
@@ -73,6 +79,56 @@ impl SlotLimits {
             slots: (prompts * samples).max(1),
             prefill_prompts: prompts.max(1),
             prefill_chunk_tokens: Self::DEFAULT_PREFILL_CHUNK_TOKENS,
+        }
+    }
+}
+
+/// How ONNX Runtime's CPU attention splits a call's queries, and what
+/// prefill does about it so that a prompt's cache and first logits are the
+/// same, bit for bit, however its prompt is batched or chunked.
+///
+/// MLAS's flash kernel for `GroupQueryAttention` takes a call's queries in
+/// blocks of `2 × head_dim` rows from the call's first (fewer only where
+/// the L2 cache is under ~1 MiB), over key blocks counted from position 0,
+/// so a query's reduction order is the same in any call, with one
+/// exception: a block of a single row goes through the one-row kernel (as
+/// does a one-token call over a cached past, the decode step's), which
+/// rounds differently (~1e-5 on the demo's logits). So no prefill call
+/// leaves a query alone in its last block: a batch of prompts is padded one
+/// column wider, and a long prompt's chunks are cut around it.
+#[derive(Debug, Clone, Copy)]
+struct QueryBlocks(usize);
+
+impl QueryBlocks {
+    fn of(cache: &CacheShape) -> QueryBlocks {
+        QueryBlocks(2 * cache.dim)
+    }
+
+    /// True when a call of `queries` queries leaves its last one alone in a block.
+    fn leaves_one_alone(self, queries: usize) -> bool {
+        queries % self.0 == 1
+    }
+
+    /// The width of a batch of whole prompts at most `longest` tokens long.
+    fn batch_width(self, longest: usize) -> usize {
+        longest + usize::from(self.leaves_one_alone(longest))
+    }
+
+    /// Where the chunk that starts at token `fed` of a `length`-token prompt
+    /// ends: `limit` tokens on, in whole blocks when the limit spans one, cut
+    /// so that no chunk leaves a query alone and none is a single token.
+    fn chunk_end(self, limit: usize, fed: usize, length: usize) -> usize {
+        let step = if limit >= self.0 { limit / self.0 * self.0 } else { limit.max(2) };
+        let remaining = length - fed;
+        if remaining <= step {
+            // The last chunk; one query past whole blocks: its last two queries get a chunk of their own.
+            return if remaining > 1 && self.leaves_one_alone(remaining) { length - 2 } else { length };
+        }
+        match remaining - step {
+            // One token would be left: this chunk takes it, or leaves two when taking it would leave one alone.
+            1 if self.leaves_one_alone(step + 1) => fed + step - 1,
+            1 => fed + step + 1,
+            _ => fed + step,
         }
     }
 }
@@ -283,10 +339,11 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         }
         let prompts: Vec<&[i64]> = batch.iter().map(|&r| self.requests[r].prompt.as_slice()).collect();
         self.steps.prefill_tokens += prompts.iter().map(|p| p.len() as u64).sum::<u64>();
-        let (ids, _, _) = right_pad(&prompts, self.model.pad);
+        let width = QueryBlocks::of(&self.model.cache).batch_width(longest);
+        let ids = right_pad_to(&prompts, self.model.pad, width);
         let lengths: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        let mut cache = KvBuffer::new(self.model.graph, self.model.cache, prompts.len(), longest)?;
-        let logits = self.run_decode(&mut cache, [prompts.len(), longest], ids, &lengths, true)?;
+        let mut cache = KvBuffer::new(self.model.graph, self.model.cache, prompts.len(), width)?;
+        let logits = self.run_decode(&mut cache, [prompts.len(), width], ids, &lengths, true)?;
         let logits = host_f32(&logits)?.1.to_vec();
         let cache = Rc::new(cache);
         let vocab = self.model.vocab;
@@ -307,7 +364,8 @@ impl<'a, 'm> Scheduler<'a, 'm> {
 
     fn prefill_chunk(&mut self, mut partial: Partial) -> Result<(), ModelError> {
         let prompt = &self.requests[partial.request].prompt;
-        let end = (partial.fed + self.limits.prefill_chunk_tokens).min(prompt.len());
+        let blocks = QueryBlocks::of(&self.model.cache);
+        let end = blocks.chunk_end(self.limits.prefill_chunk_tokens, partial.fed, prompt.len());
         let chunk = prompt[partial.fed..end].to_vec();
         let (n, done) = (chunk.len(), end == prompt.len());
         self.steps.prefill_tokens += n as u64;
@@ -480,11 +538,54 @@ impl<'a, 'm> Scheduler<'a, 'm> {
     ) -> Result<DynValue, ModelError> {
         cache.bind(self.model.graph, &self.model.cache_names)?;
         let seqlens: Vec<i32> = lengths.iter().map(|&l| l as i32 - 1).collect();
-        let total = lengths.iter().copied().max().unwrap_or(1) as i32;
+        // A batch of whole prompts may be padded wider than its longest: its total is its width.
+        let total = lengths.iter().copied().max().unwrap_or(1).max(shape[1]) as i32;
         let (ids, seqlens, total) =
             (tensor_i64(shape, ids)?, tensor_i32(&[shape[0]], seqlens)?, tensor_i32(&[], vec![total])?);
         let inputs = [("input_ids", &ids), ("seqlens_k", &seqlens), ("total_sequence_length", &total)];
         let mut outputs = self.model.graph.run(&inputs, if on_host { &["logits"] } else { &[] })?;
         Ok(outputs.remove("logits").expect("decode returns logits"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{QueryBlocks, SlotLimits};
+
+    fn chunks(blocks: QueryBlocks, limit: usize, length: usize) -> Vec<usize> {
+        let (mut fed, mut sizes) = (0, Vec::new());
+        while fed < length {
+            let end = blocks.chunk_end(limit, fed, length);
+            sizes.push(end - fed);
+            fed = end;
+        }
+        sizes
+    }
+
+    #[test]
+    fn no_prefill_chunk_leaves_a_query_alone_in_its_block() {
+        let blocks = QueryBlocks(128);
+        assert_eq!(chunks(blocks, 5, 12), [5, 5, 2]);
+        assert_eq!(chunks(blocks, 5, 11), [5, 6]);
+        assert_eq!(chunks(blocks, 1, 5), [2, 3]);
+        assert_eq!(chunks(blocks, 300, 600), [256, 256, 88]);
+        assert_eq!(chunks(blocks, 256, 385), [256, 127, 2]);
+        assert_eq!(chunks(blocks, 128, 257), [128, 127, 2]);
+        assert_eq!(chunks(blocks, 129, 600), [128, 128, 128, 128, 88]);
+        for limit in (1..12).chain([127, 128, 129, 255, 256, 257, 300]) {
+            let call = SlotLimits { slots: 1, prefill_prompts: 1, prefill_chunk_tokens: limit }.prefill_call_tokens();
+            for length in (limit + 1)..(limit + 400) {
+                let sizes = chunks(blocks, limit, length);
+                assert_eq!(sizes.iter().sum::<usize>(), length);
+                let bad = sizes.iter().any(|&n| n < 2 || n > call || blocks.leaves_one_alone(n));
+                assert!(!bad, "limit {limit}, length {length}: {sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_prompts_one_query_past_whole_blocks_is_padded_one_wider() {
+        let blocks = QueryBlocks(128);
+        assert_eq!([1, 2, 128, 129, 130, 257].map(|l| blocks.batch_width(l)), [2, 2, 128, 130, 130, 258]);
     }
 }

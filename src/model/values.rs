@@ -41,11 +41,16 @@ pub(super) fn tensor_i32(shape: &[usize], data: Vec<i32>) -> Result<DynValue, Mo
 /// `seqlens_k`, so positions are 0, 1, ... and padding is never attended to.
 pub(super) fn right_pad(sequences: &[&[i64]], pad: i64) -> (Vec<i64>, usize, usize) {
     let width = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+    (right_pad_to(sequences, pad, width), sequences.len(), width)
+}
+
+/// Right-pads `sequences` with `pad` to `width` (at least the longest), row-major.
+pub(super) fn right_pad_to(sequences: &[&[i64]], pad: i64, width: usize) -> Vec<i64> {
     let mut ids = Vec::with_capacity(sequences.len() * width);
     for sequence in sequences {
         ids.extend(sequence.iter().copied().chain(std::iter::repeat_n(pad, width - sequence.len())));
     }
-    (ids, sequences.len(), width)
+    ids
 }
 
 /// The `seqlens_k` and `total_sequence_length` inputs of a right-padded

@@ -93,11 +93,12 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
         let length = (generate.prompt_budget(context) + generate.max_new_tokens as usize).min(context) as u64;
         generated_length = Some(length);
         let (slots, chunk) = (limits.slots as u64, limits.prefill_chunk_tokens as u64);
+        let call = limits.prefill_call_tokens() as u64;
         plans.push(StagePlan::new(
             (StageName::Generate, "generation", generate.sampling_role()),
             format!("{slots} slots x {length} tokens, prefill calls of {chunk} tokens"),
-            slots.max(chunk),
-            both(&model, model.generation(slots, length, chunk, on_cpu), 1),
+            slots.max(call),
+            both(&model, model.generation(slots, length, call, on_cpu), 1),
             "stages.generate.slots",
         ));
     }
