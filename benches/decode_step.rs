@@ -5,8 +5,10 @@
 //! large copy), and its FLOPs over the measured GEMM throughput (one large
 //! MatMul through ONNX Runtime), the slower bound being the roofline
 //! (`ratio` = roofline time / step time, the fraction of the physical limit
-//! reached, 1 at best); and (b) the same step through the format-1 decode
-//! graph of the same weights (`ratio` = v1 time / v2 time).
+//! reached, 1 at best); (b) the same step through the format-1 decode
+//! graph of the same weights (`ratio` = v1 time / v2 time); and (c) the same
+//! v2 graph with ONNX Runtime's `GroupQueryAttention` kernel instead of
+//! croco's decode-step kernel (`ratio` = its time / croco's).
 //!
 //!     cargo bench --bench decode_step
 //!
@@ -18,7 +20,7 @@
 //! the weights are the same values under the same names). Both graphs are
 //! timed the way croco drives them: v2 with the cache bound as past and
 //! present and written in place and the weights packed once by the session
-//! ([`WeightFeed::packed_on`]), v1 with the cache passed in, the
+//! ([`BoundGraph::decode_steps`]), v1 with the cache passed in, the
 //! concatenated present fed back as the next step's past and the weights
 //! bound as inputs.
 
@@ -34,6 +36,7 @@ use croco::model::runtime::{Device, SessionConfig, Target, resolve_target};
 use croco::model::weights::Weights;
 use ort::memory::Allocator;
 use ort::session::Session;
+use ort::session::builder::PrepackedWeights;
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
 
 use self::common::Better;
@@ -63,7 +66,12 @@ fn main() {
     let config = SessionConfig { device: Device::Cpu, device_id: 0, threads: THREADS };
     let target = resolve_target(&config).unwrap();
     let weights = Weights::load(&bundle, Precision::Float32, target).unwrap();
-    let mut v2 = BoundGraph::new(&bundle, "decode", &weights, target, THREADS, WeightFeed::packed_on(target)).unwrap();
+    // Generation's two sessions: decode steps in croco's attention kernel, and ONNX Runtime's
+    // GroupQueryAttention (the prompts' session) as a reference.
+    let packed = PrepackedWeights::new();
+    let mut v2 = BoundGraph::decode_steps(&bundle, "decode", &weights, THREADS, &packed).unwrap();
+    let mut gqa =
+        BoundGraph::new(&bundle, "decode", &weights, target, THREADS, WeightFeed::packed_on(target, &packed)).unwrap();
     let mut v1 = v1_graph(repo, &bundle_dir).map(|path| V1::new(&path, &weights));
     if v1.is_none() {
         println!("  (no format-1 graph: set CROCO_BENCH_V1_GRAPH to compare)");
@@ -81,6 +89,7 @@ fn main() {
                 continue;
             }
             let step = best_of(|| v2_step_seconds(&mut v2, &shape, context, batch));
+            let ort_step = best_of(|| v2_step_seconds(&mut gqa, &shape, context, batch));
             let old = v1.as_mut().map(|v1| best_of(|| v1.step_seconds(&shape, context, batch)));
             // The cache grows over the timed steps: its mean length is read.
             let mean_context = (context + STEPS / 2) as f64;
@@ -89,15 +98,19 @@ fn main() {
             let roofline = (bytes / bandwidth).max(flops / gemm);
             let bound = if bytes / bandwidth >= flops / gemm { "memory" } else { "compute" };
             println!(
-                "  context {context:>5}, batch {batch:>3}: {:>8.3} ms/step, roofline {:>8.3} ms ({bound}-bound), {:.1} % of it{}",
+                "  context {context:>5}, batch {batch:>3}: {:>8.3} ms/step, roofline {:>8.3} ms ({bound}-bound), {:.1} % of it; ONNX Runtime's attention {:.3} ms, {:.2}x{}",
                 step * 1e3,
                 roofline * 1e3,
                 100.0 * roofline / step,
+                ort_step * 1e3,
+                ort_step / step,
                 old.map_or(String::new(), |old| format!("; format 1 {:.3} ms, {:.2}x", old * 1e3, old / step))
             );
             let case = format!("decode step, context {context}, batch {batch}");
             let reference = format!("roofline ({bound}-bound: weights + KV bytes / bandwidth, FLOPs / GEMM)");
             rows.push(common::row(&case, "seconds", step, &reference, Some(roofline), Better::Lower));
+            let reference = "same graph, ONNX Runtime's GroupQueryAttention kernel for the step";
+            rows.push(common::row(&case, "seconds", step, reference, Some(ort_step), Better::Lower));
             if let Some(old) = old {
                 let reference = "format-1 decode graph, same weights (KV cache concatenated every step)";
                 rows.push(common::row(&case, "seconds", step, reference, Some(old), Better::Lower));

@@ -135,7 +135,11 @@ impl QueryBlocks {
 
 /// What a generation needs to know of the model.
 pub(super) struct DecodeModel<'m> {
+    /// The decode graph's session for prompts, and for steps without `steps`.
     pub graph: &'m mut BoundGraph,
+    /// A session of the same graph for one token per row (the CPU's, with
+    /// croco's attention kernel), when there is one.
+    pub steps: Option<&'m mut BoundGraph>,
     /// `(past_key_values.…, present.…)` for every cache tensor, in graph order.
     pub cache_names: Vec<(String, String)>,
     pub cache: CacheShape,
@@ -536,14 +540,18 @@ impl<'a, 'm> Scheduler<'a, 'm> {
         lengths: &[usize],
         on_host: bool,
     ) -> Result<DynValue, ModelError> {
-        cache.bind(self.model.graph, &self.model.cache_names)?;
+        let graph = match &mut self.model.steps {
+            Some(steps) if shape[1] == 1 => &mut **steps,
+            _ => &mut *self.model.graph,
+        };
+        cache.bind(graph, &self.model.cache_names)?;
         let seqlens: Vec<i32> = lengths.iter().map(|&l| l as i32 - 1).collect();
         // A batch of whole prompts may be padded wider than its longest: its total is its width.
         let total = lengths.iter().copied().max().unwrap_or(1).max(shape[1]) as i32;
         let (ids, seqlens, total) =
             (tensor_i64(shape, ids)?, tensor_i32(&[shape[0]], seqlens)?, tensor_i32(&[], vec![total])?);
         let inputs = [("input_ids", &ids), ("seqlens_k", &seqlens), ("total_sequence_length", &total)];
-        let mut outputs = self.model.graph.run(&inputs, if on_host { &["logits"] } else { &[] })?;
+        let mut outputs = graph.run(&inputs, if on_host { &["logits"] } else { &[] })?;
         Ok(outputs.remove("logits").expect("decode returns logits"))
     }
 }

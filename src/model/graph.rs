@@ -12,45 +12,51 @@ use std::sync::Arc;
 
 use ort::AsPointer;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::builder::PrepackedWeights;
 use ort::session::{IoBinding, Session};
 use ort::value::{DynValue, DynValueRefMut};
 
 use super::ModelError;
 use super::bundle::Bundle;
-use super::onnx_proto::{WeightInput, weights_as_initializers};
+use super::decode_attention;
+use super::onnx_proto::{Op, WeightInput, swap_operator, weights_as_initializers};
 use super::precision::Precision;
-use super::runtime::{Target, session, session_with_initializers};
+use super::runtime::{Target, packed_session, session};
 use super::weights::Weights;
 
 /// How a session gets the bundle's weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightFeed {
+#[derive(Debug, Clone, Copy)]
+pub enum WeightFeed<'a> {
     /// Graph inputs, bound by reference to the device's one copy.
     Bound,
     /// Initializers supplied from that copy (the graph is rewritten on load,
     /// [`super::onnx_proto`]), which the CPU's GEMMs pack once instead of on
     /// every call: for graphs of few rows per call, such as a decode step
     /// (1.4× faster at 16 and 32 rows on a ~0.5 B model). The packed copies
-    /// are the session's own: the weights' memory once more.
-    Initializers,
+    /// go into the container given, which the sessions of one model share:
+    /// the weights' memory once more, whatever the number of sessions.
+    Initializers(&'a PrepackedWeights),
 }
 
-impl WeightFeed {
-    /// Packed initializers on the CPU; on CUDA, where nothing is packed, the
-    /// weights bound as inputs.
-    pub fn packed_on(target: Target) -> WeightFeed {
-        if target == Target::Cpu { WeightFeed::Initializers } else { WeightFeed::Bound }
+impl WeightFeed<'_> {
+    /// Packed initializers (into `packed`) on the CPU; on CUDA, where
+    /// nothing is packed, the weights bound as inputs.
+    pub fn packed_on(target: Target, packed: &PrepackedWeights) -> WeightFeed<'_> {
+        if target == Target::Cpu { WeightFeed::Initializers(packed) } else { WeightFeed::Bound }
     }
 }
 
 /// The session of the graph file at `path` with `weights` (graph inputs in
-/// the file) turned into initializers that read the weights' memory; each
-/// initializer takes its shape and element type from its value.
+/// the file) turned into initializers that read the weights' memory, packed
+/// into `packed`; each initializer takes its shape and element type from its
+/// value. With `decode_attention`, the graph's `GroupQueryAttention` nodes
+/// run croco's decode-step kernel instead ([`super::decode_attention`]).
 fn initializer_session(
     path: &Path,
     weights: &[&(String, Arc<DynValue>)],
-    target: Target,
     threads: usize,
+    packed: &PrepackedWeights,
+    decode_attention: bool,
 ) -> Result<Session, ModelError> {
     let model = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let inputs: Vec<WeightInput<'_>> = weights
@@ -64,10 +70,15 @@ fn initializer_session(
             }
         })
         .collect();
-    let rewritten = weights_as_initializers(&model, &inputs)
-        .map_err(|source| ModelError::Graph { path: path.to_path_buf(), source })?;
+    let graph_error = |source| ModelError::Graph { path: path.to_path_buf(), source };
+    let mut rewritten = weights_as_initializers(&model, &inputs).map_err(graph_error)?;
+    if decode_attention {
+        let gqa = Op { domain: "com.microsoft", op_type: "GroupQueryAttention" };
+        let croco = Op { domain: decode_attention::DOMAIN, op_type: decode_attention::OP_TYPE };
+        rewritten = swap_operator(&rewritten, gqa, croco, decode_attention::VERSION).map_err(graph_error)?.0;
+    }
     let initializers: Vec<(String, Arc<DynValue>)> = weights.iter().map(|(n, v)| (n.clone(), Arc::clone(v))).collect();
-    session_with_initializers(path, &rewritten, target, threads, &initializers)
+    packed_session(path, &rewritten, Target::Cpu, threads, &initializers, Some(packed), decode_attention)
 }
 
 /// A graph ready to run.
@@ -92,7 +103,33 @@ impl BoundGraph {
         weights: &Weights,
         target: Target,
         threads: usize,
-        feed: WeightFeed,
+        feed: WeightFeed<'_>,
+    ) -> Result<Self, ModelError> {
+        Self::build(bundle, name, weights, target, threads, feed, false)
+    }
+
+    /// The CPU's session for decode steps (one new token per row) of graph
+    /// `name`: packed initializers (into `packed`), and attention in croco's
+    /// decode-step kernel instead of ONNX Runtime's
+    /// ([`super::decode_attention`]); calls of several tokens per row fail.
+    pub fn decode_steps(
+        bundle: &Bundle,
+        name: &str,
+        weights: &Weights,
+        threads: usize,
+        packed: &PrepackedWeights,
+    ) -> Result<Self, ModelError> {
+        Self::build(bundle, name, weights, Target::Cpu, threads, WeightFeed::Initializers(packed), true)
+    }
+
+    fn build(
+        bundle: &Bundle,
+        name: &str,
+        weights: &Weights,
+        target: Target,
+        threads: usize,
+        feed: WeightFeed<'_>,
+        decode_attention: bool,
     ) -> Result<Self, ModelError> {
         let spec = bundle.graph(name)?;
         let precision = weights.precision;
@@ -108,11 +145,13 @@ impl BoundGraph {
             weights.tensors.iter().filter(|(n, _)| spec.weight_inputs.includes(n)).collect();
         let session = match feed {
             WeightFeed::Bound => session(&path, target, threads)?,
-            WeightFeed::Initializers => initializer_session(&path, &graph_weights, target, threads)?,
+            WeightFeed::Initializers(packed) => {
+                initializer_session(&path, &graph_weights, threads, packed, decode_attention)?
+            }
         };
         let bound_weights = match feed {
             WeightFeed::Bound => graph_weights.as_slice(),
-            WeightFeed::Initializers => &[],
+            WeightFeed::Initializers(_) => &[],
         };
         let expected_inputs: Vec<&str> =
             spec.inputs.iter().map(|i| i.name.as_str()).chain(bound_weights.iter().map(|(n, _)| n.as_str())).collect();

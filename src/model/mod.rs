@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod bundle;
 pub mod continuous;
+pub mod decode_attention;
 pub mod device_sampler;
 pub mod dpo;
 pub mod generation;

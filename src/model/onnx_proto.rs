@@ -12,11 +12,26 @@
 //! copy can be bound to several sessions on a device; the CPU's decode
 //! session is rewritten on load instead.
 //!
-//! Only what the rewrite needs is decoded (`ModelProto.graph`,
-//! `GraphProto.input` names); every other field is copied byte for byte.
+//! The CPU's decode-step session also has its `GroupQueryAttention` nodes
+//! swapped for croco's own kernel ([`swap_operator`],
+//! [`super::decode_attention`]).
+//!
+//! Only what the rewrites need is decoded (`ModelProto.graph` and
+//! `opset_import`, `GraphProto.input` names and nodes, `NodeProto.op_type`
+//! and `domain`); every other field is copied byte for byte.
 
 /// `ModelProto.graph`.
 const MODEL_GRAPH: u64 = 7;
+/// `ModelProto.opset_import`.
+const MODEL_OPSET_IMPORT: u64 = 8;
+/// `GraphProto.node`.
+const GRAPH_NODE: u64 = 1;
+/// `NodeProto` fields.
+const NODE_OP_TYPE: u64 = 4;
+const NODE_DOMAIN: u64 = 7;
+/// `OperatorSetIdProto` fields.
+const OPSET_DOMAIN: u64 = 1;
+const OPSET_VERSION: u64 = 2;
 /// `GraphProto.initializer`.
 const GRAPH_INITIALIZER: u64 = 5;
 /// `GraphProto.input`.
@@ -63,6 +78,77 @@ pub enum ProtoError {
     /// The model has no graph.
     #[error("the model has no graph")]
     NoGraph,
+}
+
+/// An operator, by domain and type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op<'a> {
+    pub domain: &'a str,
+    pub op_type: &'a str,
+}
+
+/// `model` with every node of operator `from` turned into one of `to`
+/// (inputs, outputs and attributes as they stand), and `to`'s domain
+/// imported at `version`; returns the rewritten model and how many nodes
+/// were swapped.
+pub fn swap_operator(model: &[u8], from: Op<'_>, to: Op<'_>, version: u64) -> Result<(Vec<u8>, usize), ProtoError> {
+    let mut out = Vec::with_capacity(model.len() + 64);
+    let mut swapped = None;
+    for field in Fields::new(model, 0) {
+        let field = field?;
+        if field.number == MODEL_GRAPH && field.wire == LEN {
+            let (graph, count) = swap_in_graph(field.payload, field.payload_offset, from, to)?;
+            put_len(&mut out, MODEL_GRAPH, &graph);
+            swapped = Some(count);
+        } else {
+            out.extend_from_slice(field.raw);
+        }
+    }
+    let swapped = swapped.ok_or(ProtoError::NoGraph)?;
+    let mut opset = Vec::new();
+    put_len(&mut opset, OPSET_DOMAIN, to.domain.as_bytes());
+    put_varint_field(&mut opset, OPSET_VERSION, version);
+    put_len(&mut out, MODEL_OPSET_IMPORT, &opset);
+    Ok((out, swapped))
+}
+
+fn swap_in_graph(graph: &[u8], base: usize, from: Op<'_>, to: Op<'_>) -> Result<(Vec<u8>, usize), ProtoError> {
+    let mut out = Vec::with_capacity(graph.len() + 64);
+    let mut swapped = 0;
+    for field in Fields::new(graph, base) {
+        let field = field?;
+        if field.number == GRAPH_NODE && field.wire == LEN && node_op(field.payload, field.payload_offset)? == from {
+            let mut node = Vec::with_capacity(field.payload.len() + 16);
+            for node_field in Fields::new(field.payload, field.payload_offset) {
+                let node_field = node_field?;
+                if node_field.number != NODE_OP_TYPE && node_field.number != NODE_DOMAIN {
+                    node.extend_from_slice(node_field.raw);
+                }
+            }
+            put_len(&mut node, NODE_OP_TYPE, to.op_type.as_bytes());
+            put_len(&mut node, NODE_DOMAIN, to.domain.as_bytes());
+            put_len(&mut out, GRAPH_NODE, &node);
+            swapped += 1;
+        } else {
+            out.extend_from_slice(field.raw);
+        }
+    }
+    Ok((out, swapped))
+}
+
+/// A `NodeProto`'s operator (an absent domain is the default one, "").
+fn node_op(node: &[u8], base: usize) -> Result<Op<'_>, ProtoError> {
+    let mut op = Op { domain: "", op_type: "" };
+    for field in Fields::new(node, base) {
+        let field = field?;
+        let text = || std::str::from_utf8(field.payload).unwrap_or("");
+        match (field.number, field.wire) {
+            (NODE_OP_TYPE, LEN) => op.op_type = text(),
+            (NODE_DOMAIN, LEN) => op.domain = text(),
+            _ => {}
+        }
+    }
+    Ok(op)
 }
 
 /// `model` (a serialized `ModelProto`) with the graph inputs in `weights`
@@ -290,6 +376,39 @@ mod tests {
         assert_eq!(name.payload, b"w");
         // The fields outside the graph are unchanged.
         assert_eq!(after[..2], before[..2]);
+    }
+
+    fn node(op_type: &str, domain: &str) -> Vec<u8> {
+        let mut node = Vec::new();
+        put_len(&mut node, 1, b"x"); // an input
+        put_len(&mut node, NODE_OP_TYPE, op_type.as_bytes());
+        put_len(&mut node, 5, &[0x0a, 0x01, b'a']); // an attribute, copied as it stands
+        put_len(&mut node, NODE_DOMAIN, domain.as_bytes());
+        node
+    }
+
+    #[test]
+    fn the_swapped_operator_keeps_its_inputs_and_attributes_and_its_domain_is_imported() {
+        let mut graph = Vec::new();
+        put_len(&mut graph, GRAPH_NODE, &node("GroupQueryAttention", "com.microsoft"));
+        put_len(&mut graph, GRAPH_NODE, &node("MatMul", ""));
+        let mut before = Vec::new();
+        put_len(&mut before, MODEL_GRAPH, &graph);
+        let from = Op { domain: "com.microsoft", op_type: "GroupQueryAttention" };
+        let to = Op { domain: "ai.croco", op_type: "DecodeAttention" };
+        let (after, swapped) = swap_operator(&before, from, to, 1).unwrap();
+        assert_eq!(swapped, 1);
+        let nodes: Vec<Vec<u8>> =
+            graph_fields(&after).into_iter().filter(|(n, _)| *n == GRAPH_NODE).map(|(_, p)| p).collect();
+        assert_eq!(node_op(&nodes[0], 0).unwrap(), to);
+        assert_eq!(nodes[1], node("MatMul", ""));
+        let kept: Vec<u64> = Fields::new(&nodes[0], 0).map(|f| f.unwrap().number).collect();
+        assert_eq!(kept, [1, 5, NODE_OP_TYPE, NODE_DOMAIN]);
+        let opset = Fields::new(&after, 0).map(Result::unwrap).find(|f| f.number == MODEL_OPSET_IMPORT).unwrap();
+        let opset: Vec<(u64, Vec<u8>)> =
+            Fields::new(opset.payload, 0).map(|f| f.unwrap()).map(|f| (f.number, f.raw.to_vec())).collect();
+        assert_eq!(opset[0].1[2..], *b"ai.croco");
+        assert_eq!(varint(&opset[1].1, 1).unwrap().0, 1);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::sampling::SamplingParams;
 use super::tokenizer::ChatTokenizer;
 use super::values::{host_f32, right_pad, sequence_lengths, tensor_i64};
 use super::weights::Weights;
+use ort::session::builder::PrepackedWeights;
 
 /// Log-probs of one response given its prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,10 +54,10 @@ pub struct Policy {
     /// Its tokenizer.
     pub tokenizer: ChatTokenizer,
     weights: Weights,
-    /// Built on the first generation: its session holds packed weights on
-    /// the CPU ([`WeightFeed::Initializers`]), which a stage that only
-    /// computes log-probs does not pay for.
-    decode: Option<BoundGraph>,
+    /// Built on the first generation: on the CPU they hold packed weights
+    /// ([`WeightFeed::Initializers`]), which a stage that only computes
+    /// log-probs does not pay for.
+    decode: Option<DecodeSessions>,
     logprob: BoundGraph,
     target: Target,
     threads: usize,
@@ -64,6 +65,30 @@ pub struct Policy {
     sampler: Option<DeviceSampler>,
     /// What the generations so far cost, in slots and tokens.
     pub steps: StepCounts,
+}
+
+/// The decode graph's sessions.
+struct DecodeSessions {
+    /// Prompts (prefill), and on CUDA every call.
+    prompts: BoundGraph,
+    /// On the CPU, the decode steps: attention in croco's kernel
+    /// ([`super::decode_attention`]), faster where steps read long caches.
+    steps: Option<BoundGraph>,
+    /// The CPU sessions' packed matrices, packed once for both.
+    _packed: PrepackedWeights,
+}
+
+impl DecodeSessions {
+    fn new(bundle: &Bundle, weights: &Weights, target: Target, threads: usize) -> Result<Self, ModelError> {
+        let packed = PrepackedWeights::new();
+        let feed = WeightFeed::packed_on(target, &packed);
+        let prompts = BoundGraph::new(bundle, "decode", weights, target, threads, feed)?;
+        let steps = match target {
+            Target::Cpu => Some(BoundGraph::decode_steps(bundle, "decode", weights, threads, &packed)?),
+            Target::Cuda(_) => None,
+        };
+        Ok(DecodeSessions { prompts, steps, _packed: packed })
+    }
 }
 
 impl Policy {
@@ -135,17 +160,11 @@ impl Policy {
             .collect();
         let decode = match &mut self.decode {
             Some(decode) => decode,
-            None => self.decode.insert(BoundGraph::new(
-                &self.bundle,
-                "decode",
-                &self.weights,
-                self.target,
-                self.threads,
-                WeightFeed::packed_on(self.target),
-            )?),
+            None => self.decode.insert(DecodeSessions::new(&self.bundle, &self.weights, self.target, self.threads)?),
         };
         let model = DecodeModel {
-            graph: decode,
+            graph: &mut decode.prompts,
+            steps: decode.steps.as_mut(),
             cache_names,
             cache: CacheShape { tensors: 2 * arch.num_layers, heads: arch.num_kv_heads, dim: arch.head_dim },
             vocab: arch.vocab_size,

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::value::DynValue;
 use serde::{Deserialize, Serialize};
 
@@ -133,25 +133,37 @@ pub fn session(path: &Path, target: Target, threads: usize) -> Result<Session, M
 /// Like [`session`], for a graph compiled into croco; `name` stands for its
 /// path in errors.
 pub fn session_from_memory(name: &str, model: &[u8], target: Target, threads: usize) -> Result<Session, ModelError> {
-    session_with_initializers(Path::new(name), model, target, threads, &[])
+    packed_session(Path::new(name), model, target, threads, &[], None, false)
 }
 
 /// The session of the graph `model` (`path` names it in errors), with
 /// `initializers` handed to ONNX Runtime as the data of the graph's external
 /// initializers of those names
 /// ([`super::onnx_proto::weights_as_initializers`]): the session reads them
-/// where they are, and the CPU's kernels pack them once.
-pub fn session_with_initializers(
+/// where they are, and the CPU's kernels pack them once, into `packed` when
+/// given (sessions given the same container pack each matrix once between
+/// them). With `decode_attention`, croco's decode-step attention kernel is
+/// registered ([`super::decode_attention`]).
+pub fn packed_session(
     path: &Path,
     model: &[u8],
     target: Target,
     threads: usize,
     initializers: &[(String, Arc<DynValue>)],
+    packed: Option<&PrepackedWeights>,
+    decode_attention: bool,
 ) -> Result<Session, ModelError> {
     let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
     let mut builder = builder(path, target, threads)?;
     for (name, value) in initializers {
         builder = builder.with_external_initializer(name, Arc::clone(value)).map_err(|e| error(e.into()))?;
+    }
+    if let Some(packed) = packed {
+        builder = builder.with_prepacked_weights(packed).map_err(|e| error(e.into()))?;
+    }
+    if decode_attention {
+        let domain = super::decode_attention::domain().map_err(error)?;
+        builder = builder.with_operators(domain).map_err(|e| error(e.into()))?;
     }
     builder.commit_from_memory(model).map_err(error)
 }

@@ -15,6 +15,7 @@ use croco::model::runtime::{Device, SessionConfig, Target};
 use croco::model::sampling::SamplingParams;
 use croco::model::tokenizer::ChatTokenizer;
 use croco::model::weights::Weights;
+use ort::session::builder::PrepackedWeights;
 use ort::value::{DynValue, Tensor};
 use serde_json::Value;
 
@@ -372,10 +373,110 @@ fn the_decode_graph_with_packed_weights_computes_what_the_bound_one_does() {
         outputs["logits"].try_extract_tensor::<f32>().unwrap().1.to_vec()
     };
     let bound = logits(&mut BoundGraph::new(&bundle, "decode", &weights, Target::Cpu, 2, WeightFeed::Bound).unwrap());
-    let packed =
-        logits(&mut BoundGraph::new(&bundle, "decode", &weights, Target::Cpu, 2, WeightFeed::Initializers).unwrap());
+    let container = PrepackedWeights::new();
+    let feed = WeightFeed::Initializers(&container);
+    let packed = logits(&mut BoundGraph::new(&bundle, "decode", &weights, Target::Cpu, 2, feed).unwrap());
     assert_eq!(bound.len(), packed.len());
     let scale = bound.iter().fold(0f32, |m, x| m.max(x.abs()));
     let worst = bound.iter().zip(&packed).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(scale > 0.0 && worst <= 1e-5 * scale, "largest difference {worst} (logits up to {scale})");
+}
+
+/// croco's decode-step attention kernel computes what ONNX Runtime's
+/// `GroupQueryAttention` does for one new token per row: the rotated key and
+/// the value written at each row's position, and the attention output, for
+/// rows at different positions (the first one at position 0, the last past
+/// 16 × 2 cached rows), with and without rotary (halves or neighbours
+/// paired) and sliding windows, head dimensions of 64 and 128 (the AVX-512
+/// kernel, where the CPU has it) and 16 (the portable one), on one-node
+/// graphs (`tests/fixtures/attention/make.py`).
+#[test]
+fn the_decode_step_attention_kernel_computes_what_onnx_runtimes_does() {
+    use croco::model::decode_attention;
+    use croco::model::onnx_proto::{Op, swap_operator};
+    use croco::model::runtime::{packed_session, session};
+
+    let dir = repo().join("tests/fixtures/attention");
+    let mut state = 0x2545_f491_u64;
+    let mut random = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    for (name, heads, kv_heads, dim, rotary) in [
+        ("rotary", 4, 2, 64, true),
+        ("rotary_interleaved_window", 6, 2, 16, true),
+        ("no_rotary_window", 8, 2, 128, false),
+    ] {
+        let path = dir.join(format!("{name}.onnx"));
+        let mut ort_session = session(&path, Target::Cpu, 2).unwrap();
+        let gqa = Op { domain: "com.microsoft", op_type: "GroupQueryAttention" };
+        let croco = Op { domain: decode_attention::DOMAIN, op_type: decode_attention::OP_TYPE };
+        let (model, swapped) =
+            swap_operator(&std::fs::read(&path).unwrap(), gqa, croco, decode_attention::VERSION).unwrap();
+        assert_eq!(swapped, 1);
+        let mut croco_session = packed_session(&path, &model, Target::Cpu, 2, &[], None, true).unwrap();
+        let (rows, capacity, positions) = (3, 48, [0usize, 6, 37]);
+        let cache = [rows, kv_heads, capacity, dim];
+        let mut inputs: Vec<(String, DynValue)> = vec![
+            (
+                "query".into(),
+                Tensor::from_array(([rows, 1, heads * dim], random(rows * heads * dim))).unwrap().into_dyn(),
+            ),
+            (
+                "key".into(),
+                Tensor::from_array(([rows, 1, kv_heads * dim], random(rows * kv_heads * dim))).unwrap().into_dyn(),
+            ),
+            (
+                "value".into(),
+                Tensor::from_array(([rows, 1, kv_heads * dim], random(rows * kv_heads * dim))).unwrap().into_dyn(),
+            ),
+            ("past_key".into(), Tensor::from_array((cache, random(cache.iter().product()))).unwrap().into_dyn()),
+            ("past_value".into(), Tensor::from_array((cache, random(cache.iter().product()))).unwrap().into_dyn()),
+            (
+                "seqlens_k".into(),
+                Tensor::from_array(([rows], positions.map(|p| p as i32).to_vec())).unwrap().into_dyn(),
+            ),
+            (
+                "total_sequence_length".into(),
+                Tensor::from_array((Vec::<usize>::new(), vec![38i32])).unwrap().into_dyn(),
+            ),
+        ];
+        if rotary {
+            let angles: Vec<f32> =
+                (0..capacity * dim / 2).map(|i| (i / (dim / 2)) as f32 * 0.37 / (1 + i % (dim / 2)) as f32).collect();
+            let table = |f: fn(f32) -> f32| {
+                Tensor::from_array(([capacity, dim / 2], angles.iter().map(|&a| f(a)).collect::<Vec<_>>()))
+            };
+            inputs.push(("cos_cache".into(), table(f32::cos).unwrap().into_dyn()));
+            inputs.push(("sin_cache".into(), table(f32::sin).unwrap().into_dyn()));
+        }
+        let run = |session: &mut ort::session::Session| -> Vec<Vec<f32>> {
+            let feed: Vec<(&str, &DynValue)> = inputs.iter().map(|(n, v)| (n.as_str(), v)).collect();
+            let outputs = session.run(feed).unwrap_or_else(|e| panic!("{name}: {e}"));
+            ["output", "present_key", "present_value"]
+                .map(|o| outputs[o].try_extract_tensor::<f32>().unwrap().1.to_vec())
+                .to_vec()
+        };
+        let (expected, got) = (run(&mut ort_session), run(&mut croco_session));
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+        for (i, (g, e)) in got[0].iter().zip(&expected[0]).enumerate() {
+            assert!(close(*g, *e), "{name}: output {i}: {g} vs {e}");
+        }
+        for (tensor, (got, expected)) in got[1..].iter().zip(&expected[1..]).enumerate() {
+            for (row, &position) in positions.iter().enumerate() {
+                for head in 0..kv_heads {
+                    let at = |p: usize| ((row * kv_heads + head) * capacity + p) * dim;
+                    let (g, e) = (&got[at(0)..at(position + 1)], &expected[at(0)..at(position + 1)]);
+                    assert!(
+                        g.iter().zip(e).all(|(g, e)| close(*g, *e)),
+                        "{name}: cache {tensor}, row {row}, head {head}"
+                    );
+                }
+            }
+        }
+    }
 }
