@@ -1,6 +1,7 @@
 //! The few ONNX protobuf fields croco edits, on the wire format itself: a
-//! bundle graph's weight inputs turned into initializers whose data the
-//! session is handed from memory (ONNX Runtime's external initializers).
+//! bundle graph's weight inputs turned into placeholder initializers, which
+//! the session replaces by the loaded tensors (ONNX Runtime's
+//! `AddInitializer`).
 //!
 //! Why: ONNX Runtime's CPU GEMMs repack their weight operand into the
 //! kernel's layout on every call unless the weight is an initializer, which
@@ -46,9 +47,11 @@ const TENSOR_EXTERNAL_DATA: u64 = 13;
 const TENSOR_DATA_LOCATION: u64 = 14;
 /// `TensorProto.DataLocation.EXTERNAL`.
 const EXTERNAL: u64 = 1;
-/// The external-data location written into the initializers. ONNX Runtime
-/// never opens it: every such initializer is supplied from memory.
-const LOCATION: &str = "croco-weights-in-memory";
+/// The external-data location written into the placeholders: the working
+/// directory, which exists (ONNX Runtime checks that a location does when it
+/// loads a graph) and is never read, every placeholder being replaced by a
+/// tensor supplied from memory.
+const LOCATION: &str = ".";
 
 /// Protobuf wire types.
 const VARINT: u64 = 0;
@@ -152,8 +155,8 @@ fn node_op(node: &[u8], base: usize) -> Result<Op<'_>, ProtoError> {
 }
 
 /// `model` (a serialized `ModelProto`) with the graph inputs in `weights`
-/// removed and declared instead as initializers with external data, to be
-/// supplied with ONNX Runtime's `AddExternalInitializers`.
+/// removed and declared instead as placeholder initializers (external data
+/// that is never read), to be replaced with ONNX Runtime's `AddInitializer`.
 pub fn weights_as_initializers(model: &[u8], weights: &[WeightInput<'_>]) -> Result<Vec<u8>, ProtoError> {
     let mut out = Vec::with_capacity(model.len() + weights.len() * 96);
     let mut found_graph = false;
@@ -207,7 +210,7 @@ fn value_info_name(message: &[u8], base: usize) -> Result<Option<&[u8]>, ProtoEr
     Ok(None)
 }
 
-/// A `TensorProto` of `weight`'s name, shape and type whose data is external.
+/// A placeholder `TensorProto` of `weight`'s name, shape and type, its data external.
 fn external_tensor(weight: &WeightInput<'_>) -> Vec<u8> {
     let mut tensor = Vec::with_capacity(64 + weight.name.len());
     // Tensor dims are never negative; an int64 field's varint is its two's-complement bits.

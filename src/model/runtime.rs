@@ -137,13 +137,14 @@ pub fn session_from_memory(name: &str, model: &[u8], target: Target, threads: us
 }
 
 /// The session of the graph `model` (`path` names it in errors), with
-/// `initializers` handed to ONNX Runtime as the data of the graph's external
-/// initializers of those names
-/// ([`super::onnx_proto::weights_as_initializers`]): the session reads them
-/// where they are, and the CPU's kernels pack them once, into `packed` when
-/// given (sessions given the same container pack each matrix once between
-/// them). With `decode_attention`, croco's decode-step attention kernel is
-/// registered ([`super::decode_attention`]).
+/// `initializers` replacing the graph's placeholder initializers of those
+/// names ([`super::onnx_proto::weights_as_initializers`]) through
+/// `AddInitializer`: the session reads them where they are, and the CPU's
+/// kernels pack them once, into `packed` when given (sessions given the same
+/// container pack each matrix once between them; ONNX Runtime shares packed
+/// copies only of initializers added this way, not of external ones). With
+/// `decode_attention`, croco's decode-step attention kernel is registered
+/// ([`super::decode_attention`]).
 pub fn packed_session(
     path: &Path,
     model: &[u8],
@@ -156,7 +157,7 @@ pub fn packed_session(
     let error = |source: ort::Error| ModelError::Session { path: path.to_path_buf(), source };
     let mut builder = builder(path, target, threads)?;
     for (name, value) in initializers {
-        builder = builder.with_external_initializer(name, Arc::clone(value)).map_err(|e| error(e.into()))?;
+        builder = builder.with_initializer(name, Arc::clone(value)).map_err(|e| error(e.into()))?;
     }
     if let Some(packed) = packed {
         builder = builder.with_prepacked_weights(packed).map_err(|e| error(e.into()))?;
