@@ -88,8 +88,11 @@ fn main() {
                 );
                 continue;
             }
-            let step = best_of(|| v2_step_seconds(&mut v2, &shape, context, batch));
-            let ort_step = best_of(|| v2_step_seconds(&mut gqa, &shape, context, batch));
+            // One cache for both kernels (each step writes the same positions).
+            let mut cache = v2_cache(&shape, context, batch);
+            let step = best_of(|| v2_step_seconds(&mut v2, &mut cache, &shape, context, batch));
+            let ort_step = best_of(|| v2_step_seconds(&mut gqa, &mut cache, &shape, context, batch));
+            drop(cache);
             let old = v1.as_mut().map(|v1| best_of(|| v1.step_seconds(&shape, context, batch)));
             // The cache grows over the timed steps: its mean length is read.
             let mean_context = (context + STEPS / 2) as f64;
@@ -134,16 +137,25 @@ fn best_of(mut run: impl FnMut() -> f64) -> f64 {
 
 /// Seconds of one format-2 decode step of `batch` rows over `context`
 /// cached positions: the cache bound in place, each step one position more.
-fn v2_step_seconds(graph: &mut BoundGraph, shape: &Shape, context: usize, batch: usize) -> f64 {
+/// A decode graph's KV cache for `batch` rows of `context` tokens and the timed steps.
+fn v2_cache(shape: &Shape, context: usize, batch: usize) -> Vec<DynTensor> {
     let allocator = Allocator::default();
     let dims = [batch, shape.kv_heads, context + STEPS, shape.head_dim];
-    let mut cache: Vec<DynTensor> =
-        (0..2 * shape.layers).map(|_| DynTensor::new(&allocator, TensorElementType::Float32, dims).unwrap()).collect();
+    (0..2 * shape.layers).map(|_| DynTensor::new(&allocator, TensorElementType::Float32, dims).unwrap()).collect()
+}
+
+fn v2_step_seconds(
+    graph: &mut BoundGraph,
+    cache: &mut [DynTensor],
+    shape: &Shape,
+    context: usize,
+    batch: usize,
+) -> f64 {
     let names = cache_names(shape.layers);
     let ids = Tensor::from_array(([batch, 1], vec![7i64; batch])).unwrap().into_dyn();
     let start = Instant::now();
     for step in 0..STEPS {
-        for ((past, present), tensor) in names.iter().zip(&mut cache) {
+        for ((past, present), tensor) in names.iter().zip(cache.iter_mut()) {
             graph.bind_in_place(past, present, tensor.view_mut().into_dyn()).unwrap();
         }
         let seqlens = Tensor::from_array(([batch], vec![(context + step) as i32; batch])).unwrap().into_dyn();
