@@ -20,7 +20,7 @@
 //! the weights are the same values under the same names). Both graphs are
 //! timed the way croco drives them: v2 with the cache bound as past and
 //! present and written in place and the weights packed once by the session
-//! ([`BoundGraph::decode_steps`]), v1 with the cache passed in, the
+//! ([`WeightFeed::DecodeSteps`]), v1 with the cache passed in, the
 //! concatenated present fed back as the next step's past and the weights
 //! bound as inputs.
 
@@ -69,7 +69,8 @@ fn main() {
     // Generation's two sessions: decode steps in croco's attention kernel, and ONNX Runtime's
     // GroupQueryAttention (the prompts' session) as a reference.
     let packed = PrepackedWeights::new();
-    let mut v2 = BoundGraph::decode_steps(&bundle, "decode", &weights, THREADS, &packed).unwrap();
+    let mut v2 =
+        BoundGraph::new(&bundle, "decode", &weights, target, THREADS, WeightFeed::DecodeSteps(&packed)).unwrap();
     let mut gqa =
         BoundGraph::new(&bundle, "decode", &weights, target, THREADS, WeightFeed::packed_on(target, &packed)).unwrap();
     let mut v1 = v1_graph(repo, &bundle_dir).map(|path| V1::new(&path, &weights));

@@ -337,7 +337,8 @@ mod kernels {
 
     /// Attends `queries` (`group` rows of `dim`) to `keys` and `values`
     /// (`keys.len() / dim` rows each): `outputs` gets each query's softmax-
-    /// weighted values; `scores` is scratch for `group × rows` floats.
+    /// weighted values; `scores` is scratch for `group × rows` floats (the
+    /// portable loops'; the AVX-512 kernel needs only 16 at a time, its own).
     pub fn attend_group(
         queries: &[f32],
         keys: &[f32],
@@ -354,7 +355,7 @@ mod kernels {
                 && group <= avx512::MAX_GROUP
                 && std::arch::is_x86_feature_detected!("avx512f")
             {
-                let args = (queries, keys, values, scores, outputs, scale);
+                let args = (queries, keys, values, outputs, scale);
                 // SAFETY: the CPU has AVX-512F; the slices hold what `attend_group` documents.
                 return unsafe {
                     match dim {
@@ -378,13 +379,13 @@ mod kernels {
 
         use super::LANES;
 
-        type Args<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a mut [f32], &'a mut [f32], f32);
+        type Args<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a mut [f32], f32);
 
         /// Query heads per KV head, at most.
         pub const MAX_GROUP: usize = 8;
 
         #[target_feature(enable = "avx512f")]
-        pub unsafe fn attend<const BLOCKS: usize>((queries, keys, values, _scores, outputs, scale): Args<'_>) {
+        pub unsafe fn attend<const BLOCKS: usize>((queries, keys, values, outputs, scale): Args<'_>) {
             let dim = BLOCKS * LANES;
             let (group, rows) = (queries.len() / dim, keys.len() / dim);
             assert!(group <= MAX_GROUP && outputs.len() >= group * dim && values.len() == keys.len());

@@ -36,6 +36,11 @@ pub enum WeightFeed<'a> {
     /// go into the container given, which the sessions of one model share:
     /// the weights' memory once more, whatever the number of sessions.
     Initializers(&'a PrepackedWeights),
+    /// As `Initializers`, for the CPU's decode steps (one new token per
+    /// row): attention runs in croco's decode-step kernel instead of ONNX
+    /// Runtime's ([`super::decode_attention`]); calls of several tokens per
+    /// row fail.
+    DecodeSteps(&'a PrepackedWeights),
 }
 
 impl WeightFeed<'_> {
@@ -105,32 +110,6 @@ impl BoundGraph {
         threads: usize,
         feed: WeightFeed<'_>,
     ) -> Result<Self, ModelError> {
-        Self::build(bundle, name, weights, target, threads, feed, false)
-    }
-
-    /// The CPU's session for decode steps (one new token per row) of graph
-    /// `name`: packed initializers (into `packed`), and attention in croco's
-    /// decode-step kernel instead of ONNX Runtime's
-    /// ([`super::decode_attention`]); calls of several tokens per row fail.
-    pub fn decode_steps(
-        bundle: &Bundle,
-        name: &str,
-        weights: &Weights,
-        threads: usize,
-        packed: &PrepackedWeights,
-    ) -> Result<Self, ModelError> {
-        Self::build(bundle, name, weights, Target::Cpu, threads, WeightFeed::Initializers(packed), true)
-    }
-
-    fn build(
-        bundle: &Bundle,
-        name: &str,
-        weights: &Weights,
-        target: Target,
-        threads: usize,
-        feed: WeightFeed<'_>,
-        decode_attention: bool,
-    ) -> Result<Self, ModelError> {
         let spec = bundle.graph(name)?;
         let precision = weights.precision;
         let file = spec.files.get(precision.name()).ok_or_else(|| ModelError::Invalid {
@@ -145,13 +124,12 @@ impl BoundGraph {
             weights.tensors.iter().filter(|(n, _)| spec.weight_inputs.includes(n)).collect();
         let session = match feed {
             WeightFeed::Bound => session(&path, target, threads)?,
-            WeightFeed::Initializers(packed) => {
-                initializer_session(&path, &graph_weights, threads, packed, decode_attention)?
-            }
+            WeightFeed::Initializers(packed) => initializer_session(&path, &graph_weights, threads, packed, false)?,
+            WeightFeed::DecodeSteps(packed) => initializer_session(&path, &graph_weights, threads, packed, true)?,
         };
         let bound_weights = match feed {
             WeightFeed::Bound => graph_weights.as_slice(),
-            WeightFeed::Initializers(_) => &[],
+            WeightFeed::Initializers(_) | WeightFeed::DecodeSteps(_) => &[],
         };
         let expected_inputs: Vec<&str> =
             spec.inputs.iter().map(|i| i.name.as_str()).chain(bound_weights.iter().map(|(n, _)| n.as_str())).collect();

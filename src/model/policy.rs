@@ -84,7 +84,9 @@ impl DecodeSessions {
         let feed = WeightFeed::packed_on(target, &packed);
         let prompts = BoundGraph::new(bundle, "decode", weights, target, threads, feed)?;
         let steps = match target {
-            Target::Cpu => Some(BoundGraph::decode_steps(bundle, "decode", weights, threads, &packed)?),
+            Target::Cpu => {
+                Some(BoundGraph::new(bundle, "decode", weights, target, threads, WeightFeed::DecodeSteps(&packed))?)
+            }
             Target::Cuda(_) => None,
         };
         Ok(DecodeSessions { prompts, steps, _packed: packed })
