@@ -16,8 +16,8 @@
 //! with the softmax's running maximum (flash decoding), in AVX-512 where the
 //! CPU has it (head dimensions of 64, 128 or 256, up to 8 query heads per KV
 //! head; portable loops otherwise). Measured on a 2-core AVX-512 machine, a
-//! ~0.5 B model's step at 2,048 cached tokens and 16 rows took 218 ms
-//! against 333 ms with ONNX Runtime's kernel; at short contexts, where the
+//! ~0.5 B model's step at 2,048 cached tokens and 16 rows took 202–218 ms
+//! against 258–333 ms with ONNX Runtime's kernel; at short contexts, where the
 //! step is its matrix products, both are the same.
 //!
 //! Each (row, KV head) is one task of ONNX Runtime's intra-op thread pool,
