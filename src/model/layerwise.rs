@@ -22,7 +22,7 @@ use super::graph::{BoundGraph, WeightFeed};
 use super::lora::Adapter;
 use super::precision::Precision;
 use super::runtime::{SessionConfig, Target, resolve_target};
-use super::values::{host_f32, left_pad};
+use super::values::{host_f32, host_widened, left_pad};
 use super::weights::Weights;
 use super::{ModelError, tensor_error};
 
@@ -48,10 +48,14 @@ pub struct LayerwiseGraphs {
     targets: Vec<String>,
     pad: i64,
     target: Target,
+    /// The precision the graphs compute in (the hidden states' and the
+    /// weights'; LoRA tensors and their gradients are float32 in every one).
+    precision: Precision,
 }
 
 impl LayerwiseGraphs {
-    /// Builds the five sessions on the configured device, float32.
+    /// Builds the five sessions on the configured device: float32 on the CPU,
+    /// the bundle's half precision on CUDA where its training graphs have it.
     pub fn load(bundle: &Bundle, pad_token_id: i64, config: &SessionConfig) -> Result<LayerwiseGraphs, ModelError> {
         bundle.expect_kind(BundleKind::Policy)?;
         if let Some(missing) = TRAINING_GRAPHS.iter().find(|g| !bundle.manifest.graphs.contains_key(**g)) {
@@ -63,7 +67,8 @@ impl LayerwiseGraphs {
             });
         }
         let target = resolve_target(config)?;
-        let weights = Weights::load(bundle, Precision::Float32, target)?;
+        let precision = bundle.precision_for("train_layer", target)?;
+        let weights = Weights::load(bundle, precision, target)?;
         let graph = |name: &str| BoundGraph::new(bundle, name, &weights, target, config.threads, WeightFeed::Bound);
         let arch = &bundle.manifest.architecture;
         let targets = bundle.manifest.lora.as_ref().map(|l| l.target_modules.clone()).unwrap_or_default();
@@ -79,12 +84,18 @@ impl LayerwiseGraphs {
             weights,
             pad: pad_token_id,
             target,
+            precision,
         })
     }
 
     /// Where the sessions run.
     pub fn target(&self) -> Target {
         self.target
+    }
+
+    /// The precision the graphs compute in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Loss, log-probs and LoRA gradients of `pairs` given their reference
@@ -241,14 +252,16 @@ impl LayerwiseGraphs {
                 ("lm_head.weight", lm),
             ];
             let outputs = self.head_backward.run(&inputs, &["grad_hidden"])?;
-            let (_, values) = host_f32(&outputs["grad_hidden"])?;
+            // Summed over the chunks in float32, then rounded once to the
+            // graphs' precision.
+            let values = host_widened(&outputs["grad_hidden"], self.precision)?;
             match total.as_mut() {
-                None => total = Some(values.to_vec()),
+                None => total = Some(values),
                 Some(sum) => sum.iter_mut().zip(values).for_each(|(s, v)| *s += v),
             }
         }
         let sum = total.unwrap_or_else(|| vec![0.0; rows * width * self.hidden]);
-        tensor(vec![rows, width, self.hidden], sum)
+        self.precision.tensor(vec![rows, width, self.hidden], sum)
     }
 }
 

@@ -92,6 +92,9 @@ pub struct ModelShape {
     /// Sequence chunks of the layer training graphs (one in exports from
     /// before chunking).
     pub sequence_chunks: u64,
+    /// Bytes of one element of the training graphs' weights and hidden
+    /// states: the device's precision where they ship it, else float32.
+    pub training_element: u64,
 }
 
 impl ModelShape {
@@ -124,6 +127,7 @@ impl ModelShape {
                 .graphs
                 .get("train_layer_backward")
                 .map_or(EXPORTED_SEQUENCE_CHUNKS, |g| g.sequence_chunks.map_or(1, u64::from)),
+            training_element: if trains_in(manifest, precision) { element } else { F32 },
         }
     }
 
@@ -221,18 +225,33 @@ impl ModelShape {
     /// Llama at 1 pair × 1,024 and × 2,048 tokens (3.96 and 4.90 GB; its
     /// vocabulary of 4,096 makes the head negligible) and two layers of
     /// EuroLLM-9B's widths at 1 pair × 1,024 and × 2,048 (13.3 and 16.5 GB;
-    /// vocabulary 128,000: the head's two sessions).
+    /// vocabulary 128,000: the head's two sessions). In half precision the
+    /// weights, saved inputs and whole-sequence streams take its element
+    /// size; the attention scores, the head (softmax, logits) and the MLP's
+    /// streams (LoRA inputs and dropout masks are float32) stay float32: the
+    /// float32 fit, scaled, not measured on a GPU.
     pub fn training(&self, rows: u64, width: u64, head_chunk: u64) -> Footprint {
-        let weights = self.weight_bytes / self.element * F32;
-        let saved = TRAINING_SAVED_COPIES * self.layers * rows * width * self.hidden * F32;
+        let element = self.training_element;
+        let weights = self.weight_bytes / self.element * element;
+        let saved = TRAINING_SAVED_COPIES * self.layers * rows * width * self.hidden * element;
         let chunks = self.sequence_chunks.max(1);
         let chunk = width.div_ceil(chunks);
         let padded = chunk * chunks;
-        let sequence = TRAINING_SEQUENCE_COPIES * rows * padded * self.hidden * F32;
+        let sequence = TRAINING_SEQUENCE_COPIES * rows * padded * self.hidden * element;
         let attention = TRAINING_ATTENTION_COPIES * rows * self.heads * chunk * padded * F32;
         let mlp = TRAINING_STREAM_COPIES * rows * chunk * (4 * self.hidden + 3 * self.intermediate) * F32;
         let head = TRAINING_HEAD_COPIES * rows * head_chunk.min(width) * self.vocab * F32;
         Footprint { weights, kv_cache: 0, activations: saved + sequence + attention + mlp + head, workspace: 0 }
+    }
+}
+
+/// Whether the training graphs compute in `precision`: they ship its
+/// variant or, in a bundle without them yet, the checkpoint ships it (what
+/// `train-graphs` would add: float32, and the checkpoint's half precision).
+fn trains_in(manifest: &BundleManifest, precision: Precision) -> bool {
+    match manifest.graphs.get("train_layer") {
+        Some(graph) => graph.files.contains_key(precision.name()),
+        None => precision == Precision::Float32 || manifest.weights.dtype == precision.name(),
     }
 }
 
@@ -300,6 +319,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::bundle::{Bundle, Verify};
 
     /// EuroLLM-9B's numbers (its Hugging Face config), bfloat16.
     fn eurollm_9b() -> ModelShape {
@@ -316,6 +336,7 @@ mod tests {
             sequence_chunks: 8,
             largest_tensor: 128_000 * 4096,
             gemm_weight_bytes: (9_150_000_000 - 128_000 * 4096) * 2,
+            training_element: F32,
         }
     }
 
@@ -355,6 +376,42 @@ mod tests {
         assert_eq!(step.weights, 9_150_000_000 * F32);
         // The recipe's step (1 pair × 4,096 tokens, float32 training graphs) fits one 80 GB GPU.
         assert!(step.total() < 80 * (1 << 30), "{}", human(step.total()));
+    }
+
+    #[test]
+    fn bfloat16_training_graphs_halve_the_weights_and_saved_inputs_not_the_attention() {
+        let fp32 = eurollm_9b();
+        let bf16 = ModelShape { training_element: 2, ..fp32 };
+        let (wide, narrow) = (fp32.training(2, 4096, 512), bf16.training(2, 4096, 512));
+        assert_eq!(narrow.weights, 9_150_000_000 * 2);
+        let saved = |shape: &ModelShape| {
+            shape.training(2, 4096, 512).activations
+                - ModelShape { layers: 0, ..*shape }.training(2, 4096, 512).activations
+        };
+        assert_eq!(saved(&fp32), 2 * saved(&bf16));
+        let attention = |shape: &ModelShape| {
+            shape.training(2, 4096, 512).activations
+                - ModelShape { heads: 0, ..*shape }.training(2, 4096, 512).activations
+        };
+        assert_eq!(attention(&fp32), attention(&bf16));
+        assert!(narrow.total() < wide.total() * 3 / 4, "{} vs {}", human(narrow.total()), human(wide.total()));
+    }
+
+    #[test]
+    fn training_graphs_are_planned_in_the_precision_they_ship() {
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/policy");
+        let mut manifest = Bundle::open(&demo, Verify::Sizes).unwrap().manifest;
+        // The demo's training graphs are float32 only: float32 whatever the device runs.
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, F32);
+        let train_layer = manifest.graphs.get_mut("train_layer").unwrap();
+        train_layer.files.insert("bfloat16".into(), "train_layer.bfloat16.onnx".into());
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, 2);
+        assert_eq!(ModelShape::of(&manifest, Precision::Float32).training_element, F32);
+        // Without training graphs: those `train-graphs` would add for the checkpoint's dtype.
+        manifest.graphs.remove("train_layer");
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, F32);
+        manifest.weights.dtype = "bfloat16".into();
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, 2);
     }
 
     #[test]

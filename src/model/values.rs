@@ -3,6 +3,7 @@
 
 use ort::value::{DynValue, Tensor};
 
+use super::precision::Precision;
 use super::{ModelError, tensor_error};
 
 /// A left-padded batch of sequences.
@@ -63,4 +64,18 @@ pub(super) fn sequence_lengths(sequences: &[&[i64]], width: usize) -> Result<(Dy
 pub(super) fn host_f32(value: &DynValue) -> Result<(Vec<usize>, &[f32]), ModelError> {
     let (shape, data) = value.try_extract_tensor::<f32>().map_err(|source| tensor_error("output", source))?;
     Ok((shape.iter().map(|&d| d as usize).collect(), data))
+}
+
+/// The elements of a host tensor in `precision`, widened to float32.
+pub(super) fn host_widened(value: &DynValue, precision: Precision) -> Result<Vec<f32>, ModelError> {
+    let error = |source| tensor_error("output", source);
+    Ok(match precision {
+        Precision::Float32 => host_f32(value)?.1.to_vec(),
+        Precision::BFloat16 => {
+            value.try_extract_tensor::<half::bf16>().map_err(error)?.1.iter().map(|v| v.to_f32()).collect()
+        }
+        Precision::Float16 => {
+            value.try_extract_tensor::<half::f16>().map_err(error)?.1.iter().map(|v| v.to_f32()).collect()
+        }
+    })
 }

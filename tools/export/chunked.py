@@ -36,6 +36,7 @@ from onnx import TensorProto, helper
 
 from .dropout import apply_dropout, feature_hashes, keep_mask, row_hashes
 from .export import after_attention, norm, positions_from_mask, project, qkv, rotary, rotate
+from .graphs import PRECISIONS, bf16_tensor, add_initializer
 
 PRE = ("q_proj", "k_proj", "v_proj")  # the adapted modules before attention; the others come after it
 PRE_TENSORS = ("input_layernorm.", "self_attn.q_", "self_attn.k_", "self_attn.v_")  # their layer tensors
@@ -44,6 +45,18 @@ PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
 SCALARS = ["lora_scale", "dropout_p", "dropout_seed", "layer"]  # the layer graphs' scalar inputs, in piece order
 ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
 MASKED = torch.finfo(torch.float32).min
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def train_file(name: str, precision: str) -> str:
+    """The file of a training graph's variant: `train_layer.onnx` in float32 (the names of bundles from before the
+    half-precision variants), `train_layer.bfloat16.onnx` in half precision."""
+    return f"{name}.onnx" if precision == "float32" else f"{name}.{precision}.onnx"
+
+
+def elem_type(dtype: str, precision: str) -> int:
+    """The ONNX element type of a manifest dtype in a variant of `precision` (`compute`: the variant's own)."""
+    return PRECISIONS[precision] if dtype == "compute" else ELEM[dtype]
 
 
 def module_path(module: str) -> str:
@@ -57,10 +70,13 @@ def lora_names(targets, prefix=""):
 
 class Pieces:
     """The traced pieces of one decoder layer (module docstring) for the architecture A, the layer tensors
-    `suffixes` (layer 0's names less `model.layers.0.`) and the LoRA `targets`."""
+    `suffixes` (layer 0's names less `model.layers.0.`) and the LoRA `targets`, computing in `precision`: the
+    hidden states, weights, queries, keys and values in it; norms, softmax and the LoRA adapters (float32
+    inputs, as peft keeps them) in float32."""
 
-    def __init__(self, A, inv_freq, rope_scale, suffixes, targets, chunks):
+    def __init__(self, A, inv_freq, rope_scale, suffixes, targets, chunks, precision="float32"):
         self.A, self.inv_freq, self.rope_scale, self.targets, self.chunks = A, inv_freq, rope_scale, targets, chunks
+        self.precision, self.dtype = precision, TORCH_DTYPES[precision]
         self.H, self.KV, self.D = A["num_attention_heads"], A["num_kv_heads"], A["head_dim"]
         self.rep, self.scale = self.H // self.KV, 1.0 / math.sqrt(A["head_dim"])
         self.pre_tensors = [s for s in suffixes if s.startswith(PRE_TENSORS)]
@@ -182,7 +198,27 @@ def _function(path, name):
     m = onnx.load(path)
     consts = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
     return helper.make_function(DOMAIN, name, [i.name for i in m.graph.input], [o.name for o in m.graph.output],
-                                consts + list(m.graph.node), opset_imports=list(m.opset_import))
+                                consts + half_constants_expanded(m.graph.node), opset_imports=list(m.opset_import))
+
+
+def half_constants_expanded(nodes):
+    """nodes with each half-precision ConstantOfShape (torch's zeros in a traced backward) replaced by a scalar
+    Constant expanded to the shape: ONNX allows ConstantOfShape a bfloat16 value only from opset 20, and
+    ONNX Runtime refuses such a graph at opset 18."""
+    out = []
+    for node in nodes:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type != "ConstantOfShape" or value is None \
+                or value.data_type not in (TensorProto.BFLOAT16, TensorProto.FLOAT16):
+            out.append(node)
+            continue
+        scalar = onnx.TensorProto()
+        scalar.CopyFrom(value)
+        del scalar.dims[:]
+        const = node.output[0] + "/scalar"
+        out += [helper.make_node("Constant", [], [const], value=scalar),
+                helper.make_node("Expand", [const, node.input[0]], list(node.output), name=node.name)]
+    return out
 
 
 class LayerGraphs:
@@ -193,31 +229,33 @@ class LayerGraphs:
     def __init__(self, pieces: Pieces, W0, log):
         self.P, self.W0, self.log = pieces, W0, log
 
-    def export(self, out, inputs, lora_specs, stream):
-        """Writes both graphs into `out`; returns their [graphs] entries (train_graphs' spec dicts). inputs: the
-        forward graph's (data, weights, LoRA); lora_specs: the LoRA inputs' specs; stream: the shape of the
-        hidden states."""
+    def export(self, out, inputs, lora_specs, stream, stream_dtype="float32"):
+        """Writes both graphs, in the pieces' precision, into `out`; returns their [graphs] entries (train_graphs'
+        spec dicts). inputs: the forward graph's (data, weights, LoRA); lora_specs: the LoRA inputs' specs;
+        stream: the shape of the hidden states; stream_dtype: their manifest dtype (`compute` where the bundle
+        has several precisions)."""
         from .export import _io_spec
 
         with tempfile.TemporaryDirectory() as tmp:
             functions = self._functions(tmp)
         entries = {}
-        backward_in = inputs + [_io_spec("grad_hidden_out", "float32", stream)]
-        forward_out = [_io_spec("hidden_out", "float32", stream)]
-        backward_out = ([_io_spec("grad_hidden", "float32", stream)]
+        backward_in = inputs + [_io_spec("grad_hidden_out", stream_dtype, stream)]
+        forward_out = [_io_spec("hidden_out", stream_dtype, stream)]
+        backward_out = ([_io_spec("grad_hidden", stream_dtype, stream)]
                         + [_io_spec("grad." + s["name"], "float32", s["shape"]) for s in lora_specs])
         for name, ins, outs, body in (("train_layer", inputs, forward_out, self._forward),
                                       ("train_layer_backward", backward_in, backward_out, self._backward)):
             g = _Assembly(name, ins, self.P)
             body(g)
             for spec in outs:
-                g.graph.output(spec["name"], ELEM[spec["dtype"]], spec["shape"])
-            path = os.path.join(out, f"{name}.onnx")
+                g.graph.output(spec["name"], elem_type(spec["dtype"], self.P.precision), spec["shape"])
+            file = train_file(name, self.P.precision)
+            path = os.path.join(out, file)
             onnx.save(g.model(functions), path)
             onnx.checker.check_model(path)
-            self.log(f"assembled {name}.onnx ({os.path.getsize(path)} bytes, {len(g.graph.nodes)} nodes, "
+            self.log(f"assembled {file} ({os.path.getsize(path)} bytes, {len(g.graph.nodes)} nodes, "
                      f"{self.P.chunks} chunks)")
-            entries[name] = {"file": f"{name}.onnx", "inputs": ins, "outputs": outs, "weight_inputs": [],
+            entries[name] = {"file": file, "inputs": ins, "outputs": outs, "weight_inputs": [],
                              "sequence_chunks": self.P.chunks}
         return entries
 
@@ -243,15 +281,17 @@ class LayerGraphs:
                 tensors += [torch.randn(R, i, generator=g) * 0.01, torch.randn(o, R, generator=g) * 0.01]
             return tensors, lora_names(targets), [{0: rank}, {1: rank}] * len(targets)
 
-        def rand(*shape):
-            return torch.randn(*shape, generator=g)
+        def rand(*shape, dtype=Pc.dtype):
+            return torch.randn(*shape, generator=g).to(dtype)
 
         index = torch.arange(rows * c, dtype=torch.int64).view(rows, c, 1)
         pre_lora, pre_lora_names, pre_lora_ds = lora(Pc.pre_targets)
         post_lora, post_lora_names, post_lora_ds = lora(Pc.post_targets)
-        pre_w, post_w = [W0[s] for s in Pc.pre_tensors], [W0[s] for s in Pc.post_tensors]
+        pre_w, post_w = [W0[s].to(Pc.dtype) for s in Pc.pre_tensors], [W0[s].to(Pc.dtype) for s in Pc.post_tensors]
         row_chunk = {0: dyn, 1: dyn}
-        pre_in = ([rand(rows, c, hidden), rand(rows, 1, c, D), rand(rows, 1, c, D), index] + scalars + pre_w
+        f32 = torch.float32
+        pre_in = ([rand(rows, c, hidden), rand(rows, 1, c, D, dtype=f32), rand(rows, 1, c, D, dtype=f32), index]
+                  + scalars + pre_w
                   + pre_lora)
         pre_names = ["x", "cos", "sin", "index"] + scalar_names + Pc.pre_tensors + pre_lora_names
         pre_ds = ([row_chunk, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}, row_chunk] + [None] * (4 + len(pre_w))
@@ -294,7 +334,7 @@ class LayerGraphs:
         keep = g.split(padded, 1, n)
         allowed = [g.allowed(g.concat(keep[:i + 1], 1), g.op("Mul", [c, g.ints(f"chunk_{i}", i)]), c)
                    for i in range(n)]
-        return (g.split(g.op("Pad", ["hidden", pads]), 1, n), g.split(cos, 2, n), g.split(sin, 2, n),
+        return (g.split(g.pad_sequence("hidden", pads), 1, n), g.split(cos, 2, n), g.split(sin, 2, n),
                 g.split(index, 1, n), allowed, S, pads)
 
     def _names(self):
@@ -321,7 +361,7 @@ class LayerGraphs:
         gradients summed over the query chunks that saw them."""
         Pc, n = self.P, self.P.chunks
         xs, cos, sin, index, allowed, S, pads = self._prologue(g)
-        grads = g.split(g.op("Pad", ["grad_hidden_out", pads]), 1, n)
+        grads = g.split(g.pad_sequence("grad_hidden_out", pads), 1, n)
         pre, post = self._names()
         qs, keys, values = [], [], []
         for i in range(n):
@@ -361,9 +401,10 @@ class _Assembly:
     def __init__(self, name, inputs, pieces):
         from .graphs import Graph
 
-        self.graph, self.pieces, self.consts = Graph(name, "float32"), pieces, set()
+        self.graph, self.pieces, self.consts = Graph(name, pieces.precision), pieces, set()
+        self.half = pieces.precision != "float32"
         for spec in inputs:
-            self.graph.input(spec["name"], ELEM[spec["dtype"]], spec["shape"])
+            self.graph.input(spec["name"], elem_type(spec["dtype"], pieces.precision), spec["shape"])
 
     def op(self, op_type, inputs, outputs=1, **attrs):
         return self.graph.op(op_type, inputs, outputs, **attrs)
@@ -396,6 +437,35 @@ class _Assembly:
             self.graph.const(name, np.array(value, np.float32))
         return name
 
+    def compute_scalar(self, name, value):
+        """A scalar constant in the compute precision, added once under its name."""
+        if not self.half:
+            return self.floats(name, value)
+        if name not in self.consts:
+            self.consts.add(name)
+            value = np.array(value, np.float64)
+            add_initializer(self.graph, name, bf16_tensor(value) if self.pieces.precision == "bfloat16"
+                         else value.astype(np.float16))
+        return name
+
+    def pad_sequence(self, t, pads):
+        """t [rows, seq, hidden] padded with zeros at the end of the sequence (pads: Pad's, [0, 0, 0, 0, P - S,
+        0]). In half precision by concatenating an expanded zero: ONNX Runtime's CUDA Pad has no bfloat16
+        kernel."""
+        if not self.half:
+            return self.op("Pad", [t, pads])
+        shape = self.op("Concat", [self.op("Shape", [t], start=0, end=1), self.op("Slice", [pads, self.ints(
+            "pad_seq_start", [4]), self.ints("pad_seq_end", [5])]), self.op("Shape", [t], start=2, end=3)], axis=0)
+        return self.op("Concat", [t, self.op("Expand", [self.compute_scalar("zero_compute", 0.0), shape])], axis=1)
+
+    def to_float(self, t):
+        """t in float32 (a no-op in the float32 graphs)."""
+        return self.op("Cast", [t], to=TensorProto.FLOAT) if self.half else t
+
+    def to_compute(self, t):
+        """A float32 t in the compute precision (a no-op in the float32 graphs)."""
+        return self.op("Cast", [t], to=self.graph.dtype) if self.half else t
+
     def allowed(self, keep, start, c):
         """Which keys each query of the chunk [start, start + c) sees, [B, 1, 1, c, K] (bool): key k iff
         k <= the query's position, keep[b, k] (keep [B, K]: 1 for a real token) and, on a layer with a sliding
@@ -419,26 +489,32 @@ class _Assembly:
 
     def attend(self, q, keys, values, allowed):
         """One query chunk's attention over its key prefix: q [B, KV, rep * c, D] (rows rep-major), keys and
-        values [B, KV, K, D] -> (output [B, KV, rep * c, D], probabilities [B, KV, rep * c, K], q times the
-        softmax scale). The scale goes on q, not on the [.., K] scores: the same values wherever it is a power of
-        two (head_dim 64 or 256), within rounding otherwise."""
-        scaled_q = self.op("Mul", [q, self.floats("softmax_scale", self.pieces.scale)])
+        values [B, KV, K, D] -> (output [B, KV, rep * c, D], probabilities [B, KV, rep * c, K] in float32 and in
+        the compute precision, q times the softmax scale). The scale goes on q, not on the [.., K] scores: the
+        same values wherever it is a power of two (head_dim 64 or 256), within rounding otherwise. In half
+        precision the products run in it and the mask and softmax in float32 (transformers' eager attention)."""
+        scaled_q = self.op("Mul", [q, self.compute_scalar("softmax_scale", self.pieces.scale)])
         scores = self.op("MatMul", [scaled_q, self.transposed(keys)])
         rep5 = self.op("Concat", [self.ints("rep5", [0, 0, self.pieces.rep, -1]),
                                   self.op("Shape", [keys], start=2, end=3)], axis=0)
-        masked = self.op("Where", [allowed, self.op("Reshape", [scores, rep5]), self.floats("masked", MASKED)])
+        masked = self.op("Where", [allowed, self.op("Reshape", [self.to_float(scores), rep5]),
+                                   self.floats("masked", MASKED)])
         prob = self.op("Reshape", [self.op("Softmax", [masked], axis=-1), self.op("Shape", [scores])])
-        return self.op("MatMul", [prob, values]), prob, scaled_q
+        prob_compute = self.to_compute(prob)
+        return self.op("MatMul", [prob_compute, values]), (prob, prob_compute), scaled_q
 
-    def attend_vjp(self, scaled_q, keys, values, prob, o, grad_o):
-        """The gradients of attend's output w.r.t. q, keys and values from its probabilities and output:
-        dS = P * (dP - rowsum(dO * O)), the softmax's backward."""
-        dp = self.op("MatMul", [grad_o, self.transposed(values)])
-        rowsum = self.op("ReduceSum", [self.op("Mul", [grad_o, o]), self.ints("last_axis", [-1])], keepdims=1)
-        ds = self.op("Mul", [prob, self.op("Sub", [dp, rowsum])])
-        grad_q = self.op("Mul", [self.op("MatMul", [ds, keys]), self.floats("softmax_scale", self.pieces.scale)])
+    def attend_vjp(self, scaled_q, keys, values, probs, o, grad_o):
+        """The gradients of attend's output w.r.t. q, keys and values from its probabilities (attend's pair) and
+        output: dS = P * (dP - rowsum(dO * O)), the softmax's backward, in float32."""
+        prob, prob_compute = probs
+        dp = self.to_float(self.op("MatMul", [grad_o, self.transposed(values)]))
+        rowsum = self.op("ReduceSum", [self.op("Mul", [self.to_float(grad_o), self.to_float(o)]),
+                                       self.ints("last_axis", [-1])], keepdims=1)
+        ds = self.to_compute(self.op("Mul", [prob, self.op("Sub", [dp, rowsum])]))
+        grad_q = self.op("Mul", [self.op("MatMul", [ds, keys]),
+                                 self.compute_scalar("softmax_scale", self.pieces.scale)])
         return (grad_q, self.op("MatMul", [self.transposed(ds), scaled_q]),
-                self.op("MatMul", [self.transposed(prob), grad_o]))
+                self.op("MatMul", [self.transposed(prob_compute), grad_o]))
 
     def transposed(self, t):
         """The last two axes of a 4-D t swapped (folded into the consuming MatMul by ONNX Runtime)."""

@@ -35,17 +35,19 @@ def rope_inv_freq(hf_model) -> tuple[torch.Tensor, float]:
 
 
 def _rms(x, w, eps):
+    """RMSNorm as transformers computes it: statistics in float32, the normed values cast back to x's dtype
+    before the weight (a no-op in float32)."""
     xf = x.float()
     # xf * xf, not xf.pow(2): the same values, and ONNX Runtime's CPU Pow is several times slower than a Mul
     xf = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps)
-    return w * xf
+    return w * xf.to(x.dtype)
 
 
 def _layer_norm(x, w, eps):
-    """cohere2's LayerNorm: no bias, statistics in float32."""
+    """cohere2's LayerNorm: no bias, statistics and the weight in float32, cast back to x's dtype."""
     xf = x.float()
     centred = xf - xf.mean(-1, keepdim=True)
-    return w * (centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps))
+    return (w.float() * (centred * torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps))).to(x.dtype)
 
 
 def norm(A, x, w):
@@ -66,7 +68,9 @@ def _rot_pairs(x):
 
 
 def rotate(A, t, cos, sin):
-    """Rotary embedding of t [B, heads, S, D] with the family's pairing."""
+    """Rotary embedding of t [B, heads, S, D] with the family's pairing; cos and sin (float32) in t's dtype, as
+    transformers casts them."""
+    cos, sin = cos.to(t.dtype), sin.to(t.dtype)
     return t * cos + (_rot_pairs(t) if A.get("rotary_interleaved") else _rot_half(t)) * sin
 
 
@@ -94,14 +98,16 @@ def attention_bias(attention_mask, S, past_length=0, window=-1):
 
 def project(W, name, t, lora=None):
     """The linear W[name] on t (t W^T, plus its bias if any), plus PEFT LoRA's scale * (dropout(t) A^T) B^T when
-    lora (as llama_forward's) adapts W[name]."""
+    lora (as llama_forward's) adapts W[name]. As peft does with half-precision weights, the adapter branch runs
+    in the adapter's dtype (float32) on t cast to it, and the sum is cast back to t's dtype (no-ops in float32)."""
     y = t @ W[name].T
     b = W.get(name[:-len("weight")] + "bias")
     y = y + b if b is not None else y
     if lora is not None and name in lora["modules"]:
         la, lb, j = lora["modules"][name]
-        dropped = lora["dropout"](t, j) if "dropout" in lora else lora_dropout(t, lora["p"], lora["seed"], j)
-        y = y + lora["scale"] * ((dropped @ la.T) @ lb.T)
+        tl = t.to(la.dtype)
+        dropped = lora["dropout"](tl, j) if "dropout" in lora else lora_dropout(tl, lora["p"], lora["seed"], j)
+        y = (y + lora["scale"] * ((dropped @ la.T) @ lb.T)).to(t.dtype)
     return y
 
 
@@ -153,8 +159,9 @@ def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False, 
     if sdpa:
         o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=bias)
     else:
-        att = (q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D)) + bias
-        o = torch.softmax(att, dim=-1) @ vv
+        # the softmax in float32 (transformers' eager attention): no-ops in float32
+        att = ((q @ kk.transpose(2, 3)) * (1.0 / math.sqrt(D))).float() + bias
+        o = torch.softmax(att, dim=-1).to(q.dtype) @ vv
     o = o.transpose(1, 2).reshape(B, S, H * D)
     return after_attention(A, W, p, x, project(W, p + "self_attn.o_proj.weight", o, lora), lora), (k, v)
 
@@ -411,8 +418,8 @@ def finish_manifest(out, kind, name, A, tensors, dtype, graphs, specials, chat_t
 
 
 def graph_entry(g, weight_names):
-    """[graphs.<name>] of a traced float32 graph (dpo.export_dpo's spec)."""
-    entry = {"files": {"float32": g["file"]}, "opset": OPSET,
+    """[graphs.<name>] of a traced graph: its files by precision (`files`; else one float32 `file`)."""
+    entry = {"files": g.get("files") or {"float32": g["file"]}, "opset": OPSET,
              "weight_inputs": "all" if g["weight_inputs"] == list(weight_names) else g["weight_inputs"],
              "inputs": g["inputs"], "outputs": g["outputs"]}
     if "sequence_chunks" in g:

@@ -80,10 +80,10 @@ def rotary_caches(inv_freq: np.ndarray, attention_scaling: float, positions: int
     cos, sin = np.cos(angles) * attention_scaling, np.sin(angles) * attention_scaling
     if dtype is not None:
         return cos.astype(dtype), sin.astype(dtype)
-    return _bf16_tensor(cos), _bf16_tensor(sin)
+    return bf16_tensor(cos), bf16_tensor(sin)
 
 
-def _bf16_tensor(values: np.ndarray):
+def bf16_tensor(values: np.ndarray):
     """float64 values as a bfloat16 TensorProto's raw bytes (round to nearest even), wrapped for Graph.const."""
     f32 = values.astype(np.float32)
     bits = f32.view(np.uint32).astype(np.uint64)
@@ -98,7 +98,8 @@ class _Raw:
         self.bits, self.elem_type, self.shape = bits, elem_type, shape
 
 
-def _initializer(graph: Graph, name, value):
+def add_initializer(graph: Graph, name, value):
+    """Adds value (an array, or bf16_tensor's bits) to the graph's initializers under name; returns name."""
     if isinstance(value, _Raw):
         graph.initializers.append(helper.make_tensor(name, value.elem_type, value.shape, value.bits.tobytes(),
                                                      raw=True))
@@ -118,7 +119,7 @@ class Layers:
         if any(A["rotary_layers"]):
             cos, sin = rotary_caches(rotary["inv_freq"], rotary["attention_scaling"], A["max_position_embeddings"],
                                      graph.precision, A["rotary_interleaved"])
-            self.cos, self.sin = _initializer(graph, "cos_cache", cos), _initializer(graph, "sin_cache", sin)
+            self.cos, self.sin = add_initializer(graph, "cos_cache", cos), add_initializer(graph, "sin_cache", sin)
 
     def linear(self, x2d, name):
         """x [tokens, in] @ W[out, in]^T (+ bias)."""

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from . import ortrun
-from .bundle import DEFAULT_PARITY_LAYERS, check_chat_template, finish, fixtures_note, write_bundle
+from .bundle import DEFAULT_PARITY_LAYERS, check_chat_template, finish, fixtures_note, precisions_for, write_bundle
 from .dpo import dpo_fixtures
 from .export import (ATOL, LORA_TARGETS, ParityError, _check, _tok_fixture, _tok_ids, fill_template, left_pad,
                      positions_from_mask)
+from .train_graphs import check_half_parity
 from .train_graphs import check_parity as check_train_parity
 from .train_graphs import export_train_graphs
 
@@ -77,8 +78,11 @@ def export_policy(ckpt, tokenizer_path, out, chat_template, parity_prompts, log=
         scale = ex.rotary["attention_scaling"]
         # the whole model's architecture: its per-layer tables (rotary, windows) are indexed by `layer`; the
         # truncated copy's weights only give the shapes
-        extra = export_train_graphs(ex.A, W, inv_freq, scale, LORA_TARGETS, out, log)
+        precisions = precisions_for(ex.dtype)
+        extra = export_train_graphs(ex.A, W, inv_freq, scale, LORA_TARGETS, out, log, precisions=precisions)
         rel = check_train_parity(out, ex.parity_arch, W, inv_freq, scale, LORA_TARGETS)
+        for precision in precisions[1:]:
+            rel |= check_half_parity(out, ex.parity_arch, W, inv_freq, scale, LORA_TARGETS, precision)
         log(f"training graphs vs torch autograd: {rel}")
         if not parity_depth_is_partial(ckpt, parity_layers):
             rep, dpo_rel = dpo_fixtures(out, ex.A, W, inv_freq, scale, LORA_TARGETS, ex.tok, chat_template, pad_id,

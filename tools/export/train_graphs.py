@@ -23,11 +23,17 @@ import time
 import numpy as np
 import torch
 
-from .chunked import PREFIX, LayerGraphs, Pieces, example_sizes, module_path, trace
+from .chunked import (PREFIX, TORCH_DTYPES, LayerGraphs, Pieces, elem_type, example_sizes, half_constants_expanded,
+                      module_path, trace, train_file)
 from .export import _export, _io_spec, norm
 from .graphs import Graph
 
 SEQUENCE_CHUNKS = 8  # the layer graphs' sequence chunks (chunked.py): a layer's working set is ~1/8 of a sequence's
+TRAINING_GRAPHS = ["train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"]
+# half-precision graphs: their errors against float32 autograd within HALF_SLACK x torch's own in that precision,
+# plus HALF_FLOOR (the two round differently: products accumulated in float32 either way, but in other orders)
+HALF_SLACK = 2.0
+HALF_FLOOR = 1e-3
 
 
 def layer_suffixes(weight_names) -> list[str]:
@@ -57,39 +63,57 @@ def make_head_backward(head):
     return backward
 
 
-def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log, chunks=SEQUENCE_CHUNKS):
-    """Exports the five training graphs into `out`, the layer graphs in `chunks` sequence chunks (chunked.py);
-    returns their [graphs] entries (graph_entry format)."""
+def export_train_graphs(A, W, inv_freq, rope_scale, targets, out, log, chunks=SEQUENCE_CHUNKS,
+                        precisions=("float32",)):
+    """Exports the five training graphs into `out` in each of `precisions` (float32, the CPU's, first; a half
+    precision for CUDA), the layer graphs in `chunks` sequence chunks (chunked.py); returns their [graphs] entries
+    (graph_entry format, one file per precision). With a half precision the hidden states, weights and their
+    gradients are the manifest's dtype `compute`; LoRA tensors, their gradients and log-probs stay float32."""
     from .export import graph_entry
 
-    names = list(W)
-    suffixes = layer_suffixes(names)
-    weight_specs = [_io_spec(PREFIX + s, "float32", list(W["model.layers.0." + s].shape)) for s in suffixes]
+    t0 = time.time()
+    entries = {}
+    compute = "float32" if list(precisions) == ["float32"] else "compute"
+    for precision in precisions:
+        for name, spec in _export_variant(A, W, inv_freq, rope_scale, targets, out, log, chunks, precision,
+                                          compute).items():
+            files = entries.setdefault(name, spec).setdefault("files", {})
+            files[precision] = spec["file"]
+    log(f"training graphs exported in {time.time() - t0:.1f}s ({', '.join(precisions)})")
+    return {name: graph_entry(spec, list(W)) for name, spec in entries.items()}
+
+
+def _export_variant(A, W, inv_freq, rope_scale, targets, out, log, chunks, precision, compute):
+    """The five training graphs in one precision; compute: the manifest dtype of the hidden states and weights."""
+    suffixes = layer_suffixes(list(W))
+    weight_specs = [_io_spec(PREFIX + s, compute, list(W["model.layers.0." + s].shape)) for s in suffixes]
     lora_specs = []
     for m in targets:
         o, i = W["model.layers.0." + module_path(m) + ".weight"].shape
         lora_specs += [_io_spec(f"lora.{m}.A", "float32", ["rank", i]), _io_spec(f"lora.{m}.B", "float32", [o, "rank"])]
     stream = ["rows", "seq", A["hidden_size"]]
-    common_in = [_io_spec("hidden", "float32", stream), _io_spec("attention_mask", "int64", ["rows", "seq"]),
+    common_in = [_io_spec("hidden", compute, stream), _io_spec("attention_mask", "int64", ["rows", "seq"]),
                  _io_spec("lora_scale", "float32", []), _io_spec("dropout_p", "float32", []),
                  _io_spec("dropout_seed", "int64", []), _io_spec("layer", "int64", [])]
-    t0 = time.time()
-    pieces = Pieces(A, inv_freq, rope_scale, suffixes, targets, chunks)
+    pieces = Pieces(A, inv_freq, rope_scale, suffixes, targets, chunks, precision)
     W0 = {s: W["model.layers.0." + s] for s in suffixes}
-    entries = LayerGraphs(pieces, W0, log).export(out, common_in + weight_specs + lora_specs, lora_specs, stream)
+    entries = LayerGraphs(pieces, W0, log).export(out, common_in + weight_specs + lora_specs, lora_specs, stream,
+                                                  compute)
     half_rows, S, T = example_sizes(W, A, 3)
     hidden = torch.randn(2 * half_rows, S, A["hidden_size"], generator=torch.Generator().manual_seed(0))
-    head_entries(A, W, out, log, hidden, T, entries)
-    embed_entry(A, W, out, entries)
-    log(f"training graphs exported in {time.time() - t0:.1f}s")
-    return {name: graph_entry(spec, names) for name, spec in entries.items()}
+    head_entries(A, W, out, log, hidden.to(TORCH_DTYPES[precision]), T, entries, precision, compute)
+    embed_entry(A, W, out, entries, precision, compute)
+    return entries
 
 
-def head_entries(A, W, out, log, hidden, T, entries):
+def head_entries(A, W, out, log, hidden, T, entries, precision="float32", compute="float32"):
+    """`train_head` and `train_head_backward`, traced in `precision` (hidden's dtype): the final norm and the
+    vocabulary projection in it, the logits, log-softmax, token log-probs and weights in float32."""
     from torch.export import Dim
 
-    head_weights = {"model.norm.weight": W["model.norm.weight"],
-                    "lm_head.weight": W.get("lm_head.weight", W["model.embed_tokens.weight"])}
+    dtype = hidden.dtype
+    head_weights = {"model.norm.weight": W["model.norm.weight"].to(dtype),
+                    "lm_head.weight": W.get("lm_head.weight", W["model.embed_tokens.weight"]).to(dtype)}
     rows, S = hidden.shape[0], hidden.shape[1]
     g = torch.Generator().manual_seed(1)
     positions = torch.randint(0, S, (rows, T), generator=g)
@@ -102,42 +126,59 @@ def head_entries(A, W, out, log, hidden, T, entries):
             "grad_hidden": ["rows", "seq", A["hidden_size"]], "norm.weight": list(norm.shape),
             "lm_head.weight": list(lm.shape)}
     head = make_head(A)
-    specs_in = [_io_spec("hidden", "float32", dims["hidden"]), _io_spec("target_positions", "int64", dims["target_positions"]),
+    specs_in = [_io_spec("hidden", compute, dims["hidden"]), _io_spec("target_positions", "int64", dims["target_positions"]),
                 _io_spec("target_ids", "int64", dims["target_ids"])]
-    specs_w = [_io_spec("norm.weight", "float32", dims["norm.weight"]), _io_spec("lm_head.weight", "float32", dims["lm_head.weight"])]
+    specs_w = [_io_spec("norm.weight", compute, dims["norm.weight"]), _io_spec("lm_head.weight", compute, dims["lm_head.weight"])]
     args = [hidden, positions, targets, norm, lm]
     names = [s["name"] for s in specs_in + specs_w]
     ds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None)
-    _export(trace(head, args), tuple(args), os.path.join(out, "train_head.onnx"), names, ["token_logps"], ds, dims,
+    head_file, backward_file = train_file("train_head", precision), train_file("train_head_backward", precision)
+    _export(trace(head, args), tuple(args), os.path.join(out, head_file), names, ["token_logps"], ds, dims,
             log, strip_metadata=True)
-    entries["train_head"] = {"file": "train_head.onnx", "inputs": specs_in + specs_w,
+    entries["train_head"] = {"file": head_file, "inputs": specs_in + specs_w,
                              "outputs": [_io_spec("token_logps", "float32", dims["token_logps"])], "weight_inputs": []}
     bargs = [hidden, positions, targets, weights, norm, lm]
     bspecs = specs_in + [_io_spec("token_weights", "float32", dims["token_weights"])] + specs_w
     bds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None)
-    _export(trace(make_head_backward(head), bargs), tuple(bargs), os.path.join(out, "train_head_backward.onnx"),
+    _export(trace(make_head_backward(head), bargs), tuple(bargs), os.path.join(out, backward_file),
             [s["name"] for s in bspecs], ["grad_hidden"], bds, dims, log, strip_metadata=True)
-    entries["train_head_backward"] = {"file": "train_head_backward.onnx", "inputs": bspecs,
-                                      "outputs": [_io_spec("grad_hidden", "float32", dims["grad_hidden"])],
+    if precision != "float32":
+        for file in (head_file, backward_file):
+            _expand_half_constants(os.path.join(out, file))
+    entries["train_head_backward"] = {"file": backward_file, "inputs": bspecs,
+                                      "outputs": [_io_spec("grad_hidden", compute, dims["grad_hidden"])],
                                       "weight_inputs": []}
 
 
-def embed_entry(A, W, out, entries):
+def _expand_half_constants(path):
+    """Rewrites the traced graph at path with chunked.half_constants_expanded."""
+    import onnx
+
+    m = onnx.load(path)
+    nodes = half_constants_expanded(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, path)
+    onnx.checker.check_model(path, full_check=True)
+
+
+def embed_entry(A, W, out, entries, precision="float32", compute="float32"):
     """`train_embed`: Gather of the embedding rows, built with onnx.helper."""
     import onnx
     from onnx import TensorProto
 
-    g = Graph("train_embed", "float32")
+    g = Graph("train_embed", precision)
     ids = g.input("input_ids", TensorProto.INT64, ["rows", "seq"])
-    table = g.input("embed_tokens.weight", TensorProto.FLOAT, [A["vocab_size"], A["hidden_size"]])
+    table = g.input("embed_tokens.weight", elem_type(compute, precision), [A["vocab_size"], A["hidden_size"]])
     g.op("Gather", [table, ids], ["hidden"], axis=0)
-    g.output("hidden", TensorProto.FLOAT, ["rows", "seq", A["hidden_size"]])
-    onnx.save(g.model(), os.path.join(out, "train_embed.onnx"))
+    g.output("hidden", elem_type(compute, precision), ["rows", "seq", A["hidden_size"]])
+    file = train_file("train_embed", precision)
+    onnx.save(g.model(), os.path.join(out, file))
     entries["train_embed"] = {
-        "file": "train_embed.onnx",
+        "file": file,
         "inputs": [_io_spec("input_ids", "int64", ["rows", "seq"]),
-                   _io_spec("embed_tokens.weight", "float32", [A["vocab_size"], A["hidden_size"]])],
-        "outputs": [_io_spec("hidden", "float32", ["rows", "seq", A["hidden_size"]])], "weight_inputs": []}
+                   _io_spec("embed_tokens.weight", compute, [A["vocab_size"], A["hidden_size"]])],
+        "outputs": [_io_spec("hidden", compute, ["rows", "seq", A["hidden_size"]])], "weight_inputs": []}
 
 
 def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, positions, token_ids, token_weights):
@@ -187,6 +228,7 @@ def add_train_graphs_to_bundle(bundle, log=print, check=True, chunks=None):
     from tokenizers import Tokenizer
 
     from .adapter import hf_model_from_bundle
+    from .bundle import precisions_for
     from .dpo import dpo_fixtures, update_checksums
     from .export import GRAD_RTOL, file_table, rope_inv_freq, write_manifest
 
@@ -201,12 +243,15 @@ def add_train_graphs_to_bundle(bundle, log=print, check=True, chunks=None):
     man["graphs"].pop("dpo", None)
     if os.path.exists(os.path.join(bundle, "dpo.onnx")):
         os.remove(os.path.join(bundle, "dpo.onnx"))
+    precisions = precisions_for(man["weights"]["dtype"])
     man["graphs"].update(export_train_graphs(A, W, inv_freq, rope_scale, targets, bundle, log,
-                                             chunks=chunks or SEQUENCE_CHUNKS))
+                                             chunks=chunks or SEQUENCE_CHUNKS, precisions=precisions))
     measured = {k: v for k, v in man["parity"]["measured_max_abs_diff"].items() if not k.startswith("dpo_")}
     relative = {k: v for k, v in man["parity"].get("measured_max_rel_l2", {}).items() if not k.startswith("dpo_")}
     if check:
         report = check_parity(bundle, A, W, inv_freq, rope_scale, targets)
+        for precision in precisions[1:]:
+            report |= check_half_parity(bundle, A, W, inv_freq, rope_scale, targets, precision)
         relative |= report
         log(f"training graphs vs torch autograd: {report}")
     tok = Tokenizer.from_file(os.path.join(bundle, man["tokenizer"]["file"]))
@@ -223,15 +268,12 @@ def add_train_graphs_to_bundle(bundle, log=print, check=True, chunks=None):
     update_checksums(bundle, log)
 
 
-def check_parity(out, A, W, inv_freq, rope_scale, targets, p=0.1, seed=5):
-    """The graphs in `out`, chained as croco chains them, against torch autograd through the whole functional
-    model: token log-probs within ATOL, every LoRA gradient within GRAD_RTOL relative L2 error. Returns the
-    largest relative errors."""
-    from .export import ATOL, GRAD_RTOL, ParityError, llama_forward, positions_from_mask
-    from .ortrun import ort_session
+def _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed, dtype=torch.float32):
+    """The parity batch (left padding, response positions, token weights, LoRA tensors in float32) and torch
+    autograd through the whole functional model with its weights in `dtype`: (batch, token log-probs,
+    {(layer, module): (grad A, grad B)}), all float32 numpy."""
+    from .export import llama_forward, positions_from_mask
 
-    sessions = {n: ort_session(os.path.join(out, f"{n}.onnx")) for n in
-                ["train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"]}
     g = torch.Generator().manual_seed(3)
     rows, S, T, R = 4, 24, 8, 2
     ids = torch.randint(3, A["vocab_size"], (rows, S), generator=g)
@@ -248,23 +290,97 @@ def check_parity(out, A, W, inv_freq, rope_scale, targets, p=0.1, seed=5):
                                 (torch.randn(o, R, generator=g) * 0.05).requires_grad_())
     modules = {f"model.layers.{l}.{module_path(m)}.weight": (a, b, l * len(targets) + targets.index(m))
                for (l, m), (a, b) in lora.items()}
-    logits, _ = llama_forward(W, A, inv_freq, rope_scale, ids, mask, positions_from_mask(mask),
+    logits, _ = llama_forward({n: t.to(dtype) for n, t in W.items()}, A, inv_freq, rope_scale, ids, mask,
+                              positions_from_mask(mask),
                               lora={"modules": modules, "scale": 2.0, "p": torch.tensor(p),
                                     "seed": torch.tensor(seed, dtype=torch.int64)})
-    lp = torch.log_softmax(logits, -1).gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+    lp = torch.log_softmax(logits.float(), -1).gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
     token = torch.gather(lp, 2, token_ids[..., None])[..., 0]
     (token * weights).sum().backward()
-    got_logps, got = layerwise_grads(sessions, {n: t.detach().numpy() for n, t in W.items()}, A, targets,
-                                     ids.numpy(), mask.numpy(),
-                                     {k: (a.detach().numpy(), b.detach().numpy()) for k, (a, b) in lora.items()},
-                                     2.0, p, seed, positions.numpy(), token_ids.numpy(), weights.numpy())
-    diff = float(np.abs(got_logps - token.detach().numpy()).max())
+    batch = {"ids": ids.numpy(), "mask": mask.numpy(), "positions": positions.numpy(),
+             "token_ids": token_ids.numpy(), "weights": weights.numpy(),
+             "lora": {k: (a.detach().numpy(), b.detach().numpy()) for k, (a, b) in lora.items()}}
+    grads = {k: (a.grad.numpy(), b.grad.numpy()) for k, (a, b) in lora.items()}
+    return batch, token.detach().numpy(), grads
+
+
+def _graph_errors(sessions, W, A, targets, p, seed, batch, logps, grads):
+    """The graphs chained as croco chains them on the reference's batch: (largest token log-prob difference,
+    largest relative L2 error of a LoRA gradient) against the reference's."""
+    got_logps, got = layerwise_grads(sessions, W, A, targets, batch["ids"], batch["mask"], batch["lora"], 2.0, p,
+                                     seed, batch["positions"], batch["token_ids"], batch["weights"])
+    diff = float(np.abs(np.asarray(got_logps, np.float32) - logps).max())
+    worst = 0.0
+    for k, ref in grads.items():
+        for mine, r in zip(got[k], ref):
+            mine = np.asarray(mine, np.float32)
+            worst = max(worst, float(np.linalg.norm(mine - r) / max(np.linalg.norm(r), 1e-12)))
+    return diff, worst
+
+
+def check_parity(out, A, W, inv_freq, rope_scale, targets, p=0.1, seed=5):
+    """The float32 graphs in `out`, chained as croco chains them, against torch autograd through the whole
+    functional model: token log-probs within ATOL, every LoRA gradient within GRAD_RTOL relative L2 error.
+    Returns the largest errors."""
+    from .export import ATOL, GRAD_RTOL, ParityError
+    from .ortrun import ort_session
+
+    sessions = {n: ort_session(os.path.join(out, f"{n}.onnx")) for n in TRAINING_GRAPHS}
+    batch, logps, grads = _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed)
+    diff, worst = _graph_errors(sessions, {n: t.detach().numpy() for n, t in W.items()}, A, targets, p, seed,
+                                batch, logps, grads)
     if not diff <= ATOL:
         raise ParityError(f"PARITY FAILED: training graphs' token log-probs differ by {diff:.3g}")
-    worst = 0.0
-    for k, (a, b) in lora.items():
-        for mine, ref in zip(got[k], (a.grad.numpy(), b.grad.numpy())):
-            worst = max(worst, float(np.linalg.norm(mine - ref) / max(np.linalg.norm(ref), 1e-12)))
     if not worst <= GRAD_RTOL:
         raise ParityError(f"PARITY FAILED: training graphs' LoRA gradients: relative L2 error {worst:.3g}")
     return {"train_token_logps": diff, "train_lora_grads": worst}
+
+
+def _reference_ops():
+    """Kernels for ONNX's reference evaluator: MatMul of half-precision operands as a GPU computes it (float32
+    products and sums, the result rounded once; ml_dtypes' own loop is slower by orders of magnitude), and
+    GatherElements by take_along_axis (the evaluator's goes through np.choose, which takes at most 64 choices: a
+    vocabulary axis is more)."""
+    from onnx.reference.op_run import OpRun
+
+    class MatMul(OpRun):
+        def _run(self, a, b):
+            if a.dtype == np.float32 or a.dtype.kind in "iu":
+                return (np.matmul(a, b),)
+            return (np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype),)
+
+    class GatherElements(OpRun):
+        def _run(self, data, indices, axis=None):
+            axis = axis or 0
+            return (np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis),)
+
+    return [MatMul, GatherElements]
+
+
+def check_half_parity(out, A, W, inv_freq, rope_scale, targets, precision, p=0.1, seed=5):
+    """The half-precision graphs in `out` (ONNX Runtime's CPU kernels are float32 only, so ONNX's reference
+    evaluator runs them, its products through ml_dtypes) against torch autograd in float32, their errors held to
+    HALF_SLACK times those of torch autograd through the same model in that precision (the accuracy a PyTorch
+    user of these weights gets) plus HALF_FLOOR. Returns the errors of both."""
+    import ml_dtypes
+    from onnx.reference import ReferenceEvaluator
+
+    from .export import ParityError
+
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[precision]
+    sessions = {n: ReferenceEvaluator(os.path.join(out, train_file(n, precision)), new_ops=_reference_ops())
+                for n in TRAINING_GRAPHS}
+    batch, logps, grads = _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed)
+    _, torch_logps, torch_grads = _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed,
+                                                      TORCH_DTYPES[precision])
+    torch_diff = float(np.abs(torch_logps - logps).max())
+    torch_worst = max(float(np.linalg.norm(m - r) / max(np.linalg.norm(r), 1e-12))
+                      for k, ref in grads.items() for m, r in zip(torch_grads[k], ref))
+    half = {n: t.detach().float().numpy().astype(np_dtype) for n, t in W.items()}
+    diff, worst = _graph_errors(sessions, half, A, targets, p, seed, batch, logps, grads)
+    report = {f"train_{precision}_token_logps": diff, f"train_{precision}_lora_grads": worst,
+              f"torch_{precision}_token_logps": torch_diff, f"torch_{precision}_lora_grads": torch_worst}
+    if not (diff <= HALF_SLACK * torch_diff + HALF_FLOOR and worst <= HALF_SLACK * torch_worst + HALF_FLOOR):
+        raise ParityError(f"PARITY FAILED: {precision} training graphs against float32 autograd, torch autograd "
+                          f"in {precision} beside them: {report}")
+    return report

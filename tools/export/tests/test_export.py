@@ -138,7 +138,7 @@ def test_a_bfloat16_checkpoint_keeps_its_weights_and_gets_bfloat16_graphs(tmp_pa
     _tiny("policy", "llama", tmp_path / "ckpt", dtype=torch.bfloat16)
     out = tmp_path / "bundle"
     policy.export_policy(str(tmp_path / "ckpt"), tokenizer_path, str(out), CHAT_TEMPLATE, PROMPTS,
-                         log=lambda *_: None, max_new=6, train=False)
+                         log=lambda *_: None, max_new=6)
     import onnx
     import tomllib
 
@@ -152,6 +152,18 @@ def test_a_bfloat16_checkpoint_keeps_its_weights_and_gets_bfloat16_graphs(tmp_pa
     assert kinds["model.embed_tokens.weight"] == onnx.TensorProto.BFLOAT16
     assert kinds["past_key_values.0.key"] == onnx.TensorProto.BFLOAT16
     assert {o.name: o.type.tensor_type.elem_type for o in m.graph.output}["logits"] == onnx.TensorProto.FLOAT
+    # the training graphs too, held to float32 autograd beside torch's own bfloat16 error
+    assert man["graphs"]["train_layer_backward"]["files"] == {
+        "float32": "train_layer_backward.onnx", "bfloat16": "train_layer_backward.bfloat16.onnx"}
+    assert {s["name"]: s["dtype"] for s in man["graphs"]["train_head"]["inputs"]} == {
+        "hidden": "compute", "target_positions": "int64", "target_ids": "int64", "norm.weight": "compute",
+        "lm_head.weight": "compute"}
+    rel = man["parity"]["measured_max_rel_l2"]
+    assert rel["train_bfloat16_lora_grads"] <= 2 * rel["torch_bfloat16_lora_grads"] + 1e-3
+    m = onnx.load(str(out / "train_layer.bfloat16.onnx"))
+    kinds = {i.name: i.type.tensor_type.elem_type for i in m.graph.input}
+    assert kinds["hidden"] == kinds["layer.mlp.up_proj.weight"] == onnx.TensorProto.BFLOAT16
+    assert kinds["lora.up_proj.A"] == onnx.TensorProto.FLOAT
 
 
 def test_reward_export_parity(tmp_path, tokenizer_path):

@@ -98,3 +98,54 @@ def test_layerwise_gradients_equal_autograd_through_the_whole_model(tmp_path, fa
         for mine, ref in zip(got[k], (a.grad, b.grad)):
             ref = ref.numpy()
             assert np.linalg.norm(mine - ref) <= 1e-4 * np.linalg.norm(ref) + 1e-9, (k, np.abs(mine - ref).max())
+
+
+@pytest.fixture(scope="module")
+def bfloat16_graphs(tmp_path_factory):
+    """The tiny families' bfloat16 training graphs, exported once: {family: (dir, W, A, inv_freq, scaling)}."""
+    exported = {}
+    for family in ("llama", "qwen3", "cohere2"):
+        W, A, inv_freq, scale_r = _tiny(family)
+        out = tmp_path_factory.mktemp(f"bf16-{family}")
+        entries = tg.export_train_graphs(A, W, inv_freq, scale_r, TARGETS, str(out), log=lambda *_: None,
+                                         precisions=("bfloat16",))
+        assert entries["train_layer"]["files"] == {"bfloat16": "train_layer.bfloat16.onnx"}
+        assert {s["name"]: s["dtype"] for s in entries["train_layer"]["inputs"]}["hidden"] == "compute"
+        exported[family] = (str(out), W, A, inv_freq, scale_r)
+    return exported
+
+
+@pytest.mark.parametrize("family,p", [("llama", 0.1), ("qwen3", 0.1), ("cohere2", 0.0), ("cohere2", 0.1)])
+def test_bfloat16_graphs_are_as_close_to_float32_autograd_as_torch_in_bfloat16(bfloat16_graphs, family, p):
+    """The bfloat16 variants (run by ONNX's reference evaluator: ONNX Runtime's CPU has no bfloat16 kernels) err
+    against float32 autograd about as much as torch autograd through the same model in bfloat16, which they
+    mirror: products in bfloat16, norms, softmax and the LoRA adapters in float32."""
+    out, W, A, inv_freq, scale_r = bfloat16_graphs[family]
+    report = tg.check_half_parity(out, A, W, inv_freq, scale_r, TARGETS, "bfloat16", p=p)
+    # not vacuous: bfloat16 errs measurably, and the graphs are not float32 in disguise
+    assert report["torch_bfloat16_lora_grads"] > 1e-3 and report["train_bfloat16_lora_grads"] > 1e-4
+    assert report["train_bfloat16_lora_grads"] < 0.05 and report["train_bfloat16_token_logps"] < 0.05
+
+
+def test_bfloat16_parity_fails_on_a_wrong_softmax_scale(bfloat16_graphs, tmp_path):
+    """A bfloat16 layer backward whose softmax scale is 25 % off (its queries' gradient, keys' and values'
+    through the recomputed attention) fails the check."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from tools.export.export import ParityError
+    from tools.export.graphs import bf16_tensor
+
+    src, W, A, inv_freq, scale_r = bfloat16_graphs["llama"]
+    shutil.copytree(src, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "train_layer_backward.bfloat16.onnx"
+    m = onnx.load(str(path))
+    (init,) = [i for i in m.graph.initializer if i.name == "softmax_scale"]
+    wrong = bf16_tensor(np.array(1.25 / np.sqrt(A["head_dim"])))
+    init.CopyFrom(onnx.helper.make_tensor("softmax_scale", wrong.elem_type, [], wrong.bits.tobytes(), raw=True))
+    onnx.save(m, str(path))
+    assert numpy_helper.to_array(init).shape == ()
+    with pytest.raises(ParityError, match="bfloat16 training graphs"):
+        tg.check_half_parity(str(tmp_path), A, W, inv_freq, scale_r, TARGETS, "bfloat16")
