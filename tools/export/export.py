@@ -58,13 +58,17 @@ def norm(A, x, w):
 
 
 def _rot_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+    """(x1, x2) -> (-x2, x1) for the two halves of the last axis. Split, not slices: the backward of a split is a
+    concatenation, that of a slice a scatter into zeros (traced, a transposed ScatterND per rotation)."""
+    x1, x2 = torch.split(x, x.shape[-1] // 2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
 
 
 def _rot_pairs(x):
-    """cohere2's rotation: neighbours (2i, 2i + 1) paired, where _rot_half pairs i with i + D/2."""
-    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+    """cohere2's rotation: neighbours (2i, 2i + 1) paired, where _rot_half pairs i with i + D/2 (unbound, not
+    strided slices, for _rot_half's reason)."""
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((-odd, even), dim=-1).flatten(-2)
 
 
 def rotate(A, t, cos, sin):
