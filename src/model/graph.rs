@@ -120,6 +120,18 @@ impl BoundGraph {
             ),
         })?;
         let path = bundle.file(file);
+        if matches!(target, Target::Cuda(_))
+            && precision == Precision::Float32
+            && bundle.manifest.kind.required_graphs().contains(&name)
+        {
+            // ONNX Runtime 1.31 registers CUDA GroupQueryAttention for float16
+            // and bfloat16 only: the session places it on the CPU, and every
+            // call carries the cache across.
+            tracing::warn!(
+                graph = name,
+                "float32 graph on CUDA: its attention runs on the CPU (ONNX Runtime's CUDA GroupQueryAttention is half precision only); the bundle of a bfloat16 checkpoint has bfloat16 graphs for CUDA"
+            );
+        }
         let graph_weights: Vec<&(String, Arc<DynValue>)> =
             weights.tensors.iter().filter(|(n, _)| spec.weight_inputs.includes(n)).collect();
         let session = match feed {
