@@ -3,8 +3,9 @@
 A random-llama bundle's weights are GBs and cannot travel to the GPU machine; what travels is the
 bundle without model.safetensors, plus `model.safetensors.header`: the file's first 8 + N bytes
 (N as 8-byte little-endian, then the JSON header). This script writes the header bytes back and,
-for each tensor in data-offset order, float32 values: normal with std 0.02, and 1.0 for RMSNorm
-weights (names ending `layernorm.weight` or `norm.weight`), from one fixed seed. The result has
+for each tensor in data-offset order, values in its dtype (F32, BF16 rounded to nearest even, or F16):
+normal with std 0.02, and 1.0 for RMSNorm weights (names ending `layernorm.weight` or `norm.weight`),
+from one fixed seed (the same values whatever the dtype, before rounding). The result has
 the manifest's size, which is all croco checks when it opens a bundle (Verify::Sizes); the sha256
 and the parity fixtures of the manifest do not match the new values.
 
@@ -28,6 +29,20 @@ import time
 import numpy as np
 
 CHUNK = 1 << 24  # elements generated at a time (64 MiB of float32)
+
+
+def bfloat16_bits(x):
+    """float32 values as bfloat16 bits (round to nearest even), little-endian uint16."""
+    bits = x.view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+
+
+# safetensors dtype -> (bytes per element, float32 values -> little-endian bytes)
+ENCODERS = {
+    "F32": (4, lambda x: x.astype("<f4", copy=False).tobytes()),
+    "BF16": (2, lambda x: bfloat16_bits(x).tobytes()),
+    "F16": (2, lambda x: x.astype("<f2").tobytes()),
+}
 
 
 def manifest_files(bundle):
@@ -79,15 +94,17 @@ def make(bundle, seed, std, out=None):
     out = out or os.path.join(bundle, "model.safetensors")
     rng = np.random.default_rng(seed)
     t0 = time.time()
-    pos = 0
+    pos = params = 0
     with open(out + ".part", "wb") as f:
         f.write(hdr_bytes)
         for name, v in tensors:
-            if v["dtype"] != "F32":
-                raise SystemExit(f"{name}: dtype {v['dtype']}, only F32 is supported")
+            if v["dtype"] not in ENCODERS:
+                raise SystemExit(f"{name}: dtype {v['dtype']}, only {', '.join(ENCODERS)} are supported")
+            width, encode = ENCODERS[v["dtype"]]
             a, b = v["data_offsets"]
             n = int(np.prod(v["shape"], dtype=np.int64))
-            if a != pos or b - a != 4 * n:
+            params += n
+            if a != pos or b - a != width * n:
                 raise SystemExit(f"{name}: data_offsets {a}..{b} do not follow {pos} / shape {v['shape']}")
             left = n
             while left:
@@ -97,7 +114,7 @@ def make(bundle, seed, std, out=None):
                 else:
                     x = rng.standard_normal(k, dtype=np.float32)
                     x *= np.float32(std)
-                f.write(x.astype("<f4", copy=False).tobytes())
+                f.write(encode(x))
                 left -= k
             pos = b
     size = os.path.getsize(out + ".part")
@@ -107,7 +124,7 @@ def make(bundle, seed, std, out=None):
     os.replace(out + ".part", out)
     checked = check_sizes(bundle) if os.path.abspath(out) == os.path.abspath(os.path.join(bundle, "model.safetensors")) else 0
     print(json.dumps({"file": out, "bytes": size, "manifest_bytes": expected, "tensors": len(tensors),
-                      "params": pos // 4, "seconds": round(time.time() - t0, 1), "files_size_checked": checked}))
+                      "params": params, "seconds": round(time.time() - t0, 1), "files_size_checked": checked}))
 
 
 def save_header(bundle):
