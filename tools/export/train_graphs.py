@@ -18,6 +18,7 @@ depth nor chunks; all are held to torch autograd through the whole model (check_
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -34,6 +35,11 @@ TRAINING_GRAPHS = ["train_embed", "train_layer", "train_layer_backward", "train_
 # plus HALF_FLOOR (the two round differently: products accumulated in float32 either way, but in other orders)
 HALF_SLACK = 2.0
 HALF_FLOOR = 1e-3
+# the half-precision check runs on the vocabulary's first rows only, with the head graphs traced again at that size
+# (the same code; their vocabulary is static): a 128,000-row head in the reference evaluator took ~7 GB of copies
+# beside the export's own
+HALF_CHECK_VOCAB = 8192
+HEAD_GRAPHS = ["train_embed", "train_head", "train_head_backward"]
 
 
 def layer_suffixes(weight_names) -> list[str]:
@@ -347,7 +353,11 @@ def _reference_ops():
         def _run(self, a, b):
             if a.dtype == np.float32 or a.dtype.kind in "iu":
                 return (np.matmul(a, b),)
-            return (np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype),)
+            # in column blocks: a float32 copy of a block of b at a time
+            step = max(1, (1 << 22) // max(1, b.shape[-2]))
+            blocks = [np.matmul(a.astype(np.float32), b[..., j:j + step].astype(np.float32)).astype(a.dtype)
+                      for j in range(0, b.shape[-1], step)]
+            return (np.concatenate(blocks, axis=-1),)
 
     class GatherElements(OpRun):
         def _run(self, data, indices, axis=None):
@@ -357,26 +367,45 @@ def _reference_ops():
     return [MatMul, GatherElements]
 
 
+def _export_heads(A, W, out, precision):
+    """The embedding and head graphs of A and W in `precision`, into `out`."""
+    half_rows, S, T = example_sizes(W, A, 3)
+    hidden = torch.randn(2 * half_rows, S, A["hidden_size"], generator=torch.Generator().manual_seed(0))
+    entries = {}
+    head_entries(A, W, out, lambda *_: None, hidden.to(TORCH_DTYPES[precision]), T, entries, precision, "compute")
+    embed_entry(A, W, out, entries, precision, "compute")
+
+
 def check_half_parity(out, A, W, inv_freq, rope_scale, targets, precision, p=0.1, seed=5):
     """The half-precision graphs in `out` (ONNX Runtime's CPU kernels are float32 only, so ONNX's reference
-    evaluator runs them, its products through ml_dtypes) against torch autograd in float32, their errors held to
-    HALF_SLACK times those of torch autograd through the same model in that precision (the accuracy a PyTorch
-    user of these weights gets) plus HALF_FLOOR. Returns the errors of both."""
+    evaluator runs them, its products as a GPU computes them: _reference_ops) against torch autograd in float32,
+    their errors held to HALF_SLACK times those of torch autograd through the same model in that precision (the
+    accuracy a PyTorch user of these weights gets) plus HALF_FLOOR, on the first HALF_CHECK_VOCAB rows of the
+    vocabulary. Returns the errors of both."""
     import ml_dtypes
     from onnx.reference import ReferenceEvaluator
 
     from .export import ParityError
 
     np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[precision]
-    sessions = {n: ReferenceEvaluator(os.path.join(out, train_file(n, precision)), new_ops=_reference_ops())
-                for n in TRAINING_GRAPHS}
+    with tempfile.TemporaryDirectory() as heads:
+        paths = {n: os.path.join(out, train_file(n, precision)) for n in TRAINING_GRAPHS}
+        if A["vocab_size"] > HALF_CHECK_VOCAB:
+            A = {**A, "vocab_size": HALF_CHECK_VOCAB}
+            W = {n: t[:HALF_CHECK_VOCAB] if n in ("model.embed_tokens.weight", "lm_head.weight") else t
+                 for n, t in W.items()}
+            _export_heads(A, W, heads, precision)
+            paths |= {n: os.path.join(heads, train_file(n, precision)) for n in HEAD_GRAPHS}
+        sessions = {n: ReferenceEvaluator(path, new_ops=_reference_ops()) for n, path in paths.items()}
     batch, logps, grads = _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed)
+    # one half-precision copy of the weights serves torch and, viewed as numpy, the graphs
+    W = {n: t.detach().to(TORCH_DTYPES[precision]) for n, t in W.items()}
     _, torch_logps, torch_grads = _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed,
                                                       TORCH_DTYPES[precision])
     torch_diff = float(np.abs(torch_logps - logps).max())
     torch_worst = max(float(np.linalg.norm(m - r) / max(np.linalg.norm(r), 1e-12))
                       for k, ref in grads.items() for m, r in zip(torch_grads[k], ref))
-    half = {n: t.detach().float().numpy().astype(np_dtype) for n, t in W.items()}
+    half = {n: t.view(torch.int16).numpy().view(np_dtype) for n, t in W.items()}
     diff, worst = _graph_errors(sessions, half, A, targets, p, seed, batch, logps, grads)
     report = {f"train_{precision}_token_logps": diff, f"train_{precision}_lora_grads": worst,
               f"torch_{precision}_token_logps": torch_diff, f"torch_{precision}_lora_grads": torch_worst}

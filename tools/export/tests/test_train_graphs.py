@@ -149,3 +149,12 @@ def test_bfloat16_parity_fails_on_a_wrong_softmax_scale(bfloat16_graphs, tmp_pat
     assert numpy_helper.to_array(init).shape == ()
     with pytest.raises(ParityError, match="bfloat16 training graphs"):
         tg.check_half_parity(str(tmp_path), A, W, inv_freq, scale_r, TARGETS, "bfloat16")
+
+
+def test_bfloat16_check_on_a_vocabulary_slice_traces_its_own_head(bfloat16_graphs, monkeypatch):
+    """A vocabulary above HALF_CHECK_VOCAB is checked on its first rows, with head graphs traced at that size (the
+    bundle's have the whole vocabulary built in): the same verdict."""
+    out, W, A, inv_freq, scale_r = bfloat16_graphs["llama"]
+    monkeypatch.setattr(tg, "HALF_CHECK_VOCAB", 64)
+    report = tg.check_half_parity(out, A, W, inv_freq, scale_r, TARGETS, "bfloat16")
+    assert report["train_bfloat16_lora_grads"] < 0.05 and report["torch_bfloat16_lora_grads"] > 1e-3
