@@ -15,6 +15,11 @@
 #
 # CROCO: the croco binary; BENCH_TUNE: the compiled benches/tune.rs
 # (`cargo bench --bench tune --no-run` prints its path); PYTHON: one with torch.
+# A BIG_BUNDLE of a bfloat16 checkpoint (`python -m tools.export random-llama
+# --dtype bfloat16`) runs its bfloat16 training graphs; the demo policy is
+# float32, so its parts measure the float32 graphs (their attention's
+# GroupQueryAttention has no float32 CUDA kernel in the inference graphs:
+# generate and ref_logps attend on the CPU there).
 set -euo pipefail
 croco=$1
 bench=$2
