@@ -92,9 +92,9 @@ pub struct ModelShape {
     /// Sequence chunks of the layer training graphs (one in exports from
     /// before chunking).
     pub sequence_chunks: u64,
-    /// Bytes of one element of the training graphs' weights and hidden
-    /// states: the device's precision where they ship it, else float32.
-    pub training_element: u64,
+    /// The precision of the training graphs' weights and hidden states: the
+    /// device's where they ship it, else float32.
+    pub training_precision: Precision,
 }
 
 impl ModelShape {
@@ -127,7 +127,7 @@ impl ModelShape {
                 .graphs
                 .get("train_layer_backward")
                 .map_or(EXPORTED_SEQUENCE_CHUNKS, |g| g.sequence_chunks.map_or(1, u64::from)),
-            training_element: if trains_in(manifest, precision) { element } else { F32 },
+            training_precision: if trains_in(manifest, precision) { precision } else { Precision::Float32 },
         }
     }
 
@@ -231,7 +231,7 @@ impl ModelShape {
     /// streams (LoRA inputs and dropout masks are float32) stay float32: the
     /// float32 fit, scaled, not measured on a GPU.
     pub fn training(&self, rows: u64, width: u64, head_chunk: u64) -> Footprint {
-        let element = self.training_element;
+        let element = self.training_precision.bytes() as u64;
         let weights = self.weight_bytes / self.element * element;
         let saved = TRAINING_SAVED_COPIES * self.layers * rows * width * self.hidden * element;
         let chunks = self.sequence_chunks.max(1);
@@ -336,7 +336,7 @@ mod tests {
             sequence_chunks: 8,
             largest_tensor: 128_000 * 4096,
             gemm_weight_bytes: (9_150_000_000 - 128_000 * 4096) * 2,
-            training_element: F32,
+            training_precision: Precision::Float32,
         }
     }
 
@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn bfloat16_training_graphs_halve_the_weights_and_saved_inputs_not_the_attention() {
         let fp32 = eurollm_9b();
-        let bf16 = ModelShape { training_element: 2, ..fp32 };
+        let bf16 = ModelShape { training_precision: Precision::BFloat16, ..fp32 };
         let (wide, narrow) = (fp32.training(2, 4096, 512), bf16.training(2, 4096, 512));
         assert_eq!(narrow.weights, 9_150_000_000 * 2);
         let saved = |shape: &ModelShape| {
@@ -402,16 +402,16 @@ mod tests {
         let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/policy");
         let mut manifest = Bundle::open(&demo, Verify::Sizes).unwrap().manifest;
         // The demo's training graphs are float32 only: float32 whatever the device runs.
-        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, F32);
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_precision, Precision::Float32);
         let train_layer = manifest.graphs.get_mut("train_layer").unwrap();
         train_layer.files.insert("bfloat16".into(), "train_layer.bfloat16.onnx".into());
-        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, 2);
-        assert_eq!(ModelShape::of(&manifest, Precision::Float32).training_element, F32);
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_precision, Precision::BFloat16);
+        assert_eq!(ModelShape::of(&manifest, Precision::Float32).training_precision, Precision::Float32);
         // Without training graphs: those `train-graphs` would add for the checkpoint's dtype.
         manifest.graphs.remove("train_layer");
-        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, F32);
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_precision, Precision::Float32);
         manifest.weights.dtype = "bfloat16".into();
-        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_element, 2);
+        assert_eq!(ModelShape::of(&manifest, Precision::BFloat16).training_precision, Precision::BFloat16);
     }
 
     #[test]

@@ -127,7 +127,10 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
             let rows = 2 * u64::from(tune.micro_batch);
             plans.push(StagePlan::new(
                 (StageName::Tune, "training", ModelRole::Policy),
-                format!("{rows} sequences (micro_batch {} pairs) of up to {width} tokens", tune.micro_batch),
+                format!(
+                    "{rows} sequences (micro_batch {} pairs) of up to {width} tokens, {} training graphs",
+                    tune.micro_batch, policy.training_precision
+                ),
                 rows * width,
                 both(&policy, policy.training(rows, width, crate::model::layerwise::HEAD_CHUNK as u64), 0),
                 // One pair is the least a step takes: then only shorter sequences help.
