@@ -93,11 +93,6 @@ impl LayerwiseGraphs {
         self.target
     }
 
-    /// The precision the graphs compute in.
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
     /// Loss, log-probs and LoRA gradients of `pairs` given their reference
     /// log-probs `(chosen, rejected)` (length-normalised by the caller under
     /// IPO): the whole model's DPO step, computed layer by layer.

@@ -198,27 +198,8 @@ def _function(path, name):
     m = onnx.load(path)
     consts = [helper.make_node("Constant", [], [t.name], value=t) for t in m.graph.initializer]
     return helper.make_function(DOMAIN, name, [i.name for i in m.graph.input], [o.name for o in m.graph.output],
-                                consts + half_constants_expanded(m.graph.node), opset_imports=list(m.opset_import))
+                                consts + list(m.graph.node), opset_imports=list(m.opset_import))
 
-
-def half_constants_expanded(nodes):
-    """nodes with each half-precision ConstantOfShape (torch's zeros in a traced backward) replaced by a scalar
-    Constant expanded to the shape: ONNX allows ConstantOfShape a bfloat16 value only from opset 20, and
-    ONNX Runtime refuses such a graph at opset 18."""
-    out = []
-    for node in nodes:
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if node.op_type != "ConstantOfShape" or value is None \
-                or value.data_type not in (TensorProto.BFLOAT16, TensorProto.FLOAT16):
-            out.append(node)
-            continue
-        scalar = onnx.TensorProto()
-        scalar.CopyFrom(value)
-        del scalar.dims[:]
-        const = node.output[0] + "/scalar"
-        out += [helper.make_node("Constant", [], [const], value=scalar),
-                helper.make_node("Expand", [const, node.input[0]], list(node.output), name=node.name)]
-    return out
 
 
 class LayerGraphs:

@@ -265,6 +265,9 @@ def _export(module, args, path, input_names, output_names, dynamic_shapes, dim_n
                 d.dim_param = n
             else:
                 d.dim_value = n
+    nodes = half_constants_expanded(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
     if strip_metadata:
         for node in m.graph.node:
             del node.metadata_props[:]
@@ -272,6 +275,28 @@ def _export(module, args, path, input_names, output_names, dynamic_shapes, dim_n
     onnx.checker.check_model(path)
     log(f"exported {os.path.basename(path)} in {time.time() - t0:.1f}s ({os.path.getsize(path)} bytes, "
         f"{len(m.graph.node)} nodes)")
+
+
+def half_constants_expanded(nodes):
+    """nodes with each half-precision ConstantOfShape (torch's zeros in a traced backward) replaced by a scalar
+    Constant expanded to the shape: ONNX allows ConstantOfShape a bfloat16 value only from opset 20, and
+    ONNX Runtime refuses such a graph at opset 18."""
+    import onnx
+
+    out = []
+    for node in nodes:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type != "ConstantOfShape" or value is None \
+                or value.data_type not in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16):
+            out.append(node)
+            continue
+        scalar = onnx.TensorProto()
+        scalar.CopyFrom(value)
+        del scalar.dims[:]
+        const = node.output[0] + "/scalar"
+        out += [onnx.helper.make_node("Constant", [], [const], value=scalar),
+                onnx.helper.make_node("Expand", [const, node.input[0]], list(node.output), name=node.name)]
+    return out
 
 
 def _io_spec(name, dtype, shape):

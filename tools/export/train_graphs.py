@@ -24,8 +24,7 @@ import time
 import numpy as np
 import torch
 
-from .chunked import (PREFIX, TORCH_DTYPES, LayerGraphs, Pieces, elem_type, example_sizes, half_constants_expanded,
-                      module_path, trace, train_file)
+from .chunked import PREFIX, TORCH_DTYPES, LayerGraphs, Pieces, elem_type, example_sizes, module_path, trace, train_file
 from .export import _export, _io_spec, norm
 from .graphs import Graph
 
@@ -105,8 +104,14 @@ def _export_variant(A, W, inv_freq, rope_scale, targets, out, log, chunks, preci
     W0 = {s: W["model.layers.0." + s] for s in suffixes}
     entries = LayerGraphs(pieces, W0, log).export(out, common_in + weight_specs + lora_specs, lora_specs, stream,
                                                   compute)
+    return entries | _export_ends(A, W, out, log, precision, compute)
+
+
+def _export_ends(A, W, out, log, precision, compute):
+    """The embedding and head graphs of A and W in `precision` into `out`; returns their entries."""
     half_rows, S, T = example_sizes(W, A, 3)
     hidden = torch.randn(2 * half_rows, S, A["hidden_size"], generator=torch.Generator().manual_seed(0))
+    entries = {}
     head_entries(A, W, out, log, hidden.to(TORCH_DTYPES[precision]), T, entries, precision, compute)
     embed_entry(A, W, out, entries, precision, compute)
     return entries
@@ -148,24 +153,9 @@ def head_entries(A, W, out, log, hidden, T, entries, precision="float32", comput
     bds = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, None, None)
     _export(trace(make_head_backward(head), bargs), tuple(bargs), os.path.join(out, backward_file),
             [s["name"] for s in bspecs], ["grad_hidden"], bds, dims, log, strip_metadata=True)
-    if precision != "float32":
-        for file in (head_file, backward_file):
-            _expand_half_constants(os.path.join(out, file))
     entries["train_head_backward"] = {"file": backward_file, "inputs": bspecs,
                                       "outputs": [_io_spec("grad_hidden", compute, dims["grad_hidden"])],
                                       "weight_inputs": []}
-
-
-def _expand_half_constants(path):
-    """Rewrites the traced graph at path with chunked.half_constants_expanded."""
-    import onnx
-
-    m = onnx.load(path)
-    nodes = half_constants_expanded(m.graph.node)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    onnx.save(m, path)
-    onnx.checker.check_model(path, full_check=True)
 
 
 def embed_entry(A, W, out, entries, precision="float32", compute="float32"):
@@ -367,15 +357,6 @@ def _reference_ops():
     return [MatMul, GatherElements]
 
 
-def _export_heads(A, W, out, precision):
-    """The embedding and head graphs of A and W in `precision`, into `out`."""
-    half_rows, S, T = example_sizes(W, A, 3)
-    hidden = torch.randn(2 * half_rows, S, A["hidden_size"], generator=torch.Generator().manual_seed(0))
-    entries = {}
-    head_entries(A, W, out, lambda *_: None, hidden.to(TORCH_DTYPES[precision]), T, entries, precision, "compute")
-    embed_entry(A, W, out, entries, precision, "compute")
-
-
 def check_half_parity(out, A, W, inv_freq, rope_scale, targets, precision, p=0.1, seed=5):
     """The half-precision graphs in `out` (ONNX Runtime's CPU kernels are float32 only, so ONNX's reference
     evaluator runs them, its products as a GPU computes them: _reference_ops) against torch autograd in float32,
@@ -394,7 +375,7 @@ def check_half_parity(out, A, W, inv_freq, rope_scale, targets, precision, p=0.1
             A = {**A, "vocab_size": HALF_CHECK_VOCAB}
             W = {n: t[:HALF_CHECK_VOCAB] if n in ("model.embed_tokens.weight", "lm_head.weight") else t
                  for n, t in W.items()}
-            _export_heads(A, W, heads, precision)
+            _export_ends(A, W, heads, lambda *_: None, precision, "compute")
             paths |= {n: os.path.join(heads, train_file(n, precision)) for n in HEAD_GRAPHS}
         sessions = {n: ReferenceEvaluator(path, new_ops=_reference_ops()) for n, path in paths.items()}
     batch, logps, grads = _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed)
