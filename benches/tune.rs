@@ -12,7 +12,9 @@
 //! graphs: `python -m tools.export train-graphs BUNDLE`), `CROCO_BENCH_DEVICE`
 //! (`cpu` or `cuda`), `CROCO_BENCH_PAIRS` (default 4), `CROCO_BENCH_SEQ_LEN`
 //! (tokens per sequence, default 128, 32 of them prompt) and
-//! `CROCO_BENCH_STEPS` (default 10) choose the case; `CROCO_BENCH_PEERS`
+//! `CROCO_BENCH_STEPS` (default 10) choose the case, `CROCO_BENCH_RECOMPUTE`
+//! (`auto`, the default, as `[run] recompute`; `full` or `selective`) what
+//! croco's backward recomputes; `CROCO_BENCH_PEERS`
 //! (default `trl,trl-checkpointing,torch-step`, `none` for none) the Python
 //! references, which run on the CPU (on a GPU, `tools/gpu/torch_dpo_step.py`).
 //! Every run also holds croco's peak RSS against the memory plan's host
@@ -28,7 +30,7 @@ use std::time::Instant;
 
 use croco::model::bundle::{Bundle, Verify};
 use croco::model::dpo::{Loss, LossSettings, PairTokens};
-use croco::model::layerwise::{HEAD_CHUNK, LayerwiseGraphs};
+use croco::model::layerwise::{HEAD_CHUNK, LayerwiseGraphs, Recompute};
 use croco::model::lora::{Adapter, AdapterConfig};
 use croco::model::memory::ModelShape;
 use croco::model::optim::{AdamW, clip_grad_norm};
@@ -54,6 +56,7 @@ struct Setup {
     /// Tokens per sequence (prompt + response).
     seq_len: usize,
     steps: usize,
+    recompute: Recompute,
 }
 
 fn setup(repo: &Path) -> Setup {
@@ -69,23 +72,29 @@ fn setup(repo: &Path) -> Setup {
         pairs: var("CROCO_BENCH_PAIRS").and_then(|p| p.parse().ok()).unwrap_or(4),
         seq_len: var("CROCO_BENCH_SEQ_LEN").and_then(|p| p.parse().ok()).unwrap_or(SEQ_LEN),
         steps: var("CROCO_BENCH_STEPS").and_then(|s| s.parse().ok()).unwrap_or(STEPS),
+        recompute: match var("CROCO_BENCH_RECOMPUTE").as_deref() {
+            Some("full") => Recompute::Full,
+            Some("selective") => Recompute::Selective,
+            _ => Recompute::Auto,
+        },
     }
 }
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let setup = setup(repo);
-    let (step_s, optimizer_s) = croco_step(&setup);
+    let mut setup = setup(repo);
+    let (step_s, optimizer_s) = croco_step(&mut setup);
     // The step's peak, before merging loads the weights a second time.
     let peak = common::peak_rss_mb();
     let merge_s = merge_seconds(&setup.bundle);
     let pairs = setup.pairs;
     let tokens = (2 * pairs * setup.seq_len) as f64;
     println!(
-        "LoRA DPO step, {:?}, {}, {pairs} pairs x {} tokens, r={RANK} on q,k,v,o,gate,up,down:",
+        "LoRA DPO step, {:?}, {}, {pairs} pairs x {} tokens, r={RANK} on q,k,v,o,gate,up,down, croco's {} recompute:",
         setup.config.device,
         setup.bundle.display(),
-        setup.seq_len
+        setup.seq_len,
+        setup.recompute
     );
     println!(
         "  croco        {:.2} pairs/s, {:.0} tokens/s, {:.1} ms/step (AdamW + clipping in Rust: {:.2} ms = {:.2} %), peak RSS {peak:.0} MB",
@@ -102,7 +111,10 @@ fn main() {
     );
     let on_cpu = setup.config.device == Device::Cpu;
     let name = setup.bundle.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let case = format!("LoRA DPO step, {name}, {pairs} pairs x {} tokens, r={RANK}", setup.seq_len);
+    let case = format!(
+        "LoRA DPO step, {name}, {pairs} pairs x {} tokens, r={RANK}, {} recompute",
+        setup.seq_len, setup.recompute
+    );
     let planned = planned_peak_mb(&setup);
     println!(
         "  plan         {planned:.0} MB planned on the host (croco plan), measured {peak:.0} MB: {:+.1} %",
@@ -140,12 +152,13 @@ fn main() {
 fn planned_peak_mb(setup: &Setup) -> f64 {
     let bundle = Bundle::open(&setup.bundle, Verify::Manifest).unwrap();
     let shape = ModelShape::of(&bundle.manifest, Precision::Float32);
-    let step = shape.training(2 * setup.pairs as u64, setup.seq_len as u64, HEAD_CHUNK as u64);
+    let step = shape.training(2 * setup.pairs as u64, setup.seq_len as u64, HEAD_CHUNK as u64, setup.recompute);
     shape.host(&step, true, 0) as f64 / (1u64 << 20) as f64
 }
 
-/// Median seconds of a whole croco step and of its optimizer part.
-fn croco_step(setup: &Setup) -> (f64, f64) {
+/// Median seconds of a whole croco step and of its optimizer part; sets
+/// `setup.recompute` to the one `auto` resolved to.
+fn croco_step(setup: &mut Setup) -> (f64, f64) {
     let bundle = Bundle::open(&setup.bundle, Verify::Sizes).unwrap();
     let vocab = bundle.manifest.architecture.vocab_size as i64;
     let adapter_config: AdapterConfig = serde_json::from_value(serde_json::json!({
@@ -154,7 +167,11 @@ fn croco_step(setup: &Setup) -> (f64, f64) {
     }))
     .unwrap();
     let mut adapter = Adapter::init(&bundle, adapter_config, 0).unwrap();
-    let mut graph = LayerwiseGraphs::load(&bundle, bundle.manifest.tokenizer.pad_token_id, &setup.config).unwrap();
+    let rows = 2 * setup.pairs as u64;
+    let step = (rows, setup.seq_len as u64);
+    let pad = bundle.manifest.tokenizer.pad_token_id;
+    let mut graph = LayerwiseGraphs::load(&bundle, pad, &setup.config, setup.recompute, step, None).unwrap();
+    setup.recompute = graph.recompute();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut ids = |n: usize| (0..n).map(|_| rng.random_range(6..vocab)).collect::<Vec<i64>>();
     let pairs: Vec<PairTokens> = (0..setup.pairs)

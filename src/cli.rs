@@ -369,7 +369,10 @@ fn plan_command(file: &Path, device_memory: Option<&str>, json: bool) -> Result<
     let mut too_big = Vec::new();
     let mut listed = Vec::new();
     for (variant, spec) in specs {
-        let plans = memory::plan(spec, &validate::model_manifests(&spec.models, &loaded.base_dir));
+        // The plan resolves `[run] recompute = "auto"` against the device memory asked for here.
+        let mut spec = spec.clone();
+        spec.run.device_memory = device_memory.map(str::to_string).or(spec.run.device_memory);
+        let plans = memory::plan(&spec, &validate::model_manifests(&spec.models, &loaded.base_dir));
         too_big.extend(limit.map(|l| memory::memory_problems(&plans, l)).unwrap_or_default());
         listed.push((variant, plans));
     }

@@ -9,6 +9,13 @@
 //! set and one head chunk, whatever the depth; the full `[rows, seq, vocab]`
 //! logits never exist.
 //!
+//! With [`Recompute::Selective`] the forward runs `train_layer_save`,
+//! which also returns each layer's MLP gate and up products, and the
+//! backward `train_layer_backward_saved` takes them instead of recomputing
+//! those two projections (about half a layer's forward FLOPs): the same
+//! gradients, bit for bit, for `layers × rows × width × 2 · intermediate`
+//! more elements.
+//!
 //! The result is [`super::dpo::StepOutput`], with the numbers of the torch
 //! DPO step the fixtures hold (the graphs are traced from the same
 //! functional model; `tools/export/tests/test_train_graphs.py` holds them to
@@ -20,6 +27,8 @@ use super::bundle::{Bundle, BundleKind};
 use super::dpo::{Loss, LossSettings, PairTokens, StepOutput};
 use super::graph::{BoundGraph, WeightFeed};
 use super::lora::Adapter;
+use super::memory::ModelShape;
+pub use super::memory::{Recompute, SELECTIVE_GRAPHS};
 use super::precision::Precision;
 use super::runtime::{SessionConfig, Target, resolve_target};
 use super::values::{host_f32, host_widened, left_pad};
@@ -34,11 +43,18 @@ pub const TRAINING_GRAPHS: [&str; 5] =
 /// `[rows, chunk, vocab]` logits.
 pub const HEAD_CHUNK: usize = 512;
 
+/// The MLP products `train_layer_save` returns and
+/// `train_layer_backward_saved` takes.
+const SAVED_PRODUCTS: [&str; 2] = ["saved.mlp_gate", "saved.mlp_up"];
+
 /// The training graphs of a policy bundle, its weights bound by reference.
 pub struct LayerwiseGraphs {
     embed: BoundGraph,
     layer: BoundGraph,
     layer_backward: BoundGraph,
+    /// `train_layer_save` and `train_layer_backward_saved`, with
+    /// [`Recompute::Selective`].
+    selective: Option<(BoundGraph, BoundGraph)>,
     head: BoundGraph,
     head_backward: BoundGraph,
     weights: Weights,
@@ -55,8 +71,19 @@ pub struct LayerwiseGraphs {
 
 impl LayerwiseGraphs {
     /// Builds the five sessions on the configured device: float32 on the CPU,
-    /// the bundle's half precision on CUDA where its training graphs have it.
-    pub fn load(bundle: &Bundle, pad_token_id: i64, config: &SessionConfig) -> Result<LayerwiseGraphs, ModelError> {
+    /// the bundle's half precision on CUDA where its training graphs have it;
+    /// with `recompute` selective, the layer graphs that save the MLP
+    /// products instead of the plain pair. `Auto` is resolved for steps of
+    /// `step` = (rows, longest row) held to `bound` bytes (none: on the CPU,
+    /// the memory the host has available; on CUDA, full recompute).
+    pub fn load(
+        bundle: &Bundle,
+        pad_token_id: i64,
+        config: &SessionConfig,
+        recompute: Recompute,
+        step: (u64, u64),
+        bound: Option<u64>,
+    ) -> Result<LayerwiseGraphs, ModelError> {
         bundle.expect_kind(BundleKind::Policy)?;
         if let Some(missing) = TRAINING_GRAPHS.iter().find(|g| !bundle.manifest.graphs.contains_key(**g)) {
             return Err(ModelError::Invalid {
@@ -68,14 +95,32 @@ impl LayerwiseGraphs {
         }
         let target = resolve_target(config)?;
         let precision = bundle.precision_for("train_layer", target)?;
+        let bound = bound.or_else(|| if target == Target::Cpu { super::memory::available_host_memory() } else { None });
+        let recompute = recompute.resolve(&ModelShape::of(&bundle.manifest, precision), step, HEAD_CHUNK as u64, bound);
         let weights = Weights::load(bundle, precision, target)?;
         let graph = |name: &str| BoundGraph::new(bundle, name, &weights, target, config.threads, WeightFeed::Bound);
         let arch = &bundle.manifest.architecture;
         let targets = bundle.manifest.lora.as_ref().map(|l| l.target_modules.clone()).unwrap_or_default();
+        let selective = match recompute {
+            Recompute::Selective => {
+                if let Some(missing) = SELECTIVE_GRAPHS.iter().find(|g| !bundle.manifest.graphs.contains_key(**g)) {
+                    return Err(ModelError::Invalid {
+                        dir: bundle.dir.clone(),
+                        problem: format!(
+                            "no `{missing}` graph for recompute = \"selective\": re-export the training graphs \
+                             (`python -m tools.export train-graphs BUNDLE`) or set [run] recompute = \"full\""
+                        ),
+                    });
+                }
+                Some((graph(SELECTIVE_GRAPHS[0])?, graph(SELECTIVE_GRAPHS[1])?))
+            }
+            Recompute::Auto | Recompute::Full => None,
+        };
         Ok(LayerwiseGraphs {
             embed: graph("train_embed")?,
             layer: graph("train_layer")?,
             layer_backward: graph("train_layer_backward")?,
+            selective,
             head: graph("train_head")?,
             head_backward: graph("train_head_backward")?,
             layers: arch.num_layers,
@@ -91,6 +136,11 @@ impl LayerwiseGraphs {
     /// Where the sessions run.
     pub fn target(&self) -> Target {
         self.target
+    }
+
+    /// What the backward recomputes.
+    pub fn recompute(&self) -> Recompute {
+        if self.selective.is_some() { Recompute::Selective } else { Recompute::Full }
     }
 
     /// Loss, log-probs and LoRA gradients of `pairs` given their reference
@@ -116,11 +166,17 @@ impl LayerwiseGraphs {
 
         // Forward, keeping each layer's input.
         let embed = weight(&self.weights, "model.embed_tokens.weight")?;
-        let mut x = take(self.embed.run(&[("input_ids", &ids), ("embed_tokens.weight", embed)], &[])?, "hidden")?;
+        let mut x =
+            remove(&mut self.embed.run(&[("input_ids", &ids), ("embed_tokens.weight", embed)], &[])?, "hidden")?;
         let mut saved = Vec::with_capacity(self.layers);
         for layer in 0..self.layers {
-            let out = self.run_layer(layer, &x, &mask, &lora, &scalars, None)?;
-            saved.push(std::mem::replace(&mut x, take(out, "hidden_out")?));
+            let mut out = self.run_layer(layer, &x, &mask, &lora, &scalars, None)?;
+            let products = match self.selective {
+                Some(_) => SAVED_PRODUCTS.iter().map(|name| remove(&mut out, name)).collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            };
+            let input = std::mem::replace(&mut x, remove(&mut out, "hidden_out")?);
+            saved.push((input, products));
         }
 
         // The head: per-token log-probs of the response tokens, chunk by chunk.
@@ -137,13 +193,14 @@ impl LayerwiseGraphs {
         // Backward, layer by layer, recomputing each from its saved input.
         let mut grads: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; self.layers * self.targets.len()];
         for layer in (0..self.layers).rev() {
-            let mut out = self.run_layer(layer, &saved[layer], &mask, &lora, &scalars, Some(&grad))?;
+            let (input, products) = &saved[layer];
+            let mut out = self.run_layer(layer, input, &mask, &lora, &scalars, Some((&grad, products)))?;
             for (m, module) in self.targets.iter().enumerate() {
                 let a = host_f32(take_ref(&out, &format!("grad.lora.{module}.A"))?)?.1.to_vec();
                 let b = host_f32(take_ref(&out, &format!("grad.lora.{module}.B"))?)?.1.to_vec();
                 grads[layer * self.targets.len() + m] = Some((a, b));
             }
-            grad = take(std::mem::take(&mut out), "grad_hidden")?;
+            grad = remove(&mut out, "grad_hidden")?;
         }
         let grads = order_grads(adapter, &self.targets, grads)?;
         let pairs_n = pairs.len();
@@ -156,7 +213,9 @@ impl LayerwiseGraphs {
         })
     }
 
-    /// One layer forward (`grad_out` none) or backward.
+    /// One layer forward (`backward` none) or backward, given the gradient of
+    /// its output and the MLP products its forward saved (none with
+    /// [`Recompute::Full`]).
     fn run_layer(
         &mut self,
         layer: usize,
@@ -164,7 +223,7 @@ impl LayerwiseGraphs {
         mask: &DynValue,
         lora: &LayerLora,
         scalars: &Scalars,
-        grad_out: Option<&DynValue>,
+        backward: Option<(&DynValue, &[DynValue])>,
     ) -> Result<std::collections::BTreeMap<String, DynValue>, ModelError> {
         let index = tensor(vec![], vec![layer as i64])?;
         let prefix = format!("model.layers.{layer}.");
@@ -184,11 +243,17 @@ impl LayerwiseGraphs {
             inputs.push((format!("lora.{module}.A"), a));
             inputs.push((format!("lora.{module}.B"), b));
         }
-        let graph = match grad_out {
-            None => &mut self.layer,
-            Some(grad) => {
+        let graph = match (backward, self.selective.as_mut()) {
+            (None, None) => &mut self.layer,
+            (None, Some((save, _))) => save,
+            (Some((grad, _)), None) => {
                 inputs.push(("grad_hidden_out".into(), grad));
                 &mut self.layer_backward
+            }
+            (Some((grad, products)), Some((_, saved))) => {
+                inputs.push(("grad_hidden_out".into(), grad));
+                inputs.extend(SAVED_PRODUCTS.iter().map(|n| n.to_string()).zip(products));
+                saved
             }
         };
         let borrowed: Vec<(&str, &DynValue)> = inputs.iter().map(|(n, v)| (n.as_str(), *v)).collect();
@@ -487,7 +552,7 @@ fn tensor<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 
     Ok(Tensor::from_array((shape, data)).map_err(|source| tensor_error("input", source))?.into_dyn())
 }
 
-fn take(mut outputs: std::collections::BTreeMap<String, DynValue>, name: &str) -> Result<DynValue, ModelError> {
+fn remove(outputs: &mut std::collections::BTreeMap<String, DynValue>, name: &str) -> Result<DynValue, ModelError> {
     outputs.remove(name).ok_or_else(|| ModelError::MissingOutput { graph: "training".into(), output: name.into() })
 }
 

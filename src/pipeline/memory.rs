@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::model::bundle::BundleManifest;
-use crate::model::memory::{Footprint, ModelShape, human};
+use crate::model::layerwise::HEAD_CHUNK;
+use crate::model::memory::{Footprint, ModelShape, available_host_memory, human, parse_size};
 use crate::model::precision::Precision;
 use crate::model::runtime::{Device, Target};
 use crate::spec::common::ValueProblem;
@@ -125,14 +126,19 @@ pub fn plan(spec: &PipelineSpec, manifests: &Manifests) -> Vec<StagePlan> {
         {
             // A micro-batch is its pairs' chosen and rejected sequences.
             let rows = 2 * u64::from(tune.micro_batch);
+            // As the stage resolves `auto`: against device_memory, else the CPU's available memory.
+            let bound = spec.run.device_memory.as_deref().and_then(parse_size);
+            let bound = bound.or_else(|| if on_cpu { available_host_memory() } else { None });
+            let recompute = spec.run.recompute.resolve(&policy, (rows, width), HEAD_CHUNK as u64, bound);
             plans.push(StagePlan::new(
                 (StageName::Tune, "training", ModelRole::Policy),
                 format!(
-                    "{rows} sequences (micro_batch {} pairs) of up to {width} tokens, {} training graphs",
+                    "{rows} sequences (micro_batch {} pairs) of up to {width} tokens, {} training graphs, {recompute} \
+                     recompute",
                     tune.micro_batch, policy.training_precision
                 ),
                 rows * width,
-                both(&policy, policy.training(rows, width, crate::model::layerwise::HEAD_CHUNK as u64), 0),
+                both(&policy, policy.training(rows, width, HEAD_CHUNK as u64, recompute), 0),
                 // One pair is the least a step takes: then only shorter sequences help.
                 if tune.micro_batch > 1 { "stages.tune.micro_batch" } else { "stages.ref_logps.max_length" },
             ));

@@ -315,6 +315,8 @@ async fn execute(plan: &Plan, stage: &PlannedStage, options: RunOptions) -> Resu
         storage_options: &spec.run.storage,
         retry: &spec.run.retry,
         session: SessionConfig { device: spec.run.device, device_id: spec.run.device_id, threads: spec.run.threads },
+        recompute: spec.run.recompute,
+        device_memory: spec.run.device_memory.as_deref().and_then(crate::model::memory::parse_size),
         models: &models,
         policy_adapter: spec.models.policy_adapter.as_deref(),
     };

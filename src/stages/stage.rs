@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::model::bundle::{Bundle, Verify};
+use crate::model::layerwise::Recompute;
 use crate::model::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, checksum_of_files};
 use crate::model::runtime::SessionConfig;
 use crate::spec::{PipelineSpec, StageName};
@@ -85,6 +86,11 @@ pub struct StageInput<'a> {
     pub retry: &'a RetrySpec,
     /// ONNX Runtime session settings (`run.device`, `run.threads`, ...).
     pub session: SessionConfig,
+    /// What a training step's backward recomputes (`run.recompute`).
+    pub recompute: Recompute,
+    /// `run.device_memory` in bytes: the bound `Recompute::Auto` holds the
+    /// step's plan to (unset: the host's available memory on the CPU).
+    pub device_memory: Option<u64>,
     /// The bundles this stage runs, by role ([`Stage::models`]).
     pub models: &'a BTreeMap<ModelRole, String>,
     /// `models.policy_adapter`: the adapter applied to the policy wherever it runs.

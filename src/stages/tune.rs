@@ -89,8 +89,18 @@ impl Stage for Tune {
             state = Some(TrainState::fresh(input, &bundle, params).await?);
         }
         let mut state = state.expect("set above");
-        let mut graph = LayerwiseGraphs::load(&bundle, tokenizer.pad_token_id, &input.session)?;
-        tracing::info!(target = ?graph.target(), pairs = examples.len(), steps = schedule.total, resumed_at, "tune");
+        let longest = examples.iter().map(|e| e.tokens.chosen.len().max(e.tokens.rejected.len())).max().unwrap_or(0);
+        let step = (2 * u64::from(params.micro_batch), longest as u64);
+        let mut graph = LayerwiseGraphs::load(
+            &bundle,
+            tokenizer.pad_token_id,
+            &input.session,
+            input.recompute,
+            step,
+            input.device_memory,
+        )?;
+        let recompute = graph.recompute();
+        tracing::info!(target = ?graph.target(), %recompute, pairs = examples.len(), steps = schedule.total, resumed_at, "tune");
         input.progress.set_position(state.step);
         let mut rows = Vec::new();
         while state.step < schedule.total {

@@ -121,11 +121,12 @@ fn truncation_cuts_the_prompt_from_the_left_then_the_responses_from_the_right() 
 /// gradients: loss and log-probs within the fixture's `atol` (1e-4), every
 /// gradient within relative L2 `grad_rtol` (1e-3). The two cases cover the
 /// sigmoid loss with label smoothing and IPO with dropout (the masks are a
-/// hash both sides compute alike).
+/// hash both sides compute alike). The step recomputing whole layers and
+/// the one keeping the MLP products give the same numbers, bit for bit.
 #[test]
 fn the_dpo_step_matches_the_torch_fixtures() {
     use croco::model::dpo::{Loss, LossSettings, PairTokens};
-    use croco::model::layerwise::LayerwiseGraphs;
+    use croco::model::layerwise::{LayerwiseGraphs, Recompute};
     use croco::model::tensors::{read_f32_tensors, safetensors_bytes};
     let bundle = policy_bundle();
     let dir = repo().join("data/models/policy/parity");
@@ -166,9 +167,14 @@ fn the_dpo_step_matches_the_torch_fixtures() {
         })
         .collect();
     let batch: Vec<&PairTokens> = pairs.iter().collect();
-    let mut graphs = LayerwiseGraphs::load(&bundle, 0, &CPU).unwrap();
     let (atol, rtol) = (fixture["atol"].as_f64().unwrap(), fixture["grad_rtol"].as_f64().unwrap());
-    for case in fixture["cases"].as_array().unwrap() {
+    let mut steps = Vec::new();
+    for (recompute, case) in [Recompute::Full, Recompute::Selective]
+        .into_iter()
+        .flat_map(|r| fixture["cases"].as_array().unwrap().iter().map(move |c| (r, c)))
+    {
+        let mut graphs = LayerwiseGraphs::load(&bundle, 0, &CPU, recompute, (0, 0), None).unwrap();
+        assert_eq!(graphs.recompute(), recompute);
         let name = case["name"].as_str().unwrap();
         let reference_logps = &tensors[&format!("{name}/ref_logps")].1;
         let reference: Vec<(f32, f32)> =
@@ -195,7 +201,10 @@ fn the_dpo_step_matches_the_torch_fixtures() {
             let norm: f64 = want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>().sqrt();
             assert!(diff <= rtol * norm.max(1e-12), "{name}: gradient of {tensor} off by relative {}", diff / norm);
         }
+        steps.push((output.loss, output.chosen_logps, output.rejected_logps, output.grads));
     }
+    let (full, selective) = steps.split_at(steps.len() / 2);
+    assert_eq!(full, selective, "selective recompute changed the step");
 }
 
 /// A pipeline over the demo's imported en/fr responses (no sampling: fast),

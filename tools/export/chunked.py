@@ -35,11 +35,13 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from .dropout import apply_dropout, feature_hashes, keep_mask, row_hashes
-from .export import after_attention, norm, positions_from_mask, project, qkv, rotary, rotate
+from .export import mlp_input, mlp_output, mlp_products, norm, positions_from_mask, project, qkv, rotary, rotate
 from .graphs import PRECISIONS, bf16_tensor, add_initializer
 
 PRE = ("q_proj", "k_proj", "v_proj")  # the adapted modules before attention; the others come after it
 PRE_TENSORS = ("input_layernorm.", "self_attn.q_", "self_attn.k_", "self_attn.v_")  # their layer tensors
+DOWN, DOWN_TENSOR = "down_proj", "mlp.down_proj.weight"  # the MLP's last projection: its own vjp where saved
+SAVED = ("saved.mlp_gate", "saved.mlp_up")  # the MLP products train_layer_save keeps for the backward
 DOMAIN = "croco.train"
 PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
 SCALARS = ["lora_scale", "dropout_p", "dropout_seed", "layer"]  # the layer graphs' scalar inputs, in piece order
@@ -88,6 +90,10 @@ class Pieces:
         self.rotary_flags = None if all(rotary_layers) else torch.tensor([float(r) for r in rotary_layers])
         self.pre_targets = [m for m in targets if m in PRE]
         self.post_targets = [m for m in targets if m not in PRE]
+        # with the MLP products saved, the backward splits post's vjp at them: the MLP's output (down) and the rest
+        self.rest_tensors = [s for s in self.post_tensors if s != DOWN_TENSOR]
+        self.rest_targets = [m for m in self.post_targets if m != DOWN]
+        self.down_targets = [m for m in self.post_targets if m == DOWN]
 
     def _weights_and_lora(self, rest, tensors, targets, scale, p, seed, layer, index):
         """(W, lora) of a piece from its flat weight and LoRA inputs; the dropout masks from index [B, c, 1]."""
@@ -130,12 +136,19 @@ class Pieces:
         return cos * on + (1.0 - on), sin * on
 
     def post(self, x, o, index, scale, p, seed, layer, *rest):
-        """The residual stream x [B, c, hidden] and the attention output [B, KV, rep, c, D] -> the layer's
-        output [B, c, hidden]: sequential (the MLP on the stream after attention) or, for cohere2, parallel
-        (the MLP on the input's norm, recomputed here)."""
-        W, lora = self._weights_and_lora(rest, self.post_tensors, self.post_targets, scale, p, seed, layer, index)
+        """The residual stream x [B, c, hidden] and the attention output [B, KV, rep, c, D] -> (the layer's
+        output [B, c, hidden], the MLP's gate and up products [B, c, intermediate]): sequential (the MLP on the
+        stream after attention) or, for cohere2, parallel (the MLP on the input's norm, recomputed here)."""
+        W, lora, stream, gate, up = self._post_parts(x, o, index, scale, p, seed, layer, self.post_tensors,
+                                                     self.post_targets, rest)
+        return stream + mlp_output(W, "", gate, up, lora), gate, up
+
+    def _post_parts(self, x, o, index, scale, p, seed, layer, tensors, targets, rest):
+        """post up to the MLP's products: (W, lora, the stream after attention, gate, up)."""
+        W, lora = self._weights_and_lora(rest, tensors, targets, scale, p, seed, layer, index)
         o = o.permute(0, 3, 1, 2, 4).reshape(x.shape[0], x.shape[1], self.H * self.D)
-        return after_attention(self.A, W, "", x, project(W, "self_attn.o_proj.weight", o, lora), lora)
+        stream, h = mlp_input(self.A, W, "", x, project(W, "self_attn.o_proj.weight", o, lora))
+        return (W, lora, stream, *mlp_products(W, "", h, lora))
 
     def pre_vjp(self, x, cos, sin, index, scale, p, seed, layer, *rest):
         """pre's inputs, then the gradients of its outputs (the queries' as [B, KV, rep, c, D]) -> (grad x, the
@@ -156,9 +169,37 @@ class Pieces:
         n = len(self.post_tensors)
 
         def f(x_, o_, *lora_):
-            return self.post(x_, o_, index, scale, p, seed, layer, *rest[:n], *lora_)
+            return self.post(x_, o_, index, scale, p, seed, layer, *rest[:n], *lora_)[0]
 
         return torch.func.vjp(f, x, o, *rest[n:])[1](grad)
+
+    def mlp_vjp(self, gate, up, index, scale, p, seed, layer, *rest):
+        """The MLP's saved products [B, c, intermediate], down's weight and LoRA, then the gradient of the layer's
+        output -> (grad gate, grad up, down's LoRA gradients). The products are not recomputed: of down's
+        forward only its LoRA input's product with A is (a linear layer's backward needs its input only)."""
+        grad, rest = rest[-1], rest[:-1]
+
+        def f(gate_, up_, *lora_):
+            W, lora = self._weights_and_lora((*rest[:1], *lora_), [DOWN_TENSOR], self.down_targets, scale, p, seed,
+                                             layer, index)
+            return mlp_output(W, "", gate_, up_, lora)
+
+        return torch.func.vjp(f, gate, up, *rest[1:])[1](grad)
+
+    def post_saved_vjp(self, x, o, index, scale, p, seed, layer, *rest):
+        """post's inputs less down's, then the gradients of the layer's output and of the MLP's products ->
+        (grad x, grad o [B, KV, rep, c, D], the LoRA gradients of post's modules but down). The gate and up
+        products are not recomputed (their outputs feed nothing the backward needs); o_proj's is, for the
+        norm's backward."""
+        (grad, grad_gate, grad_up), rest = rest[-3:], rest[:-3]
+        n = len(self.rest_tensors)
+
+        def f(x_, o_, *lora_):
+            _, _, stream, gate, up = self._post_parts(x_, o_, index, scale, p, seed, layer, self.rest_tensors,
+                                                      self.rest_targets, (*rest[:n], *lora_))
+            return stream, gate, up
+
+        return torch.func.vjp(f, x, o, *rest[n:])[1]((grad, grad_gate, grad_up))
 
 
 def trace(fn, args):
@@ -220,12 +261,18 @@ class LayerGraphs:
         with tempfile.TemporaryDirectory() as tmp:
             functions = self._functions(tmp)
         entries = {}
+        intermediate = self.W0["mlp.gate_proj.weight"].shape[0]
+        saved = [_io_spec(n, stream_dtype, ["rows", "padded_seq", intermediate]) for n in SAVED]
         backward_in = inputs + [_io_spec("grad_hidden_out", stream_dtype, stream)]
         forward_out = [_io_spec("hidden_out", stream_dtype, stream)]
         backward_out = ([_io_spec("grad_hidden", stream_dtype, stream)]
                         + [_io_spec("grad." + s["name"], "float32", s["shape"]) for s in lora_specs])
-        for name, ins, outs, body in (("train_layer", inputs, forward_out, self._forward),
-                                      ("train_layer_backward", backward_in, backward_out, self._backward)):
+        for name, ins, outs, body in (
+                ("train_layer", inputs, forward_out, lambda g: self._forward(g, save=False)),
+                ("train_layer_backward", backward_in, backward_out, lambda g: self._backward(g, saved=False)),
+                ("train_layer_save", inputs, forward_out + saved, lambda g: self._forward(g, save=True)),
+                ("train_layer_backward_saved", backward_in + saved, backward_out,
+                 lambda g: self._backward(g, saved=True))):
             g = _Assembly(name, ins, self.P)
             body(g)
             for spec in outs:
@@ -268,7 +315,11 @@ class LayerGraphs:
         index = torch.arange(rows * c, dtype=torch.int64).view(rows, c, 1)
         pre_lora, pre_lora_names, pre_lora_ds = lora(Pc.pre_targets)
         post_lora, post_lora_names, post_lora_ds = lora(Pc.post_targets)
+        rest_lora, rest_lora_names, rest_lora_ds = lora(Pc.rest_targets)
+        down_lora, down_lora_names, down_lora_ds = lora(Pc.down_targets)
         pre_w, post_w = [W0[s].to(Pc.dtype) for s in Pc.pre_tensors], [W0[s].to(Pc.dtype) for s in Pc.post_tensors]
+        rest_w, down_w = [W0[s].to(Pc.dtype) for s in Pc.rest_tensors], [W0[DOWN_TENSOR].to(Pc.dtype)]
+        intermediate = W0[DOWN_TENSOR].shape[1]
         row_chunk = {0: dyn, 1: dyn}
         f32 = torch.float32
         pre_in = ([rand(rows, c, hidden), rand(rows, 1, c, D, dtype=f32), rand(rows, 1, c, D, dtype=f32), index]
@@ -281,6 +332,13 @@ class LayerGraphs:
         post_in = [rand(rows, c, hidden), o5, index] + scalars + post_w + post_lora
         post_names = ["x", "o", "index"] + scalar_names + Pc.post_tensors + post_lora_names
         post_ds = [row_chunk, {0: dyn, 3: dyn}, row_chunk] + [None] * (4 + len(post_w)) + post_lora_ds
+        rest_in = [rand(rows, c, hidden), o5, index] + scalars + rest_w + rest_lora
+        rest_names = ["x", "o", "index"] + scalar_names + Pc.rest_tensors + rest_lora_names
+        rest_ds = [row_chunk, {0: dyn, 3: dyn}, row_chunk] + [None] * (4 + len(rest_w)) + rest_lora_ds
+        products = [rand(rows, c, intermediate), rand(rows, c, intermediate)]
+        down_in = products + [index] + scalars + down_w + down_lora
+        down_names = ["gate", "up", "index"] + scalar_names + [DOWN_TENSOR] + down_lora_names
+        down_ds = [row_chunk, row_chunk, row_chunk] + [None] * 5 + down_lora_ds
         mask = torch.ones(rows, Pc.chunks * c - 1, dtype=torch.int64)
         mask[0, :2] = 0
         specs = {
@@ -290,9 +348,14 @@ class LayerGraphs:
                         pre_names + ["grad_q", "grad_k", "grad_v"],
                         pre_ds + [{0: dyn, 3: dyn}, {0: dyn, 2: dyn}, {0: dyn, 2: dyn}],
                         ["grad_x"] + lora_names(Pc.pre_targets, "grad.")),
-            "post": (Pc.post, post_in, post_names, post_ds, ["y"]),
+            "post": (Pc.post, post_in, post_names, post_ds, ["y", "gate", "up"]),
             "post_vjp": (Pc.post_vjp, post_in + [rand(rows, c, hidden)], post_names + ["grad_y"],
                          post_ds + [row_chunk], ["grad_x", "grad_o"] + lora_names(Pc.post_targets, "grad.")),
+            "mlp_vjp": (Pc.mlp_vjp, down_in + [rand(rows, c, hidden)], down_names + ["grad_y"],
+                        down_ds + [row_chunk], ["grad_gate", "grad_up"] + lora_names(Pc.down_targets, "grad.")),
+            "post_saved_vjp": (Pc.post_saved_vjp, rest_in + [rand(rows, c, hidden)] + products,
+                               rest_names + ["grad_y", "grad_gate", "grad_up"], rest_ds + [row_chunk] * 3,
+                               ["grad_x", "grad_o"] + lora_names(Pc.rest_targets, "grad.")),
         }
         functions = []
         for name, (fn, args, names, ds, outs) in specs.items():
@@ -318,32 +381,42 @@ class LayerGraphs:
         return (g.split(g.pad_sequence("hidden", pads), 1, n), g.split(cos, 2, n), g.split(sin, 2, n),
                 g.split(index, 1, n), allowed, S, pads)
 
-    def _names(self):
-        Pc = self.P
-        pre = [PREFIX + s for s in Pc.pre_tensors] + lora_names(Pc.pre_targets)
-        post = [PREFIX + s for s in Pc.post_tensors] + lora_names(Pc.post_targets)
-        return pre, post
+    def _names(self, tensors, targets):
+        """The layer graph's input names of a piece's weights and LoRA tensors."""
+        return [PREFIX + s for s in tensors] + lora_names(targets)
 
-    def _forward(self, g):
+    def _forward(self, g, save):
+        """The layer forward; save: the MLP's products of every chunk are outputs too (SAVED, padded length)."""
+        Pc = self.P
         xs, cos, sin, index, allowed, S, _ = self._prologue(g)
-        pre, post = self._names()
-        keys, values, outs = [], [], []
-        for i in range(self.P.chunks):
+        pre, post = self._names(Pc.pre_tensors, Pc.pre_targets), self._names(Pc.post_tensors, Pc.post_targets)
+        keys, values, outs, products = [], [], [], []
+        for i in range(Pc.chunks):
             q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
             keys.append(k)
             values.append(v)
             o, _, _ = g.attend(q, g.concat(keys, 2), g.concat(values, 2), allowed[i])
-            outs += g.call("post", [xs[i], g.heads5(o), index[i], *SCALARS, *post], 1)
+            y, gate, up = g.call("post", [xs[i], g.heads5(o), index[i], *SCALARS, *post], 3)
+            outs.append(y)
+            products.append((gate, up))
         g.op("Slice", [g.concat(outs, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["hidden_out"])
+        if save:
+            for name, parts in zip(SAVED, zip(*products)):
+                g.op("Concat" if len(parts) > 1 else "Identity", list(parts), [name], **(
+                    {"axis": 1} if len(parts) > 1 else {}))
 
-    def _backward(self, g):
+    def _backward(self, g, saved):
         """Recomputes the keys and values of every chunk, then per query chunk: its attention (probabilities
         kept for the chunk), post's vjp, attention's backward; then pre's vjp per chunk with the key and value
-        gradients summed over the query chunks that saw them."""
+        gradients summed over the query chunks that saw them. saved: the MLP's products are inputs (SAVED), and
+        post's vjp is split at them (mlp_vjp, then post_saved_vjp), so its gate and up projections are not
+        recomputed."""
         Pc, n = self.P, self.P.chunks
         xs, cos, sin, index, allowed, S, pads = self._prologue(g)
         grads = g.split(g.pad_sequence("grad_hidden_out", pads), 1, n)
-        pre, post = self._names()
+        pre, post = self._names(Pc.pre_tensors, Pc.pre_targets), self._names(Pc.post_tensors, Pc.post_targets)
+        rest, down = self._names(Pc.rest_tensors, Pc.rest_targets), self._names([DOWN_TENSOR], Pc.down_targets)
+        gates, ups = (g.split(name, 1, n) for name in SAVED) if saved else (None, None)
         qs, keys, values = [], [], []
         for i in range(n):
             q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
@@ -356,10 +429,19 @@ class LayerGraphs:
             # chunk i's key prefix, concatenated here and freed after the chunk (none kept between chunks)
             prefix_k, prefix_v = g.concat(keys[:i + 1], 2), g.concat(values[:i + 1], 2)
             o, prob, scaled_q = g.attend(qs[i], prefix_k, prefix_v, allowed[i])
-            gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(o), index[i], *SCALARS, *post, grads[i]],
-                                 2 + len(post_lora))
+            if saved:
+                down_lora, rest_lora = lora_names(Pc.down_targets, "grad."), lora_names(Pc.rest_targets, "grad.")
+                gg, gu, *gl = g.call("mlp_vjp", [gates[i], ups[i], index[i], *SCALARS, *down, grads[i]],
+                                     2 + len(down_lora))
+                g.accumulate(lora_grads, down_lora, gl)
+                gx, go, *gl = g.call("post_saved_vjp", [xs[i], g.heads5(o), index[i], *SCALARS, *rest, grads[i],
+                                                        gg, gu], 2 + len(rest_lora))
+                g.accumulate(lora_grads, rest_lora, gl)
+            else:
+                gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(o), index[i], *SCALARS, *post, grads[i]],
+                                     2 + len(post_lora))
+                g.accumulate(lora_grads, post_lora, gl)
             grad_x.append(gx)
-            g.accumulate(lora_grads, post_lora, gl)
             grad_o = g.op("Reshape", [go, g.ints("heads4", [0, 0, -1, Pc.D])])
             dq, dk, dv = g.attend_vjp(scaled_q, prefix_k, prefix_v, prob, o, grad_o)
             grad_q.append(g.heads5(dq))

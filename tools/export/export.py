@@ -133,15 +133,27 @@ def after_attention(A, W, p, x, attended, lora=None):
     """A layer's output from its input x and attention's projected output: sequential for the Llama family
     (attention added, then the MLP of the updated stream's norm), parallel for cohere2 (attention and the MLP of
     the input's norm, both added to x)."""
+    stream, h = mlp_input(A, W, p, x, attended)
+    return stream + mlp_output(W, p, *mlp_products(W, p, h, lora), lora)
+
+
+def mlp_input(A, W, p, x, attended):
+    """(the residual stream after attention, the MLP's input): the stream's norm (sequential) or, for cohere2's
+    parallel block, the layer input's."""
     if A.get("parallel_block"):
-        return x + attended + _mlp(W, p, norm(A, x, W[p + "input_layernorm.weight"]), lora)
+        return x + attended, norm(A, x, W[p + "input_layernorm.weight"])
     x = x + attended
-    return x + _mlp(W, p, norm(A, x, W[p + "post_attention_layernorm.weight"]), lora)
+    return x, norm(A, x, W[p + "post_attention_layernorm.weight"])
 
 
-def _mlp(W, p, h, lora):
-    gate = F.silu(project(W, p + "mlp.gate_proj.weight", h, lora))
-    return project(W, p + "mlp.down_proj.weight", gate * project(W, p + "mlp.up_proj.weight", h, lora), lora)
+def mlp_products(W, p, h, lora):
+    """The MLP's gate and up projections of its input h, before the activation."""
+    return project(W, p + "mlp.gate_proj.weight", h, lora), project(W, p + "mlp.up_proj.weight", h, lora)
+
+
+def mlp_output(W, p, gate, up, lora):
+    """The MLP's output from its two products: down(silu(gate) * up)."""
+    return project(W, p + "mlp.down_proj.weight", F.silu(gate) * up, lora)
 
 
 def decoder_layer(W, p, A, cos, sin, bias, x, lora=None, past=None, sdpa=False, rotary=True):

@@ -7,6 +7,9 @@ weights, L saved layer inputs and one layer's working set, whatever the depth:
   adapters are inputs under generic names, bound per layer, and `layer` picks the dropout masks);
 - `train_layer_backward`: the same layer recomputed from its saved input, then its backward: the gradient
   w.r.t. the input and the layer's LoRA A/B (the frozen weights get none);
+- `train_layer_save` and `train_layer_backward_saved`: the same pair where the forward also keeps the MLP's gate and
+  up products, so the backward recomputes attention but not those two projections (more memory, less work: croco
+  picks them where the step fits);
 - `train_head`: final norm and LM head over chosen positions only (the positions predicting a response token, in
   chunks croco picks), per-token log-probs;
 - `train_head_backward`: the gradient of Σ token_weights · token log-probs w.r.t. the hidden states: croco computes
@@ -24,12 +27,14 @@ import time
 import numpy as np
 import torch
 
-from .chunked import PREFIX, TORCH_DTYPES, LayerGraphs, Pieces, elem_type, example_sizes, module_path, trace, train_file
+from .chunked import (PREFIX, SAVED, TORCH_DTYPES, LayerGraphs, Pieces, elem_type, example_sizes, module_path, trace,
+                      train_file)
 from .export import _export, _io_spec, norm
 from .graphs import Graph
 
 SEQUENCE_CHUNKS = 8  # the layer graphs' sequence chunks (chunked.py): a layer's working set is ~1/8 of a sequence's
-TRAINING_GRAPHS = ["train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"]
+TRAINING_GRAPHS = ["train_embed", "train_layer", "train_layer_backward", "train_layer_save", "train_layer_backward_saved",
+                   "train_head", "train_head_backward"]
 # half-precision graphs: their errors against float32 autograd within HALF_SLACK x torch's own in that precision,
 # plus HALF_FLOOR (the two round differently: products accumulated in float32 either way, but in other orders)
 HALF_SLACK = 2.0
@@ -177,10 +182,11 @@ def embed_entry(A, W, out, entries, precision="float32", compute="float32"):
         "outputs": [_io_spec("hidden", compute, ["rows", "seq", A["hidden_size"]])], "weight_inputs": []}
 
 
-def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, positions, token_ids, token_weights):
-    """Runs the exported graphs as croco does (ONNX Runtime): embeddings, every layer forward keeping its input,
-    the head, then every layer backward. Returns (token log-probs, grad wrt every LoRA tensor in lora_modules
-    order). lora: {(layer, module): (A, B)} numpy arrays."""
+def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, positions, token_ids, token_weights,
+                    save=False):
+    """Runs the exported graphs as croco does (ONNX Runtime): embeddings, every layer forward keeping its input
+    (and with save, its MLP products: train_layer_save), the head, then every layer backward. Returns (token
+    log-probs, grad wrt every LoRA tensor in lora_modules order). lora: {(layer, module): (A, B)} numpy arrays."""
     L = A["num_layers"]
     suffixes = layer_suffixes(list(W))
     f32 = lambda v: np.array(v, np.float32)  # noqa: E731
@@ -198,8 +204,12 @@ def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, po
         return feeds
 
     for layer in range(L):
-        saved.append(x)
-        (x,) = sessions["train_layer"].run(None, layer_feeds(layer, x))
+        if save:
+            x_in, (x, *products) = x, sessions["train_layer_save"].run(None, layer_feeds(layer, x))
+            saved.append((x_in, dict(zip(SAVED, products))))
+        else:
+            saved.append((x, {}))
+            (x,) = sessions["train_layer"].run(None, layer_feeds(layer, x))
     head_w = {"norm.weight": W["model.norm.weight"], "lm_head.weight": W.get("lm_head.weight", W["model.embed_tokens.weight"])}
     (logps,) = sessions["train_head"].run(None, {"hidden": x, "target_positions": positions, "target_ids": token_ids,
                                                  **head_w})
@@ -208,7 +218,9 @@ def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, po
                                                           **head_w})
     grads = {}
     for layer in reversed(range(L)):
-        outs = sessions["train_layer_backward"].run(None, {**layer_feeds(layer, saved[layer]), "grad_hidden_out": grad})
+        x_in, products = saved[layer]
+        backward = sessions["train_layer_backward_saved" if save else "train_layer_backward"]
+        outs = backward.run(None, {**layer_feeds(layer, x_in), **products, "grad_hidden_out": grad})
         grad = outs[0]
         for i, m in enumerate(targets):
             grads[(layer, m)] = (outs[1 + 2 * i], outs[2 + 2 * i])
@@ -301,16 +313,18 @@ def _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed, dtype=torc
 
 
 def _graph_errors(sessions, W, A, targets, p, seed, batch, logps, grads):
-    """The graphs chained as croco chains them on the reference's batch: (largest token log-prob difference,
-    largest relative L2 error of a LoRA gradient) against the reference's."""
-    got_logps, got = layerwise_grads(sessions, W, A, targets, batch["ids"], batch["mask"], batch["lora"], 2.0, p,
-                                     seed, batch["positions"], batch["token_ids"], batch["weights"])
-    diff = float(np.abs(np.asarray(got_logps, np.float32) - logps).max())
-    worst = 0.0
-    for k, ref in grads.items():
-        for mine, r in zip(got[k], ref):
-            mine = np.asarray(mine, np.float32)
-            worst = max(worst, float(np.linalg.norm(mine - r) / max(np.linalg.norm(r), 1e-12)))
+    """The graphs chained as croco chains them on the reference's batch, with the MLP products recomputed and
+    saved: (largest token log-prob difference, largest relative L2 error of a LoRA gradient) against the
+    reference's."""
+    diff, worst = 0.0, 0.0
+    for save in (False, True):
+        got_logps, got = layerwise_grads(sessions, W, A, targets, batch["ids"], batch["mask"], batch["lora"], 2.0,
+                                         p, seed, batch["positions"], batch["token_ids"], batch["weights"], save)
+        diff = max(diff, float(np.abs(np.asarray(got_logps, np.float32) - logps).max()))
+        for k, ref in grads.items():
+            for mine, r in zip(got[k], ref):
+                mine = np.asarray(mine, np.float32)
+                worst = max(worst, float(np.linalg.norm(mine - r) / max(np.linalg.norm(r), 1e-12)))
     return diff, worst
 
 

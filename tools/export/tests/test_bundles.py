@@ -67,7 +67,9 @@ def test_weights_and_graph_io_match_manifest(b):
     assert sorted(order) == sorted(W)
     for t in man["weights"]["tensors"]:
         assert list(W[t["name"]].shape) == t["shape"] and str(W[t["name"]].dtype) == t["dtype"]
-    train = {"train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"}
+    from tools.export.train_graphs import TRAINING_GRAPHS
+
+    train = set(TRAINING_GRAPHS)
     assert set(man["graphs"]) == ({"decode", "logprob"} | train if b == "policy" else {"score"})
     for g in man["graphs"].values():
         assert "float32" in g["files"]

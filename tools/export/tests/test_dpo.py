@@ -88,7 +88,7 @@ def test_training_graphs_of_a_wide_mlp_bake_no_constant(tmp_path):
          "model.norm.weight": 1 + r(hidden), "lm_head.weight": r(vocab, hidden)}
     inv_freq = 1.0 / (10000.0 ** (torch.arange(0, D, 2).float() / D))
     tg.export_train_graphs(A, W, inv_freq, 1.0, LORA_TARGETS, str(tmp_path), lambda *_: None)
-    for name in ("train_layer", "train_layer_backward"):
+    for name in ("train_layer", "train_layer_backward", "train_layer_save", "train_layer_backward_saved"):
         m = onnx.load(str(tmp_path / f"{name}.onnx"))
         # the graph's initializers and the constants inside its pieces (ONNX functions, chunked.py)
         consts = list(m.graph.initializer) + [a.t for f in m.functions for n in f.node if n.op_type == "Constant"

@@ -68,7 +68,7 @@ def test_policy_export_parity_with_the_training_graphs(tmp_path, tokenizer_path,
                                log=lambda *_: None, max_new=6, parity_layers=0)
     assert max(rep.values()) < ex.ATOL
     for f in ["croco-model.toml", "decode.float32.onnx", "logprob.float32.onnx", "train_layer.onnx",
-              "train_layer_backward.onnx", "train_head.onnx", "train_head_backward.onnx", "model.safetensors",
+              "train_layer_backward.onnx", "train_layer_save.onnx", "train_layer_backward_saved.onnx", "train_head.onnx", "train_head_backward.onnx", "model.safetensors",
               "tokenizer.json", "parity/greedy.json", "parity/logprob.json", "parity/tokenizer.json",
               "parity/dpo.json", "parity/dpo.safetensors"]:
         assert (out / f).exists(), f
@@ -80,7 +80,8 @@ def test_policy_export_parity_with_the_training_graphs(tmp_path, tokenizer_path,
     assert man["format_version"] == 2 and man["weights"]["dtype"] == "float32"
     assert man["tokenizer"]["special_tokens"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     assert sorted(man["graphs"]) == ["decode", "logprob", "train_embed", "train_head", "train_head_backward",
-                                     "train_layer", "train_layer_backward"]
+                                     "train_layer", "train_layer_backward", "train_layer_backward_saved",
+                                     "train_layer_save"]
     assert not (out / "dpo.onnx").exists()
     assert max(man["parity"]["measured_max_rel_l2"].values()) < ex.GRAD_RTOL
     assert any(k.endswith("_vs_peft_grads") for k in man["parity"]["measured_max_rel_l2"])

@@ -62,8 +62,7 @@ def test_functional_cohere2_equals_transformers():
 def test_layerwise_gradients_equal_autograd_through_the_whole_model(tmp_path, family, p):
     W, A, inv_freq, scale_r = _tiny(family)
     tg.export_train_graphs(A, W, inv_freq, scale_r, TARGETS, str(tmp_path), log=lambda *_: None)
-    sessions = {n: ort_session(str(tmp_path / f"{n}.onnx")) for n in
-                ["train_embed", "train_layer", "train_layer_backward", "train_head", "train_head_backward"]}
+    sessions = {n: ort_session(str(tmp_path / f"{n}.onnx")) for n in tg.TRAINING_GRAPHS}
     g = torch.Generator().manual_seed(3)
     rows, S, T, R = 4, 11, 5, 3
     ids = torch.randint(3, 96, (rows, S), generator=g)
@@ -91,13 +90,20 @@ def test_layerwise_gradients_equal_autograd_through_the_whole_model(tmp_path, fa
     (token * weights).sum().backward()
     np_lora = {k: (a.detach().numpy(), b.detach().numpy()) for k, (a, b) in lora.items()}
     Wn = {n: t.numpy() for n, t in W.items()}
-    got_logps, got = tg.layerwise_grads(sessions, Wn, A, TARGETS, ids.numpy(), mask.numpy(), np_lora, lora_scale, p,
-                                        seed, positions.numpy(), targets.numpy(), weights.numpy())
-    np.testing.assert_allclose(got_logps, token.detach().numpy(), atol=1e-5, rtol=0)
-    for k, (a, b) in lora.items():
-        for mine, ref in zip(got[k], (a.grad, b.grad)):
-            ref = ref.numpy()
-            assert np.linalg.norm(mine - ref) <= 1e-4 * np.linalg.norm(ref) + 1e-9, (k, np.abs(mine - ref).max())
+    runs = {}
+    for save in (False, True):  # the MLP products recomputed in the backward, then saved by the forward
+        got_logps, got = tg.layerwise_grads(sessions, Wn, A, TARGETS, ids.numpy(), mask.numpy(), np_lora, lora_scale,
+                                            p, seed, positions.numpy(), targets.numpy(), weights.numpy(), save)
+        np.testing.assert_allclose(got_logps, token.detach().numpy(), atol=1e-5, rtol=0)
+        for k, (a, b) in lora.items():
+            for mine, ref in zip(got[k], (a.grad, b.grad)):
+                ref = ref.numpy()
+                assert np.linalg.norm(mine - ref) <= 1e-4 * np.linalg.norm(ref) + 1e-9, (save, k, np.abs(mine - ref).max())
+        runs[save] = got
+    # the saved products are the ones the backward would recompute: the same gradients, bit for bit
+    for k in lora:
+        for recomputed, saved in zip(runs[False][k], runs[True][k]):
+            np.testing.assert_array_equal(recomputed, saved)
 
 
 @pytest.fixture(scope="module")
