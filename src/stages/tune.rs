@@ -124,6 +124,7 @@ impl Stage for Tune {
             ),
         ]);
         stats.insert("adapter".into(), sink.url_of_artifact(ADAPTER_DIR).into());
+        stats.insert("recompute".into(), recompute.to_string().into());
         Ok(stats)
     }
 }
