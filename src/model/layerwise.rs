@@ -70,7 +70,7 @@ pub struct LayerwiseGraphs {
 }
 
 impl LayerwiseGraphs {
-    /// Builds the five sessions on the configured device: float32 on the CPU,
+    /// Builds the training sessions on the configured device: float32 on the CPU,
     /// the bundle's half precision on CUDA where its training graphs have it;
     /// with `recompute` selective, the layer graphs that save the MLP
     /// products instead of the plain pair. `Auto` is resolved for steps of
