@@ -113,7 +113,8 @@ class Pieces:
         in the batch [B, P, 1]); P = chunks * ceil(S / chunks)."""
         B, S = mask.shape
         P = self.chunks * ((S + self.chunks - 1) // self.chunks)
-        padded = F.pad(mask, (0, P - S))
+        # zeros concatenated, not Pad: ONNX Runtime's CUDA Pad has no int64 kernel
+        padded = torch.cat([mask, mask.new_zeros(B, P - S)], dim=1)
         cos, sin = rotary(self.inv_freq, self.rope_scale, positions_from_mask(padded),
                           self.A.get("rotary_interleaved", False))
         index = torch.arange(B, device=mask.device)[:, None] * S + torch.arange(P, device=mask.device)[None, :]
