@@ -50,11 +50,12 @@ const SAVED_PRODUCTS: [&str; 2] = ["saved.mlp_gate", "saved.mlp_up"];
 /// The training graphs of a policy bundle, its weights bound by reference.
 pub struct LayerwiseGraphs {
     embed: BoundGraph,
+    /// `train_layer`, or `train_layer_save` with [`Recompute::Selective`].
     layer: BoundGraph,
+    /// `train_layer_backward`, or `train_layer_backward_saved`.
     layer_backward: BoundGraph,
-    /// `train_layer_save` and `train_layer_backward_saved`, with
-    /// [`Recompute::Selective`].
-    selective: Option<(BoundGraph, BoundGraph)>,
+    /// Whether the forward keeps the MLP products ([`Recompute::Selective`]).
+    selective: bool,
     head: BoundGraph,
     head_backward: BoundGraph,
     weights: Weights,
@@ -101,25 +102,22 @@ impl LayerwiseGraphs {
         let graph = |name: &str| BoundGraph::new(bundle, name, &weights, target, config.threads, WeightFeed::Bound);
         let arch = &bundle.manifest.architecture;
         let targets = bundle.manifest.lora.as_ref().map(|l| l.target_modules.clone()).unwrap_or_default();
-        let selective = match recompute {
-            Recompute::Selective => {
-                if let Some(missing) = SELECTIVE_GRAPHS.iter().find(|g| !bundle.manifest.graphs.contains_key(**g)) {
-                    return Err(ModelError::Invalid {
-                        dir: bundle.dir.clone(),
-                        problem: format!(
-                            "no `{missing}` graph for recompute = \"selective\": re-export the training graphs \
-                             (`python -m tools.export train-graphs BUNDLE`) or set [run] recompute = \"full\""
-                        ),
-                    });
-                }
-                Some((graph(SELECTIVE_GRAPHS[0])?, graph(SELECTIVE_GRAPHS[1])?))
-            }
-            Recompute::Auto | Recompute::Full => None,
-        };
+        // Only the layer pair the step runs is loaded.
+        let selective = recompute == Recompute::Selective;
+        let [forward, backward] = if selective { SELECTIVE_GRAPHS } else { ["train_layer", "train_layer_backward"] };
+        if let Some(missing) = [forward, backward].iter().find(|g| !bundle.manifest.graphs.contains_key(**g)) {
+            return Err(ModelError::Invalid {
+                dir: bundle.dir.clone(),
+                problem: format!(
+                    "no `{missing}` graph for recompute = \"selective\": re-export the training graphs \
+                     (`python -m tools.export train-graphs BUNDLE`) or set [run] recompute = \"full\""
+                ),
+            });
+        }
         Ok(LayerwiseGraphs {
             embed: graph("train_embed")?,
-            layer: graph("train_layer")?,
-            layer_backward: graph("train_layer_backward")?,
+            layer: graph(forward)?,
+            layer_backward: graph(backward)?,
             selective,
             head: graph("train_head")?,
             head_backward: graph("train_head_backward")?,
@@ -140,7 +138,7 @@ impl LayerwiseGraphs {
 
     /// What the backward recomputes.
     pub fn recompute(&self) -> Recompute {
-        if self.selective.is_some() { Recompute::Selective } else { Recompute::Full }
+        if self.selective { Recompute::Selective } else { Recompute::Full }
     }
 
     /// Loss, log-probs and LoRA gradients of `pairs` given their reference
@@ -172,8 +170,8 @@ impl LayerwiseGraphs {
         for layer in 0..self.layers {
             let mut out = self.run_layer(layer, &x, &mask, &lora, &scalars, None)?;
             let products = match self.selective {
-                Some(_) => SAVED_PRODUCTS.iter().map(|name| remove(&mut out, name)).collect::<Result<_, _>>()?,
-                None => Vec::new(),
+                true => SAVED_PRODUCTS.iter().map(|name| remove(&mut out, name)).collect::<Result<_, _>>()?,
+                false => Vec::new(),
             };
             let input = std::mem::replace(&mut x, remove(&mut out, "hidden_out")?);
             saved.push((input, products));
@@ -243,17 +241,12 @@ impl LayerwiseGraphs {
             inputs.push((format!("lora.{module}.A"), a));
             inputs.push((format!("lora.{module}.B"), b));
         }
-        let graph = match (backward, self.selective.as_mut()) {
-            (None, None) => &mut self.layer,
-            (None, Some((save, _))) => save,
-            (Some((grad, _)), None) => {
-                inputs.push(("grad_hidden_out".into(), grad));
-                &mut self.layer_backward
-            }
-            (Some((grad, products)), Some((_, saved))) => {
+        let graph = match backward {
+            None => &mut self.layer,
+            Some((grad, products)) => {
                 inputs.push(("grad_hidden_out".into(), grad));
                 inputs.extend(SAVED_PRODUCTS.iter().map(|n| n.to_string()).zip(products));
-                saved
+                &mut self.layer_backward
             }
         };
         let borrowed: Vec<(&str, &DynValue)> = inputs.iter().map(|(n, v)| (n.as_str(), *v)).collect();
