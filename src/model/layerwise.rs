@@ -10,11 +10,13 @@
 //! logits never exist.
 //!
 //! With [`Recompute::Selective`] the forward runs `train_layer_save`,
-//! which also returns each layer's MLP gate and up products, and the
-//! backward `train_layer_backward_saved` takes them instead of recomputing
-//! those two projections (about half a layer's forward FLOPs): the same
-//! gradients, bit for bit, for `layers × rows × width × 2 · intermediate`
-//! more elements.
+//! which also returns each layer's `saved.*` tensors (per sequence chunk:
+//! the MLP's gate and up products, attention's queries, keys, values and
+//! output), and the backward `train_layer_backward_saved` takes them back
+//! instead of recomputing them (of the forward it then recomputes only the
+//! attention probabilities, the norms and `o_proj`): the same gradients,
+//! bit for bit, for `layers × rows × width × (2 · intermediate + 2 · (heads
+//! + kv_heads) · head_dim)` more elements.
 //!
 //! The result is [`super::dpo::StepOutput`], with the numbers of the torch
 //! DPO step the fixtures hold (the graphs are traced from the same
@@ -43,9 +45,9 @@ pub const TRAINING_GRAPHS: [&str; 5] =
 /// `[rows, chunk, vocab]` logits.
 pub const HEAD_CHUNK: usize = 512;
 
-/// The MLP products `train_layer_save` returns and
-/// `train_layer_backward_saved` takes.
-const SAVED_PRODUCTS: [&str; 2] = ["saved.mlp_gate", "saved.mlp_up"];
+/// The name prefix of the tensors `train_layer_save` returns beside
+/// `hidden_out` and `train_layer_backward_saved` takes back, by name.
+const SAVED_PREFIX: &str = "saved.";
 
 /// The training graphs of a policy bundle, its weights bound by reference.
 pub struct LayerwiseGraphs {
@@ -54,7 +56,7 @@ pub struct LayerwiseGraphs {
     layer: BoundGraph,
     /// `train_layer_backward`, or `train_layer_backward_saved`.
     layer_backward: BoundGraph,
-    /// Whether the forward keeps the MLP products ([`Recompute::Selective`]).
+    /// Whether the forward keeps its `saved.*` tensors ([`Recompute::Selective`]).
     selective: bool,
     head: BoundGraph,
     head_backward: BoundGraph,
@@ -114,6 +116,9 @@ impl LayerwiseGraphs {
                 ),
             });
         }
+        if selective {
+            check_saved(bundle, forward, backward)?;
+        }
         Ok(LayerwiseGraphs {
             embed: graph("train_embed")?,
             layer: graph(forward)?,
@@ -169,12 +174,10 @@ impl LayerwiseGraphs {
         let mut saved = Vec::with_capacity(self.layers);
         for layer in 0..self.layers {
             let mut out = self.run_layer(layer, &x, &mask, &lora, &scalars, None)?;
-            let products = match self.selective {
-                true => SAVED_PRODUCTS.iter().map(|name| remove(&mut out, name)).collect::<Result<_, _>>()?,
-                false => Vec::new(),
-            };
             let input = std::mem::replace(&mut x, remove(&mut out, "hidden_out")?);
-            saved.push((input, products));
+            // Full recompute: the forward has no other output.
+            let kept: Vec<(String, DynValue)> = out.into_iter().filter(|(n, _)| n.starts_with(SAVED_PREFIX)).collect();
+            saved.push((input, kept));
         }
 
         // The head: per-token log-probs of the response tokens, chunk by chunk.
@@ -191,8 +194,8 @@ impl LayerwiseGraphs {
         // Backward, layer by layer, recomputing each from its saved input.
         let mut grads: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; self.layers * self.targets.len()];
         for layer in (0..self.layers).rev() {
-            let (input, products) = &saved[layer];
-            let mut out = self.run_layer(layer, input, &mask, &lora, &scalars, Some((&grad, products)))?;
+            let (input, kept) = &saved[layer];
+            let mut out = self.run_layer(layer, input, &mask, &lora, &scalars, Some((&grad, kept)))?;
             for (m, module) in self.targets.iter().enumerate() {
                 let a = host_f32(take_ref(&out, &format!("grad.lora.{module}.A"))?)?.1.to_vec();
                 let b = host_f32(take_ref(&out, &format!("grad.lora.{module}.B"))?)?.1.to_vec();
@@ -212,7 +215,7 @@ impl LayerwiseGraphs {
     }
 
     /// One layer forward (`backward` none) or backward, given the gradient of
-    /// its output and the MLP products its forward saved (none with
+    /// its output and the `saved.*` tensors its forward returned (none with
     /// [`Recompute::Full`]).
     fn run_layer(
         &mut self,
@@ -221,7 +224,7 @@ impl LayerwiseGraphs {
         mask: &DynValue,
         lora: &LayerLora,
         scalars: &Scalars,
-        backward: Option<(&DynValue, &[DynValue])>,
+        backward: Option<(&DynValue, &[(String, DynValue)])>,
     ) -> Result<std::collections::BTreeMap<String, DynValue>, ModelError> {
         let index = tensor(vec![], vec![layer as i64])?;
         let prefix = format!("model.layers.{layer}.");
@@ -243,9 +246,9 @@ impl LayerwiseGraphs {
         }
         let graph = match backward {
             None => &mut self.layer,
-            Some((grad, products)) => {
+            Some((grad, kept)) => {
                 inputs.push(("grad_hidden_out".into(), grad));
-                inputs.extend(SAVED_PRODUCTS.iter().map(|n| n.to_string()).zip(products));
+                inputs.extend(kept.iter().map(|(name, value)| (name.clone(), value)));
                 &mut self.layer_backward
             }
         };
@@ -319,6 +322,24 @@ impl LayerwiseGraphs {
 }
 
 /// A bundle weight by name.
+/// Fails unless the `backward` graph takes every `saved.*` tensor the
+/// `forward` graph returns (in the manifest).
+fn check_saved(bundle: &Bundle, forward: &str, backward: &str) -> Result<(), ModelError> {
+    let graphs = &bundle.manifest.graphs;
+    let takes = |name: &str| graphs[backward].inputs.iter().any(|i| i.name == name);
+    let saved = graphs[forward].outputs.iter().map(|o| o.name.as_str()).filter(|n| n.starts_with(SAVED_PREFIX));
+    match saved.into_iter().find(|name| !takes(name)) {
+        Some(name) => Err(ModelError::Invalid {
+            dir: bundle.dir.clone(),
+            problem: format!(
+                "`{forward}` saves `{name}` but `{backward}` does not take it: re-export the training graphs \
+                 (`python -m tools.export train-graphs BUNDLE`)"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn weight<'w>(weights: &'w Weights, name: &str) -> Result<&'w DynValue, ModelError> {
     weights
         .tensors

@@ -95,9 +95,9 @@ pub struct ModelShape {
     /// The precision of the training graphs' weights and hidden states: the
     /// device's where they ship it, else float32.
     pub training_precision: Precision,
-    /// Whether the training graphs can keep the MLP products
-    /// ([`Recompute::Selective`]).
-    pub selective_recompute: bool,
+    /// Elements per token and layer the forward keeps with
+    /// [`Recompute::Selective`] (0: the bundle's training graphs predate it).
+    pub selective_saved: u64,
 }
 
 impl ModelShape {
@@ -131,8 +131,7 @@ impl ModelShape {
                 .get("train_layer_backward")
                 .map_or(EXPORTED_SEQUENCE_CHUNKS, |g| g.sequence_chunks.map_or(1, u64::from)),
             training_precision: if trains_in(manifest, precision) { precision } else { Precision::Float32 },
-            selective_recompute: !manifest.graphs.contains_key("train_layer")
-                || SELECTIVE_GRAPHS.iter().all(|g| manifest.graphs.contains_key(*g)),
+            selective_saved: selective_saved(manifest),
         }
     }
 
@@ -236,8 +235,9 @@ impl ModelShape {
     /// streams (LoRA inputs and dropout masks are float32) stay float32: the
     /// float32 fit, scaled, not measured on a GPU.
     ///
-    /// With [`Recompute::Selective`] every layer also keeps its MLP's gate
-    /// and up products (`2 · intermediate` per token).
+    /// With [`Recompute::Selective`] every layer also keeps
+    /// [`ModelShape::selective_saved`] elements per token: its MLP's gate
+    /// and up products and attention's queries, keys, values and output.
     pub fn training(&self, rows: u64, width: u64, head_chunk: u64, recompute: Recompute) -> Footprint {
         let element = self.training_precision.bytes() as u64;
         let weights = self.weight_bytes / self.element * element;
@@ -245,7 +245,7 @@ impl ModelShape {
         let chunk = width.div_ceil(chunks);
         let padded = chunk * chunks;
         let products = match recompute {
-            Recompute::Selective => TRAINING_PRODUCT_COPIES * self.layers * rows * padded * 2 * self.intermediate,
+            Recompute::Selective => TRAINING_PRODUCT_COPIES * self.layers * rows * padded * self.selective_saved,
             Recompute::Auto | Recompute::Full => 0,
         };
         let saved = (TRAINING_SAVED_COPIES * self.layers * rows * width * self.hidden + products) * element;
@@ -260,6 +260,25 @@ impl ModelShape {
 /// The graphs of the selective recompute ([`Recompute::Selective`]), in
 /// bundles exported since they exist.
 pub const SELECTIVE_GRAPHS: [&str; 2] = ["train_layer_save", "train_layer_backward_saved"];
+
+/// [`ModelShape::selective_saved`] of a manifest: the MLP's gate and up
+/// products (`2 · intermediate`) and, in exports since they are kept too,
+/// attention's queries, keys, values and output (`2 · (heads + kv_heads) ·
+/// head_dim`). A bundle without training graphs yet is planned with the ones
+/// `train-graphs` would add.
+fn selective_saved(manifest: &BundleManifest) -> u64 {
+    let arch = &manifest.architecture;
+    let mlp = 2 * arch.intermediate_size as u64;
+    let attention = 2 * (arch.num_attention_heads + arch.num_kv_heads) as u64 * arch.head_dim as u64;
+    let keeps_attention =
+        |g: &super::bundle::GraphSpec| g.outputs.iter().any(|o| o.name.starts_with("saved.attention."));
+    match (manifest.graphs.get(SELECTIVE_GRAPHS[0]), manifest.graphs.contains_key("train_layer")) {
+        (Some(save), _) if keeps_attention(save) => mlp + attention,
+        (Some(_), _) => mlp,
+        (None, true) => 0,
+        (None, false) => mlp + attention,
+    }
+}
 
 /// What a training step's backward recomputes of each layer (`[run]
 /// recompute`). Every choice gives the same gradients, bit for bit.
@@ -293,7 +312,7 @@ impl Recompute {
         match self {
             Recompute::Auto => {
                 let plan = shape.training(rows, width, head_chunk, Recompute::Selective).total();
-                match shape.selective_recompute && bound.is_some_and(|b| plan <= b) {
+                match shape.selective_saved > 0 && bound.is_some_and(|b| plan <= b) {
                     true => Recompute::Selective,
                     false => Recompute::Full,
                 }
@@ -420,7 +439,7 @@ mod tests {
             largest_tensor: 128_000 * 4096,
             gemm_weight_bytes: (9_150_000_000 - 128_000 * 4096) * 2,
             training_precision: Precision::Float32,
-            selective_recompute: true,
+            selective_saved: 2 * 12288 + 2 * (32 + 8) * 128,
         }
     }
 
@@ -463,18 +482,19 @@ mod tests {
     }
 
     #[test]
-    fn selective_recompute_keeps_two_mlp_products_per_token_and_layer() {
+    fn selective_recompute_keeps_the_mlp_products_and_attention_tensors_per_token_and_layer() {
         let shape = ModelShape { training_precision: Precision::BFloat16, ..eurollm_9b() };
         let (full, selective) =
             (shape.training(2, 4096, 512, Recompute::Full), shape.training(2, 4096, 512, Recompute::Selective));
-        let products = TRAINING_PRODUCT_COPIES * 42 * 2 * 4096 * 2 * 12288 * 2;
-        assert_eq!(selective.activations - full.activations, products);
+        // gate and up (2 × 12,288), q and attention output (2 × 32 × 128), k and v (2 × 8 × 128), in bfloat16
+        let kept = TRAINING_PRODUCT_COPIES * 42 * 2 * 4096 * (2 * 12288 + 2 * 32 * 128 + 2 * 8 * 128) * 2;
+        assert_eq!(selective.activations - full.activations, kept);
         // auto: selective where the plan with it fits the bound, full where it does not or nothing bounds it.
         let bound = |b: Option<u64>| Recompute::Auto.resolve(&shape, (2, 4096), 512, b);
         assert_eq!(bound(Some(selective.total())), Recompute::Selective);
         assert_eq!(bound(Some(selective.total() - 1)), Recompute::Full);
         assert_eq!(bound(None), Recompute::Full);
-        let without = ModelShape { selective_recompute: false, ..shape };
+        let without = ModelShape { selective_saved: 0, ..shape };
         assert_eq!(Recompute::Auto.resolve(&without, (2, 4096), 512, Some(u64::MAX)), Recompute::Full);
         assert_eq!(Recompute::Full.resolve(&shape, (2, 4096), 512, Some(u64::MAX)), Recompute::Full);
     }

@@ -41,7 +41,9 @@ from .graphs import PRECISIONS, bf16_tensor, add_initializer
 PRE = ("q_proj", "k_proj", "v_proj")  # the adapted modules before attention; the others come after it
 PRE_TENSORS = ("input_layernorm.", "self_attn.q_", "self_attn.k_", "self_attn.v_")  # their layer tensors
 DOWN, DOWN_TENSOR = "down_proj", "mlp.down_proj.weight"  # the MLP's last projection: its own vjp where saved
-SAVED = ("saved.mlp_gate", "saved.mlp_up")  # the MLP products train_layer_save keeps for the backward
+# what train_layer_save keeps of each chunk for the backward (`saved.<name>.<chunk>`): the MLP's gate and up
+# products, and attention's queries, keys, values and output
+SAVED = ("mlp_gate", "mlp_up", "q", "k", "v", "attention")
 DOMAIN = "croco.train"
 PREFIX = "layer."  # generic names of a layer's weights in the layer graphs
 SCALARS = ["lora_scale", "dropout_p", "dropout_seed", "layer"]  # the layer graphs' scalar inputs, in piece order
@@ -63,6 +65,12 @@ def elem_type(dtype: str, precision: str) -> int:
 
 def module_path(module: str) -> str:
     return ("self_attn." if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp.") + module
+
+
+def saved_names(chunks):
+    """The tensors train_layer_save outputs beside `hidden_out` and train_layer_backward_saved takes back, chunk by
+    chunk (SAVED)."""
+    return [f"saved.{name}.{i}" for i in range(chunks) for name in SAVED]
 
 
 def lora_names(targets, prefix=""):
@@ -262,8 +270,12 @@ class LayerGraphs:
         with tempfile.TemporaryDirectory() as tmp:
             functions = self._functions(tmp)
         entries = {}
-        intermediate = self.W0["mlp.gate_proj.weight"].shape[0]
-        saved = [_io_spec(n, stream_dtype, ["rows", "padded_seq", intermediate]) for n in SAVED]
+        Pc = self.P
+        shapes = {"mlp_gate": ["rows", "chunk", self.W0["mlp.gate_proj.weight"].shape[0]],
+                  "mlp_up": ["rows", "chunk", self.W0["mlp.gate_proj.weight"].shape[0]],
+                  "q": ["rows", Pc.KV, "heads_chunk", Pc.D], "k": ["rows", Pc.KV, "chunk", Pc.D],
+                  "v": ["rows", Pc.KV, "chunk", Pc.D], "attention": ["rows", Pc.KV, "heads_chunk", Pc.D]}
+        saved = [_io_spec(n, stream_dtype, shapes[n.split(".")[1]]) for n in saved_names(Pc.chunks)]
         backward_in = inputs + [_io_spec("grad_hidden_out", stream_dtype, stream)]
         forward_out = [_io_spec("hidden_out", stream_dtype, stream)]
         backward_out = ([_io_spec("grad_hidden", stream_dtype, stream)]
@@ -368,8 +380,8 @@ class LayerGraphs:
         return functions
 
     def _prologue(self, g):
-        """The padded chunks of the inputs: (x chunks, cos, sin, index, each query chunk's attention mask over its
-        key prefix, S, the pads of a [rows, seq, hidden] input)."""
+        """The padded chunks of the inputs: (x chunks, cos, sin, index, each query chunk's additive attention bias
+        over its key prefix, S, the pads of a [rows, seq, hidden] input)."""
         n = self.P.chunks
         padded, cos, sin, index = g.call("prepare", ["attention_mask"], 4)
         S = g.op("Shape", ["hidden"], start=1, end=2)
@@ -377,59 +389,66 @@ class LayerGraphs:
         c = g.op("Squeeze", [g.op("Div", [P, g.ints("chunks", [n])])])
         pads = g.op("Concat", [g.ints("pad_begin", [0, 0, 0, 0]), g.op("Sub", [P, S]), g.ints("pad_end", [0])], axis=0)
         keep = g.split(padded, 1, n)
-        allowed = [g.allowed(g.concat(keep[:i + 1], 1), g.op("Mul", [c, g.ints(f"chunk_{i}", i)]), c)
-                   for i in range(n)]
+        biases = [g.bias(g.allowed(g.concat(keep[:i + 1], 1), g.op("Mul", [c, g.ints(f"chunk_{i}", i)]), c))
+                  for i in range(n)]
         return (g.split(g.pad_sequence("hidden", pads), 1, n), g.split(cos, 2, n), g.split(sin, 2, n),
-                g.split(index, 1, n), allowed, S, pads)
+                g.split(index, 1, n), biases, S, pads)
 
     def _names(self, tensors, targets):
         """The layer graph's input names of a piece's weights and LoRA tensors."""
         return [PREFIX + s for s in tensors] + lora_names(targets)
 
     def _forward(self, g, save):
-        """The layer forward; save: the MLP's products of every chunk are outputs too (SAVED, padded length)."""
+        """The layer forward; save: each chunk's MLP products and attention's tensors are outputs too
+        (saved_names), each chunk's its own output, so that neither pass concatenates or splits them."""
         Pc = self.P
-        xs, cos, sin, index, allowed, S, _ = self._prologue(g)
+        xs, cos, sin, index, biases, S, _ = self._prologue(g)
         pre, post = self._names(Pc.pre_tensors, Pc.pre_targets), self._names(Pc.post_tensors, Pc.post_targets)
-        keys, values, outs, products = [], [], [], []
+        keys, values, outs = [], [], []
         for i in range(Pc.chunks):
-            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
+            # saved tensors are named as outputs where they are made (an Identity would copy them)
+            kept = {name: f"saved.{name}.{i}" for name in SAVED} if save else None
+            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre],
+                             [kept[t] for t in ("q", "k", "v")] if save else 3)
             keys.append(k)
             values.append(v)
-            o, _, _ = g.attend(q, g.concat(keys, 2), g.concat(values, 2), allowed[i])
-            y, gate, up = g.call("post", [xs[i], g.heads5(o), index[i], *SCALARS, *post], 3)
+            o, _, _ = g.attend(q, g.concat(keys, 2), g.concat(values, 2), biases[i], kept["attention"] if save else 1)
+            y, _, _ = g.call("post", [xs[i], g.heads5(o), index[i], *SCALARS, *post],
+                             [f"/post_{i}/y", kept["mlp_gate"], kept["mlp_up"]] if save else 3)
             outs.append(y)
-            products.append((gate, up))
         g.op("Slice", [g.concat(outs, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["hidden_out"])
-        if save:
-            for name, parts in zip(SAVED, zip(*products)):
-                g.op("Concat" if len(parts) > 1 else "Identity", list(parts), [name], **(
-                    {"axis": 1} if len(parts) > 1 else {}))
 
     def _backward(self, g, saved):
         """Recomputes the keys and values of every chunk, then per query chunk: its attention (probabilities
         kept for the chunk), post's vjp, attention's backward; then pre's vjp per chunk with the key and value
-        gradients summed over the query chunks that saw them. saved: the MLP's products are inputs (SAVED), and
-        post's vjp is split at them (mlp_vjp, then post_saved_vjp), so its gate and up projections are not
-        recomputed."""
+        gradients summed over the query chunks that saw them. saved: the forward's tensors are inputs
+        (saved_names): queries, keys and values are not recomputed, nor attention's output (only its
+        probabilities are), and post's vjp is split at the MLP's products (mlp_vjp, then post_saved_vjp), so
+        its gate and up projections are not recomputed either."""
         Pc, n = self.P, self.P.chunks
-        xs, cos, sin, index, allowed, S, pads = self._prologue(g)
+        xs, cos, sin, index, biases, S, pads = self._prologue(g)
         grads = g.split(g.pad_sequence("grad_hidden_out", pads), 1, n)
         pre, post = self._names(Pc.pre_tensors, Pc.pre_targets), self._names(Pc.post_tensors, Pc.post_targets)
         rest, down = self._names(Pc.rest_tensors, Pc.rest_targets), self._names([DOWN_TENSOR], Pc.down_targets)
-        gates, ups = (g.split(name, 1, n) for name in SAVED) if saved else (None, None)
-        qs, keys, values = [], [], []
-        for i in range(n):
-            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
-            qs.append(q)
-            keys.append(k)
-            values.append(v)
+        if saved:
+            gates, ups, qs, keys, values, outputs = ([f"saved.{name}.{i}" for i in range(n)] for name in SAVED)
+        else:
+            qs, keys, values = [], [], []
+            for i in range(n):
+                q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], 3)
+                qs.append(q)
+                keys.append(k)
+                values.append(v)
         lora_grads, grad_x, grad_q, grad_k, grad_v = {}, [], [], {}, {}
         post_lora = lora_names(Pc.post_targets, "grad.")
         for i in range(n):
             # chunk i's key prefix, concatenated here and freed after the chunk (none kept between chunks)
             prefix_k, prefix_v = g.concat(keys[:i + 1], 2), g.concat(values[:i + 1], 2)
-            o, prob, scaled_q = g.attend(qs[i], prefix_k, prefix_v, allowed[i])
+            if saved:
+                prob, scaled_q = g.probabilities(qs[i], prefix_k, biases[i])
+                o = outputs[i]
+            else:
+                o, prob, scaled_q = g.attend(qs[i], prefix_k, prefix_v, biases[i])
             if saved:
                 down_lora, rest_lora = lora_names(Pc.down_targets, "grad."), lora_names(Pc.rest_targets, "grad.")
                 gg, gu, *gl = g.call("mlp_vjp", [gates[i], ups[i], index[i], *SCALARS, *down, grads[i]],
@@ -474,6 +493,7 @@ class _Assembly:
         return self.graph.op(op_type, inputs, outputs, **attrs)
 
     def call(self, function, inputs, outputs):
+        """A call of the piece `function`; outputs: their count, or their names."""
         names = self.graph.op(function, inputs, outputs, domain=DOMAIN)
         return names if isinstance(names, list) else [names]
 
@@ -551,21 +571,32 @@ class _Assembly:
         real = self.op("Greater", [keep, self.ints("zero_scalar", 0)])
         return self.op("And", [causal, self.op("Unsqueeze", [real, self.ints("axes_123", [1, 2, 3])])])
 
-    def attend(self, q, keys, values, allowed):
+    def bias(self, allowed):
+        """The additive float32 mask of `allowed`: 0 where a key is seen, MASKED where not, [B, 1, 1, c, K]. Added
+        to the scores (score + MASKED rounds to MASKED wherever |score| < 2^103), it masks them as `Where` would,
+        bit for bit, but ONNX Runtime's broadcasting `Add` is ~2.5x faster than its `Where` on the CPU, and the
+        bias is built once per chunk, not per head."""
+        return self.op("Where", [allowed, self.floats("unmasked", 0.0), self.floats("masked", MASKED)])
+
+    def attend(self, q, keys, values, bias, output=1):
         """One query chunk's attention over its key prefix: q [B, KV, rep * c, D] (rows rep-major), keys and
-        values [B, KV, K, D] -> (output [B, KV, rep * c, D], probabilities [B, KV, rep * c, K] in float32 and in
-        the compute precision, q times the softmax scale). The scale goes on q, not on the [.., K] scores: the
-        same values wherever it is a power of two (head_dim 64 or 256), within rounding otherwise. In half
-        precision the products run in it and the mask and softmax in float32 (transformers' eager attention)."""
+        values [B, KV, K, D] -> (output [B, KV, rep * c, D] (named `output`, if a name), then probabilities' pair
+        and scaled q)."""
+        probs, scaled_q = self.probabilities(q, keys, bias)
+        return self.op("MatMul", [probs[1], values], [output] if isinstance(output, str) else output), probs, scaled_q
+
+    def probabilities(self, q, keys, bias):
+        """attend's probabilities [B, KV, rep * c, K] in float32 and in the compute precision, and q times the
+        softmax scale. The scale goes on q, not on the [.., K] scores: the same values wherever it is a power of
+        two (head_dim 64 or 256), within rounding otherwise. In half precision the products run in it and the
+        mask and softmax in float32 (transformers' eager attention)."""
         scaled_q = self.op("Mul", [q, self.compute_scalar("softmax_scale", self.pieces.scale)])
         scores = self.op("MatMul", [scaled_q, self.transposed(keys)])
         rep5 = self.op("Concat", [self.ints("rep5", [0, 0, self.pieces.rep, -1]),
                                   self.op("Shape", [keys], start=2, end=3)], axis=0)
-        masked = self.op("Where", [allowed, self.op("Reshape", [self.to_float(scores), rep5]),
-                                   self.floats("masked", MASKED)])
+        masked = self.op("Add", [self.op("Reshape", [self.to_float(scores), rep5]), bias])
         prob = self.op("Reshape", [self.op("Softmax", [masked], axis=-1), self.op("Shape", [scores])])
-        prob_compute = self.to_compute(prob)
-        return self.op("MatMul", [prob_compute, values]), (prob, prob_compute), scaled_q
+        return (prob, self.to_compute(prob)), scaled_q
 
     def attend_vjp(self, scaled_q, keys, values, probs, o, grad_o):
         """The gradients of attend's output w.r.t. q, keys and values from its probabilities (attend's pair) and

@@ -8,8 +8,8 @@ weights, L saved layer inputs and one layer's working set, whatever the depth:
 - `train_layer_backward`: the same layer recomputed from its saved input, then its backward: the gradient
   w.r.t. the input and the layer's LoRA A/B (the frozen weights get none);
 - `train_layer_save` and `train_layer_backward_saved`: the same pair where the forward also keeps the MLP's gate and
-  up products, so the backward recomputes attention but not those two projections (more memory, less work: croco
-  picks them where the step fits);
+  up products and attention's queries, keys, values and output, so the backward recomputes only the attention
+  probabilities, the norms and o_proj (more memory, less work: croco picks them where the step fits);
 - `train_head`: final norm and LM head over chosen positions only (the positions predicting a response token, in
   chunks croco picks), per-token log-probs;
 - `train_head_backward`: the gradient of Σ token_weights · token log-probs w.r.t. the hidden states: croco computes
@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from .chunked import (PREFIX, SAVED, TORCH_DTYPES, LayerGraphs, Pieces, elem_type, example_sizes, module_path, trace,
+from .chunked import (PREFIX, TORCH_DTYPES, LayerGraphs, Pieces, elem_type, example_sizes, module_path, trace,
                       train_file)
 from .export import _export, _io_spec, norm
 from .graphs import Graph
@@ -185,7 +185,7 @@ def embed_entry(A, W, out, entries, precision="float32", compute="float32"):
 def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, positions, token_ids, token_weights,
                     save=False):
     """Runs the exported graphs as croco does (ONNX Runtime): embeddings, every layer forward keeping its input
-    (and with save, its MLP products: train_layer_save), the head, then every layer backward. Returns (token
+    (and with save, its saved.* tensors: train_layer_save), the head, then every layer backward. Returns (token
     log-probs, grad wrt every LoRA tensor in lora_modules order). lora: {(layer, module): (A, B)} numpy arrays."""
     L = A["num_layers"]
     suffixes = layer_suffixes(list(W))
@@ -205,8 +205,9 @@ def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, po
 
     for layer in range(L):
         if save:
-            x_in, (x, *products) = x, sessions["train_layer_save"].run(None, layer_feeds(layer, x))
-            saved.append((x_in, dict(zip(SAVED, products))))
+            forward = sessions["train_layer_save"]
+            x_in, (x, *kept) = x, forward.run(None, layer_feeds(layer, x))
+            saved.append((x_in, dict(zip(_output_names(forward)[1:], kept))))
         else:
             saved.append((x, {}))
             (x,) = sessions["train_layer"].run(None, layer_feeds(layer, x))
@@ -218,13 +219,21 @@ def layerwise_grads(sessions, W, A, targets, ids, mask, lora, scale, p, seed, po
                                                           **head_w})
     grads = {}
     for layer in reversed(range(L)):
-        x_in, products = saved[layer]
+        x_in, kept = saved[layer]
         backward = sessions["train_layer_backward_saved" if save else "train_layer_backward"]
-        outs = backward.run(None, {**layer_feeds(layer, x_in), **products, "grad_hidden_out": grad})
+        outs = backward.run(None, {**layer_feeds(layer, x_in), **kept, "grad_hidden_out": grad})
         grad = outs[0]
         for i, m in enumerate(targets):
             grads[(layer, m)] = (outs[1 + 2 * i], outs[2 + 2 * i])
     return logps, grads
+
+
+def _output_names(session):
+    """A session's output names: an ONNX Runtime session's, or onnx's ReferenceEvaluator's (the half-precision
+    check)."""
+    if hasattr(session, "get_outputs"):
+        return [o.name for o in session.get_outputs()]
+    return list(session.output_names)
 
 
 def add_train_graphs_to_bundle(bundle, log=print, check=True, chunks=None):
@@ -313,7 +322,7 @@ def _autograd_reference(A, W, inv_freq, rope_scale, targets, p, seed, dtype=torc
 
 
 def _graph_errors(sessions, W, A, targets, p, seed, batch, logps, grads):
-    """The graphs chained as croco chains them on the reference's batch, with the MLP products recomputed and
+    """The graphs chained as croco chains them on the reference's batch, with the forward's tensors recomputed and
     saved: (largest token log-prob difference, largest relative L2 error of a LoRA gradient) against the
     reference's."""
     diff, worst = 0.0, 0.0

@@ -91,7 +91,7 @@ def test_layerwise_gradients_equal_autograd_through_the_whole_model(tmp_path, fa
     np_lora = {k: (a.detach().numpy(), b.detach().numpy()) for k, (a, b) in lora.items()}
     Wn = {n: t.numpy() for n, t in W.items()}
     runs = {}
-    for save in (False, True):  # the MLP products recomputed in the backward, then saved by the forward
+    for save in (False, True):  # the backward recomputes, then takes the forward's saved.* tensors
         got_logps, got = tg.layerwise_grads(sessions, Wn, A, TARGETS, ids.numpy(), mask.numpy(), np_lora, lora_scale,
                                             p, seed, positions.numpy(), targets.numpy(), weights.numpy(), save)
         np.testing.assert_allclose(got_logps, token.detach().numpy(), atol=1e-5, rtol=0)
@@ -100,7 +100,7 @@ def test_layerwise_gradients_equal_autograd_through_the_whole_model(tmp_path, fa
                 ref = ref.numpy()
                 assert np.linalg.norm(mine - ref) <= 1e-4 * np.linalg.norm(ref) + 1e-9, (save, k, np.abs(mine - ref).max())
         runs[save] = got
-    # the saved products are the ones the backward would recompute: the same gradients, bit for bit
+    # the saved tensors are the ones the backward would recompute: the same gradients, bit for bit
     for k in lora:
         for recomputed, saved in zip(runs[False][k], runs[True][k]):
             np.testing.assert_array_equal(recomputed, saved)
