@@ -537,6 +537,28 @@ mod tests {
     }
 
     #[test]
+    fn selective_recompute_is_planned_with_what_the_bundles_forward_keeps() {
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/policy");
+        let mut manifest = Bundle::open(&demo, Verify::Sizes).unwrap().manifest;
+        let arch = manifest.architecture.clone();
+        let mlp = 2 * arch.intermediate_size as u64;
+        let attention = 2 * (arch.num_attention_heads + arch.num_kv_heads) as u64 * arch.head_dim as u64;
+        assert_eq!(ModelShape::of(&manifest, Precision::Float32).selective_saved, mlp + attention);
+        // An export from before attention's tensors were kept too: the MLP products only.
+        let save = manifest.graphs.get_mut(SELECTIVE_GRAPHS[0]).unwrap();
+        save.outputs.retain(|o| !o.name.starts_with("saved.") || o.name.starts_with("saved.mlp_"));
+        assert_eq!(ModelShape::of(&manifest, Precision::Float32).selective_saved, mlp);
+        // One from before selective recompute: none, so `auto` recomputes fully.
+        manifest.graphs.remove(SELECTIVE_GRAPHS[0]);
+        let shape = ModelShape::of(&manifest, Precision::Float32);
+        assert_eq!(shape.selective_saved, 0);
+        assert_eq!(Recompute::Auto.resolve(&shape, (2, 128), 512, Some(u64::MAX)), Recompute::Full);
+        // No training graphs yet: planned with those `train-graphs` would add.
+        manifest.graphs.remove("train_layer");
+        assert_eq!(ModelShape::of(&manifest, Precision::Float32).selective_saved, mlp + attention);
+    }
+
+    #[test]
     fn chunked_layer_graphs_hold_a_chunk_of_attention_not_the_whole_square() {
         let chunked = eurollm_9b();
         let whole = ModelShape { sequence_chunks: 1, ..chunked };
