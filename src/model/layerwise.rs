@@ -75,8 +75,8 @@ pub struct LayerwiseGraphs {
 impl LayerwiseGraphs {
     /// Builds the training sessions on the configured device: float32 on the CPU,
     /// the bundle's half precision on CUDA where its training graphs have it;
-    /// with `recompute` selective, the layer graphs that save the MLP
-    /// products instead of the plain pair. `Auto` is resolved for steps of
+    /// with `recompute` selective, the layer graphs whose forward keeps its
+    /// `saved.*` tensors instead of the plain pair. `Auto` is resolved for steps of
     /// `step` = (rows, longest row) held to `bound` bytes (none: on the CPU,
     /// the memory the host has available; on CUDA, full recompute).
     pub fn load(
@@ -175,7 +175,7 @@ impl LayerwiseGraphs {
         for layer in 0..self.layers {
             let mut out = self.run_layer(layer, &x, &mask, &lora, &scalars, None)?;
             let input = std::mem::replace(&mut x, remove(&mut out, "hidden_out")?);
-            // Full recompute: the forward has no other output.
+            // Its `saved.*` tensors (none with full recompute).
             let kept: Vec<(String, DynValue)> = out.into_iter().filter(|(n, _)| n.starts_with(SAVED_PREFIX)).collect();
             saved.push((input, kept));
         }
@@ -321,7 +321,6 @@ impl LayerwiseGraphs {
     }
 }
 
-/// A bundle weight by name.
 /// Fails unless the `backward` graph takes every `saved.*` tensor the
 /// `forward` graph returns (in the manifest).
 fn check_saved(bundle: &Bundle, forward: &str, backward: &str) -> Result<(), ModelError> {
@@ -340,6 +339,7 @@ fn check_saved(bundle: &Bundle, forward: &str, backward: &str) -> Result<(), Mod
     }
 }
 
+/// A bundle weight by name.
 fn weight<'w>(weights: &'w Weights, name: &str) -> Result<&'w DynValue, ModelError> {
     weights
         .tensors

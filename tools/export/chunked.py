@@ -67,10 +67,10 @@ def module_path(module: str) -> str:
     return ("self_attn." if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp.") + module
 
 
-def saved_names(chunks):
-    """The tensors train_layer_save outputs beside `hidden_out` and train_layer_backward_saved takes back, chunk by
-    chunk (SAVED)."""
-    return [f"saved.{name}.{i}" for i in range(chunks) for name in SAVED]
+def saved_name(name, chunk):
+    """A tensor train_layer_save outputs beside `hidden_out` and train_layer_backward_saved takes back: SAVED's
+    `name` of sequence chunk `chunk`."""
+    return f"saved.{name}.{chunk}"
 
 
 def lora_names(targets, prefix=""):
@@ -271,11 +271,11 @@ class LayerGraphs:
             functions = self._functions(tmp)
         entries = {}
         Pc = self.P
-        shapes = {"mlp_gate": ["rows", "chunk", self.W0["mlp.gate_proj.weight"].shape[0]],
-                  "mlp_up": ["rows", "chunk", self.W0["mlp.gate_proj.weight"].shape[0]],
-                  "q": ["rows", Pc.KV, "heads_chunk", Pc.D], "k": ["rows", Pc.KV, "chunk", Pc.D],
-                  "v": ["rows", Pc.KV, "chunk", Pc.D], "attention": ["rows", Pc.KV, "heads_chunk", Pc.D]}
-        saved = [_io_spec(n, stream_dtype, shapes[n.split(".")[1]]) for n in saved_names(Pc.chunks)]
+        products, heads, kv = (["rows", "chunk", self.W0["mlp.gate_proj.weight"].shape[0]],
+                               ["rows", Pc.KV, "heads_chunk", Pc.D], ["rows", Pc.KV, "chunk", Pc.D])
+        shapes = {"mlp_gate": products, "mlp_up": products, "q": heads, "k": kv, "v": kv, "attention": heads}
+        saved = [_io_spec(saved_name(name, i), stream_dtype, shapes[name])
+                 for i in range(Pc.chunks) for name in SAVED]
         backward_in = inputs + [_io_spec("grad_hidden_out", stream_dtype, stream)]
         forward_out = [_io_spec("hidden_out", stream_dtype, stream)]
         backward_out = ([_io_spec("grad_hidden", stream_dtype, stream)]
@@ -400,21 +400,23 @@ class LayerGraphs:
 
     def _forward(self, g, save):
         """The layer forward; save: each chunk's MLP products and attention's tensors are outputs too
-        (saved_names), each chunk's its own output, so that neither pass concatenates or splits them."""
+        (saved_name), each chunk's its own output, so that neither pass concatenates or splits them."""
         Pc = self.P
         xs, cos, sin, index, biases, S, _ = self._prologue(g)
         pre, post = self._names(Pc.pre_tensors, Pc.pre_targets), self._names(Pc.post_tensors, Pc.post_targets)
         keys, values, outs = [], [], []
         for i in range(Pc.chunks):
-            # saved tensors are named as outputs where they are made (an Identity would copy them)
-            kept = {name: f"saved.{name}.{i}" for name in SAVED} if save else None
-            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre],
-                             [kept[t] for t in ("q", "k", "v")] if save else 3)
+            def kept(*names, i=i):
+                """The chunk's saved tensors named as outputs where they are made (an Identity would copy them);
+                their count where the graph keeps nothing."""
+                return [saved_name(name, i) for name in names] if save else len(names)
+
+            q, k, v = g.call("pre", [xs[i], cos[i], sin[i], index[i], *SCALARS, *pre], kept("q", "k", "v"))
             keys.append(k)
             values.append(v)
-            o, _, _ = g.attend(q, g.concat(keys, 2), g.concat(values, 2), biases[i], kept["attention"] if save else 1)
+            o, _, _ = g.attend(q, g.concat(keys, 2), g.concat(values, 2), biases[i], kept("attention"))
             y, _, _ = g.call("post", [xs[i], g.heads5(o), index[i], *SCALARS, *post],
-                             [f"/post_{i}/y", kept["mlp_gate"], kept["mlp_up"]] if save else 3)
+                             [f"/post_{i}/y", *kept("mlp_gate", "mlp_up")] if save else 3)
             outs.append(y)
         g.op("Slice", [g.concat(outs, 1), g.ints("zero", [0]), S, g.ints("one", [1])], ["hidden_out"])
 
@@ -422,7 +424,7 @@ class LayerGraphs:
         """Recomputes the keys and values of every chunk, then per query chunk: its attention (probabilities
         kept for the chunk), post's vjp, attention's backward; then pre's vjp per chunk with the key and value
         gradients summed over the query chunks that saw them. saved: the forward's tensors are inputs
-        (saved_names): queries, keys and values are not recomputed, nor attention's output (only its
+        (saved_name): queries, keys and values are not recomputed, nor attention's output (only its
         probabilities are), and post's vjp is split at the MLP's products (mlp_vjp, then post_saved_vjp), so
         its gate and up projections are not recomputed either."""
         Pc, n = self.P, self.P.chunks
@@ -431,7 +433,7 @@ class LayerGraphs:
         pre, post = self._names(Pc.pre_tensors, Pc.pre_targets), self._names(Pc.post_tensors, Pc.post_targets)
         rest, down = self._names(Pc.rest_tensors, Pc.rest_targets), self._names([DOWN_TENSOR], Pc.down_targets)
         if saved:
-            gates, ups, qs, keys, values, outputs = ([f"saved.{name}.{i}" for i in range(n)] for name in SAVED)
+            gates, ups, qs, keys, values, outputs = ([saved_name(name, i) for i in range(n)] for name in SAVED)
         else:
             qs, keys, values = [], [], []
             for i in range(n):
@@ -440,17 +442,14 @@ class LayerGraphs:
                 keys.append(k)
                 values.append(v)
         lora_grads, grad_x, grad_q, grad_k, grad_v = {}, [], [], {}, {}
-        post_lora = lora_names(Pc.post_targets, "grad.")
+        post_lora, down_lora, rest_lora = (lora_names(t, "grad.") for t in (Pc.post_targets, Pc.down_targets,
+                                                                             Pc.rest_targets))
         for i in range(n):
             # chunk i's key prefix, concatenated here and freed after the chunk (none kept between chunks)
             prefix_k, prefix_v = g.concat(keys[:i + 1], 2), g.concat(values[:i + 1], 2)
             if saved:
                 prob, scaled_q = g.probabilities(qs[i], prefix_k, biases[i])
                 o = outputs[i]
-            else:
-                o, prob, scaled_q = g.attend(qs[i], prefix_k, prefix_v, biases[i])
-            if saved:
-                down_lora, rest_lora = lora_names(Pc.down_targets, "grad."), lora_names(Pc.rest_targets, "grad.")
                 gg, gu, *gl = g.call("mlp_vjp", [gates[i], ups[i], index[i], *SCALARS, *down, grads[i]],
                                      2 + len(down_lora))
                 g.accumulate(lora_grads, down_lora, gl)
@@ -458,6 +457,7 @@ class LayerGraphs:
                                                         gg, gu], 2 + len(rest_lora))
                 g.accumulate(lora_grads, rest_lora, gl)
             else:
+                o, prob, scaled_q = g.attend(qs[i], prefix_k, prefix_v, biases[i])
                 gx, go, *gl = g.call("post_vjp", [xs[i], g.heads5(o), index[i], *SCALARS, *post, grads[i]],
                                      2 + len(post_lora))
                 g.accumulate(lora_grads, post_lora, gl)
@@ -580,10 +580,10 @@ class _Assembly:
 
     def attend(self, q, keys, values, bias, output=1):
         """One query chunk's attention over its key prefix: q [B, KV, rep * c, D] (rows rep-major), keys and
-        values [B, KV, K, D] -> (output [B, KV, rep * c, D] (named `output`, if a name), then probabilities' pair
-        and scaled q)."""
+        values [B, KV, K, D] -> (output [B, KV, rep * c, D] (`output`: as op's outputs, a count or [its name]),
+        then probabilities' pair and scaled q)."""
         probs, scaled_q = self.probabilities(q, keys, bias)
-        return self.op("MatMul", [probs[1], values], [output] if isinstance(output, str) else output), probs, scaled_q
+        return self.op("MatMul", [probs[1], values], output), probs, scaled_q
 
     def probabilities(self, q, keys, bias):
         """attend's probabilities [B, KV, rep * c, K] in float32 and in the compute precision, and q times the
